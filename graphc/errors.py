@@ -1,0 +1,21 @@
+"""The graphc error hierarchy: every error a user can cause is a GraphcError."""
+
+
+class GraphcError(Exception):
+    """Base class of every error graphc raises on behalf of the user."""
+
+
+class ShapeError(GraphcError, ValueError):
+    """Shapes that do not fit the op (message names op, shapes and source line)."""
+
+
+class DTypeError(GraphcError, TypeError):
+    """A dtype the op or the call does not accept."""
+
+
+class CompileError(GraphcError):
+    """The program cannot be compiled (bad graph, LLVM failure, missing symbol)."""
+
+
+class InputError(GraphcError, ValueError):
+    """A call or feed names, omits or shapes an argument wrongly."""
