@@ -1,0 +1,248 @@
+"""The JIT layer: IR text in, callable machine code out, through the on-disk object cache."""
+
+import ctypes
+import gc
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from graphc.errors import CompileError
+from graphc.runtime import jit
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+ADD = """
+define double @add(double %a, double %b) {
+  %c = fadd double %a, %b
+  ret double %c
+}
+"""
+
+SUM = """
+define double @sum(ptr noalias %x, i64 %n) {
+entry:
+  br label %loop
+loop:
+  %i = phi i64 [0, %entry], [%next, %loop]
+  %total = phi double [0.0, %entry], [%total.next, %loop]
+  %at = getelementptr double, ptr %x, i64 %i
+  %value = load double, ptr %at
+  %total.next = fadd double %total, %value
+  %next = add i64 %i, 1
+  %done = icmp eq i64 %next, %n
+  br i1 %done, label %exit, label %loop
+exit:
+  ret double %total.next
+}
+"""
+
+# c[i] += a[i] * b[i] over 1024 floats: vectorizes to ymm registers with AVX2.
+FMA_LOOP = """
+define void @fma(ptr noalias %a, ptr noalias %b, ptr noalias %c) {
+entry:
+  br label %loop
+loop:
+  %i = phi i64 [0, %entry], [%next, %loop]
+  %pa = getelementptr float, ptr %a, i64 %i
+  %pb = getelementptr float, ptr %b, i64 %i
+  %pc = getelementptr float, ptr %c, i64 %i
+  %x = load float, ptr %pa
+  %y = load float, ptr %pb
+  %z = load float, ptr %pc
+  %xy = fmul contract float %x, %y
+  %r = fadd contract float %xy, %z
+  store float %r, ptr %pc
+  %next = add i64 %i, 1
+  %done = icmp eq i64 %next, 1024
+  br i1 %done, label %exit, label %loop
+exit:
+  ret void
+}
+"""
+
+ADD_SIGNATURE = (ctypes.c_double, ctypes.c_double, ctypes.c_double)
+
+
+@pytest.fixture(autouse=True)
+def cache_in_tmp(tmp_path, monkeypatch):
+    """Every test gets its own empty cache directory."""
+    monkeypatch.setenv("GRAPHC_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def call_add(engine, a=1.5, b=2.25):
+    return jit.function(engine, "add", *ADD_SIGNATURE)(a, b)
+
+
+def test_add_and_loop_sum_run():
+    engine = jit.compile_ir(ADD + SUM, required_symbols=["add", "sum"])
+    assert call_add(engine) == 3.75
+    x = np.arange(10.0)
+    total = jit.function(engine, "sum", ctypes.c_double, ctypes.c_void_p, ctypes.c_int64)
+    assert total(x.ctypes.data, x.size) == 45.0
+    assert set(engine.timings) == {"parse", "optimize", "codegen", "load"}
+    assert not engine.cached
+
+
+def test_function_keeps_engine_alive():
+    add = jit.function(jit.compile_ir(ADD), "add", *ADD_SIGNATURE)
+    gc.collect()
+    assert add(1.0, 2.0) == 3.0
+
+
+def test_second_compile_hits_cache(cache_in_tmp):
+    first = jit.compile_ir(ADD)
+    second = jit.compile_ir(ADD)
+    assert not first.cached and second.cached
+    assert "optimize" not in second.timings and "load" in second.timings
+    assert call_add(second) == 3.75
+    assert list(cache_in_tmp.iterdir()) == [jit.cache_path(jit.cache_key(ADD, 3))]
+    assert "define double @add" in second.optimized_ir  # recomputed lazily on a hit
+    assert "vaddsd" in second.assembly()
+
+
+def test_no_cache_compiles_every_time(cache_in_tmp):
+    jit.compile_ir(ADD, cache=False)
+    assert not jit.compile_ir(ADD, cache=False).cached
+    assert not cache_in_tmp.exists()
+
+
+def test_new_process_hits_cache(cache_in_tmp):
+    jit.compile_ir(ADD)
+    script = (
+        "import ctypes; from graphc.runtime import jit; e = jit.compile_ir(" + repr(ADD) + ");"
+        "print(e.cached, jit.function(e, 'add', *[ctypes.c_double] * 3)(1.0, 2.0))"
+    )
+    env = dict(os.environ, PYTHONPATH=REPO)
+    result = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
+    )
+    assert result.stdout.split() == ["True", "3.0"]
+
+
+def truncate(data: bytes) -> bytes:
+    return data[: len(data) // 2]
+
+
+def flip_last_byte(data: bytes) -> bytes:
+    return data[:-1] + bytes([data[-1] ^ 0x40])
+
+
+def flip_header_byte(data: bytes) -> bytes:
+    return bytes([data[0] ^ 0x01]) + data[1:]
+
+
+@pytest.mark.parametrize("corrupt", [truncate, flip_last_byte, flip_header_byte, lambda d: b""])
+def test_corrupt_entry_is_recompiled_and_rewritten(corrupt):
+    jit.compile_ir(ADD)
+    path = jit.cache_path(jit.cache_key(ADD, 3))
+    good = path.read_bytes()
+    path.write_bytes(corrupt(good))
+    engine = jit.compile_ir(ADD)
+    assert not engine.cached
+    assert call_add(engine) == 3.75
+    assert path.read_bytes() == good
+    assert jit.compile_ir(ADD).cached
+
+
+def test_entry_of_another_program_is_not_trusted():
+    jit.compile_ir(SUM)
+    sum_entry = jit.cache_path(jit.cache_key(SUM, 3)).read_bytes()
+    jit.cache_path(jit.cache_key(ADD, 3)).write_bytes(sum_entry)
+    engine = jit.compile_ir(ADD)
+    assert not engine.cached and call_add(engine) == 3.75
+
+
+def test_unwritable_cache_dir_compiles_without_cache(tmp_path, monkeypatch):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    monkeypatch.setenv("GRAPHC_CACHE_DIR", str(blocker / "cache"))
+    for _ in range(2):
+        engine = jit.compile_ir(ADD)
+        assert not engine.cached and call_add(engine) == 3.75
+
+
+def test_missing_symbol_is_a_compile_error():
+    with pytest.raises(CompileError, match="'mul'"):
+        jit.compile_ir(ADD, required_symbols=["add", "mul"])
+    with pytest.raises(CompileError, match="'nothing'"):
+        jit.compile_ir(ADD).address("nothing")
+
+
+def test_unresolved_external_is_a_compile_error():
+    ir = """
+    declare double @graphc_no_such_function(double)
+    define double @f(double %x) {
+      %y = call double @graphc_no_such_function(double %x)
+      ret double %y
+    }
+    """
+    with pytest.raises(CompileError, match="graphc_no_such_function"):
+        jit.compile_ir(ir)
+
+
+def test_libm_external_resolves():
+    ir = """
+    declare double @exp(double)
+    define double @f(double %x) {
+      %y = call double @exp(double %x)
+      ret double %y
+    }
+    """
+    f = jit.function(jit.compile_ir(ir), "f", ctypes.c_double, ctypes.c_double)
+    assert f(1.0) == np.exp(1.0)
+
+
+def test_parse_error_carries_llvm_diagnostic():
+    with pytest.raises(CompileError, match="use of undefined value '%z'"):
+        jit.compile_ir(ADD.replace("%a, %b", "%a, %z"))
+
+
+def test_verifier_error_is_a_compile_error():
+    ir = """
+    define i32 @f(i32 %x) {
+      %a = add i32 %b, 1
+      %b = add i32 %a, 1
+      ret i32 %b
+    }
+    """
+    with pytest.raises(CompileError, match="does not dominate"):
+        jit.compile_ir(ir)
+
+
+@pytest.mark.parametrize("cpu", ["x86-64-v3", "x86-64"])
+def test_emit_object_is_elf(cpu):
+    assert jit.emit_object(ADD + SUM, cpu=cpu).startswith(b"\x7fELF")
+
+
+def test_emit_assembly_vectorizes_for_host():
+    assert "ymm" in jit.emit_assembly(FMA_LOOP)
+
+
+def test_cache_key_depends_on_ir_and_opt():
+    keys = {jit.cache_key(ADD, 3), jit.cache_key(ADD, 2), jit.cache_key(SUM, 3)}
+    assert len(keys) == 3 and jit.cache_key(ADD, 3) == jit.cache_key(ADD, 3)
+
+
+def test_cache_dir_follows_environment(tmp_path, monkeypatch):
+    assert jit.cache_dir() == tmp_path / "cache"
+    monkeypatch.delenv("GRAPHC_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert jit.cache_dir() == tmp_path / "xdg" / "graphc"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert jit.cache_dir() == jit.pathlib.Path.home() / ".cache" / "graphc"
+
+
+def test_eight_threads_compile_concurrently():
+    def compile_and_call(k: int) -> float:
+        # Pairs of threads compile the same program, so cache writes race too.
+        engine = jit.compile_ir(ADD.replace("%a, %b", f"%a, {k % 4}.0"))
+        return call_add(engine, 1.0, 0.0)
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(compile_and_call, range(8)))
+    assert results == [1.0 + k % 4 for k in range(8)]
