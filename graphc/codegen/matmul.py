@@ -1,0 +1,458 @@
+"""Matmul kernels generated for static shapes: register tiles, packing, cache blocking.
+
+`define_matmul` emits one LLVM function for one (batch, m, n, k, dtype, strides) contraction.
+Every shape is a compile-time constant, so the loop nest, the remainder tiles and the packing
+decisions are fixed in Python and no runtime shape check exists in the emitted code.
+
+Float kernels follow the BLIS/GotoBLAS structure::
+
+    for jc in n step NC:                      # B block kc x nc stays in L2/L3
+      for pc in k step KC:
+        pack B[pc:+kc, jc:+nc] -> Bp          # panels of NR columns, zero padded
+        for ic in m step MC:
+          pack A[ic:+mc, pc:+kc] -> Ap        # panels of MR rows (large shapes only)
+          for jr in nc step NR:               # one B micro-panel stays in L1
+            for ir in mc step MR:
+              micro-kernel: C[ir:+MR, jr:+NR] (=|+=) Ap[ir] @ Bp[jr]
+
+    micro-kernel, f32 (MR = 6, NR = 16 = two ymm vectors; f64: NR = 8):
+                 Bp row kk:  [b0 .. b7][b8 .. b15]        two vector loads
+        A[0,kk] broadcast -> acc00     acc01              fma  acc += a * b
+        ...                  ...       ...
+        A[5,kk] broadcast -> acc50     acc51              12 accumulators in registers
+
+The accumulators are loop-carried SSA values (phis), so they live in registers and C is
+touched once per tile and KC block. Remainder rows and columns get their own, narrower tile
+(a partial last vector is stored element by element) -- emitted once per remainder, never
+checked at run time. Operands are read through strides, so a transposed A costs nothing and
+a transposed B (column stride != 1) is gathered while packing. When n is narrower than one
+vector and m is wider, the problem is computed transposed (C^T = B^T A^T) so that the
+vector lanes run along m.
+
+Packing is skipped for small problems (B fits in L1 and is row contiguous): there the
+micro-kernel reads A and B in place. Packing buffers are `alloca`s sized by the blocking
+parameters (at most KC*NC + MC*KC elements, 400 KiB), so every function is reentrant but
+needs that much stack (fine on the 8 MiB default thread stacks of Linux).
+
+Integer dtypes use a plain loop nest (LLVM vectorizes what it can).
+
+Measured (bench/matmul_micro.py, znver1, 1 thread, GFLOP/s; raw kernel / numpy 1 thread):
+    filled in by the benchmark below.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from llvmlite import ir
+
+from graphc.errors import DTypeError, ShapeError
+
+__all__ = ["Operand", "Tiling", "choose_tiling", "define_matmul"]
+
+_FLOAT_TYPES = {"float32": ir.FloatType(), "float64": ir.DoubleType()}
+_INT_TYPES = {"int32": ir.IntType(32), "int64": ir.IntType(64)}
+_ITEMSIZE = {"float32": 4, "float64": 8, "int32": 4, "int64": 8}
+_I64 = ir.IntType(64)
+_PTR = ir.PointerType()
+_VECTOR_BYTES = 32  # AVX2 ymm
+_L1_BYTES = 32 * 1024
+
+
+@dataclass(frozen=True)
+class Operand:
+    """How a matrix operand is addressed, in elements: one stride per (batch..., rows, cols)."""
+
+    strides: tuple[int, ...]
+    offset: int = 0
+
+
+@dataclass(frozen=True)
+class Tiling:
+    """Register tile (mr x nr, vectors of width lanes) and cache blocks of one float kernel."""
+
+    mr: int
+    nr: int
+    lanes: int
+    kc: int
+    mc: int
+    nc: int
+    pack_a: bool
+    pack_b: bool
+
+
+def choose_tiling(m: int, n: int, k: int, dtype: str, b_col_stride: int = 1) -> Tiling:
+    """The tile and blocking used for a float matmul of this shape (tuned on AVX2)."""
+    itemsize = _ITEMSIZE[dtype]
+    lanes = min(_VECTOR_BYTES // itemsize, 1 << max(n - 1, 0).bit_length())
+    nr = 2 * lanes if n > lanes else lanes
+    mr = 6 if nr == 2 * lanes else 8
+    kc = 256
+    mc = 144 if itemsize == 4 else 72
+    nc = max(nr, (256 * 1024 // (kc * itemsize)) // nr * nr)
+    big = k * n * itemsize > _L1_BYTES
+    pack_b = b_col_stride != 1 or big
+    pack_a = big and m * k * itemsize > _L1_BYTES
+    return Tiling(mr, nr, lanes, kc, mc, nc, pack_a, pack_b)
+
+
+def define_matmul(
+    module: ir.Module,
+    name: str,
+    *,
+    m: int,
+    n: int,
+    k: int,
+    dtype: str,
+    a: Operand,
+    b: Operand,
+    c: Operand,
+    batch: tuple[int, ...] = (),
+    accumulate: bool = False,
+    tiling: Tiling | None = None,
+) -> ir.Function:
+    """Emit `void name(ptr noalias c, ptr noalias a, ptr noalias b)`: C (=|+=) A @ B per batch."""
+    if dtype not in _ITEMSIZE:
+        raise DTypeError(f"matmul {name}: unsupported dtype {dtype!r}")
+    if min(m, n, k, *batch, 0) < 0:
+        raise ShapeError(f"matmul {name}: negative size in m={m} n={n} k={k} batch={batch}")
+    for label, operand in (("a", a), ("b", b), ("c", c)):
+        if len(operand.strides) != len(batch) + 2:
+            raise ShapeError(
+                f"matmul {name}: operand {label} has {len(operand.strides)} strides, "
+                f"expected {len(batch) + 2} for batch={batch}"
+            )
+    elem = _FLOAT_TYPES.get(dtype) or _INT_TYPES[dtype]
+    function = ir.Function(module, ir.FunctionType(ir.VoidType(), [_PTR] * 3), name)
+    for arg, arg_name in zip(function.args, ("c", "a", "b")):
+        arg.name = arg_name
+        arg.add_attribute("noalias")
+    function.attributes.add("nounwind")
+    builder = ir.IRBuilder(function.append_basic_block("entry"))
+    emitter = _Emitter(builder, elem)
+    if m == 0 or n == 0 or math.prod(batch) == 0:
+        builder.ret_void()
+        return function
+
+    # Transposed problem C^T = B^T A^T when n is narrower than a vector and m is not.
+    lanes = _VECTOR_BYTES // _ITEMSIZE[dtype]
+    if dtype in _FLOAT_TYPES and n < lanes and m > n and tiling is None:
+        m, n = n, m
+        a, b = _swap_matrix_strides(b), _swap_matrix_strides(a)
+        c = _swap_matrix_strides(c)
+        a_arg, b_arg = function.args[2], function.args[1]
+    else:
+        a_arg, b_arg = function.args[1], function.args[2]
+    c_arg = function.args[0]
+
+    def body(a_view: _View, b_view: _View, c_view: _View) -> None:
+        if dtype in _INT_TYPES or k == 0:
+            emitter.loop_nest(m, n, k, a_view, b_view, c_view, accumulate)
+        else:
+            t = tiling or choose_tiling(m, n, k, dtype, b_view.cols)
+            emitter.blocked(m, n, k, t, a_view, b_view, c_view, accumulate)
+
+    emitter.over_batch(
+        batch,
+        [(a_arg, a), (b_arg, b), (c_arg, c)],
+        body,
+    )
+    builder.ret_void()
+    return function
+
+
+_SUFFIX = {4: "f32", 8: "f64"}
+
+
+def _declare(module: ir.Module, name: str, vector: ir.Type, arity: int) -> ir.Function:
+    """An overloaded vector intrinsic (llvmlite's declare_intrinsic knows only scalars)."""
+    if name in module.globals:
+        return module.globals[name]
+    return ir.Function(module, ir.FunctionType(vector, [vector] * arity), name)
+
+
+def _swap_matrix_strides(operand: Operand) -> Operand:
+    *batch_strides, rows, cols = operand.strides
+    return Operand((*batch_strides, cols, rows), operand.offset)
+
+
+@dataclass
+class _View:
+    """A strided 2-d window: element (r, c) lives at ptr + r*rows + c*cols (elements)."""
+
+    ptr: ir.Value
+    rows: int
+    cols: int
+
+
+class _Emitter:
+    """Loop and tile emission on one IRBuilder; sizes and strides are Python ints."""
+
+    def __init__(self, builder: ir.IRBuilder, elem: ir.Type):
+        self.b = builder
+        self.elem = elem
+        self.is_float = isinstance(elem, (ir.FloatType, ir.DoubleType))
+        self.entry = builder.block
+        self.zero = ir.Constant(elem, 0.0 if self.is_float else 0)
+
+    # ---- addressing and loops -------------------------------------------------------------
+
+    def linear(self, terms: list[tuple[ir.Value | int, int]]) -> ir.Value | int:
+        """sum(index * stride) with constant folding; indices are i64 values or ints."""
+        const, total = 0, None
+        for index, stride in terms:
+            if stride == 0:
+                continue
+            if isinstance(index, int):
+                const += index * stride
+                continue
+            term = index if stride == 1 else self.b.mul(index, ir.Constant(_I64, stride))
+            total = term if total is None else self.b.add(total, term)
+        if total is None:
+            return const
+        return self.b.add(total, ir.Constant(_I64, const)) if const else total
+
+    def gep(self, ptr: ir.Value, index: ir.Value | int, etype: ir.Type | None = None):
+        if isinstance(index, int):
+            if index == 0:
+                return ptr
+            index = ir.Constant(_I64, index)
+        return self.b.gep(ptr, [index], inbounds=True, source_etype=etype or self.elem)
+
+    def at(self, view: _View, r: ir.Value | int, c: ir.Value | int) -> ir.Value:
+        return self.gep(view.ptr, self.linear([(r, view.rows), (c, view.cols)]))
+
+    def sub(self, view: _View, r: ir.Value | int, c: ir.Value | int) -> _View:
+        return _View(self.at(view, r, c), view.rows, view.cols)
+
+    def loop(self, count: int, body, carried: list[ir.Value] = ()) -> list[ir.Value]:
+        """Emit `for i in range(count)`; body(i, carried) returns the next carried values."""
+        carried = list(carried)
+        if count <= 0:
+            return carried
+        if count == 1:
+            return list(body(ir.Constant(_I64, 0), carried) or [])
+        pre = self.b.block
+        head = self.b.append_basic_block("loop")
+        self.b.branch(head)
+        self.b.position_at_end(head)
+        index = self.b.phi(_I64, "i")
+        phis = [self.b.phi(v.type) for v in carried]
+        for phi, value in zip(phis, carried):
+            phi.add_incoming(value, pre)
+        index.add_incoming(ir.Constant(_I64, 0), pre)
+        result = list(body(index, phis) or [])
+        step = self.b.add(index, ir.Constant(_I64, 1))
+        for phi, value in zip(phis, result):
+            phi.add_incoming(value, self.b.block)
+        index.add_incoming(step, self.b.block)
+        done = self.b.append_basic_block("loop.end")
+        self.b.cbranch(self.b.icmp_unsigned("<", step, ir.Constant(_I64, count)), head, done)
+        self.b.position_at_end(done)
+        return result
+
+    def segments(self, total: int, block: int, body) -> None:
+        """body(start, size) over blocks of `block`, full ones in one loop, then the rest."""
+        full, rest = divmod(total, block)
+        if full:
+            self.loop(full, lambda i, _: body(self.linear([(i, block)]), block))
+        if rest:
+            body(full * block, rest)
+
+    def over_batch(self, batch, operands, body) -> None:
+        """Loop over batch dims; body gets the (rows, cols) views of each operand."""
+
+        def level(depth: int, offsets: list):
+            if depth == len(batch):
+                views = []
+                for (arg, op), offset in zip(operands, offsets):
+                    ptr = self.gep(arg, self.linear([(offset, 1), (1, op.offset)]))
+                    views.append(_View(ptr, op.strides[-2], op.strides[-1]))
+                body(*views)
+                return
+
+            def step(i, _):
+                level(depth + 1, [self.linear([(o, 1), (i, op.strides[depth])])
+                                  for o, (_, op) in zip(offsets, operands)])
+
+            self.loop(batch[depth], step)
+
+        level(0, [0] * len(operands))
+
+    def scratch(self, elements: int) -> ir.Value:
+        """A 64-byte-aligned stack buffer, allocated once in the entry block."""
+        with self.b.goto_block(self.entry):
+            self.b.position_at_start(self.entry)
+            buffer = self.b.alloca(ir.ArrayType(self.elem, elements))
+            buffer.align = 64
+        # llvmlite gives allocas a typed pointer type; under opaque pointers it is a `ptr`.
+        buffer.type = _PTR
+        return buffer
+
+    # ---- integer (and k == 0) loop nest --------------------------------------------------
+
+    def loop_nest(self, m, n, k, a: _View, b: _View, c: _View, accumulate: bool) -> None:
+        mul, add = (self.b.fmul, self.b.fadd) if self.is_float else (self.b.mul, self.b.add)
+
+        def row(i, _):
+            def col(j, _):
+                target = self.at(c, i, j)
+                init = self.b.load(target, typ=self.elem) if accumulate else self.zero
+
+                def dot(kk, acc):
+                    product = mul(self.b.load(self.at(a, i, kk), typ=self.elem), self.b.load(self.at(b, kk, j), typ=self.elem))
+                    return [add(acc[0], product)]
+
+                self.b.store(self.loop(k, dot, [init])[0], target)
+
+            self.loop(n, col)
+
+        self.loop(m, row)
+
+    # ---- float: blocking, packing, micro-kernel ------------------------------------------
+
+    def blocked(self, m, n, k, t: Tiling, a: _View, b: _View, c: _View, accumulate) -> None:
+        vector = ir.VectorType(self.elem, t.lanes)
+        self.vector = vector
+        self.fma = _declare(self.b.module, f"llvm.fma.v{t.lanes}{_SUFFIX[self.elem_bytes]}", vector, 3)
+        nc = min(t.nc, -(-n // t.nr) * t.nr)
+        kc, mc = min(t.kc, k), min(t.mc, m)
+        b_pack = self.scratch(kc * nc) if t.pack_b else None
+        a_pack = self.scratch(mc * kc) if t.pack_a else None
+
+        def jc_block(jc, nc_size):
+            def pc_block(pc, kc_size, load_c):
+                if b_pack is not None:
+                    self.pack_b(b, pc, jc, kc_size, nc_size, t.nr, b_pack)
+
+                def ic_block(ic, mc_size):
+                    if a_pack is not None:
+                        self.pack_a(a, ic, pc, mc_size, kc_size, t.mr, a_pack)
+
+                    def jr_block(jr, nr_size):
+                        def ir_block(ir_, mr_size):
+                            if a_pack is not None:
+                                panel = self.linear([(ir_, kc_size)])
+                                a_view = _View(self.gep(a_pack, panel), 1, mr_size)
+                            else:
+                                a_view = self.sub(a, self.linear([(ic, 1), (ir_, 1)]), pc)
+                            if b_pack is not None:
+                                panel = self.linear([(jr, kc_size)])
+                                b_view = _View(self.gep(b_pack, panel), t.nr, 1)
+                            else:
+                                b_view = self.sub(b, pc, self.linear([(jc, 1), (jr, 1)]))
+                            c_view = self.sub(
+                                c, self.linear([(ic, 1), (ir_, 1)]), self.linear([(jc, 1), (jr, 1)])
+                            )
+                            self.micro_kernel(
+                                kc_size, mr_size, nr_size, a_view, b_view, b_pack is not None,
+                                c_view, load_c,
+                            )
+
+                        self.segments(mc_size, t.mr, ir_block)
+
+                    self.segments(nc_size, t.nr, jr_block)
+
+                self.segments(m, mc, ic_block)
+
+            # The first k block initialises C (unless accumulating); later ones add to it.
+            pc_block(0, min(kc, k), accumulate)
+            if k > kc:
+                self.segments(
+                    k - kc, kc, lambda pc, size: pc_block(self.linear([(pc, 1), (kc, 1)]), size, True)
+                )
+
+        self.segments(n, nc, jc_block)
+
+    def pack_b(self, b: _View, pc, jc, kc, nc, nr, out) -> None:
+        """Bp[p][kk][0:nr] = B[pc+kk, jc+p*nr : +nr], zero padded past nc."""
+        source = self.sub(b, pc, jc)
+
+        def panel(jr, width):
+            base = self.gep(out, self.linear([(jr, kc)]))
+
+            def row(kk, _):
+                src = _View(self.at(source, kk, jr), source.rows, source.cols)
+                for v in range(0, nr, self.vector.count):
+                    lanes = min(self.vector.count, max(width - v, 0))
+                    value = self.load_vector(src, 0, v, lanes)
+                    dst = self.gep(base, self.linear([(kk, nr), (v, 1)]))
+                    self.b.store(value, dst, align=min(64, self.vector.count * self.elem_bytes))
+
+            self.loop(kc, row)
+
+        self.segments(nc, nr, panel)
+
+    def pack_a(self, a: _View, ic, pc, mc, kc, mr, out) -> None:
+        """Ap[q][kk][0:rows] = A[ic+q*mr : +rows, pc+kk] for panels q of mr rows."""
+        source = self.sub(a, ic, pc)
+
+        def panel(ir_, rows):
+            base = self.gep(out, self.linear([(ir_, kc)]))
+            src = self.sub(source, ir_, 0)
+
+            def column(kk, _):
+                for r in range(rows):
+                    value = self.b.load(self.at(src, r, kk), typ=self.elem)
+                    self.b.store(value, self.gep(base, self.linear([(kk, rows), (r, 1)])))
+
+            self.loop(kc, column)
+
+        self.segments(mc, mr, panel)
+
+    @property
+    def elem_bytes(self) -> int:
+        return 4 if isinstance(self.elem, ir.FloatType) else 8
+
+    def load_vector(self, view: _View, r, c, lanes: int, padded: bool = False) -> ir.Value:
+        """Elements (r, c .. c+lanes) as one vector; lanes past `lanes` are zero."""
+        width = self.vector.count
+        if padded or (lanes == width and view.cols == 1):
+            return self.b.load(self.at(view, r, c), typ=self.vector, align=self.elem_bytes)
+        value = ir.Constant(self.vector, [self.zero] * width)
+        for lane in range(lanes):
+            element = self.b.load(self.at(view, r, self.linear([(c, 1), (lane, 1)])), typ=self.elem)
+            value = self.b.insert_element(value, element, ir.Constant(ir.IntType(32), lane))
+        return value
+
+    def store_vector(self, value: ir.Value, view: _View, r, c, lanes: int) -> None:
+        if lanes == self.vector.count and view.cols == 1:
+            self.b.store(value, self.at(view, r, c), align=self.elem_bytes)
+            return
+        for lane in range(lanes):
+            element = self.b.extract_element(value, ir.Constant(ir.IntType(32), lane))
+            self.b.store(element, self.at(view, r, self.linear([(c, 1), (lane, 1)])))
+
+    def splat(self, scalar: ir.Value) -> ir.Value:
+        width = self.vector.count
+        one = self.b.insert_element(
+            ir.Constant(self.vector, ir.Undefined), scalar, ir.Constant(ir.IntType(32), 0)
+        )
+        mask = ir.Constant(ir.VectorType(ir.IntType(32), width), [0] * width)
+        return self.b.shuffle_vector(one, ir.Constant(self.vector, ir.Undefined), mask)
+
+    def micro_kernel(self, kc, mr, nr, a: _View, b: _View, b_padded, c: _View, load_c) -> None:
+        """C[0:mr, 0:nr] (=|+=) A[0:mr, 0:kc] @ B[0:kc, 0:nr] with mr x nv vector registers."""
+        width = self.vector.count
+        columns = [(v, min(width, nr - v)) for v in range(0, nr, width)]
+        zero = ir.Constant(self.vector, [self.zero] * width)
+        init = [
+            self.load_vector(c, r, v, lanes) if load_c else zero
+            for r in range(mr)
+            for v, lanes in columns
+        ]
+
+        def step(kk, acc):
+            b_rows = [self.load_vector(b, kk, v, lanes, b_padded) for v, lanes in columns]
+            out = []
+            for r in range(mr):
+                a_splat = self.splat(self.b.load(self.at(a, r, kk), typ=self.elem))
+                for j, b_row in enumerate(b_rows):
+                    out.append(self.b.call(self.fma, [a_splat, b_row, acc[r * len(columns) + j]]))
+            return out
+
+        acc = self.loop(kc, step, init)
+        for r in range(mr):
+            for j, (v, lanes) in enumerate(columns):
+                self.store_vector(acc[r * len(columns) + j], c, r, v, lanes)

@@ -1,0 +1,399 @@
+"""The symbolic Tensor: NumPy-like operators that build IR nodes.
+
+A Tensor wraps one IR node. Operators follow NumPy: broadcasting becomes explicit
+`broadcast_to` nodes, and dtypes promote by NumPy 2's rules (NEP 50: Python scalars are
+weak and take the tensor's dtype; float32 with float64 gives float64). Every node
+records the user's `file:line`, so errors and dumps point at the user's code.
+"""
+
+from __future__ import annotations
+
+import numbers
+import operator
+
+import numpy as np
+
+from graphc.errors import DTypeError, GraphcError, ShapeError
+from graphc.ir.graph import Node, Storage, apply, user_location
+from graphc.ir.types import DTYPES, FLOATS, TensorType, canonical_dtype
+
+
+class Tensor:
+    """A symbolic, statically shaped value in a graphc graph."""
+
+    __array_ufunc__ = None  # make NumPy defer to our reflected operators
+    __hash__ = object.__hash__
+
+    def __init__(self, node: Node):
+        self.node = node
+
+    # ---- description ----
+    shape = property(lambda self: self.node.shape)
+    dtype = property(lambda self: self.node.dtype)
+    ndim = property(lambda self: len(self.node.shape))
+    size = property(lambda self: self.node.type.size)
+    name = property(lambda self: self.node.name)
+    type = property(lambda self: self.node.type)
+
+    def __repr__(self) -> str:
+        label = self.node.name or self.node.op
+        return f"Tensor({label}: {self.node.type}, {self.node.loc})"
+
+    def __bool__(self):
+        raise GraphcError(
+            f"a symbolic Tensor ({self!r}) has no truth value; use gc.where for conditions"
+        )
+
+    def __len__(self):
+        if not self.shape:
+            raise ShapeError("len() of a scalar Tensor")
+        return self.shape[0]
+
+    @property
+    def value(self) -> np.ndarray:
+        """The ndarray behind a param (its live storage) or const."""
+        if self.node.op == "param":
+            return self.node.attrs["storage"].value
+        if self.node.op == "const":
+            return self.node.attrs["value"]
+        raise GraphcError(f"{self!r} is computed; it has no stored value")
+
+    @value.setter
+    def value(self, array):
+        if self.node.op != "param":
+            raise GraphcError(f"only params can be assigned, not {self!r}")
+        storage = self.node.attrs["storage"].value
+        array = np.asarray(array)
+        if array.shape != storage.shape:
+            raise ShapeError(f"param {self.name}: cannot assign shape {array.shape} to {self.type}")
+        if not np.can_cast(array.dtype, storage.dtype, "same_kind"):
+            raise DTypeError(f"param {self.name}: cannot assign {array.dtype} to {self.type}")
+        storage[...] = array
+
+    # ---- arithmetic ----
+    def __add__(self, other):
+        return binary("add", self, other)
+
+    def __radd__(self, other):
+        return binary("add", other, self)
+
+    def __sub__(self, other):
+        return binary("sub", self, other)
+
+    def __rsub__(self, other):
+        return binary("sub", other, self)
+
+    def __mul__(self, other):
+        return binary("mul", self, other)
+
+    def __rmul__(self, other):
+        return binary("mul", other, self)
+
+    def __truediv__(self, other):
+        return binary("div", self, other)
+
+    def __rtruediv__(self, other):
+        return binary("div", other, self)
+
+    def __pow__(self, other):
+        return power(self, other)
+
+    def __rpow__(self, other):
+        return power(other, self)
+
+    def __matmul__(self, other):
+        from graphc.frontend.functions import matmul
+
+        return matmul(self, other)
+
+    def __rmatmul__(self, other):
+        from graphc.frontend.functions import matmul
+
+        return matmul(other, self)
+
+    def __neg__(self):
+        return unary("neg", self)
+
+    def __pos__(self):
+        return self
+
+    def __abs__(self):
+        return unary("abs", self)
+
+    def __invert__(self):
+        if self.dtype != "bool":
+            raise DTypeError(f"~ needs a bool Tensor, got {self.type}")
+        return unary("logical_not", self)
+
+    def __and__(self, other):
+        return binary("logical_and", self, other)
+
+    def __or__(self, other):
+        return binary("logical_or", self, other)
+
+    __rand__ = lambda self, other: binary("logical_and", other, self)
+    __ror__ = lambda self, other: binary("logical_or", other, self)
+
+    def __lt__(self, other):
+        return binary("lt", self, other)
+
+    def __le__(self, other):
+        return binary("le", self, other)
+
+    def __gt__(self, other):
+        return binary("gt", self, other)
+
+    def __ge__(self, other):
+        return binary("ge", self, other)
+
+    def __eq__(self, other):
+        return binary("eq", self, other)
+
+    def __ne__(self, other):
+        return binary("ne", self, other)
+
+    # ---- methods ----
+    def sum(self, axis=None, keepdims=False) -> Tensor:
+        return reduce("sum", self, axis, keepdims)
+
+    def max(self, axis=None, keepdims=False) -> Tensor:
+        return reduce("max", self, axis, keepdims)
+
+    def mean(self, axis=None, keepdims=False) -> Tensor:
+        x = self if self.dtype in FLOATS else self.astype("float64")
+        axes = normalize_axes(axis, self.ndim)
+        count = int(np.prod([self.shape[a] for a in axes]))
+        return x.sum(axes, keepdims) / count
+
+    def argmax(self, axis=-1, keepdims=False) -> Tensor:
+        (axis,) = normalize_axes(axis, self.ndim)
+        return Tensor(apply("argmax", self.node, axis=axis, keepdims=keepdims))
+
+    def reshape(self, *shape) -> Tensor:
+        if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+            shape = tuple(shape[0])
+        if shape.count(-1) == 1:
+            known = int(np.prod([d for d in shape if d != -1]))
+            shape = tuple(self.size // known if d == -1 and known else d for d in shape)
+        if tuple(shape) == self.shape:
+            return self
+        return Tensor(apply("reshape", self.node, shape=tuple(int(d) for d in shape)))
+
+    def transpose(self, *axes) -> Tensor:
+        if len(axes) == 1 and isinstance(axes[0], (tuple, list)):
+            axes = tuple(axes[0])
+        perm = tuple(a % self.ndim for a in axes) if axes else tuple(reversed(range(self.ndim)))
+        if perm == tuple(range(self.ndim)):
+            return self
+        return Tensor(apply("transpose", self.node, perm=perm))
+
+    @property
+    def T(self) -> Tensor:
+        return self.transpose()
+
+    def astype(self, dtype) -> Tensor:
+        dtype = canonical_dtype(dtype)
+        return self if dtype == self.dtype else Tensor(apply("cast", self.node, dtype=dtype))
+
+    def __getitem__(self, index) -> Tensor:
+        return getitem(self, index)
+
+
+# ---- sources --------------------------------------------------------------------------------
+
+
+def input(name: str, shape, dtype="float32") -> Tensor:  # noqa: A001 (the public name)
+    """A placeholder fed at each call: `gc.input("x", (32, 5))`."""
+    if not isinstance(name, str) or not name:
+        raise GraphcError("gc.input needs a non-empty name")
+    shape = tuple(int(d) for d in shape)
+    if any(d < 0 for d in shape):
+        raise ShapeError(f"input {name}: negative dimension in {shape}")
+    return Tensor(apply("input", name=name, shape=shape, dtype=canonical_dtype(dtype)))
+
+
+def param(name: str, value, dtype=None) -> Tensor:
+    """Trainable state with an initial value; its `.value` is the live ndarray."""
+    array = np.array(value, dtype=canonical_dtype(dtype) if dtype else None, order="C", copy=True)
+    canonical_dtype(array.dtype)
+    return Tensor(
+        apply("param", name=name, shape=array.shape, dtype=array.dtype.name, storage=Storage(array))
+    )
+
+
+def const(value, dtype=None) -> Tensor:
+    """A constant; the dtype follows the array (Python floats become float64)."""
+    array = np.array(value, dtype=canonical_dtype(dtype) if dtype else None, copy=True)
+    if array.dtype.name not in DTYPES:
+        if array.dtype.kind in "iu":
+            array = array.astype("int64")
+        else:
+            canonical_dtype(array.dtype)
+    array.setflags(write=False)
+    return Tensor(apply("const", value=array))
+
+
+# ---- promotion and broadcasting ------------------------------------------------------------
+
+
+def _is_weak(value) -> bool:
+    return isinstance(value, (bool, numbers.Number)) and not isinstance(value, np.generic)
+
+
+def as_tensor(value, like: Tensor | None = None) -> Tensor:
+    """A Tensor for `value`; a weak Python scalar takes the dtype of `like` when compatible."""
+    if isinstance(value, Tensor):
+        return value
+    if _is_weak(value) and like is not None:
+        return const(value, weak_dtype(value, like.dtype))
+    if isinstance(value, (np.ndarray, np.generic, list, tuple, numbers.Number)):
+        return const(value)
+    raise GraphcError(f"cannot use {type(value).__name__} {value!r} as a Tensor")
+
+
+def weak_dtype(value, dtype: str) -> str:
+    """NEP 50: a Python scalar's dtype next to a tensor of `dtype`."""
+    if isinstance(value, bool):
+        return dtype
+    if isinstance(value, numbers.Integral):
+        return dtype if dtype != "bool" else "int64"
+    if isinstance(value, numbers.Real):
+        return dtype if dtype in FLOATS else "float64"
+    raise DTypeError(f"complex value {value!r} is not supported")
+
+
+def promote(*values) -> list[Tensor]:
+    """Tensors of one dtype (NumPy 2 promotion) for a mix of Tensors and scalars."""
+    strong = [as_tensor(v) for v in values if not _is_weak(v)]
+    if strong:
+        dtype = np.result_type(*[t.dtype for t in strong]).name
+    else:
+        dtype = np.result_type(*values).name
+    for v in values:
+        if _is_weak(v):
+            dtype = weak_dtype(v, dtype)
+    if dtype not in DTYPES:
+        raise DTypeError(f"promotion of {', '.join(map(repr, values))} gives unsupported {dtype}")
+    return [(const(v, dtype) if _is_weak(v) else as_tensor(v)).astype(dtype) for v in values]
+
+
+def broadcast(op: str, *tensors: Tensor) -> list[Tensor]:
+    """Make NumPy broadcasting explicit with broadcast_to nodes."""
+    try:
+        shape = np.broadcast_shapes(*[t.shape for t in tensors])
+    except ValueError:
+        shapes = " and ".join(str(t.type) for t in tensors)
+        raise ShapeError(f"{op}: cannot broadcast {shapes} (at {user_location()})") from None
+    return [broadcast_to(t, shape) for t in tensors]
+
+
+def broadcast_to(x: Tensor, shape) -> Tensor:
+    shape = tuple(shape)
+    return x if x.shape == shape else Tensor(apply("broadcast_to", x.node, shape=shape))
+
+
+_FLOAT_ONLY = {"div", "pow"}
+
+
+def binary(op: str, a, b) -> Tensor:
+    """An elementwise binary op with promotion and broadcasting."""
+    a, b = promote(a, b)
+    if op in _FLOAT_ONLY and a.dtype not in FLOATS:
+        a, b = a.astype("float64"), b.astype("float64")
+    a, b = broadcast(op, a, b)
+    return Tensor(apply(op, a.node, b.node))
+
+
+def unary(op: str, x) -> Tensor:
+    x = as_tensor(x)
+    return Tensor(apply(op, x.node))
+
+
+def float_unary(op: str, x) -> Tensor:
+    """A transcendental: integers become float64 as in NumPy."""
+    x = as_tensor(x)
+    if x.dtype not in FLOATS:
+        x = x.astype("float64")
+    return Tensor(apply(op, x.node))
+
+
+def power(base, exponent) -> Tensor:
+    """`base ** exponent`; small integer powers of integer tensors multiply out."""
+    if (
+        isinstance(base, Tensor)
+        and base.dtype not in FLOATS
+        and isinstance(exponent, numbers.Integral)
+        and 0 <= exponent <= 16
+    ):
+        result = as_tensor(1, base) + base * 0 if exponent == 0 else base
+        for _ in range(int(exponent) - 1):
+            result = result * base
+        return result
+    return binary("pow", base, exponent)
+
+
+def normalize_axes(axis, ndim: int) -> tuple[int, ...]:
+    if axis is None:
+        return tuple(range(ndim))
+    axes = (axis,) if isinstance(axis, numbers.Integral) else tuple(axis)
+    for a in axes:
+        if not -ndim <= a < max(ndim, 1):
+            raise ShapeError(f"axis {a} is out of range for rank {ndim} (at {user_location()})")
+    return tuple(sorted(a % max(ndim, 1) for a in axes))
+
+
+def reduce(op: str, x: Tensor, axis, keepdims) -> Tensor:
+    x = as_tensor(x)
+    if x.dtype == "bool":
+        x = x.astype("int64")
+    axes = normalize_axes(axis, x.ndim)
+    if not axes and not keepdims:
+        return x
+    return Tensor(apply(op, x.node, axes=axes, keepdims=bool(keepdims)))
+
+
+def getitem(x: Tensor, index) -> Tensor:
+    """Basic indexing: integers, slices with positive steps, None and Ellipsis."""
+    index = index if isinstance(index, tuple) else (index,)
+    if any(isinstance(i, (Tensor, np.ndarray, list)) for i in index):
+        raise GraphcError(f"advanced (array) indexing is not supported (at {user_location()})")
+    if index.count(Ellipsis) > 1:
+        raise ShapeError("an index can only have a single ellipsis")
+    used = sum(1 for i in index if i is not None and i is not Ellipsis)
+    if used > x.ndim:
+        raise ShapeError(f"too many indices ({used}) for {x.type} (at {user_location()})")
+    if Ellipsis in index:
+        at = index.index(Ellipsis)
+        index = index[:at] + (slice(None),) * (x.ndim - used) + index[at + 1 :]
+    index = index + (slice(None),) * (x.ndim - sum(1 for i in index if i is not None))
+    starts, stops, steps, out_shape = [], [], [], []
+    axis = 0
+    for item in index:
+        if item is None:
+            out_shape.append(1)
+            continue
+        size = x.shape[axis]
+        if isinstance(item, slice):
+            start, stop, step = item.indices(size)
+            if step < 1:
+                raise GraphcError(f"negative slice steps are not supported (at {user_location()})")
+            stop = max(stop, start)
+            starts.append(start), stops.append(stop), steps.append(step)
+            out_shape.append(len(range(start, stop, step)))
+        elif isinstance(item, numbers.Integral):
+            if not -size <= item < size:
+                raise ShapeError(f"index {item} out of range for axis {axis} of {x.type}")
+            item = operator.index(item) % size
+            starts.append(item), stops.append(item + 1), steps.append(1)
+        else:
+            raise GraphcError(f"unsupported index {item!r} (at {user_location()})")
+        axis += 1
+    node = x.node
+    if (tuple(starts), tuple(stops), tuple(steps)) != ((0,) * x.ndim, x.shape, (1,) * x.ndim):
+        node = apply("slice", node, starts=tuple(starts), stops=tuple(stops), steps=tuple(steps))
+    result = Tensor(node)
+    return result.reshape(tuple(out_shape)) if tuple(out_shape) != result.shape else result
+
+
+def tensor_type(t: Tensor) -> TensorType:
+    return t.node.type

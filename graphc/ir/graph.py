@@ -1,0 +1,200 @@
+"""Nodes and graphs: immutable, typed, in a deterministic topological order.
+
+A `Node` is one application of a primitive (ir/ops.py) to input nodes; nodes are frozen
+and compared by identity. A `Graph` is what a pass consumes and produces: its inputs,
+its state (parameters), its outputs and its updates (parameter <- new value), with all
+nodes listed in a topological order that depends only on how the graph was built, so the
+same graph always prints the same text and hashes to the same cache key.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import dataclasses
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from graphc.errors import GraphcError
+from graphc.ir.types import TensorType
+
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_location_override: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "graphc_location", default=None
+)
+
+
+class Storage:
+    """The ndarray behind a parameter; executables read and update it in place."""
+
+    def __init__(self, value: np.ndarray):
+        self.value = value
+
+
+@dataclass(frozen=True, eq=False)
+class Node:
+    """One primitive applied to input nodes; `attrs` must not be mutated."""
+
+    op: str
+    inputs: tuple[Node, ...]
+    attrs: dict[str, Any] = field(repr=False)
+    type: TensorType
+    name: str | None = None
+    loc: str | None = None
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.type.shape
+
+    @property
+    def dtype(self) -> str:
+        return self.type.dtype
+
+    def with_inputs(self, inputs) -> Node:
+        """The same node over other inputs (of the same types)."""
+        return dataclasses.replace(self, inputs=tuple(inputs))
+
+    def __repr__(self) -> str:
+        label = self.name or self.op
+        return f"<Node {label}: {self.type}>"
+
+
+def user_location() -> str | None:
+    """`file:line` of the innermost caller outside the graphc package."""
+    override = _location_override.get()
+    if override is not None:
+        return override
+    frame = sys._getframe(1)
+    while frame is not None:
+        filename = os.path.abspath(frame.f_code.co_filename)
+        if not filename.startswith(_PACKAGE_DIR + os.sep):
+            return f"{os.path.relpath(filename) if not filename.startswith('<') else filename}:{frame.f_lineno}"
+        frame = frame.f_back
+    return None
+
+
+@contextlib.contextmanager
+def location(loc: str | None):
+    """Nodes created inside this block carry `loc` (autodiff: the forward node's line)."""
+    token = _location_override.set(loc)
+    try:
+        yield
+    finally:
+        _location_override.reset(token)
+
+
+def apply(op: str, *inputs: Node, name: str | None = None, **attrs) -> Node:
+    """Create a node of primitive `op`, inferring its type (errors name op, shapes, line)."""
+    from graphc.ir.ops import OPS
+
+    loc = user_location()
+    opdef = OPS.get(op)
+    if opdef is None:
+        raise GraphcError(f"unknown op {op!r}" + (f" (at {loc})" if loc else ""))
+    if opdef.arity is not None and len(inputs) != opdef.arity:
+        raise GraphcError(f"{op} takes {opdef.arity} inputs, got {len(inputs)}")
+    try:
+        node_type = opdef.infer([x.type for x in inputs], attrs)
+    except GraphcError as error:
+        where = f" (at {loc})" if loc else ""
+        raise type(error)(f"{op}: {error}{where}") from None
+    return Node(op, tuple(inputs), attrs, node_type, name, loc)
+
+
+def topological_order(roots) -> list[Node]:
+    """All nodes reachable from `roots`, inputs before users, deterministic."""
+    order: list[Node] = []
+    seen: set[int] = set()
+    for root in roots:
+        if id(root) in seen:
+            continue
+        stack = [(root, iter(root.inputs))]
+        seen.add(id(root))
+        while stack:
+            node, pending = stack[-1]
+            for child in pending:
+                if id(child) not in seen:
+                    seen.add(id(child))
+                    stack.append((child, iter(child.inputs)))
+                    break
+            else:
+                stack.pop()
+                order.append(node)
+    return order
+
+
+class Graph:
+    """Inputs, state (params), outputs and updates over nodes in topological order."""
+
+    def __init__(self, outputs, updates=(), inputs=None, name: str = "main"):
+        self.outputs: tuple[Node, ...] = tuple(outputs)
+        self.updates: tuple[tuple[Node, Node], ...] = tuple((p, v) for p, v in updates)
+        self.name = name
+        roots = [*self.outputs, *(v for _, v in self.updates), *(p for p, _ in self.updates)]
+        if inputs is not None:
+            roots = [*inputs, *roots]
+        self.nodes: list[Node] = topological_order(roots)
+        found = [n for n in self.nodes if n.op == "input"]
+        self.inputs: tuple[Node, ...] = tuple(inputs) if inputs is not None else tuple(found)
+        self.params: tuple[Node, ...] = tuple(n for n in self.nodes if n.op == "param")
+
+    def users(self) -> dict[int, list[Node]]:
+        """id(node) -> the nodes that read it, in topological order."""
+        result: dict[int, list[Node]] = {id(n): [] for n in self.nodes}
+        for node in self.nodes:
+            for x in node.inputs:
+                if not result[id(x)] or result[id(x)][-1] is not node:
+                    result[id(x)].append(node)
+        return result
+
+    def to_networkx(self):
+        """A networkx DiGraph view: one vertex per node id, edges input -> user."""
+        import networkx as nx
+
+        view = nx.DiGraph()
+        for node in self.nodes:
+            view.add_node(id(node), node=node)
+            for x in node.inputs:
+                view.add_edge(id(x), id(node))
+        return view
+
+    def rebuild(self, outputs, updates=None) -> Graph:
+        """A graph over new output nodes, keeping this graph's inputs, name and updates' params."""
+        if updates is None:
+            updates = ()
+        return Graph(outputs, updates, inputs=self.inputs, name=self.name)
+
+    def __str__(self) -> str:
+        from graphc.ir.printer import print_graph
+
+        return print_graph(self)
+
+    def __repr__(self) -> str:
+        return f"<Graph {self.name}: {len(self.nodes)} nodes>"
+
+
+FORMS = ("loop", "reduction", "rowwise", "contraction")
+
+
+@dataclass(frozen=True, eq=False)
+class Kernel:
+    """A group of nodes compiled into one loop nest (DESIGN §4's kernel forms).
+
+    Fusion only regroups: the body nodes are the graph's own nodes, so the interpreter
+    runs a fused program by running its graph, and the printer shows each kernel as an
+    indented block. `inputs` are values read from outside the kernel (sources or other
+    kernels' outputs), `outputs` the body values needed outside it.
+    """
+
+    name: str
+    form: str
+    nodes: tuple[Node, ...]
+    inputs: tuple[Node, ...]
+    outputs: tuple[Node, ...]
+
+    def __repr__(self) -> str:
+        return f"<Kernel {self.name} ({self.form}): {len(self.nodes)} nodes>"

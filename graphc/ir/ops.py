@@ -1,0 +1,674 @@
+"""The op registry: one stanza per primitive, holding everything graphc knows about it.
+
+Each `OpDef` holds the op's name, its fusion kind, type inference (raising `ShapeError` /
+`DTypeError`), the NumPy reference `ref` the interpreter runs, and its derivatives as graph
+construction: `vjp(node, g) -> one adjoint per input (None = zero)`; `jvp(node, tangents)
+-> tangent of the output`. Elementwise ops give `partials(node) -> one ∂out/∂input node
+per input` instead, from which both are derived; linear ops (`linear=True`) take their
+tangent by applying themselves to the input tangents. `scalar` is the emitter fusion and
+codegen use for elementwise ops: `scalar(e, *values)` with `e` the codegen's emitter
+(duck-typed: `ir` never imports llvmlite). Adding an op touches one stanza.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import IntEnum
+from math import prod
+
+import numpy as np
+
+from graphc.errors import DTypeError, GraphcError, ShapeError
+from graphc.ir.graph import Node, apply
+from graphc.ir.types import DTYPES, FLOATS, INTS, TensorType
+
+
+class Kind(IntEnum):
+    """Fusion kinds, ordered: fusion decisions are comparisons."""
+
+    ELEMWISE = 0
+    BROADCAST = 1
+    INJECTIVE = 2
+    REDUCE = 3
+    CONTRACTION = 4
+    OPAQUE = 5
+
+
+@dataclass(frozen=True)
+class OpDef:
+    name: str
+    kind: Kind
+    infer: Callable
+    ref: Callable
+    arity: int | None = None  # None: any number of inputs
+    vjp: Callable | None = None
+    jvp: Callable | None = None
+    partials: Callable | None = None
+    linear: bool = False
+    differentiable: bool = True
+    scalar: Callable | None = None
+
+
+OPS: dict[str, OpDef] = {}
+
+
+def register(opdef: OpDef) -> OpDef:
+    OPS[opdef.name] = opdef
+    return opdef
+
+
+# ---- helpers for building adjoint graphs ----------------------------------------------------
+
+
+def const(value, dtype) -> Node:
+    return apply("const", value=np.asarray(value, dtype=dtype))
+
+
+def full(value, like: Node) -> Node:
+    """`value` broadcast to the type of `like`."""
+    scalar = const(value, like.dtype)
+    return scalar if like.shape == () else apply("broadcast_to", scalar, shape=like.shape)
+
+
+def mul(a, b):
+    return apply("mul", a, b)
+
+
+def div(a, b):
+    return apply("div", a, b)
+
+
+def add(a, b):
+    return apply("add", a, b)
+
+
+def sub(a, b):
+    return apply("sub", a, b)
+
+
+def neg(a):
+    return apply("neg", a)
+
+
+def where(c, a, b):
+    return apply("where", c, a, b)
+
+
+def cast(x, dtype):
+    return x if x.dtype == dtype else apply("cast", x, dtype=dtype)
+
+
+def reshape(x, shape):
+    return x if x.shape == tuple(shape) else apply("reshape", x, shape=tuple(shape))
+
+
+def broadcast_to(x, shape):
+    return x if x.shape == tuple(shape) else apply("broadcast_to", x, shape=tuple(shape))
+
+
+def sum_to(g: Node, shape: tuple[int, ...]) -> Node:
+    """Undo NumPy broadcasting: sum `g` down to `shape` (the one place this happens)."""
+    if g.shape == shape:
+        return g
+    lead = len(g.shape) - len(shape)
+    axes = tuple(range(lead)) + tuple(
+        lead + i for i, d in enumerate(shape) if d == 1 and g.shape[lead + i] != 1
+    )
+    summed = apply("sum", g, axes=axes, keepdims=True) if axes else g
+    return reshape(summed, shape)
+
+
+def _swap_last(x):
+    perm = tuple(range(len(x.shape) - 2)) + (len(x.shape) - 1, len(x.shape) - 2)
+    return apply("transpose", x, perm=perm)
+
+
+# ---- type inference helpers -----------------------------------------------------------------
+
+
+def _same_shapes(types):
+    first = types[0]
+    for t in types[1:]:
+        if t.shape != first.shape:
+            shapes = " vs ".join(str(u) for u in types)
+            raise ShapeError(f"elementwise inputs must have equal shapes, got {shapes}")
+    return first
+
+
+def _same_dtypes(types):
+    if len({t.dtype for t in types}) > 1:
+        raise DTypeError(f"inputs must share one dtype, got {', '.join(map(str, types))}")
+
+
+def _elementwise(allowed, result=None):
+    """Inference for an elementwise op over equal shapes and dtypes in `allowed`."""
+
+    def infer(types, attrs):
+        first = _same_shapes(types)
+        _same_dtypes(types)
+        if first.dtype not in allowed:
+            raise DTypeError(f"does not accept {first}; allowed dtypes: {', '.join(allowed)}")
+        return first.with_dtype(result or first.dtype)
+
+    return infer
+
+
+NUMERIC = FLOATS + INTS
+
+
+def _unary(name, ref, partial=None, allowed=FLOATS, linear=False, **extra):
+    partials = (lambda n: [partial(n.inputs[0], n)]) if partial else None
+    return register(
+        OpDef(
+            name,
+            Kind.ELEMWISE,
+            _elementwise(allowed),
+            lambda xs, attrs: ref(xs[0]),
+            arity=1,
+            partials=partials,
+            linear=linear,
+            differentiable=partial is not None or linear,
+            **extra,
+        )
+    )
+
+
+def _binary(name, ref, partials=None, allowed=NUMERIC, result=None, linear=False, **extra):
+    return register(
+        OpDef(
+            name,
+            Kind.ELEMWISE,
+            _elementwise(allowed, result),
+            lambda xs, attrs: ref(xs[0], xs[1]),
+            arity=2,
+            partials=partials,
+            linear=linear,
+            differentiable=partials is not None or linear,
+            **extra,
+        )
+    )
+
+
+# ---- elementwise ----------------------------------------------------------------------------
+
+_unary("neg", np.negative, allowed=NUMERIC, linear=True, vjp=lambda n, g: [neg(g)])
+_unary("abs", np.abs, lambda x, y: apply("sign", x), allowed=NUMERIC)
+_unary("sign", np.sign, allowed=NUMERIC)
+_unary("exp", np.exp, lambda x, y: y)
+_unary("log", np.log, lambda x, y: div(full(1, x), x))
+_unary("log1p", np.log1p, lambda x, y: div(full(1, x), add(full(1, x), x)))
+_unary("sin", np.sin, lambda x, y: apply("cos", x))
+_unary("cos", np.cos, lambda x, y: neg(apply("sin", x)))
+_unary("tanh", np.tanh, lambda x, y: sub(full(1, y), mul(y, y)))
+_unary("sqrt", np.sqrt, lambda x, y: div(full(0.5, y), y))
+
+
+def _sigmoid_ref(x):
+    with np.errstate(over="ignore"):
+        return (1 / (1 + np.exp(-x))).astype(x.dtype)
+
+
+_unary("sigmoid", _sigmoid_ref, lambda x, y: mul(y, sub(full(1, y), y)))
+_unary("logical_not", np.logical_not, allowed=("bool",))
+
+
+def _maximum_partials(n):
+    a, b = n.inputs
+    half, one, zero = full(0.5, a), full(1, a), full(0, a)
+    on_a = where(apply("gt", a, b), one, where(apply("eq", a, b), half, zero))
+    return [on_a, sub(one, on_a)]
+
+
+def _minimum_partials(n):
+    a, b = n.inputs
+    half, one, zero = full(0.5, a), full(1, a), full(0, a)
+    on_a = where(apply("lt", a, b), one, where(apply("eq", a, b), half, zero))
+    return [on_a, sub(one, on_a)]
+
+
+def _pow_partials(n):
+    a, b = n.inputs
+    # d/da a^b = b a^(b-1);  d/db a^b = a^b log a  (taken as 0 where a == 0)
+    da = mul(b, apply("pow", a, sub(b, full(1, b))))
+    safe_a = where(apply("eq", a, full(0, a)), full(1, a), a)
+    db = mul(n, apply("log", safe_a))
+    return [da, db]
+
+
+def _pow_ref(a, b):
+    with np.errstate(all="ignore"):
+        return np.power(a, b)
+
+
+def _div_ref(a, b):
+    with np.errstate(all="ignore"):
+        return np.divide(a, b)
+
+
+_binary("add", np.add, linear=True, vjp=lambda n, g: [g, g])
+_binary("sub", np.subtract, linear=True, vjp=lambda n, g: [g, neg(g)])
+_binary("mul", np.multiply, lambda n: [n.inputs[1], n.inputs[0]])
+_binary(
+    "div",
+    _div_ref,
+    lambda n: [div(full(1, n), n.inputs[1]), neg(div(n, n.inputs[1]))],
+    allowed=FLOATS,
+)
+_binary("pow", _pow_ref, _pow_partials, allowed=FLOATS)
+_binary("maximum", np.maximum, _maximum_partials)
+_binary("minimum", np.minimum, _minimum_partials)
+for _name, _ref in [
+    ("lt", np.less),
+    ("le", np.less_equal),
+    ("gt", np.greater),
+    ("ge", np.greater_equal),
+    ("eq", np.equal),
+    ("ne", np.not_equal),
+]:
+    _binary(_name, _ref, allowed=DTYPES, result="bool")
+_binary("logical_and", np.logical_and, allowed=("bool",))
+_binary("logical_or", np.logical_or, allowed=("bool",))
+
+
+def _infer_where(types, attrs):
+    cond, a, b = types
+    _same_shapes(types)
+    if cond.dtype != "bool":
+        raise DTypeError(f"condition must be bool, got {cond}")
+    _same_dtypes([a, b])
+    return a
+
+
+register(
+    OpDef(
+        "where",
+        Kind.ELEMWISE,
+        _infer_where,
+        lambda xs, attrs: np.where(*xs),
+        arity=3,
+        vjp=lambda n, g: [None, where(n.inputs[0], g, full(0, g)), where(n.inputs[0], full(0, g), g)],
+        jvp=lambda n, t: where(
+            n.inputs[0], t[1] if t[1] is not None else full(0, n), t[2] if t[2] is not None else full(0, n)
+        ),
+    )
+)
+
+
+def _infer_cast(types, attrs):
+    return types[0].with_dtype(attrs["dtype"])
+
+
+def _cast_vjp(n, g):
+    return [cast(g, n.inputs[0].dtype) if n.inputs[0].dtype in FLOATS else None]
+
+
+register(
+    OpDef(
+        "cast",
+        Kind.ELEMWISE,
+        _infer_cast,
+        lambda xs, attrs: xs[0].astype(attrs["dtype"]),
+        arity=1,
+        vjp=_cast_vjp,
+        jvp=lambda n, t: cast(t[0], n.dtype) if n.dtype in FLOATS else None,
+    )
+)
+register(
+    OpDef(
+        "stop_gradient",
+        Kind.ELEMWISE,
+        lambda types, attrs: types[0],
+        lambda xs, attrs: xs[0],
+        arity=1,
+        differentiable=False,
+    )
+)
+
+
+# ---- layout ---------------------------------------------------------------------------------
+
+
+def _infer_broadcast_to(types, attrs):
+    (x,) = types
+    shape = tuple(attrs["shape"])
+    lead = len(shape) - x.ndim
+    if lead < 0 or any(d not in (1, s) for d, s in zip(x.shape, shape[lead:])):
+        raise ShapeError(f"cannot broadcast {x} to shape {shape}")
+    return x.with_shape(shape)
+
+
+register(
+    OpDef(
+        "broadcast_to",
+        Kind.BROADCAST,
+        _infer_broadcast_to,
+        lambda xs, attrs: np.broadcast_to(xs[0], attrs["shape"]).copy(),
+        arity=1,
+        vjp=lambda n, g: [sum_to(g, n.inputs[0].shape)],
+        linear=True,
+    )
+)
+
+
+def _infer_reshape(types, attrs):
+    (x,) = types
+    shape = tuple(attrs["shape"])
+    if prod(shape) != x.size or any(d < 0 for d in shape):
+        raise ShapeError(f"cannot reshape {x} ({x.size} elements) to shape {shape}")
+    return x.with_shape(shape)
+
+
+register(
+    OpDef(
+        "reshape",
+        Kind.INJECTIVE,
+        _infer_reshape,
+        lambda xs, attrs: xs[0].reshape(attrs["shape"]),
+        arity=1,
+        vjp=lambda n, g: [reshape(g, n.inputs[0].shape)],
+        linear=True,
+    )
+)
+
+
+def _infer_transpose(types, attrs):
+    (x,) = types
+    perm = tuple(attrs["perm"])
+    if sorted(perm) != list(range(x.ndim)):
+        raise ShapeError(f"perm {perm} is not a permutation of the axes of {x}")
+    return x.with_shape([x.shape[p] for p in perm])
+
+
+register(
+    OpDef(
+        "transpose",
+        Kind.INJECTIVE,
+        _infer_transpose,
+        lambda xs, attrs: np.transpose(xs[0], attrs["perm"]),
+        arity=1,
+        vjp=lambda n, g: [apply("transpose", g, perm=tuple(np.argsort(n.attrs["perm"]).tolist()))],
+        linear=True,
+    )
+)
+
+
+def _infer_slice(types, attrs):
+    (x,) = types
+    starts, stops, steps = attrs["starts"], attrs["stops"], attrs["steps"]
+    if not len(starts) == len(stops) == len(steps) == x.ndim:
+        raise ShapeError(f"slice of {x} needs one start/stop/step per axis")
+    shape = []
+    for d, start, stop, step in zip(x.shape, starts, stops, steps):
+        if step < 1 or not 0 <= start <= stop <= d:
+            raise ShapeError(f"slice {start}:{stop}:{step} out of range for axis of {d} in {x}")
+        shape.append(len(range(start, stop, step)))
+    return x.with_shape(shape)
+
+
+def _slice_ref(xs, attrs):
+    index = tuple(slice(a, b, c) for a, b, c in zip(attrs["starts"], attrs["stops"], attrs["steps"]))
+    return xs[0][index].copy()
+
+
+def _slice_vjp(n, g):
+    x = n.inputs[0]
+    widths = []
+    for d, start, size, step in zip(x.shape, n.attrs["starts"], n.shape, n.attrs["steps"]):
+        used = (size - 1) * step + 1 if size else 0
+        widths.append((start, d - start - used, step - 1) if size else (d, 0, 0))
+    return [apply("pad", g, widths=tuple(widths), value=0.0)]
+
+
+register(
+    OpDef("slice", Kind.INJECTIVE, _infer_slice, _slice_ref, arity=1, vjp=_slice_vjp, linear=True)
+)
+
+
+def _infer_pad(types, attrs):
+    (x,) = types
+    widths = attrs["widths"]
+    if len(widths) != x.ndim or any(min(w) < 0 for w in widths):
+        raise ShapeError(f"pad widths {widths} must be (low, high, interior) >= 0 per axis of {x}")
+    shape = [lo + hi + d + max(d - 1, 0) * interior for d, (lo, hi, interior) in zip(x.shape, widths)]
+    return x.with_shape(shape)
+
+
+def _pad_ref(xs, attrs):
+    x = xs[0]
+    out_type = _infer_pad([TensorType(x.shape, x.dtype.name)], attrs)
+    out = np.full(out_type.shape, attrs["value"], dtype=x.dtype)
+    index = tuple(slice(lo, lo + (d - 1) * (i + 1) + 1 if d else lo, i + 1)
+                  for d, (lo, hi, i) in zip(x.shape, attrs["widths"]))
+    out[index] = x
+    return out
+
+
+def _pad_vjp(n, g):
+    x = n.inputs[0]
+    starts = tuple(lo for lo, hi, i in n.attrs["widths"])
+    steps = tuple(i + 1 for lo, hi, i in n.attrs["widths"])
+    stops = tuple(lo + (d - 1) * s + 1 if d else lo for d, lo, s in zip(x.shape, starts, steps))
+    return [apply("slice", g, starts=starts, stops=stops, steps=steps)]
+
+
+register(OpDef("pad", Kind.INJECTIVE, _infer_pad, _pad_ref, arity=1, vjp=_pad_vjp, linear=True))
+
+
+def _infer_concat(types, attrs):
+    axis = attrs["axis"]
+    first = types[0]
+    if not types:
+        raise ShapeError("concat needs at least one input")
+    if not 0 <= axis < first.ndim:
+        raise ShapeError(f"axis {axis} out of range for {first}")
+    _same_dtypes(types)
+    for t in types[1:]:
+        if t.ndim != first.ndim or any(
+            a != b for i, (a, b) in enumerate(zip(t.shape, first.shape)) if i != axis
+        ):
+            raise ShapeError(f"cannot concat {', '.join(map(str, types))} along axis {axis}")
+    shape = list(first.shape)
+    shape[axis] = sum(t.shape[axis] for t in types)
+    return first.with_shape(shape)
+
+
+def _concat_vjp(n, g):
+    axis, start, grads = n.attrs["axis"], 0, []
+    for x in n.inputs:
+        starts = [0] * g.type.ndim
+        stops = list(g.shape)
+        starts[axis], stops[axis] = start, start + x.shape[axis]
+        grads.append(apply("slice", g, starts=tuple(starts), stops=tuple(stops), steps=(1,) * len(stops)))
+        start += x.shape[axis]
+    return grads
+
+
+register(
+    OpDef(
+        "concat",
+        Kind.INJECTIVE,
+        _infer_concat,
+        lambda xs, attrs: np.concatenate(xs, axis=attrs["axis"]),
+        vjp=_concat_vjp,
+        linear=True,
+    )
+)
+
+
+# ---- reductions -----------------------------------------------------------------------------
+
+
+def _reduced_shape(x, axes, keepdims):
+    if any(not 0 <= a < x.ndim for a in axes) or len(set(axes)) != len(axes):
+        raise ShapeError(f"axes {tuple(axes)} invalid for {x}")
+    if keepdims:
+        return tuple(1 if i in axes else d for i, d in enumerate(x.shape))
+    return tuple(d for i, d in enumerate(x.shape) if i not in axes)
+
+
+def _infer_reduce(allowed):
+    def infer(types, attrs):
+        (x,) = types
+        if x.dtype not in allowed:
+            raise DTypeError(f"does not accept {x}")
+        return x.with_shape(_reduced_shape(x, tuple(attrs["axes"]), attrs["keepdims"]))
+
+    return infer
+
+
+def _expand_back(g: Node, x: Node, axes) -> Node:
+    """Broadcast a reduced value back over the reduced axes of `x`."""
+    kept = tuple(1 if i in axes else d for i, d in enumerate(x.shape))
+    return broadcast_to(reshape(g, kept), x.shape)
+
+
+def _max_mask(n):
+    x = n.inputs[0]
+    mask = cast(apply("eq", x, _expand_back(n, x, n.attrs["axes"])), x.dtype)
+    count = apply("sum", mask, axes=n.attrs["axes"], keepdims=True)
+    return div(mask, broadcast_to(count, x.shape))
+
+
+def _sum_ref(xs, attrs):
+    x = xs[0]
+    return np.sum(x, axis=tuple(attrs["axes"]), keepdims=attrs["keepdims"], dtype=x.dtype)
+
+
+def _max_ref(xs, attrs):
+    x = xs[0]
+    if x.size == 0:
+        out_shape = _reduced_shape(TensorType(x.shape, x.dtype.name), attrs["axes"], attrs["keepdims"])
+        fill = -np.inf if x.dtype.kind == "f" else np.iinfo(x.dtype).min
+        return np.full(out_shape, fill, x.dtype)
+    return np.max(x, axis=tuple(attrs["axes"]), keepdims=attrs["keepdims"])
+
+
+register(
+    OpDef(
+        "sum",
+        Kind.REDUCE,
+        _infer_reduce(NUMERIC),
+        _sum_ref,
+        arity=1,
+        vjp=lambda n, g: [_expand_back(g, n.inputs[0], n.attrs["axes"])],
+        linear=True,
+    )
+)
+register(
+    OpDef(
+        "max",
+        Kind.REDUCE,
+        _infer_reduce(NUMERIC),
+        _max_ref,
+        arity=1,
+        vjp=lambda n, g: [mul(_expand_back(g, n.inputs[0], n.attrs["axes"]), _max_mask(n))],
+        jvp=lambda n, t: apply(
+            "sum", mul(t[0], _max_mask(n)), axes=n.attrs["axes"], keepdims=n.attrs["keepdims"]
+        ),
+    )
+)
+
+
+def _infer_argmax(types, attrs):
+    (x,) = types
+    axis = attrs["axis"]
+    if x.dtype == "bool":
+        raise DTypeError(f"does not accept {x}")
+    return TensorType(_reduced_shape(x, (axis,), attrs["keepdims"]), "int64")
+
+
+register(
+    OpDef(
+        "argmax",
+        Kind.REDUCE,
+        _infer_argmax,
+        lambda xs, attrs: np.argmax(xs[0], axis=attrs["axis"], keepdims=attrs["keepdims"]),
+        arity=1,
+        differentiable=False,
+    )
+)
+
+
+# ---- contraction ----------------------------------------------------------------------------
+
+
+def _infer_matmul(types, attrs):
+    a, b = types
+    _same_dtypes(types)
+    if a.dtype not in NUMERIC:
+        raise DTypeError(f"does not accept {a}")
+    if a.ndim < 2 or a.ndim != b.ndim or a.shape[:-2] != b.shape[:-2] or a.shape[-1] != b.shape[-2]:
+        raise ShapeError(f"shapes {a} and {b} are not aligned for matmul")
+    return a.with_shape(a.shape[:-1] + b.shape[-1:])
+
+
+register(
+    OpDef(
+        "matmul",
+        Kind.CONTRACTION,
+        _infer_matmul,
+        lambda xs, attrs: np.matmul(xs[0], xs[1]),
+        arity=2,
+        vjp=lambda n, g: [
+            apply("matmul", g, _swap_last(n.inputs[1])),
+            apply("matmul", _swap_last(n.inputs[0]), g),
+        ],
+        jvp=lambda n, t: _sum_tangents(
+            [
+                apply("matmul", t[0], n.inputs[1]) if t[0] is not None else None,
+                apply("matmul", n.inputs[0], t[1]) if t[1] is not None else None,
+            ]
+        ),
+    )
+)
+
+
+def _sum_tangents(terms):
+    terms = [t for t in terms if t is not None]
+    if not terms:
+        return None
+    total = terms[0]
+    for t in terms[1:]:
+        total = add(total, t)
+    return total
+
+
+# ---- sources --------------------------------------------------------------------------------
+
+
+def _infer_source(types, attrs):
+    return TensorType(tuple(attrs["shape"]), attrs["dtype"])
+
+
+def _no_ref(xs, attrs):
+    raise GraphcError("sources are fed by the interpreter, not computed")
+
+
+register(OpDef("input", Kind.OPAQUE, _infer_source, _no_ref, arity=0, differentiable=False))
+register(OpDef("param", Kind.OPAQUE, _infer_source, _no_ref, arity=0, differentiable=False))
+register(
+    OpDef(
+        "const",
+        Kind.ELEMWISE,
+        lambda types, attrs: TensorType(attrs["value"].shape, attrs["value"].dtype.name),
+        lambda xs, attrs: attrs["value"],
+        arity=0,
+        differentiable=False,
+    )
+)
+
+
+def _iota_ref(xs, attrs):
+    shape, axis = tuple(attrs["shape"]), attrs["axis"]
+    line = np.arange(shape[axis], dtype=attrs["dtype"])
+    return np.broadcast_to(line.reshape([-1 if i == axis else 1 for i in range(len(shape))]), shape).copy()
+
+
+def _infer_iota(types, attrs):
+    if not 0 <= attrs["axis"] < len(attrs["shape"]):
+        raise ShapeError(f"axis {attrs['axis']} out of range for shape {tuple(attrs['shape'])}")
+    return _infer_source(types, attrs)
+
+
+register(OpDef("iota", Kind.INJECTIVE, _infer_iota, _iota_ref, arity=0, differentiable=False))

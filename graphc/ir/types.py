@@ -1,0 +1,75 @@
+"""Tensor types: a static shape and one of five dtypes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from math import prod
+
+import numpy as np
+
+from graphc.errors import DTypeError
+
+DTYPES = ("float32", "float64", "int32", "int64", "bool")
+FLOATS = ("float32", "float64")
+INTS = ("int32", "int64")
+
+SHORT = {"float32": "f32", "float64": "f64", "int32": "i32", "int64": "i64", "bool": "bool"}
+LONG = {short: long for long, short in SHORT.items()}
+
+
+def canonical_dtype(dtype) -> str:
+    """The graphc name of a dtype given as a string, NumPy dtype or Python type."""
+    if isinstance(dtype, str) and dtype in LONG:
+        return LONG[dtype]
+    try:
+        name = np.dtype(dtype).name
+    except TypeError as error:
+        raise DTypeError(f"unknown dtype {dtype!r}; graphc supports {', '.join(DTYPES)}") from error
+    if name not in DTYPES:
+        raise DTypeError(f"unsupported dtype {name}; graphc supports {', '.join(DTYPES)}")
+    return name
+
+
+@dataclass(frozen=True)
+class TensorType:
+    """A static shape and a dtype; rank 0 is a scalar."""
+
+    shape: tuple[int, ...]
+    dtype: str
+
+    def __post_init__(self):
+        object.__setattr__(self, "shape", tuple(int(d) for d in self.shape))
+        object.__setattr__(self, "dtype", canonical_dtype(self.dtype))
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def size(self) -> int:
+        return prod(self.shape)
+
+    @property
+    def itemsize(self) -> int:
+        return np.dtype(self.dtype).itemsize
+
+    @property
+    def nbytes(self) -> int:
+        return self.size * self.itemsize
+
+    @property
+    def np_dtype(self) -> np.dtype:
+        return np.dtype(self.dtype)
+
+    @property
+    def is_float(self) -> bool:
+        return self.dtype in FLOATS
+
+    def with_shape(self, shape) -> TensorType:
+        return TensorType(tuple(shape), self.dtype)
+
+    def with_dtype(self, dtype) -> TensorType:
+        return TensorType(self.shape, dtype)
+
+    def __str__(self) -> str:
+        return f"{SHORT[self.dtype]}[{','.join(map(str, self.shape))}]"

@@ -1,0 +1,139 @@
+"""Differentiation by graph extension: adjoint (reverse) and tangent (forward) nodes.
+
+`differentiate(y, wrt, seed)` walks the graph in reverse topological order from `y` and
+asks each op's stanza for the adjoints of its inputs, as new nodes built from primitives:
+
+    forward:  x ──► mul ──► sin ──► y            reverse:  ḡ(y)=seed ──► ḡ·cos ──► ḡ·w ──► x̄
+
+Only nodes on a path from some `wrt` to `y` get adjoints. Where a value fans out the
+partial adjoints are summed (`add`); broadcasting is undone in one place, the
+`broadcast_to` rule. The result is an ordinary graph, so it can be printed, optimized,
+compiled and differentiated again. `tangents(ys, seeds)` is forward mode the same way.
+Adjoint nodes carry the source line of the forward node they come from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from graphc.errors import DTypeError, ShapeError
+from graphc.ir.graph import Node, location, topological_order
+from graphc.ir.ops import OPS, add, full, mul
+from graphc.ir.types import FLOATS
+
+
+def _label(node: Node) -> str:
+    return node.name or f"{node.op}@{node.loc or '?'}"
+
+
+def _check_differentiable(node: Node, role: str):
+    if node.dtype not in FLOATS:
+        raise DTypeError(
+            f"grad: cannot differentiate {role} {_label(node)} of dtype {node.dtype}; "
+            f"only float32/float64 values have gradients"
+        )
+
+
+def _sum_all(terms: list[Node]) -> Node:
+    total = terms[0]
+    for term in terms[1:]:
+        total = add(total, term)
+    return total
+
+
+def _named(node: Node, name: str) -> Node:
+    if node.op in ("input", "param"):
+        return node
+    return dataclasses.replace(node, name=name)
+
+
+def input_adjoints(node: Node, g: Node) -> list[Node | None]:
+    """The adjoint contribution of `node`'s output adjoint `g` to each of its inputs."""
+    opdef = OPS[node.op]
+    if opdef.partials is not None:
+        return [mul(g, p) for p in opdef.partials(node)]
+    if opdef.vjp is not None:
+        return opdef.vjp(node, g)
+    return [None] * len(node.inputs)
+
+
+def differentiate(y: Node, wrt: list[Node], seed: Node | None = None) -> list[Node]:
+    """Adjoint nodes d(seed·y)/d(w) for each w in `wrt` (zeros where y does not depend on w)."""
+    _check_differentiable(y, "output")
+    for w in wrt:
+        _check_differentiable(w, "argument")
+    if seed is None:
+        if y.shape != ():
+            raise ShapeError(
+                f"grad: output {_label(y)} has shape {y.shape}; pass seed= for a non-scalar output"
+            )
+        seed = full(1.0, y)
+    elif seed.shape != y.shape or seed.dtype != y.dtype:
+        raise ShapeError(f"grad: seed {seed.type} does not match output {y.type}")
+
+    order = topological_order([y])
+    wanted = {id(w) for w in wrt}
+    on_path = set(wanted)  # nodes that depend on some wrt
+    for node in order:
+        if any(id(x) in on_path for x in node.inputs):
+            on_path.add(id(node))
+
+    partial: dict[int, list[Node]] = {id(y): [seed]}
+    adjoint: dict[int, Node] = {}
+    for node in reversed(order):
+        terms = partial.pop(id(node), None)
+        if terms is None or id(node) not in on_path:
+            continue
+        with location(node.loc):
+            g = _sum_all(terms)
+            if id(node) in wanted:
+                g = _named(g, f"grad({_label(node)})")
+                adjoint[id(node)] = g
+            if not OPS[node.op].differentiable or not node.inputs:
+                continue
+            for x, gx in zip(node.inputs, input_adjoints(node, g)):
+                if gx is not None and id(x) in on_path and x.dtype in FLOATS:
+                    partial.setdefault(id(x), []).append(gx)
+    return [adjoint[id(w)] if id(w) in adjoint else full(0.0, w) for w in wrt]
+
+
+def tangent_of(node: Node, tangents: list[Node | None]) -> Node | None:
+    """The tangent of `node`'s output given its inputs' tangents (None = zero)."""
+    opdef = OPS[node.op]
+    if not opdef.differentiable or node.dtype not in FLOATS:
+        return None
+    if opdef.jvp is not None:
+        return opdef.jvp(node, tangents)
+    if opdef.partials is not None:
+        terms = [mul(t, p) for t, p in zip(tangents, opdef.partials(node)) if t is not None]
+        return _sum_all(terms) if terms else None
+    if opdef.linear:
+        filled = [t if t is not None else full(0.0, x) for t, x in zip(tangents, node.inputs)]
+        return _relinearize(node, filled)
+    raise NotImplementedError(f"no tangent rule for {node.op}")
+
+
+def _relinearize(node: Node, inputs: list[Node]) -> Node:
+    from graphc.ir.graph import apply
+
+    return apply(node.op, *inputs, **node.attrs)
+
+
+def forward_tangents(ys: list[Node], seeds: dict[Node, Node]) -> list[Node]:
+    """Tangent nodes of `ys` for the tangent `seeds` of inputs/params (forward mode)."""
+    for x, t in seeds.items():
+        _check_differentiable(x, "argument")
+        if t.shape != x.shape:
+            raise ShapeError(f"jvp: tangent {t.type} does not match {_label(x)} {x.type}")
+    tangent: dict[int, Node] = {id(x): t for x, t in seeds.items()}
+    for node in topological_order(ys):
+        if id(node) in tangent or not node.inputs:
+            continue
+        inputs = [tangent.get(id(x)) for x in node.inputs]
+        if all(t is None for t in inputs):
+            continue
+        with location(node.loc):
+            t = tangent_of(node, inputs)
+        if t is not None:
+            tangent[id(node)] = t
+    return [tangent.get(id(y)) or full(0.0, y) for y in ys]
