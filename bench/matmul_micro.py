@@ -30,8 +30,11 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 # (label, m, n, k, dtype, transpose_a, transpose_b): A is (m,k), B is (k,n); a transposed
 # operand is stored as its transpose and read through strides.
-SQUARE = [(f"{n}^3", n, n, n, d, False, False) for d in ("float32", "float64")
-          for n in (32, 64, 128, 256, 512, 1024)]
+SQUARE = [
+    (f"{n}^3", n, n, n, d, False, False)
+    for d in ("float32", "float64")
+    for n in (32, 64, 128, 256, 512, 1024)
+]
 MLP = [
     ("(256,64)T@(256,256)", 64, 256, 256, "float32", True, False),
     ("(64,256)@(256,256)T", 64, 256, 256, "float32", False, True),
@@ -119,9 +122,7 @@ def graphc_seconds(case) -> tuple[float, float, float]:
     def machine():
         target = llvm.Target.from_default_triple()
         features = llvm.get_host_cpu_features().flatten()
-        return target.create_target_machine(
-            cpu=llvm.get_host_cpu_name(), features=features, opt=3
-        )
+        return target.create_target_machine(cpu=llvm.get_host_cpu_name(), features=features, opt=3)
 
     parsed = llvm.parse_assembly(str(module))
     parsed.verify()
@@ -166,7 +167,7 @@ def main() -> None:
     )
     print(header)
     print("-" * len(header))
-    for case, numpy_default in zip(cases, default_threads):
+    for case, numpy_default in zip(cases, default_threads, strict=True):
         label, m, n, k, dtype = case[:5]
         flops = 2.0 * m * n * k
         raw, call, error, _engine = graphc_seconds(case)

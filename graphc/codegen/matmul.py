@@ -125,7 +125,7 @@ def define_matmul(
             )
     elem = _FLOAT_TYPES.get(dtype) or _INT_TYPES[dtype]
     function = ir.Function(module, ir.FunctionType(ir.VoidType(), [_PTR] * 3), name)
-    for arg, arg_name in zip(function.args, ("c", "a", "b")):
+    for arg, arg_name in zip(function.args, ("c", "a", "b"), strict=True):
         arg.name = arg_name
         arg.add_attribute("noalias")
     function.attributes.add("nounwind")
@@ -239,12 +239,12 @@ class _Emitter:
         self.b.position_at_end(head)
         index = self.b.phi(_I64, "i")
         phis = [self.b.phi(v.type) for v in carried]
-        for phi, value in zip(phis, carried):
+        for phi, value in zip(phis, carried, strict=True):
             phi.add_incoming(value, pre)
         index.add_incoming(ir.Constant(_I64, 0), pre)
         result = list(body(index, phis) or [])
         step = self.b.add(index, ir.Constant(_I64, 1))
-        for phi, value in zip(phis, result):
+        for phi, value in zip(phis, result, strict=True):
             phi.add_incoming(value, self.b.block)
         index.add_incoming(step, self.b.block)
         done = self.b.append_basic_block("loop.end")
@@ -266,15 +266,20 @@ class _Emitter:
         def level(depth: int, offsets: list):
             if depth == len(batch):
                 views = []
-                for (arg, op), offset in zip(operands, offsets):
+                for (arg, op), offset in zip(operands, offsets, strict=True):
                     ptr = self.gep(arg, self.linear([(offset, 1), (1, op.offset)]))
                     views.append(_View(ptr, op.strides[-2], op.strides[-1]))
                 body(*views)
                 return
 
             def step(i, _):
-                level(depth + 1, [self.linear([(o, 1), (i, op.strides[depth])])
-                                  for o, (_, op) in zip(offsets, operands)])
+                level(
+                    depth + 1,
+                    [
+                        self.linear([(o, 1), (i, op.strides[depth])])
+                        for o, (_, op) in zip(offsets, operands, strict=True)
+                    ],
+                )
 
             self.loop(batch[depth], step)
 
@@ -301,7 +306,10 @@ class _Emitter:
                 init = self.b.load(target, typ=self.elem) if accumulate else self.zero
 
                 def dot(kk, acc):
-                    product = mul(self.b.load(self.at(a, i, kk), typ=self.elem), self.b.load(self.at(b, kk, j), typ=self.elem))
+                    product = mul(
+                        self.b.load(self.at(a, i, kk), typ=self.elem),
+                        self.b.load(self.at(b, kk, j), typ=self.elem),
+                    )
                     return [add(acc[0], product)]
 
                 self.b.store(self.loop(k, dot, [init])[0], target)
@@ -315,7 +323,9 @@ class _Emitter:
     def blocked(self, m, n, k, t: Tiling, a: _View, b: _View, c: _View, accumulate) -> None:
         vector = ir.VectorType(self.elem, t.lanes)
         self.vector = vector
-        self.fma = _declare(self.b.module, f"llvm.fma.v{t.lanes}{_SUFFIX[self.elem_bytes]}", vector, 3)
+        self.fma = _declare(
+            self.b.module, f"llvm.fma.v{t.lanes}{_SUFFIX[self.elem_bytes]}", vector, 3
+        )
         nc = min(t.nc, -(-n // t.nr) * t.nr)
         kc, mc = min(t.kc, k), min(t.mc, m)
         b_pack = self.scratch(kc * nc) if t.pack_b else None
@@ -346,8 +356,14 @@ class _Emitter:
                                 c, self.linear([(ic, 1), (ir_, 1)]), self.linear([(jc, 1), (jr, 1)])
                             )
                             self.micro_kernel(
-                                kc_size, mr_size, nr_size, a_view, b_view, b_pack is not None,
-                                c_view, load_c,
+                                kc_size,
+                                mr_size,
+                                nr_size,
+                                a_view,
+                                b_view,
+                                b_pack is not None,
+                                c_view,
+                                load_c,
                             )
 
                         self.segments(mc_size, t.mr, ir_block)
@@ -360,7 +376,9 @@ class _Emitter:
             pc_block(0, min(kc, k), accumulate)
             if k > kc:
                 self.segments(
-                    k - kc, kc, lambda pc, size: pc_block(self.linear([(pc, 1), (kc, 1)]), size, True)
+                    k - kc,
+                    kc,
+                    lambda pc, size: pc_block(self.linear([(pc, 1), (kc, 1)]), size, True),
                 )
 
         self.segments(n, nc, jc_block)

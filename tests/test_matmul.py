@@ -1,0 +1,225 @@
+"""Generated matmul kernels against numpy: dtypes, edge shapes, strides, batches, accumulate."""
+
+from __future__ import annotations
+
+import ctypes
+import re
+
+import llvmlite.binding as llvm
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from llvmlite import ir
+
+from graphc.codegen.matmul import Operand, Tiling, define_matmul
+from graphc.errors import DTypeError, ShapeError
+
+llvm.initialize_native_target()
+llvm.initialize_native_asmprinter()
+
+RTOL = {"float32": 1e-5, "float64": 1e-12, "int32": 0, "int64": 0}
+
+
+def _machine() -> llvm.TargetMachine:
+    target = llvm.Target.from_default_triple()
+    features = llvm.get_host_cpu_features().flatten()
+    return target.create_target_machine(cpu=llvm.get_host_cpu_name(), features=features, opt=3)
+
+
+def _optimized(module: ir.Module) -> llvm.ModuleRef:
+    parsed = llvm.parse_assembly(str(module))
+    parsed.verify()
+    machine = _machine()
+    passes = llvm.create_pass_builder(machine, llvm.create_pipeline_tuning_options(speed_level=3))
+    passes.getModulePassManager().run(parsed, passes)
+    return parsed
+
+
+class _Jit:
+    """Compiles one module; `function(name)` is a ctypes callable (c, a, b) on addresses."""
+
+    def __init__(self, module: ir.Module):
+        self.engine = llvm.create_mcjit_compiler(_optimized(module), _machine())
+        self.engine.finalize_object()
+
+    def function(self, name: str):
+        pointer = ctypes.c_void_p
+        kind = ctypes.CFUNCTYPE(None, pointer, pointer, pointer)
+        function = kind(self.engine.get_function_address(name))
+        function.engine = self  # the machine code lives as long as its engine
+        return function
+
+
+def _new_module() -> ir.Module:
+    module = ir.Module("test_matmul")
+    module.triple = llvm.get_process_triple()
+    return module
+
+
+def _operand(rng, shape, dtype, *, transposed, broadcast, offset):
+    """A random logical array of `shape` stored (transposed / broadcast / offset) in a flat buffer.
+
+    Returns (logical view for the reference, flat buffer, Operand addressing it).
+    """
+    stored_shape = tuple(
+        1 if flag else size for size, flag in zip(shape[:-2], broadcast, strict=True)
+    )
+    rows, cols = shape[-2:]
+    memory_shape = stored_shape + ((cols, rows) if transposed else (rows, cols))
+    if dtype.startswith("int"):
+        memory = rng.integers(-9, 10, memory_shape).astype(dtype)
+    else:
+        memory = rng.standard_normal(memory_shape).astype(dtype)
+    flat = np.concatenate([np.full(offset, 77, dtype), memory.ravel()])
+    view = memory.swapaxes(-1, -2) if transposed else memory
+    view = np.broadcast_to(view, shape)
+    strides = tuple(s // memory.itemsize for s in view.strides)
+    return view, flat, Operand(strides, offset)
+
+
+def _case(rng, dtype, m, n, k, *, batch=(), ta=False, tb=False, tc=False, accumulate=False):
+    """Random operands for one matmul plus what C must hold afterwards."""
+    bcast = tuple(bool(rng.integers(2)) for _ in batch)
+    offsets = [int(rng.integers(0, 4)) for _ in range(3)]
+    a, a_flat, a_op = _operand(
+        rng, (*batch, m, k), dtype, transposed=ta, broadcast=bcast, offset=offsets[0]
+    )
+    b_bcast = tuple(not flag if rng.integers(2) else flag for flag in bcast)
+    b, b_flat, b_op = _operand(
+        rng, (*batch, k, n), dtype, transposed=tb, broadcast=b_bcast, offset=offsets[1]
+    )
+    no_bcast = (False,) * len(batch)
+    c0, c_flat, c_op = _operand(
+        rng, (*batch, m, n), dtype, transposed=tc, broadcast=no_bcast, offset=offsets[2]
+    )
+    wide = np.float64 if dtype.startswith("float") else np.int64
+    product = np.matmul(a.astype(wide), b.astype(wide))
+    expected = (c0.astype(wide) + product if accumulate else product).astype(dtype)
+    scale = np.matmul(np.abs(a).astype(wide), np.abs(b).astype(wide))
+    scale = scale + (np.abs(c0) if accumulate else 0)
+    spec = dict(m=m, n=n, k=k, dtype=dtype, a=a_op, b=b_op, c=c_op, batch=batch)
+    return spec | {"accumulate": accumulate}, (c_flat, a_flat, b_flat), expected, scale
+
+
+def _result(c_flat, c_op: Operand, shape) -> np.ndarray:
+    itemsize = c_flat.itemsize
+    strides = tuple(s * itemsize for s in c_op.strides)
+    return np.lib.stride_tricks.as_strided(c_flat[c_op.offset :], shape, strides)
+
+
+def _check(function, spec, buffers, expected, scale) -> None:
+    c_flat, a_flat, b_flat = buffers
+    before = c_flat[: spec["c"].offset].copy()
+    function(c_flat.ctypes.data, a_flat.ctypes.data, b_flat.ctypes.data)
+    shape = (*spec["batch"], spec["m"], spec["n"])
+    got = _result(c_flat, spec["c"], shape)
+    rtol = RTOL[spec["dtype"]]
+    if rtol == 0:
+        np.testing.assert_array_equal(got, expected, err_msg=str(spec))
+    else:
+        bound = rtol * (scale + np.abs(scale).max() * 1e-3 + 1e-30)
+        bad = np.abs(got.astype(np.float64) - expected.astype(np.float64)) > bound
+        assert not bad.any(), f"{spec}: {int(bad.sum())} elements off"
+    np.testing.assert_array_equal(c_flat[: spec["c"].offset], before)  # nothing before C
+
+
+EDGE_SIZES = [1, 2, 3, 5, 7, 8, 9, 13, 16, 17, 24, 31, 33, 40]
+
+
+def _seeded_cases(dtype: str, count: int, seed: int):
+    rng = np.random.default_rng(seed)
+    shapes = [(1, 1, 1), (1, 17, 5), (9, 1, 4), (7, 3, 1), (64, 64, 64), (33, 5, 3)]
+    if dtype.startswith("float"):
+        # Shapes that cross every cache block (KC, MC, NC) with remainders, and packing.
+        shapes += [(150, 300, 270), (75, 130, 260), (6, 300, 200), (3, 700, 40)]
+    while len(shapes) < count:
+        shapes.append(tuple(int(rng.choice(EDGE_SIZES)) for _ in range(3)))
+    for index, (m, n, k) in enumerate(shapes):
+        batch = (
+            () if index % 3 else tuple(int(x) for x in rng.integers(1, 4, int(rng.integers(1, 3))))
+        )
+        flags = dict(
+            ta=bool(rng.integers(2)),
+            tb=bool(rng.integers(2)),
+            tc=index % 7 == 3,
+            accumulate=index % 4 == 1,
+        )
+        if m * n * k > 1e6:
+            batch = ()
+        yield _case(rng, dtype, m, n, k, batch=batch, **flags)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "int32", "int64"])
+def test_seeded_shapes_match_numpy(dtype):
+    cases = list(_seeded_cases(dtype, 36, seed=list(RTOL).index(dtype)))
+    module = _new_module()
+    for index, (spec, *_rest) in enumerate(cases):
+        define_matmul(module, f"case{index}", **spec)
+    jit = _Jit(module)
+    for index, (spec, buffers, expected, scale) in enumerate(cases):
+        _check(jit.function(f"case{index}"), spec, buffers, expected, scale)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("transposes", [(False, False), (True, False), (False, True), (True, True)])
+def test_every_transpose_of_a_blocked_shape(dtype, transposes):
+    rng = np.random.default_rng(1)
+    spec, buffers, expected, scale = _case(
+        rng, dtype, 37, 45, 29, ta=transposes[0], tb=transposes[1]
+    )
+    module = _new_module()
+    define_matmul(module, "matmul", **spec)
+    _check(_Jit(module).function("matmul"), spec, buffers, expected, scale)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    dtype=st.sampled_from(["float32", "float64", "int32", "int64"]),
+    m=st.integers(1, 20),
+    n=st.integers(1, 40),
+    k=st.integers(0, 20),
+    batch=st.lists(st.integers(1, 3), max_size=2).map(tuple),
+    flags=st.tuples(st.booleans(), st.booleans(), st.booleans(), st.booleans()),
+    seed=st.integers(0, 2**16),
+)
+def test_random_shapes_match_numpy(dtype, m, n, k, batch, flags, seed):
+    ta, tb, tc, accumulate = flags
+    rng = np.random.default_rng(seed)
+    spec, buffers, expected, scale = _case(
+        rng, dtype, m, n, k, batch=batch, ta=ta, tb=tb, tc=tc, accumulate=accumulate
+    )
+    module = _new_module()
+    define_matmul(module, "matmul", **spec)
+    _check(_Jit(module).function("matmul"), spec, buffers, expected, scale)
+
+
+@pytest.mark.parametrize("pack", [(False, False), (False, True), (True, True)])
+def test_explicit_tiling_with_tiny_blocks(pack):
+    """Forced small KC/MC/NC and packing so every blocking path runs on a small shape."""
+    rng = np.random.default_rng(3)
+    spec, buffers, expected, scale = _case(rng, "float64", 23, 21, 19, ta=True, accumulate=True)
+    tiling = Tiling(mr=3, nr=8, lanes=4, kc=5, mc=6, nc=16, pack_a=pack[0], pack_b=pack[1])
+    module = _new_module()
+    define_matmul(module, "matmul", **spec, tiling=tiling)
+    _check(_Jit(module).function("matmul"), spec, buffers, expected, scale)
+
+
+def test_float32_kernel_uses_ymm_fma():
+    module = _new_module()
+    row_major = Operand((64, 1))
+    define_matmul(
+        module, "matmul", m=64, n=64, k=64, dtype="float32", a=row_major, b=row_major, c=row_major
+    )
+    assembly = _machine().emit_assembly(_optimized(module))
+    assert re.search(r"vfmadd\w+\s+[^\n]*%ymm", assembly)
+
+
+def test_bad_arguments_raise():
+    module = _new_module()
+    two_d = Operand((4, 1))
+    with pytest.raises(ShapeError):
+        define_matmul(module, "x", m=4, n=4, k=4, dtype="float32", a=two_d, b=two_d, c=two_d,
+                      batch=(2,))  # fmt: skip
+    with pytest.raises(DTypeError):
+        define_matmul(module, "y", m=4, n=4, k=4, dtype="float16", a=two_d, b=two_d, c=two_d)
