@@ -1,0 +1,272 @@
+"""graphc.codegen.mathlib against NumPy: loops `out[i] = f(in[i])` JIT-compiled at O3."""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+
+import numpy as np
+import pytest
+from llvmlite import binding as llvm
+from llvmlite import ir
+
+from graphc.codegen import mathlib
+
+llvm.initialize_native_target()
+llvm.initialize_native_asmprinter()
+
+DTYPES = {np.float64: ir.DoubleType(), np.float32: ir.FloatType()}
+UNARY = ["exp", "expm1", "log", "log1p", "tanh", "sigmoid", "sin", "cos", "sqrt"]
+TOLERANCE = {np.float64: 1e-13, np.float32: 1e-6}
+
+
+def _sigmoid(x):
+    """1 / (1 + e^-x), written so NumPy keeps the tiny values for very negative x."""
+    e = np.exp(-np.abs(x))
+    return np.where(x < 0, e / (1 + e), 1 / (1 + e))
+
+
+REFERENCE = {name: getattr(np, name) for name in UNARY + ["pow"] if name != "sigmoid"}
+REFERENCE["sigmoid"] = _sigmoid
+
+
+# --- a tiny JIT harness (independent of graphc.runtime) ---------------------------------
+
+
+def _target_machine():
+    target = llvm.Target.from_triple(llvm.get_process_triple())
+    return target.create_target_machine(
+        cpu=llvm.get_host_cpu_name(), features=llvm.get_host_cpu_features().flatten(), opt=3
+    )
+
+
+def _loop_module(name: str, dtype, arity: int) -> ir.Module:
+    """void kernel(ptr in0, [ptr in1,] ptr out, i64 n): out[i] = f(in0[i], ...)."""
+    t = DTYPES[dtype]
+    i64 = ir.IntType(64)
+    module = ir.Module(name=f"{name}_{dtype.__name__}")
+    module.triple = llvm.get_process_triple()
+    fnty = ir.FunctionType(ir.VoidType(), [ir.PointerType()] * (arity + 1) + [i64])
+    fn = ir.Function(module, fnty, name="kernel")
+    for arg in fn.args[:-1]:
+        arg.add_attribute("noalias")
+    *inputs, out, n = fn.args
+    entry, body, done = (fn.append_basic_block(s) for s in ("entry", "body", "done"))
+    b = ir.IRBuilder(entry)
+    b.cbranch(b.icmp_signed(">", n, ir.Constant(i64, 0)), body, done)
+    b.position_at_end(body)
+    i = b.phi(i64)
+    args = [b.load(b.gep(p, [i], inbounds=True, source_etype=t), typ=t) for p in inputs]
+    b.store(getattr(mathlib, name)(b, *args), b.gep(out, [i], inbounds=True, source_etype=t))
+    following = b.add(i, ir.Constant(i64, 1))
+    i.add_incoming(ir.Constant(i64, 0), entry)
+    i.add_incoming(following, body)
+    b.cbranch(b.icmp_signed("<", following, n), body, done)
+    b.position_at_end(done)
+    b.ret_void()
+    return module
+
+
+def _optimized(module: ir.Module, machine):
+    parsed = llvm.parse_assembly(str(module))
+    parsed.verify()
+    tuning = llvm.create_pipeline_tuning_options(speed_level=3)
+    builder = llvm.create_pass_builder(machine, tuning)
+    builder.getModulePassManager().run(parsed, builder)
+    return parsed
+
+
+@functools.cache
+def _compiled(name: str, dtype, arity: int = 1):
+    """A Python callable f(*arrays) -> array running the JIT-compiled loop."""
+    machine = _target_machine()
+    parsed = _optimized(_loop_module(name, dtype, arity), machine)
+    engine = llvm.create_mcjit_compiler(parsed, machine)
+    engine.finalize_object()
+    signature = ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * (arity + 1), ctypes.c_int64)
+    kernel = signature(engine.get_function_address("kernel"))
+
+    def call(*arrays):
+        arrays = [np.ascontiguousarray(a, dtype=dtype) for a in np.broadcast_arrays(*arrays)]
+        out = np.empty_like(arrays[0])
+        kernel(*[a.ctypes.data for a in arrays], out.ctypes.data, out.size)
+        return out
+
+    call.engine = engine  # keep the engine (and the code) alive with the callable
+    return call
+
+
+def _assembly(name: str, dtype) -> str:
+    machine = _target_machine()
+    return machine.emit_assembly(_optimized(_loop_module(name, dtype, 1), machine))
+
+
+# --- comparisons ------------------------------------------------------------------------
+
+
+def _assert_close(actual, expected, dtype, x):
+    """Relative tolerance; values below the normal range need only be within a few of its ulp."""
+    info = np.finfo(dtype)
+    tolerance = TOLERANCE[dtype]
+    both_nan = np.isnan(actual) & np.isnan(expected)
+    same = (actual == expected) | both_nan
+    with np.errstate(invalid="ignore"):
+        error = np.abs(actual.astype(np.float64) - expected.astype(np.float64))
+    allowed = tolerance * np.abs(expected.astype(np.float64)) + 4 * float(info.smallest_subnormal)
+    good = same | (np.isfinite(expected) & (error <= allowed))
+    if not good.all():
+        bad = np.flatnonzero(~good)[:5]
+        raise AssertionError(
+            f"{good.size - good.sum()} mismatches, e.g. x={x[bad]!r} got {actual[bad]!r} "
+            f"want {expected[bad]!r}"
+        )
+
+
+def _domain(name: str, dtype, rng) -> np.ndarray:
+    """Dense grid over the interesting range plus random values over many magnitudes."""
+    f32 = dtype == np.float32
+    grids = {
+        "exp": (-760, 720) if not f32 else (-110, 95),
+        "expm1": (-50, 720) if not f32 else (-25, 95),
+        "tanh": (-25, 25),
+        "sigmoid": (-800, 800) if not f32 else (-110, 110),
+        "sin": (-100, 100),
+        "cos": (-100, 100),
+    }
+    low, high = grids.get(name, (0, 10))
+    grid = np.linspace(low, high, 20001)
+    magnitudes = 10.0 ** rng.uniform(-40 if f32 else -310, 38 if f32 else 308, 20000)
+    signs = rng.choice([-1.0, 1.0], magnitudes.size)
+    values = np.concatenate([grid, magnitudes * signs, rng.uniform(-2, 2, 20000)])
+    if name in ("log", "sqrt"):
+        values = np.abs(values)
+    if name == "log1p":
+        values = np.concatenate(
+            [values, rng.uniform(-1, 0, 20000), -(10.0 ** -rng.uniform(0, 30, 1000))]
+        )
+        values = values[values > -1]
+    if name in ("sin", "cos"):
+        limit = 1e5 if not f32 else 1e4
+        values = np.concatenate([values[np.abs(values) < limit], rng.uniform(-limit, limit, 20000)])
+    return values.astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("name", UNARY)
+def test_unary_matches_numpy(name, dtype):
+    x = _domain(name, dtype, np.random.default_rng(0))
+    with np.errstate(all="ignore"):
+        expected = REFERENCE[name](x)
+    actual = _compiled(name, dtype)(x)
+    assert actual.dtype == dtype
+    if name in ("sin", "cos"):
+        # Near the zeros compare absolutely, relative to |x| (the reduction's scale).
+        floor = TOLERANCE[dtype] * 1e-2 * np.maximum(np.abs(x.astype(np.float64)), 1)
+        near_zero = np.abs(expected.astype(np.float64)) < floor
+        assert np.all(
+            np.abs(actual[near_zero].astype(np.float64) - expected[near_zero]) <= floor[near_zero]
+        )
+        x, actual, expected = x[~near_zero], actual[~near_zero], expected[~near_zero]
+    _assert_close(actual, expected, dtype, x)
+
+
+def test_sin_cos_near_multiples_of_half_pi():
+    """Arguments within a few ulp of k pi/2: absolute error at most 1e-15 |x| style."""
+    k = np.arange(1, 60000, dtype=np.float64)
+    x = np.concatenate(
+        [np.nextafter(k * np.pi / 2, s) for s in (-np.inf, np.inf)] + [k * np.pi / 2]
+    )
+    for name in ("sin", "cos"):
+        actual = _compiled(name, np.float64)(x)
+        expected = REFERENCE[name](x)
+        error = np.abs(actual - expected)
+        assert np.all(error <= 1e-15 * np.maximum(np.abs(expected), 1e-15 * np.abs(x)) + 1e-30)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+def test_pow_matches_numpy(dtype):
+    rng = np.random.default_rng(1)
+    base = np.concatenate([10.0 ** rng.uniform(-300, 300, 20000), rng.uniform(0, 3, 20000)])
+    exponent = np.concatenate([rng.uniform(-1, 1, 20000), rng.uniform(-300, 300, 20000)])
+    if dtype == np.float32:
+        base = np.concatenate([10.0 ** rng.uniform(-38, 38, 20000), rng.uniform(0, 3, 20000)])
+        exponent = np.concatenate([rng.uniform(-1, 1, 20000), rng.uniform(-40, 40, 20000)])
+    integer_powers = np.concatenate([rng.integers(-60, 60, 5000), rng.integers(-3, 3, 5000)])
+    negative_base = -rng.uniform(0.1, 3, 10000)
+    base = np.concatenate([base, negative_base, negative_base]).astype(dtype)
+    exponent = np.concatenate([exponent, integer_powers, rng.uniform(-5, 5, 10000)]).astype(dtype)
+    with np.errstate(all="ignore"):
+        expected = np.power(base, exponent)
+    actual = _compiled("pow", dtype, 2)(base, exponent)
+    _assert_close(actual, expected, dtype, base)
+
+
+SPECIAL = [0.0, -0.0, np.inf, -np.inf, np.nan, 1.0, -1.0, 0.5, -0.5, 2.0, -2.0, 3.0, -3.0, 1e-310,
+           -1e-310, 1e-30, 710.0, -710.0, 800.0, -800.0, 89.0, -89.0, 1e300, -1e300]  # fmt: skip
+
+
+def _assert_identical(actual, expected, x):
+    same = (actual == expected) & (np.signbit(actual) == np.signbit(expected))
+    same |= np.isnan(actual) & np.isnan(expected)
+    assert same.all(), f"x={x[~same]!r} got {actual[~same]!r} want {expected[~same]!r}"
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("name", UNARY)
+def test_special_values_exact(name, dtype):
+    x = np.array(SPECIAL, dtype=dtype)
+    with np.errstate(all="ignore"):
+        expected = REFERENCE[name](x)
+    actual = _compiled(name, dtype)(x)
+    exact = (
+        ~np.isfinite(expected)
+        | (expected == 0)
+        | ~np.isfinite(x)
+        | (x == 0)
+        | (np.abs(expected) == 1)
+    )
+    _assert_identical(actual[exact], expected[exact], x[exact])
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+def test_pow_special_values_exact(dtype):
+    values = np.array([0.0, -0.0, 1.0, -1.0, 0.5, -0.5, 2.0, -2.0, 3.0, -3.0, 2.5, -2.5,
+                       np.inf, -np.inf, np.nan, 1e-310], dtype=dtype)  # fmt: skip
+    base, exponent = (a.ravel() for a in np.meshgrid(values, values))
+    with np.errstate(all="ignore"):
+        expected = np.power(base, exponent)
+    actual = _compiled("pow", dtype, 2)(base, exponent)
+    exact = ~np.isfinite(expected) | (expected == 0) | (np.abs(expected) == 1)
+    exact |= ~np.isfinite(base) | ~np.isfinite(exponent) | (base == 0) | (exponent == 0)
+    same = (actual == expected) & (np.signbit(actual) == np.signbit(expected))
+    same |= np.isnan(actual) & np.isnan(expected)
+    bad = exact & ~same
+    assert not bad.any(), (
+        f"pow({base[bad]!r}, {exponent[bad]!r}) = {actual[bad]!r}, want {expected[bad]!r}"
+    )
+    _assert_close(actual[~exact], expected[~exact], dtype, base[~exact])
+
+
+def test_named_special_cases():
+    f64 = np.float64
+    assert _compiled("exp", f64)(
+        np.array([709.78, 709.79, -745.2, -745.1])
+    ).tolist() == pytest.approx(np.exp([709.78, 709.79, -745.2, -745.1]).tolist())
+    assert _compiled("exp", np.float32)(np.array([89.0, 88.7], np.float32))[0] == np.inf
+    assert _compiled("sigmoid", f64)(np.array([-800.0, 800.0])).tolist() == [0.0, 1.0]
+    assert _compiled("tanh", f64)(np.array([20.0, -20.0, 1e300])).tolist() == [1.0, -1.0, 1.0]
+    # Subnormal exp results are within one ulp of the smallest subnormal.
+    x = np.linspace(-745, -708, 1001)
+    assert np.all(np.abs(_compiled("exp", f64)(x) - np.exp(x)) <= 5e-324 + 1e-15 * np.exp(x))
+    # sin/cos return NaN (not garbage) past the documented range.
+    assert np.isnan(_compiled("sin", f64)(np.array([1e16, -1e300]))).all()
+    assert np.isnan(_compiled("cos", np.float32)(np.array([1e7], np.float32))).all()
+
+
+@pytest.mark.parametrize("name", ["exp", "tanh"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+def test_loop_vectorizes_without_calls(name, dtype):
+    assembly = _assembly(name, dtype)
+    body = assembly[assembly.index("kernel:") :]
+    assert "ymm" in body
+    assert "call" not in body
