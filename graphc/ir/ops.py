@@ -192,16 +192,30 @@ def _binary(name, ref, partials=None, allowed=NUMERIC, result=None, linear=False
 
 # ---- elementwise ----------------------------------------------------------------------------
 
-_unary("neg", np.negative, allowed=NUMERIC, linear=True, vjp=lambda n, g: [neg(g)])
-_unary("abs", np.abs, lambda x, y: apply("sign", x), allowed=NUMERIC)
-_unary("sign", np.sign, allowed=NUMERIC)
-_unary("exp", np.exp, lambda x, y: y)
-_unary("log", np.log, lambda x, y: div(full(1, x), x))
-_unary("log1p", np.log1p, lambda x, y: div(full(1, x), add(full(1, x), x)))
-_unary("sin", np.sin, lambda x, y: apply("cos", x))
-_unary("cos", np.cos, lambda x, y: neg(apply("sin", x)))
-_unary("tanh", np.tanh, lambda x, y: sub(full(1, y), mul(y, y)))
-_unary("sqrt", np.sqrt, lambda x, y: div(full(0.5, y), y))
+_unary(
+    "neg",
+    np.negative,
+    allowed=NUMERIC,
+    linear=True,
+    vjp=lambda n, g: [neg(g)],
+    scalar=lambda e, x: e.neg(x),
+)
+_unary("abs", np.abs, lambda x, y: apply("sign", x), allowed=NUMERIC, scalar=lambda e, x: e.abs(x))
+_unary("sign", np.sign, allowed=NUMERIC, scalar=lambda e, x: e.sign(x))
+_unary("exp", np.exp, lambda x, y: y, scalar=lambda e, x: e.math("exp", x))
+_unary("log", np.log, lambda x, y: div(full(1, x), x), scalar=lambda e, x: e.math("log", x))
+_unary(
+    "log1p",
+    np.log1p,
+    lambda x, y: div(full(1, x), add(full(1, x), x)),
+    scalar=lambda e, x: e.math("log1p", x),
+)
+_unary("sin", np.sin, lambda x, y: apply("cos", x), scalar=lambda e, x: e.math("sin", x))
+_unary("cos", np.cos, lambda x, y: neg(apply("sin", x)), scalar=lambda e, x: e.math("cos", x))
+_unary(
+    "tanh", np.tanh, lambda x, y: sub(full(1, y), mul(y, y)), scalar=lambda e, x: e.math("tanh", x)
+)
+_unary("sqrt", np.sqrt, lambda x, y: div(full(0.5, y), y), scalar=lambda e, x: e.math("sqrt", x))
 
 
 def _sigmoid_ref(x):
@@ -209,8 +223,13 @@ def _sigmoid_ref(x):
         return (1 / (1 + np.exp(-x))).astype(x.dtype)
 
 
-_unary("sigmoid", _sigmoid_ref, lambda x, y: mul(y, sub(full(1, y), y)))
-_unary("logical_not", np.logical_not, allowed=("bool",))
+_unary(
+    "sigmoid",
+    _sigmoid_ref,
+    lambda x, y: mul(y, sub(full(1, y), y)),
+    scalar=lambda e, x: e.math("sigmoid", x),
+)
+_unary("logical_not", np.logical_not, allowed=("bool",), scalar=lambda e, x: e.logical_not(x))
 
 
 def _maximum_partials(n):
@@ -246,29 +265,46 @@ def _div_ref(a, b):
         return np.divide(a, b)
 
 
-_binary("add", np.add, linear=True, vjp=lambda n, g: [g, g])
-_binary("sub", np.subtract, linear=True, vjp=lambda n, g: [g, neg(g)])
-_binary("mul", np.multiply, lambda n: [n.inputs[1], n.inputs[0]])
+_binary("add", np.add, linear=True, vjp=lambda n, g: [g, g], scalar=lambda e, x, y: e.add(x, y))
+_binary(
+    "sub",
+    np.subtract,
+    linear=True,
+    vjp=lambda n, g: [g, neg(g)],
+    scalar=lambda e, x, y: e.sub(x, y),
+)
+_binary(
+    "mul", np.multiply, lambda n: [n.inputs[1], n.inputs[0]], scalar=lambda e, x, y: e.mul(x, y)
+)
 _binary(
     "div",
     _div_ref,
     lambda n: [div(full(1, n), n.inputs[1]), neg(div(n, n.inputs[1]))],
     allowed=FLOATS,
+    scalar=lambda e, x, y: e.div(x, y),
 )
-_binary("pow", _pow_ref, _pow_partials, allowed=FLOATS)
-_binary("maximum", np.maximum, _maximum_partials)
-_binary("minimum", np.minimum, _minimum_partials)
-for _name, _ref in [
-    ("lt", np.less),
-    ("le", np.less_equal),
-    ("gt", np.greater),
-    ("ge", np.greater_equal),
-    ("eq", np.equal),
-    ("ne", np.not_equal),
+_binary("pow", _pow_ref, _pow_partials, allowed=FLOATS, scalar=lambda e, x, y: e.math("pow", x, y))
+_binary("maximum", np.maximum, _maximum_partials, scalar=lambda e, x, y: e.maximum(x, y))
+_binary("minimum", np.minimum, _minimum_partials, scalar=lambda e, x, y: e.minimum(x, y))
+for _name, _ref, _symbol in [
+    ("lt", np.less, "<"),
+    ("le", np.less_equal, "<="),
+    ("gt", np.greater, ">"),
+    ("ge", np.greater_equal, ">="),
+    ("eq", np.equal, "=="),
+    ("ne", np.not_equal, "!="),
 ]:
-    _binary(_name, _ref, allowed=DTYPES, result="bool")
-_binary("logical_and", np.logical_and, allowed=("bool",))
-_binary("logical_or", np.logical_or, allowed=("bool",))
+    _binary(
+        _name,
+        _ref,
+        allowed=DTYPES,
+        result="bool",
+        scalar=lambda e, x, y, symbol=_symbol: e.compare(symbol, x, y),
+    )
+_binary(
+    "logical_and", np.logical_and, allowed=("bool",), scalar=lambda e, x, y: e.logical_and(x, y)
+)
+_binary("logical_or", np.logical_or, allowed=("bool",), scalar=lambda e, x, y: e.logical_or(x, y))
 
 
 def _infer_where(types, attrs):
@@ -287,9 +323,16 @@ register(
         _infer_where,
         lambda xs, attrs: np.where(*xs),
         arity=3,
-        vjp=lambda n, g: [None, where(n.inputs[0], g, full(0, g)), where(n.inputs[0], full(0, g), g)],
+        scalar=lambda e, c, x, y: e.select(c, x, y),
+        vjp=lambda n, g: [
+            None,
+            where(n.inputs[0], g, full(0, g)),
+            where(n.inputs[0], full(0, g), g),
+        ],
         jvp=lambda n, t: where(
-            n.inputs[0], t[1] if t[1] is not None else full(0, n), t[2] if t[2] is not None else full(0, n)
+            n.inputs[0],
+            t[1] if t[1] is not None else full(0, n),
+            t[2] if t[2] is not None else full(0, n),
         ),
     )
 )
@@ -311,6 +354,7 @@ register(
         lambda xs, attrs: xs[0].astype(attrs["dtype"]),
         arity=1,
         vjp=_cast_vjp,
+        scalar=lambda e, x, dtype: e.cast(x, dtype),  # attrs arrive as keywords
         jvp=lambda n, t: cast(t[0], n.dtype) if n.dtype in FLOATS else None,
     )
 )
@@ -322,6 +366,7 @@ register(
         lambda xs, attrs: xs[0],
         arity=1,
         differentiable=False,
+        scalar=lambda e, x: x,
     )
 )
 
@@ -407,7 +452,9 @@ def _infer_slice(types, attrs):
 
 
 def _slice_ref(xs, attrs):
-    index = tuple(slice(a, b, c) for a, b, c in zip(attrs["starts"], attrs["stops"], attrs["steps"]))
+    index = tuple(
+        slice(a, b, c) for a, b, c in zip(attrs["starts"], attrs["stops"], attrs["steps"])
+    )
     return xs[0][index].copy()
 
 
@@ -430,7 +477,9 @@ def _infer_pad(types, attrs):
     widths = attrs["widths"]
     if len(widths) != x.ndim or any(min(w) < 0 for w in widths):
         raise ShapeError(f"pad widths {widths} must be (low, high, interior) >= 0 per axis of {x}")
-    shape = [lo + hi + d + max(d - 1, 0) * interior for d, (lo, hi, interior) in zip(x.shape, widths)]
+    shape = [
+        lo + hi + d + max(d - 1, 0) * interior for d, (lo, hi, interior) in zip(x.shape, widths)
+    ]
     return x.with_shape(shape)
 
 
@@ -438,8 +487,10 @@ def _pad_ref(xs, attrs):
     x = xs[0]
     out_type = _infer_pad([TensorType(x.shape, x.dtype.name)], attrs)
     out = np.full(out_type.shape, attrs["value"], dtype=x.dtype)
-    index = tuple(slice(lo, lo + (d - 1) * (i + 1) + 1 if d else lo, i + 1)
-                  for d, (lo, hi, i) in zip(x.shape, attrs["widths"]))
+    index = tuple(
+        slice(lo, lo + (d - 1) * (i + 1) + 1 if d else lo, i + 1)
+        for d, (lo, hi, i) in zip(x.shape, attrs["widths"])
+    )
     out[index] = x
     return out
 
@@ -479,7 +530,9 @@ def _concat_vjp(n, g):
         starts = [0] * g.type.ndim
         stops = list(g.shape)
         starts[axis], stops[axis] = start, start + x.shape[axis]
-        grads.append(apply("slice", g, starts=tuple(starts), stops=tuple(stops), steps=(1,) * len(stops)))
+        grads.append(
+            apply("slice", g, starts=tuple(starts), stops=tuple(stops), steps=(1,) * len(stops))
+        )
         start += x.shape[axis]
     return grads
 
@@ -538,7 +591,9 @@ def _sum_ref(xs, attrs):
 def _max_ref(xs, attrs):
     x = xs[0]
     if x.size == 0:
-        out_shape = _reduced_shape(TensorType(x.shape, x.dtype.name), attrs["axes"], attrs["keepdims"])
+        out_shape = _reduced_shape(
+            TensorType(x.shape, x.dtype.name), attrs["axes"], attrs["keepdims"]
+        )
         fill = -np.inf if x.dtype.kind == "f" else np.iinfo(x.dtype).min
         return np.full(out_shape, fill, x.dtype)
     return np.max(x, axis=tuple(attrs["axes"]), keepdims=attrs["keepdims"])
@@ -662,7 +717,9 @@ register(
 def _iota_ref(xs, attrs):
     shape, axis = tuple(attrs["shape"]), attrs["axis"]
     line = np.arange(shape[axis], dtype=attrs["dtype"])
-    return np.broadcast_to(line.reshape([-1 if i == axis else 1 for i in range(len(shape))]), shape).copy()
+    return np.broadcast_to(
+        line.reshape([-1 if i == axis else 1 for i in range(len(shape))]), shape
+    ).copy()
 
 
 def _infer_iota(types, attrs):

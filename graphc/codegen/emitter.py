@@ -1,0 +1,138 @@
+"""Scalar emission: the dtype-aware operations each op's `scalar` rule calls.
+
+An `Emitter` wraps an llvmlite IRBuilder. Values are LLVM scalars (floats, doubles, i32,
+i64, and i1 for bool); the op stanzas in ir/ops.py say *what* to compute
+(`scalar=lambda e, x, y: e.add(x, y)`), and this class says how for each type.
+Floating-point instructions carry the `contract` flag (FMA is allowed) and never
+`nnan`/`ninf`: NaN and Inf propagate as in NumPy.
+"""
+
+from __future__ import annotations
+
+from llvmlite import ir
+
+from graphc.codegen import mathlib
+
+FLAGS = ("contract",)
+
+REGISTER_TYPES = {
+    "float32": ir.FloatType(),
+    "float64": ir.DoubleType(),
+    "int32": ir.IntType(32),
+    "int64": ir.IntType(64),
+    "bool": ir.IntType(1),
+}
+MEMORY_TYPES = {**REGISTER_TYPES, "bool": ir.IntType(8)}
+
+
+def is_float_type(t: ir.Type) -> bool:
+    return isinstance(t, (ir.FloatType, ir.DoubleType))
+
+
+def is_bool_type(t: ir.Type) -> bool:
+    return isinstance(t, ir.IntType) and t.width == 1
+
+
+class Emitter:
+    """Dtype-aware scalar operations on an IRBuilder."""
+
+    def __init__(self, builder: ir.IRBuilder):
+        self.b = builder
+
+    def intrinsic(self, name: str, *args):
+        module = self.b.module
+        fn = module.declare_intrinsic(name, [args[0].type], ir.FunctionType(args[0].type, [a.type for a in args]))
+        return self.b.call(fn, args)
+
+    # ---- arithmetic ----
+    def add(self, x, y):
+        return self.b.fadd(x, y, flags=FLAGS) if is_float_type(x.type) else self.b.add(x, y)
+
+    def sub(self, x, y):
+        return self.b.fsub(x, y, flags=FLAGS) if is_float_type(x.type) else self.b.sub(x, y)
+
+    def mul(self, x, y):
+        return self.b.fmul(x, y, flags=FLAGS) if is_float_type(x.type) else self.b.mul(x, y)
+
+    def div(self, x, y):
+        return self.b.fdiv(x, y, flags=FLAGS)
+
+    def neg(self, x):
+        return self.b.fneg(x) if is_float_type(x.type) else self.b.neg(x)
+
+    def abs(self, x):
+        if is_float_type(x.type):
+            return self.intrinsic("llvm.fabs", x)
+        return self.b.select(self.b.icmp_signed("<", x, x.type(0)), self.b.neg(x), x)
+
+    def sign(self, x):
+        zero, one = x.type(0), x.type(1)
+        if is_float_type(x.type):
+            positive = self.b.fcmp_ordered(">", x, zero)
+            negative = self.b.fcmp_ordered("<", x, zero)
+            # NaN and ±0 pass through unchanged, as np.sign does
+            return self.b.select(positive, one, self.b.select(negative, x.type(-1), x))
+        positive = self.b.icmp_signed(">", x, zero)
+        negative = self.b.icmp_signed("<", x, zero)
+        return self.b.select(positive, one, self.b.select(negative, x.type(-1), zero))
+
+    def maximum(self, x, y):
+        if is_float_type(x.type):
+            return self.intrinsic("llvm.maximum", x, y)  # NaN-propagating, like np.maximum
+        return self.b.select(self.b.icmp_signed(">", x, y), x, y)
+
+    def minimum(self, x, y):
+        if is_float_type(x.type):
+            return self.intrinsic("llvm.minimum", x, y)
+        return self.b.select(self.b.icmp_signed("<", x, y), x, y)
+
+    # ---- comparisons and logic ----
+    def compare(self, op: str, x, y):
+        if is_float_type(x.type):
+            if op == "!=":
+                return self.b.fcmp_unordered("!=", x, y)  # NaN != NaN is True
+            return self.b.fcmp_ordered(op, x, y)
+        if is_bool_type(x.type):
+            return self.b.icmp_unsigned(op, x, y)
+        return self.b.icmp_signed(op, x, y)
+
+    def logical_and(self, x, y):
+        return self.b.and_(x, y)
+
+    def logical_or(self, x, y):
+        return self.b.or_(x, y)
+
+    def logical_not(self, x):
+        return self.b.xor(x, x.type(1))
+
+    def select(self, c, x, y):
+        return self.b.select(c, x, y)
+
+    # ---- math ----
+    def math(self, name: str, *args):
+        """A transcendental from the vectorizable math library (no libm calls)."""
+        if name == "sqrt":
+            return self.intrinsic("llvm.sqrt", *args)
+        return getattr(mathlib, name)(self.b, *args)
+
+    # ---- conversions ----
+    def cast(self, x, dtype: str):
+        target = REGISTER_TYPES[dtype]
+        source = x.type
+        if source == target:
+            return x
+        b = self.b
+        if dtype == "bool":
+            if is_float_type(source):
+                return b.fcmp_unordered("!=", x, source(0))
+            return b.icmp_unsigned("!=", x, source(0))
+        if is_float_type(target):
+            if is_float_type(source):
+                wider = isinstance(target, ir.DoubleType)
+                return b.fpext(x, target) if wider else b.fptrunc(x, target)
+            return b.uitofp(x, target) if is_bool_type(source) else b.sitofp(x, target)
+        if is_float_type(source):
+            return b.fptosi(x, target)
+        if is_bool_type(source) or source.width < target.width:
+            return b.zext(x, target) if is_bool_type(source) else b.sext(x, target)
+        return b.trunc(x, target)
