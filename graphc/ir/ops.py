@@ -503,7 +503,16 @@ def _pad_vjp(n, g):
     return [apply("slice", g, starts=starts, stops=stops, steps=steps)]
 
 
-register(OpDef("pad", Kind.INJECTIVE, _infer_pad, _pad_ref, arity=1, vjp=_pad_vjp, linear=True))
+def _pad_jvp(n, t):
+    # pad is affine in its input: the tangent is padded with 0, not with the fill value
+    return apply("pad", t[0], widths=n.attrs["widths"], value=0.0)
+
+
+register(
+    OpDef(
+        "pad", Kind.INJECTIVE, _infer_pad, _pad_ref, arity=1, vjp=_pad_vjp, jvp=_pad_jvp, linear=True
+    )
+)
 
 
 def _infer_concat(types, attrs):
