@@ -1,6 +1,8 @@
 """graphc: a graph compiler for small and medium numerical models on the CPU."""
 
 from graphc.errors import CompileError, DTypeError, GraphcError, InputError, ShapeError
+from graphc.frontend import init as random
+from graphc.frontend import nn, optim
 from graphc.frontend.functions import (
     Program,
     abs,
@@ -29,6 +31,7 @@ from graphc.frontend.functions import (
     tanh,
     where,
 )
+from graphc.frontend.nn import load, save
 from graphc.frontend.tensor import Tensor, const, input, param
 
 __version__ = "0.1.0"
@@ -51,6 +54,7 @@ __all__ = [
     "grad",
     "input",
     "jvp",
+    "load",
     "log",
     "log1p",
     "log_softmax",
@@ -58,9 +62,13 @@ __all__ = [
     "matmul",
     "maximum",
     "minimum",
+    "nn",
     "one_hot",
+    "optim",
     "param",
+    "random",
     "relu",
+    "save",
     "sigmoid",
     "sign",
     "sin",
