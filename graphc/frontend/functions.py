@@ -214,7 +214,9 @@ def convert_argument(node, value, what="input") -> np.ndarray:
     """Check a fed value against an input node: exact shape, `same_kind` dtype conversion."""
     array = np.asarray(value)
     if array.shape != node.shape:
-        raise InputError(f"{what} {node.name!r}: expected shape {node.shape} ({node.type}), got {array.shape}")
+        raise InputError(
+            f"{what} {node.name!r}: expected shape {node.shape} ({node.type}), got {array.shape}"
+        )
     if array.dtype != node.type.np_dtype:
         if not np.can_cast(array.dtype, node.type.np_dtype, "same_kind"):
             raise DTypeError(
@@ -349,3 +351,13 @@ class Program:
         return str(self.graph)
 
 
+def compile(inputs=None, outputs=None, updates=None, *, name=None, opt=3, cache=True):  # noqa: A001
+    """JIT-compile a step: `gc.compile(inputs=[x], outputs=y, updates={w: w2})` or `gc.compile(program)`."""
+    from graphc.runtime.executable import Executable
+
+    program = (
+        inputs if isinstance(inputs, Program) else Program(inputs or [], outputs, updates, name)
+    )
+    return Executable.build(
+        program.graph, single_output=program.single_output, opt=opt, cache=cache
+    )

@@ -54,6 +54,10 @@ class Node:
     def dtype(self) -> str:
         return self.type.dtype
 
+    @property
+    def ndim(self) -> int:
+        return len(self.type.shape)
+
     def with_inputs(self, inputs) -> Node:
         """The same node over other inputs (of the same types)."""
         return dataclasses.replace(self, inputs=tuple(inputs))

@@ -52,9 +52,7 @@ def _materialized(graph: Graph) -> set[int]:
                 if not affine_chain(operand):
                     needed.add(id(operand))
     return {
-        id(n)
-        for n in graph.nodes
-        if not is_source(n) and (n.op not in LAYOUT or id(n) in needed)
+        id(n) for n in graph.nodes if not is_source(n) and (n.op not in LAYOUT or id(n) in needed)
     }
 
 

@@ -87,7 +87,11 @@ def plan_memory(graph: Graph, kernels: list[Kernel]) -> Plan:
         offset = 0
         for other in sorted(placed, key=lambda s: s.offset):
             overlaps_time = not (stop < other.start or other.end < start)
-            if overlaps_time and offset < other.offset + other.nbytes and other.offset < offset + size:
+            if (
+                overlaps_time
+                and offset < other.offset + other.nbytes
+                and other.offset < offset + size
+            ):
                 offset = aligned(other.offset + other.nbytes)
         placed.append(Slot(node, offset, size, start, stop))
         locations[id(node)] = Location("arena", offset)
@@ -100,3 +104,19 @@ def plan_memory(graph: Graph, kernels: list[Kernel]) -> Plan:
         default=0,
     )
     return plan
+
+
+def format_plan(plan: Plan, kernels: list[Kernel]) -> str:
+    """The memory plan as a table: buffer, offset, size, live range (kernel indices)."""
+    lines = [f"{'buffer':<32} {'offset':>10} {'bytes':>10}  live       written by"]
+    for slot in sorted(plan.slots, key=lambda s: (s.offset, s.start)):
+        label = slot.node.name or f"{slot.node.op}:{slot.node.type}"
+        writer = kernels[slot.start].name if slot.start < len(kernels) else "-"
+        lines.append(
+            f"{label:<32} {slot.offset:>10} {slot.nbytes:>10}  {slot.start:>3}..{slot.end:<4}  {writer}"
+        )
+    lines.append(
+        f"arena_bytes={plan.arena_bytes} naive_bytes={plan.naive_bytes} "
+        f"lower_bound_bytes={plan.lower_bound_bytes}"
+    )
+    return "\n".join(lines)

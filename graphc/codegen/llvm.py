@@ -1,0 +1,516 @@
+"""Kernels + memory plan -> one LLVM module: one function per kernel, one entry.
+
+Every kernel is a loop nest over a static domain. Values inside a kernel are computed
+*at an index*: `value(node, index)` evaluates an elementwise node by its op's scalar
+rule on its inputs' values at the same index, and a layout node (broadcast, transpose,
+reshape, slice, pad, concat, iota) by mapping the index to its input's index — layout
+ops are index maps and never copy. Loads read kernel inputs from their buffers; results
+are stored to the kernel's output buffers. Reductions nest a loop over the reduced axes
+inside the loop over the output; contractions call a generated matmul (codegen/matmul.py)
+with operands read in place through affine (strided) views.
+
+The module exports `<name>_step(arena, params..., inputs..., outputs...)`, which runs
+the kernels in schedule order and then writes the updates into the parameters, and
+`<name>_call(args)`, the same with all pointers in one array (one native call from
+Python with a single argument).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from math import prod
+
+import numpy as np
+from llvmlite import ir
+
+from graphc.codegen.emitter import MEMORY_TYPES, REGISTER_TYPES, Emitter, is_float_type
+from graphc.errors import CompileError
+from graphc.ir.graph import Graph, Kernel, Node
+from graphc.ir.ops import OPS
+from graphc.passes.memory import Plan
+
+I64 = ir.IntType(64)
+PTR = ir.PointerType()
+
+
+def i64(value: int) -> ir.Constant:
+    return ir.Constant(I64, int(value))
+
+
+def strides_of(shape) -> tuple[int, ...]:
+    """Row-major element strides."""
+    strides, step = [], 1
+    for d in reversed(shape):
+        strides.append(step)
+        step *= d
+    return tuple(reversed(strides))
+
+
+class Index:
+    """A position in a shape, as per-axis i64 values and the row-major linear offset."""
+
+    def __init__(self, b: ir.IRBuilder, shape, values=None, flat=None):
+        self.shape = tuple(shape)
+        if values is None:
+            values, rest = [], flat
+            for d, stride in zip(self.shape, strides_of(self.shape)):
+                values.append(b.urem(b.udiv(rest, i64(stride)), i64(d)) if d > 1 else i64(0))
+        if flat is None:
+            flat = i64(0)
+            for v, stride, d in zip(values, strides_of(self.shape), self.shape):
+                if d > 1:
+                    flat = b.add(flat, b.mul(v, i64(stride)))
+        self.values = list(values)
+        self.flat = flat
+
+
+@dataclass(frozen=True)
+class View:
+    """An affine view of a buffer: element offset and per-axis strides (0 = broadcast)."""
+
+    source: Node
+    offset: int
+    strides: tuple[int, ...]
+
+
+def affine_view(node: Node, sources: set[int]) -> View | None:
+    """`node` as a strided view of a stored value, if its layout chain is affine."""
+    if id(node) in sources:
+        return View(node, 0, strides_of(node.shape))
+    if node.op not in ("broadcast_to", "transpose", "slice"):
+        return None
+    inner = affine_view(node.inputs[0], sources)
+    if inner is None:
+        return None
+    if node.op == "transpose":
+        return View(inner.source, inner.offset, tuple(inner.strides[p] for p in node.attrs["perm"]))
+    if node.op == "slice":
+        offset = inner.offset + sum(s * st for s, st in zip(node.attrs["starts"], inner.strides))
+        steps = node.attrs["steps"]
+        return View(inner.source, offset, tuple(st * k for st, k in zip(inner.strides, steps)))
+    lead = len(node.shape) - len(inner.strides)
+    in_shape = node.inputs[0].shape
+    strides = [0] * lead + [
+        0 if d == 1 and n != 1 else st
+        for d, n, st in zip(in_shape, node.shape[lead:], inner.strides)
+    ]
+    return View(inner.source, inner.offset, tuple(strides))
+
+
+class KernelEmitter:
+    """Emits one kernel as an LLVM function over pointers to its inputs and outputs."""
+
+    def __init__(self, module: ir.Module, kernel: Kernel, globals_: dict[int, ir.GlobalVariable]):
+        self.module = module
+        self.kernel = kernel
+        self.globals = globals_
+        self.external = [n for n in kernel.inputs if not _is_immediate(n) and id(n) not in globals_]
+        arg_types = [PTR] * (len(self.external) + len(kernel.outputs))
+        self.function = ir.Function(module, ir.FunctionType(ir.VoidType(), arg_types), kernel.name)
+        self.function.linkage = "internal"
+        self.pointers: dict[int, ir.Value] = {}
+        for node, arg in zip(self.external, self.function.args):
+            self.pointers[id(node)] = arg
+        for node, arg in zip(kernel.outputs, self.function.args[len(self.external) :]):
+            self.pointers[id(node)] = arg
+            arg.add_attribute("noalias")
+        self.inside = {id(n) for n in kernel.nodes}
+        self.b = ir.IRBuilder(self.function.append_basic_block("entry"))
+        self.e = Emitter(self.b)
+        self.scopes: list[dict] = [{}]
+        self.materialized: set[int] = set()  # body nodes stored to memory and read back
+
+    # ---- loops ----
+    def loop(self, count: int, body, name="i"):
+        """for i in range(count): body(i) — a canonical counted loop."""
+        b = self.b
+        if count == 1:
+            body(i64(0))
+            return
+        before = b.block
+        header = b.append_basic_block(f"{name}.loop")
+        after = b.append_basic_block(f"{name}.done")
+        b.branch(header)
+        b.position_at_end(header)
+        phi = b.phi(I64, name=name)
+        phi.add_incoming(i64(0), before)
+        self.scopes.append({})
+        body(phi)
+        self.scopes.pop()
+        following = b.add(phi, i64(1), flags=("nuw", "nsw"))
+        phi.add_incoming(following, b.block)
+        b.cbranch(b.icmp_unsigned("<", following, i64(count)), header, after)
+        b.position_at_end(after)
+
+    def nest(self, shape, body, depth=0, values=()):
+        """Nested loops over `shape` (row-major), calling body(list of index values)."""
+        if depth == len(shape):
+            body(list(values))
+            return
+        self.loop(
+            shape[depth], lambda v: self.nest(shape, body, depth + 1, (*values, v)), f"i{depth}"
+        )
+
+    # ---- memory ----
+    def address(self, node: Node, flat) -> ir.Value:
+        if id(node) in self.globals:
+            base = self.globals[id(node)]
+        else:
+            base = self.pointers[id(node)]
+        return self.b.gep(base, [flat], inbounds=True, source_etype=MEMORY_TYPES[node.dtype])
+
+    def load(self, node: Node, flat):
+        value = self.b.load(self.address(node, flat), typ=MEMORY_TYPES[node.dtype])
+        if node.dtype == "bool":
+            return self.b.trunc(value, REGISTER_TYPES["bool"])
+        return value
+
+    def store(self, node: Node, flat, value):
+        if node.dtype == "bool":
+            value = self.b.zext(value, MEMORY_TYPES["bool"])
+        self.b.store(value, self.address(node, flat))
+
+    # ---- values at an index ----
+    def value(self, node: Node, index: Index):
+        key = (id(node), id(index))
+        for scope in reversed(self.scopes):
+            if key in scope:
+                return scope[key]
+        result = self._compute(node, index)
+        self.scopes[-1][key] = result
+        return result
+
+    def _compute(self, node: Node, index: Index):
+        if _is_immediate(node):
+            return immediate(node)
+        if id(node) not in self.inside or id(node) in self.materialized:
+            return self.load(node, index.flat)
+        if node.op in INDEX_MAPS:
+            return INDEX_MAPS[node.op](self, node, index)
+        opdef = OPS[node.op]
+        if opdef.scalar is None:
+            raise CompileError(f"no scalar emitter for {node.op} in kernel {self.kernel.name}")
+        args = [self.value(x, index) for x in node.inputs]
+        return opdef.scalar(self.e, *args, **node.attrs)
+
+    def index(self, shape, values=None, flat=None) -> Index:
+        return Index(self.b, shape, values, flat)
+
+    # ---- forms ----
+    def emit(self) -> ir.Function:
+        getattr(self, f"emit_{self.kernel.form}")()
+        self.b.ret_void()
+        return self.function
+
+    def emit_loop(self):
+        shape = self.kernel.outputs[0].shape
+        for out in self.kernel.outputs:
+            if out.type.size != prod(shape):
+                raise CompileError(f"loop kernel {self.kernel.name}: outputs of different sizes")
+        needs_axes = any(n.op in INDEX_MAPS and n.op != "reshape" for n in self.kernel.nodes)
+        if needs_axes:
+            self.nest(shape, lambda values: self.store_outputs(self.index(shape, values=values)))
+        else:
+            self.loop(prod(shape), lambda i: self.store_outputs(self.index(shape, flat=i)))
+
+    def store_outputs(self, index: Index, outputs=None):
+        for out in outputs or self.kernel.outputs:
+            self.store(out, index.flat, self.value(out, index))
+
+    def emit_reduction(self):
+        (reduce,) = [n for n in self.kernel.nodes if n.op in ("sum", "max", "argmax")]
+        x = reduce.inputs[0]
+        axes = reduce.attrs.get("axes", (reduce.attrs.get("axis"),))
+        kept = [d for i, d in enumerate(x.shape) if i not in axes]
+        reduced = [x.shape[a] for a in axes]
+        out_shape = reduce.shape
+        b = self.b
+
+        def per_output(out_values):
+            with b.goto_entry_block():
+                accumulator = b.alloca(REGISTER_TYPES[x.dtype])
+                position = b.alloca(I64) if reduce.op == "argmax" else None
+            b.store(identity(reduce, x.dtype), accumulator)
+            if position is not None:
+                b.store(i64(0), position)
+
+            def per_element(red_values):
+                full, kept_iter, red_iter = [], iter(out_values), iter(red_values)
+                for i in range(x.ndim):
+                    full.append(next(red_iter) if i in axes else next(kept_iter))
+                v = self.value(x, self.index(x.shape, values=full))
+                acc = b.load(accumulator)
+                if reduce.op == "sum":
+                    b.store(combine_sum(b, acc, v), accumulator)
+                elif reduce.op == "max":
+                    b.store(self.e.maximum(acc, v), accumulator)
+                else:
+                    better = _argmax_better(self.e, v, acc)
+                    b.store(b.select(better, v, acc), accumulator)
+                    flat = self.index(reduced, values=red_values).flat
+                    b.store(b.select(better, flat, b.load(position)), position)
+
+            self.nest(reduced, per_element)
+            result = b.load(position if position is not None else accumulator)
+            out_index = self.index(out_shape, flat=self.index(kept, values=out_values).flat)
+            self.scopes[-1][(id(reduce), id(out_index))] = result
+            self.store_outputs(out_index)
+
+        self.nest(kept, per_output)
+
+    def emit_contraction(self):
+        from graphc.codegen.matmul import Operand, define_matmul
+
+        (mm,) = [n for n in self.kernel.nodes if n.op == "matmul"]
+        sources = {id(n) for n in self.kernel.inputs}
+        views = [affine_view(operand, sources) for operand in mm.inputs]
+        if None in views:
+            raise CompileError(f"kernel {self.kernel.name}: matmul operand is not an affine view")
+        *batch, m, k = mm.inputs[0].shape
+        n = mm.shape[-1]
+        target = mm if mm in self.kernel.outputs else None
+        if target is None:
+            raise CompileError(f"kernel {self.kernel.name}: matmul result must be stored")
+        function = define_matmul(
+            self.module,
+            f"{self.kernel.name}.matmul",
+            m=m,
+            n=n,
+            k=k,
+            dtype=mm.dtype,
+            a=Operand(views[0].strides, views[0].offset),
+            b=Operand(views[1].strides, views[1].offset),
+            c=Operand(strides_of(mm.shape), 0),
+            batch=tuple(batch),
+        )
+        function.linkage = "internal"
+        pointers = [self.pointers[id(mm)]]
+        pointers += [self.globals.get(id(v.source)) or self.pointers[id(v.source)] for v in views]
+        self.b.call(function, pointers)
+        rest = [o for o in self.kernel.outputs if o is not mm]
+        if rest:  # the elementwise epilogue reads the stored product back, tile by tile
+            self.materialized.add(id(mm))
+            shape = mm.shape
+            self.loop(prod(shape), lambda i: self.store_outputs(self.index(shape, flat=i), rest))
+
+
+# ---- index maps: the value of a layout node at an index is its input's value elsewhere ----
+
+
+def _map_broadcast(k: KernelEmitter, node: Node, index: Index):
+    x = node.inputs[0]
+    lead = node.type.ndim - x.type.ndim
+    values = [i64(0) if d == 1 else v for d, v in zip(x.shape, index.values[lead:])]
+    return k.value(x, k.index(x.shape, values=values))
+
+
+def _map_reshape(k: KernelEmitter, node: Node, index: Index):
+    x = node.inputs[0]
+    return k.value(x, k.index(x.shape, flat=index.flat))
+
+
+def _map_transpose(k: KernelEmitter, node: Node, index: Index):
+    x = node.inputs[0]
+    values = [None] * x.type.ndim
+    for out_axis, in_axis in enumerate(node.attrs["perm"]):
+        values[in_axis] = index.values[out_axis]
+    return k.value(x, k.index(x.shape, values=values))
+
+
+def _map_slice(k: KernelEmitter, node: Node, index: Index):
+    x, b = node.inputs[0], k.b
+    values = [
+        b.add(i64(start), b.mul(v, i64(step)))
+        for v, start, step in zip(index.values, node.attrs["starts"], node.attrs["steps"])
+    ]
+    return k.value(x, k.index(x.shape, values=values))
+
+
+def _map_pad(k: KernelEmitter, node: Node, index: Index):
+    x, b = node.inputs[0], k.b
+    inside, values = None, []
+    for v, d, (low, _, interior) in zip(index.values, x.shape, node.attrs["widths"]):
+        shifted = b.sub(v, i64(low))
+        step = interior + 1
+        source = b.sdiv(shifted, i64(step)) if step > 1 else shifted
+        ok = b.and_(b.icmp_signed(">=", shifted, i64(0)), b.icmp_signed("<", source, i64(d)))
+        if step > 1:
+            ok = b.and_(ok, b.icmp_signed("==", b.srem(shifted, i64(step)), i64(0)))
+        inside = ok if inside is None else b.and_(inside, ok)
+        values.append(b.select(ok, source, i64(0)))  # clamp: the load stays in bounds
+    value = k.value(x, k.index(x.shape, values=values))
+    fill = immediate_value(node.attrs["value"], node.dtype)
+    return b.select(inside, value, fill) if inside is not None else value
+
+
+def _map_concat(k: KernelEmitter, node: Node, index: Index):
+    axis, b = node.attrs["axis"], k.b
+    position = index.values[axis]
+    result, start = None, 0
+    for x in node.inputs:
+        size = x.shape[axis]
+        local = b.sub(position, i64(start))
+        clamped = b.select(b.icmp_unsigned("<", local, i64(size)), local, i64(0))
+        values = list(index.values)
+        values[axis] = clamped
+        v = k.value(x, k.index(x.shape, values=values))
+        result = (
+            v if result is None else b.select(b.icmp_unsigned("<", position, i64(start)), result, v)
+        )
+        start += size
+    return result
+
+
+def _map_iota(k: KernelEmitter, node: Node, index: Index):
+    return (
+        k.e.cast(index.values[node.attrs["axis"]], node.dtype)
+        if node.dtype != "int64"
+        else index.values[node.attrs["axis"]]
+    )
+
+
+INDEX_MAPS = {
+    "broadcast_to": _map_broadcast,
+    "reshape": _map_reshape,
+    "transpose": _map_transpose,
+    "slice": _map_slice,
+    "pad": _map_pad,
+    "concat": _map_concat,
+    "iota": _map_iota,
+}
+
+
+# ---- reductions ----
+
+
+def identity(reduce: Node, dtype: str):
+    t = REGISTER_TYPES[dtype]
+    if reduce.op == "sum":
+        return t(0)
+    if dtype in ("float32", "float64"):
+        return t(float("-inf"))
+    return t(int(np.iinfo(dtype).min))
+
+
+def combine_sum(b, acc, v):
+    if is_float_type(v.type):
+        return b.fadd(acc, v, flags=("reassoc", "contract"))  # reductions may reassociate
+    return b.add(acc, v)
+
+
+def _argmax_better(e: Emitter, v, acc):
+    """NumPy argmax: the first maximum wins; the first NaN wins over everything."""
+    if is_float_type(v.type):
+        greater = e.b.fcmp_ordered(">", v, acc)
+        v_nan = e.b.fcmp_unordered("uno", v, v)
+        acc_nan = e.b.fcmp_unordered("uno", acc, acc)
+        return e.b.or_(greater, e.b.and_(v_nan, e.b.not_(acc_nan)))
+    return e.b.icmp_signed(">", v, acc)
+
+
+# ---- constants ----
+
+
+def _is_immediate(node: Node) -> bool:
+    return node.op == "const" and node.type.size == 1
+
+
+def immediate_value(value, dtype: str):
+    t = REGISTER_TYPES[dtype]
+    if dtype == "bool":
+        return t(int(bool(value)))
+    if dtype in ("float32", "float64"):
+        return t(float(np.asarray(value, dtype=dtype)))
+    return t(int(value))
+
+
+def immediate(node: Node):
+    return immediate_value(node.attrs["value"].reshape(()).item(), node.dtype)
+
+
+def constant_global(module: ir.Module, node: Node, name: str) -> ir.GlobalVariable:
+    element = MEMORY_TYPES[node.dtype]
+    array = np.ascontiguousarray(node.attrs["value"]).reshape(-1)
+    if node.dtype == "bool":
+        array = array.astype(np.uint8)
+    array_type = ir.ArrayType(element, array.size)
+    initializer = ir.Constant(array_type, bytearray(array.tobytes()))
+    variable = ir.GlobalVariable(module, array_type, name)
+    variable.global_constant = True
+    variable.linkage = "private"
+    variable.unnamed_addr = True
+    variable.align = 64
+    variable.initializer = initializer
+    return variable
+
+
+# ---- the program ----
+
+
+def emit_program(graph: Graph, kernels: list[Kernel], plan: Plan, name: str) -> ir.Module:
+    """The LLVM module of a compiled program: kernels, constants and the exported entries."""
+    module = ir.Module(name=name)
+    globals_: dict[int, ir.GlobalVariable] = {}
+    for node in graph.nodes:
+        if node.op == "const" and not _is_immediate(node):
+            globals_[id(node)] = constant_global(module, node, f"const.{len(globals_)}")
+
+    functions = [KernelEmitter(module, kernel, globals_) for kernel in kernels]
+    for emitter in functions:
+        emitter.emit()
+
+    params, inputs, outputs = graph.params, graph.inputs, graph.outputs
+    arg_count = 1 + len(params) + len(inputs) + len(outputs)
+    step = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR] * arg_count), f"{name}_step")
+    arena, *args = step.args
+    b = ir.IRBuilder(step.append_basic_block("entry"))
+    bases = {"param": args[: len(params)], "input": args[len(params) : len(params) + len(inputs)]}
+    bases["output"] = args[len(params) + len(inputs) :]
+
+    def pointer(node: Node) -> ir.Value:
+        if id(node) in globals_:
+            return globals_[id(node)]
+        where = plan.location(node)
+        if where.kind == "arena":
+            return b.gep(arena, [i64(where.index)], inbounds=True, source_etype=ir.IntType(8))
+        return bases[where.kind][where.index]
+
+    for emitter in functions:
+        pointers = [pointer(n) for n in emitter.external] + [
+            pointer(n) for n in emitter.kernel.outputs
+        ]
+        b.call(emitter.function, pointers)
+
+    copy = module.declare_intrinsic("llvm.memcpy", [PTR, PTR, I64])
+    false = ir.IntType(1)(0)
+
+    def copy_value(destination, node):
+        if _is_immediate(node):
+            b.store(
+                b.zext(immediate(node), MEMORY_TYPES["bool"])
+                if node.dtype == "bool"
+                else immediate(node),
+                destination,
+            )
+        else:
+            b.call(copy, [destination, pointer(node), i64(node.type.nbytes), false])
+
+    for i, node in enumerate(outputs):
+        where = plan.locations.get(id(node))
+        if where is None or where.kind != "output" or where.index != i:
+            copy_value(bases["output"][i], node)
+    param_index = {id(p): i for i, p in enumerate(params)}
+    for target, value in graph.updates:
+        if value is not target:
+            copy_value(bases["param"][param_index[id(target)]], value)
+    b.ret_void()
+
+    call = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR]), f"{name}_call")
+    b = ir.IRBuilder(call.append_basic_block("entry"))
+    loaded = []
+    for i in range(arg_count):
+        slot = b.gep(call.args[0], [i64(i)], inbounds=True, source_etype=PTR)
+        loaded.append(b.load(slot, typ=PTR))
+    b.call(step, loaded)
+    b.ret_void()
+    return module
