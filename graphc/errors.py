@@ -19,3 +19,15 @@ class CompileError(GraphcError):
 
 class InputError(GraphcError, ValueError):
     """A call or feed names, omits or shapes an argument wrongly."""
+
+
+class ParseError(GraphcError, ValueError):
+    """Malformed `.gir` text; the message gives the line, the column and a caret."""
+
+    def __init__(self, message: str, line: int | None = None):
+        super().__init__(message)
+        self.line = line
+
+
+class VerifyError(CompileError):
+    """An invalid graph or kernel partition (names the node and its source line)."""
