@@ -287,9 +287,14 @@ def check_grad(y, wrt, feed=None, *, eps=1e-6, rtol=1e-5, atol=1e-7):
     return worst
 
 
+def _is_key_of(key, w) -> bool:
+    """Whether a feed key (input Tensor or name) denotes `w`; never `==` on a Tensor."""
+    return key == w.name if isinstance(key, str) else getattr(key, "node", None) is w.node
+
+
 def _fed(feed, w):
     for key, value in feed.items():
-        if key is w or key == getattr(w, "name", None) or getattr(key, "node", None) is w.node:
+        if _is_key_of(key, w):
             return value
     raise InputError(f"check_grad: no value fed for {w.name!r}")
 
@@ -303,7 +308,7 @@ def _eval_with(y, w, value, feed):
             return evaluate(y, feed)
         finally:
             storage.value = saved
-    feed = {k: v for k, v in feed.items() if not (k is w or k == w.name)}
+    feed = {k: v for k, v in feed.items() if not _is_key_of(k, w)}
     feed[w] = value
     return evaluate(y, feed)
 
