@@ -125,4 +125,5 @@ class Adam(Optimizer):
             v_hat = v_new / (1 - b2**t).astype(p.dtype)
             result[p] = (p - self.lr * m_hat / (sqrt(v_hat) + self.eps)).astype(p.dtype)
             state[m], state[v] = m_new, v_new
-        return {**result, **state, self.t: t}
+        state[self.t] = t
+        return {**result, **{s: state[s] for s in self.state()}}
