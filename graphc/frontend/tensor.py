@@ -382,7 +382,9 @@ def getitem(x: Tensor, index) -> Tensor:
             out_shape.append(len(range(start, stop, step)))
         elif isinstance(item, numbers.Integral):
             if not -size <= item < size:
-                raise ShapeError(f"index {item} out of range for axis {axis} of {x.type}")
+                raise ShapeError(
+                    f"index {item} out of range for axis {axis} of {x.type} (at {user_location()})"
+                )
             item = operator.index(item) % size
             starts.append(item), stops.append(item + 1), steps.append(1)
         else:
