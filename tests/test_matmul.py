@@ -161,16 +161,24 @@ def test_seeded_shapes_match_numpy(dtype):
         _check(jit.function(f"case{index}"), spec, buffers, expected, scale)
 
 
+# Matrix-vector (dot path, transposed problem), few rows (wide tiles), and an odd blocked shape.
+TRANSPOSE_SHAPES = [(37, 1, 45), (3, 2, 17), (200, 1, 70), (1, 37, 45), (3, 50, 9), (37, 45, 29)]
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("transposes", [(False, False), (True, False), (False, True), (True, True)])
-def test_every_transpose_of_a_blocked_shape(dtype, transposes):
+def test_every_transpose_of_special_shapes(dtype, transposes):
     rng = np.random.default_rng(1)
-    spec, buffers, expected, scale = _case(
-        rng, dtype, 37, 45, 29, ta=transposes[0], tb=transposes[1]
-    )
+    cases = [
+        _case(rng, dtype, *shape, ta=transposes[0], tb=transposes[1], accumulate=index % 2 == 1)
+        for index, shape in enumerate(TRANSPOSE_SHAPES)
+    ]
     module = _new_module()
-    define_matmul(module, "matmul", **spec)
-    _check(_Jit(module).function("matmul"), spec, buffers, expected, scale)
+    for index, (spec, *_rest) in enumerate(cases):
+        define_matmul(module, f"case{index}", **spec)
+    jit = _Jit(module)
+    for index, (spec, buffers, expected, scale) in enumerate(cases):
+        _check(jit.function(f"case{index}"), spec, buffers, expected, scale)
 
 
 @settings(max_examples=25, deadline=None)

@@ -82,18 +82,29 @@ class Tiling:
     pack_b: bool
 
 
+# Accumulator vectors per row that fit the 16 ymm registers with mr rows (acc + B + broadcast).
+_VECTORS_FOR_ROWS = {1: 7, 2: 5, 3: 3, 4: 3, 5: 2}
+
+
 def choose_tiling(m: int, n: int, k: int, dtype: str, b_col_stride: int = 1) -> Tiling:
     """The tile and blocking used for a float matmul of this shape (tuned on AVX2)."""
     itemsize = _ITEMSIZE[dtype]
     lanes = min(_VECTOR_BYTES // itemsize, 1 << max(n - 1, 0).bit_length())
-    nr = 2 * lanes if n > lanes else lanes
-    mr = 6 if nr == 2 * lanes else 8
+    vectors = -(-n // lanes)
+    if m < 6:  # few rows: more vectors per row so that enough FMA chains run in parallel
+        mr, nv = m, min(vectors, _VECTORS_FOR_ROWS[m])
+    elif vectors == 1:
+        mr, nv = min(m, 12), 1
+    else:
+        mr, nv = 6, 2
+    nr = nv * lanes
     kc = 256
-    mc = 144 if itemsize == 4 else 72
+    mc = max(mr, (144 if itemsize == 4 else 72) // mr * mr)
     nc = max(nr, (256 * 1024 // (kc * itemsize)) // nr * nr)
     big = k * n * itemsize > _L1_BYTES
-    pack_b = b_col_stride != 1 or big
-    pack_a = big and m * k * itemsize > _L1_BYTES
+    # Packing pays only for an operand that is reused: B across row tiles, A across columns.
+    pack_b = m > mr and (b_col_stride != 1 or big)
+    pack_a = n > nr and big and m * k * itemsize > _L1_BYTES
     return Tiling(mr, nr, lanes, kc, mc, nc, pack_a, pack_b)
 
 
@@ -135,9 +146,12 @@ def define_matmul(
         builder.ret_void()
         return function
 
-    # Transposed problem C^T = B^T A^T when n is narrower than a vector and m is not.
     lanes = _VECTOR_BYTES // _ITEMSIZE[dtype]
-    if dtype in _FLOAT_TYPES and n < lanes and m > n and tiling is None:
+    # Matrix-vector with A rows and B columns contiguous: dot products, vectors along k.
+    dot = dtype in _FLOAT_TYPES and tiling is None and n <= 2 and k >= lanes
+    dot = dot and a.strides[-1] == 1 and b.strides[-2] == 1
+    # Transposed problem C^T = B^T A^T when n is narrower than a vector and m is not.
+    if dtype in _FLOAT_TYPES and n < lanes and m > n and tiling is None and not dot:
         m, n = n, m
         a, b = _swap_matrix_strides(b), _swap_matrix_strides(a)
         c = _swap_matrix_strides(c)
@@ -149,6 +163,8 @@ def define_matmul(
     def body(a_view: _View, b_view: _View, c_view: _View) -> None:
         if dtype in _INT_TYPES or k == 0:
             emitter.loop_nest(m, n, k, a_view, b_view, c_view, accumulate)
+        elif dot:
+            emitter.dot_rows(m, n, k, a_view, b_view, c_view, accumulate)
         else:
             t = tiling or choose_tiling(m, n, k, dtype, b_view.cols)
             emitter.blocked(m, n, k, t, a_view, b_view, c_view, accumulate)
@@ -320,12 +336,79 @@ class _Emitter:
 
     # ---- float: blocking, packing, micro-kernel ------------------------------------------
 
+    def use_vectors(self, lanes: int) -> None:
+        self.vector = ir.VectorType(self.elem, lanes)
+        name = f"llvm.fma.v{lanes}{_SUFFIX[self.elem_bytes]}"
+        self.fma = _declare(self.b.module, name, self.vector, 3)
+
+    def dot_rows(self, m, n, k, a: _View, b: _View, c: _View, accumulate) -> None:
+        """C[i, j] (=|+=) dot(A[i, :], B[:, j]) with vectors along k, 4 rows at a time."""
+        self.use_vectors(_VECTOR_BYTES // self.elem_bytes)
+
+        def tile(i0, count):
+            for j in range(n):
+                rows = [self.sub(a, self.linear([(i0, 1), (r, 1)]), 0) for r in range(count)]
+                column = _View(self.at(b, 0, j), b.cols, b.rows)  # B[:, j] as a row
+                targets = [self.at(c, self.linear([(i0, 1), (r, 1)]), j) for r in range(count)]
+                self.dot_tile(k, rows, column, targets, accumulate)
+
+        self.segments(m, 4, tile)
+
+    def dot_tile(self, k, rows: list[_View], column: _View, targets, accumulate) -> None:
+        """targets[r] (=|+=) dot(rows[r][0, :k], column[0, :k]); two vectors per row per step."""
+        width, unroll = self.vector.count, 2
+        step = width * unroll
+        full, rest = divmod(k, step)
+        vector_tail, scalar_tail = divmod(rest, width)
+
+        def fmas(kk, acc, slots):
+            out = list(acc)
+            for u, slot in enumerate(slots):
+                offset = self.linear([(kk, 1), (u * width, 1)])
+                x = self.load_vector(column, 0, offset, width, padded=True)
+                for r, row in enumerate(rows):
+                    value = self.load_vector(row, 0, offset, width, padded=True)
+                    index = r * unroll + slot
+                    out[index] = self.b.call(self.fma, [value, x, out[index]])
+            return out
+
+        zero = ir.Constant(self.vector, [self.zero] * width)
+        acc = self.loop(
+            full, lambda q, acc: fmas(self.linear([(q, step)]), acc, range(unroll)),
+            [zero] * (len(rows) * unroll),
+        )  # fmt: skip
+        acc = fmas(full * step, acc, range(vector_tail))
+        for r, (row, target) in enumerate(zip(rows, targets, strict=True)):
+            total = acc[r * unroll]
+            for u in range(1, unroll):
+                total = self.b.fadd(total, acc[r * unroll + u])
+            total = self.horizontal_sum(total)
+            for kk in range(k - scalar_tail, k):
+                x = self.b.load(self.at(column, 0, kk), typ=self.elem)
+                total = self.b.fma(self.b.load(self.at(row, 0, kk), typ=self.elem), x, total)
+            if accumulate:
+                total = self.b.fadd(self.b.load(target, typ=self.elem), total)
+            self.b.store(total, target)
+
+    def horizontal_sum(self, value: ir.Value) -> ir.Value:
+        """Sum of a vector's lanes by halving (lane order of a tree reduction)."""
+        width = value.type.count
+        while width > 1:
+            width //= 2
+            i32 = ir.IntType(32)
+            low, high = (
+                self.b.shuffle_vector(
+                    value,
+                    ir.Constant(value.type, ir.Undefined),
+                    ir.Constant(ir.VectorType(i32, width), list(range(start, start + width))),
+                )
+                for start in (0, width)
+            )
+            value = self.b.fadd(low, high)
+        return self.b.extract_element(value, ir.Constant(ir.IntType(32), 0))
+
     def blocked(self, m, n, k, t: Tiling, a: _View, b: _View, c: _View, accumulate) -> None:
-        vector = ir.VectorType(self.elem, t.lanes)
-        self.vector = vector
-        self.fma = _declare(
-            self.b.module, f"llvm.fma.v{t.lanes}{_SUFFIX[self.elem_bytes]}", vector, 3
-        )
+        self.use_vectors(t.lanes)
         nc = min(t.nc, -(-n // t.nr) * t.nr)
         kc, mc = min(t.kc, k), min(t.mc, m)
         b_pack = self.scratch(kc * nc) if t.pack_b else None
@@ -424,7 +507,10 @@ class _Emitter:
         return 4 if isinstance(self.elem, ir.FloatType) else 8
 
     def load_vector(self, view: _View, r, c, lanes: int, padded: bool = False) -> ir.Value:
-        """Elements (r, c .. c+lanes) as one vector; lanes past `lanes` are zero."""
+        """Elements (r, c .. c+lanes) as one vector; lanes past `lanes` are zero.
+
+        `padded` promises that a full vector may be loaded from contiguous memory.
+        """
         width = self.vector.count
         if padded or (lanes == width and view.cols == 1):
             return self.b.load(self.at(view, r, c), typ=self.vector, align=self.elem_bytes)
