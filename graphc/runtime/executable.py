@@ -71,6 +71,7 @@ class Executable:
         )
         address = engine.address(f"{name}_call")
         self._call = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(address)
+        self._bind_params()
 
     # ---- construction ----
     @classmethod
