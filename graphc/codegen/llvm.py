@@ -429,11 +429,12 @@ def immediate(node: Node):
 
 
 def constant_global(module: ir.Module, node: Node, name: str) -> ir.GlobalVariable:
-    element = MEMORY_TYPES[node.dtype]
     array = np.ascontiguousarray(node.attrs["value"]).reshape(-1)
     if node.dtype == "bool":
         array = array.astype(np.uint8)
-    array_type = ir.ArrayType(element, array.size)
+    # the raw bytes as an i8 array: llvmlite prints a bytearray initializer as c"..." (i8s);
+    # kernels address the global through typed GEPs, so its declared type is only its size
+    array_type = ir.ArrayType(ir.IntType(8), array.nbytes)
     initializer = ir.Constant(array_type, bytearray(array.tobytes()))
     variable = ir.GlobalVariable(module, array_type, name)
     variable.global_constant = True
