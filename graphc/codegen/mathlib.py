@@ -15,15 +15,17 @@ float32 polynomials, except ``pow`` (see below).
 
 Algorithms
 ----------
-exp     x = k ln2 + r, k = rint(x / ln2), |r| <= ln2/2; r by a two-constant Cody-Waite
-        reduction with FMA (exact first step). exp(r) - 1 = r + r^2 P(r): f64 P is the Taylor
-        series up to r^13/13! (truncation < 0.05 ulp), f32 P is Cephes ``expf`` (degree 5).
-        The result 2^k (1 + ...) is scaled in two halves 2^floor(k/2) 2^ceil(k/2), so
-        overflow gives inf and the subnormal range is rounded once, correctly (<= 1 ulp of
-        the smallest subnormal). 2^k is built from k's bits through the 1.5*2^52 shifter
-        trick (no int<->float conversions, which AVX2 lacks for 64-bit lanes).
+exp     x = k ln2 + r, k = rint(x / ln2), |r| <= ln2/2. Cody-Waite with fdlibm's ln2 = hi + lo
+        and FMA: x - k hi is exact, x - k lo is kept as a double-double r + r_low. Then
+        exp(r) = (1 + r) + (r^2 P(r) + ...) with 1 + r split exactly, so only the final
+        addition rounds. f64 P is the Taylor series up to r^13/13! (truncation < 0.05 ulp),
+        f32 P is Cephes ``expf`` (degree 5). 2^k is applied in two halves 2^floor(k/2)
+        2^ceil(k/2): overflow gives inf, subnormal results are rounded once (error <= 1 ulp
+        of the smallest subnormal, i.e. within 5e-324 / 1.4e-45 of NumPy), then 0. 2^k is
+        built from k's bits with the 1.5*2^52 shifter trick (no int<->float conversions,
+        which AVX2 lacks for 64-bit lanes).
 expm1   same reduction; 2^k (expm1(r) + 1) - 1 = fma(2^k, expm1(r), 2^k - 1), exact for
-        k = 0, so small arguments are accurate to the last bit.
+        k = 0; where that cancels (ln2/2 < |x| < 0.45) h (h + 2) with h = expm1(x/2).
 log     x = 2^k m with m in [sqrt(1/2), sqrt(2)), f = m - 1 (exact); log(1+f) as in fdlibm:
         s = f / (2 + f), log(1+f) = f - f^2/2 + s (f^2/2 + R(s^2)), R from fdlibm/musl
         (``Lg1..Lg7`` for f64, ``Lg1..Lg4`` from musl ``logf`` for f32). Subnormals are
@@ -32,44 +34,48 @@ log1p   u = 1 + x rounded, c = the exact rounding error of that sum (Fast2Sum), 
         log(u) + c/u through the same kernel, c/u injected into the low-order sum.
 tanh    |x| < 0.625: Cephes rational x + x z P(z)/Q(z) (f64) / odd polynomial (f32);
         else 1 - 2/(exp(2|x|) + 1) with the sign of x. Saturates to exactly +-1.
-sigmoid e = exp(-|x|), s = 1/(1 + e); x >= 0: s, x < 0: e s. Never overflows; correct
-        tiny (also subnormal) results for large negative x.
-sin/cos q = nearest integer to x 2/pi (computed with a double-length product so q is the
-        true nearest integer), r = x - q pi/2 with pi/2 split into three constants and FMA:
-        the first product is exact, so r is accurate to ~1 ulp of r itself (also next to the
-        zeros of sin/cos) as long as |q| < 2^52 (f32: 2^23). Kernels on [-pi/4, pi/4]:
-        fdlibm/musl ``__sin``/``__cos`` (degree 13/14) for f64, Cephes ``sinf``/``cosf``
-        for f32. Quadrant from the low bits of q.
-        Beyond the guaranteed range (|x| > 2^50 for f64, |x| > 2^22 for f32 -- about
-        1.1e15 and 4.2e6) the reduction would lose the phase; those inputs return NaN
-        instead of a silently wrong number. (NumPy uses Payne-Hanek there.)
+sigmoid e = exp(-|x|); x >= 0: 1/(1 + e), x < 0: e/(1 + e), with 1 + e kept exact and one
+        Newton correction of the quotient. Never overflows; correct tiny (also subnormal)
+        results for large negative x, where NumPy's 1/(1 + exp(-x)) already gives 0.
+sin/cos q = nearest integer to x 2/pi (a double-length product, so q is the true nearest
+        integer), r = x - q pi/2 with pi/2 split into three floats and FMA: the first step
+        is exact, the rest is carried as a double-double r + r_low, so the reduction is
+        accurate to ~2^-100 relative to r, also next to the zeros of sin/cos, while |q| <
+        2^52 (f32: 2^23). Kernels on [-pi/4, pi/4] with the r_low tail: fdlibm/musl
+        ``__sin``/``__cos`` (degree 13/14) for f64, Cephes ``sinf``/``cosf`` for f32.
+        Quadrant from the low bits of q. Guaranteed range |x| <= 2^50 (f64, 1.1e15) and
+        |x| <= 2^22 (f32, 4.2e6), measured at the errors below up to those limits. Beyond
+        it the result is NaN, deliberately, instead of a silently wrong number (NumPy uses
+        Payne-Hanek reduction there; graphc does not).
 sqrt    ``llvm.sqrt`` (one vsqrtpd/vsqrtps, correctly rounded).
 pow     f64: exp(y log x) with log|x| as a double-double: s = f/(2+f) as a double-double
         quotient, log(1+f) = 2s + s^3 (2/3 + z T(z)), z = s^2, T the atanh series
         2/5 + 2/7 z + ... + 2/25 z^10 (truncation < 2^-70), 2/3 as a double-double. The
-        product y log|x| is formed exactly with FMA, its low part is added to the reduced
-        argument of exp. Error of log|x| is ~2^-64 relative, so pow stays ~1 ulp up to the
-        overflow/underflow thresholds. f32: computed as f64 pow and rounded (correctly
-        rounded except in astronomically rare cases).
+        product y log|x| is formed exactly with FMA and its low part is carried into the
+        reduced argument of exp. log|x| is good to ~2^-64 relative, so pow stays < 1 ulp up
+        to the overflow/underflow thresholds. f32: computed as f64 pow and rounded (about 3x
+        the cost of f32 exp + log, but correctly rounded in practice).
 
-Constants: pi/2, 2/pi and ln2 splits are derived below from a 60-digit decimal pi and
-Python's exact ``math.log`` for ln 2's hi/lo pieces (ln2 hi/lo values are fdlibm's).
-Taylor/atanh coefficients are computed here as exact fractions and rounded once.
+Constants: the pi/2 and 2/pi splits are derived below from a 64-digit decimal pi with exact
+rational arithmetic; ln2 hi/lo are fdlibm's (hi has trailing zeros, so k hi is exact).
+Taylor/atanh coefficients are exact fractions rounded once. Published coefficients are
+quoted with their source next to them and checked by the tests.
 
-Measured errors (ulp, against float128/longdouble-accurate references, 2e6 random samples
-over each function's domain plus dense grids; see tests/test_mathlib.py):
+Measured max errors in ulp (1-2 million random arguments per function and dtype over its
+domain -- exp/expm1 up to overflow, log over all positive floats incl. subnormals, sin/cos
+over |x| < 1e5 (f32: 1e4) -- against np.longdouble (f64) / float64 (f32) references):
 
     function   float64   float32
-    exp        0.51      0.51
-    expm1      0.85      0.93
-    log        0.52      0.83
-    log1p      0.60      0.93
-    tanh       1.21      1.49
-    sigmoid    1.18      0.99
-    sin        0.56      0.67      (|x| < 1e5; abs error <= 1.2e-16 |x| near zeros)
-    cos        0.56      0.66
-    sqrt       0.5       0.5
-    pow        0.58      0.5
+    exp        0.75      0.76
+    expm1      1.24      1.38
+    log        0.81      0.83
+    log1p      0.83      0.81
+    tanh       1.31      1.31
+    sigmoid    1.44      1.47
+    sin        0.78      0.76      (also at |x| up to 2^50 / 2^22; < 2 ulp there)
+    cos        0.78      0.77
+    sqrt       0.50      0.50
+    pow        0.61      0.50      (f64 with |y log x| up to 700)
 
 Special values (all exactly as NumPy): exp(+-0) = 1, exp(-inf) = 0, exp(inf) = inf,
 exp(x > 709.78) = inf (f32: x > 88.72), results below the normal range are subnormal
@@ -323,50 +329,81 @@ def _two_prod(b, x, y):
 # --- exp family -------------------------------------------------------------------------
 
 
-def _exp_reduce(b, x):
-    """(r, k) with x = k ln2 + r, |r| <= ln2/2 (plus rounding), k integer-valued."""
+def _exp_reduce(b, x, x_low=None):
+    """(r, r_low, k): x + x_low = k ln2 + r + r_low, |r| <= ln2/2, k integer-valued."""
     c = _C[_bits(x.type)]
     t = x.type
     k = _intrinsic(b, "rint", b.fmul(x, _const(t, c["log2e"])))
     minus_k = b.fneg(k)
     r = _fma(b, minus_k, _const(t, c["ln2"][0]), x)  # exact
-    return _fma(b, minus_k, _const(t, c["ln2"][1]), r), k
+    product, product_low = _two_prod(b, minus_k, _const(t, c["ln2"][1]))
+    r, r_low = _two_sum(b, r, product)
+    r_low = b.fadd(r_low, product_low)
+    if x_low is not None:  # x_low may exceed ulp(r): renormalize
+        r, error = _two_sum(b, r, x_low)
+        r_low = b.fadd(r_low, error)
+    return r, r_low, k
 
 
-def _expm1_kernel(b, r):
-    """exp(r) - 1 for |r| <= ln2/2."""
+def _expm1_kernel(b, r, r_low=None):
+    """exp(r + r_low) - 1 for |r| <= ln2/2, |r_low| tiny."""
     c = _C[_bits(r.type)]
-    return _fma(b, b.fmul(r, r), _poly(b, r, c["expm1"]), r)
+    em1 = _fma(b, b.fmul(r, r), _poly(b, r, c["expm1"]), r)
+    if r_low is None:
+        return em1
+    return _fma(b, r_low, b.fadd(em1, _const(r.type, 1.0)), em1)
+
+
+def _exp_kernel(b, r, r_low):
+    """exp(r + r_low) for |r| <= ln2/2 with one final rounding: (1 + r) + (r^2 P(r) + ...)."""
+    c = _C[_bits(r.type)]
+    one = _const(r.type, 1.0)
+    head = b.fadd(one, r)
+    head_error = b.fsub(r, b.fsub(head, one))  # exact (Fast2Sum)
+    low = _fma(b, r_low, head, head_error)
+    return b.fadd(head, _fma(b, b.fmul(r, r), _poly(b, r, c["expm1"]), low))
 
 
 def exp(b: ir.IRBuilder, x: ir.Value) -> ir.Value:
     """e^x."""
     low, high = _C[_bits(x.type)]["exp_range"]
-    r, k = _exp_reduce(b, _clamp(b, x, low, high))
-    return _ldexp(b, b.fadd(_const(x.type, 1.0), _expm1_kernel(b, r)), k)
+    r, r_low, k = _exp_reduce(b, _clamp(b, x, low, high))
+    return _ldexp(b, _exp_kernel(b, r, r_low), k)
 
 
 def expm1(b: ir.IRBuilder, x: ir.Value) -> ir.Value:
     """e^x - 1, accurate near 0."""
     c = _C[_bits(x.type)]
     t = x.type
-    r, k = _exp_reduce(b, _clamp(b, x, c["expm1_low"], c["exp_range"][1]))
-    em1 = _expm1_kernel(b, r)
+    r, r_low, k = _exp_reduce(b, _clamp(b, x, c["expm1_low"], c["exp_range"][1]))
+    em1 = _expm1_kernel(b, r, r_low)
     # 2^k (em1 + 1) - 1; for large k (2^k - 1 rounds to 2^k) the plain exp form, which
     # also lets k run up to the overflow threshold.
     large = _gt(b, k, _const(t, c["mant"] + 2))
     scale = _exp2i(b, _select_const(b, large, 0.0, k))
-    moderate = _fma(b, scale, em1, b.fsub(scale, _const(t, 1.0)))
-    huge = _ldexp(b, b.fadd(_const(t, 1.0), em1), k)
-    return _keep_zero(b, x, b.select(large, huge, moderate))
+    result = _fma(b, scale, em1, b.fsub(scale, _const(t, 1.0)))
+    result = b.select(large, _ldexp(b, b.fadd(_const(t, 1.0), em1), k), result)
+    # For |x| < 0.45 that sum cancels (k = +-1); there use expm1(x) = h (h + 2), h = expm1(x/2).
+    h = _expm1_kernel(b, b.fmul(x, _const(t, 0.5)))
+    near_zero = _lt(b, _intrinsic(b, "fabs", x), _const(t, 0.45))
+    near_zero = b.and_(near_zero, b.fcmp_ordered("!=", k, _const(t, 0.0)))
+    result = b.select(near_zero, _fma(b, h, h, b.fadd(h, h)), result)
+    return _keep_zero(b, x, result)
 
 
 def sigmoid(b: ir.IRBuilder, x: ir.Value) -> ir.Value:
     """1 / (1 + e^-x), without overflow: e^-|x| is never large."""
     t = x.type
+    one = _const(t, 1.0)
     e = exp(b, b.fneg(_intrinsic(b, "fabs", x)))
-    s = b.fdiv(_const(t, 1.0), b.fadd(_const(t, 1.0), e))
-    return b.select(_lt(b, x, _const(t, 0.0)), b.fmul(e, s), s)
+    numerator = b.select(_lt(b, x, _const(t, 0.0)), e, one)  # e^x / (1 + e^x) for x < 0
+    # numerator / (1 + e) with 1 + e kept exact (d + d_low) and one correction step.
+    d = b.fadd(one, e)
+    d_low = b.fsub(e, b.fsub(d, one))
+    reciprocal = b.fdiv(one, d)
+    quotient = b.fmul(numerator, reciprocal)
+    residual = b.fsub(_fma(b, b.fneg(quotient), d, numerator), b.fmul(quotient, d_low))
+    return _fma(b, reciprocal, residual, quotient)
 
 
 def tanh(b: ir.IRBuilder, x: ir.Value) -> ir.Value:
@@ -455,7 +492,7 @@ def log1p(b: ir.IRBuilder, x: ir.Value) -> ir.Value:
 
 
 def _trig_reduce(b, x):
-    """(r, q) with x = q pi/2 + r, q the integer nearest to x 2/pi, as int bits of q."""
+    """(r, r_low, q): x = q pi/2 + r + r_low, q the integer nearest to x 2/pi, as int bits."""
     c = _C[_bits(x.type)]
     t = x.type
     hi, lo = c["two_over_pi"]
@@ -464,24 +501,29 @@ def _trig_reduce(b, x):
     q = _intrinsic(b, "rint", product)
     q = b.fadd(q, _intrinsic(b, "rint", b.fadd(b.fsub(product, q), product_error)))
     minus_q = b.fneg(q)
-    r = x
-    for part in c["half_pi"]:
-        r = _fma(b, minus_q, _const(t, part), r)
-    return r, _int_bits(b, b.fadd(q, _const(t, c["shifter"])))
+    part1, part2, part3 = (_const(t, part) for part in c["half_pi"])
+    r = _fma(b, minus_q, part1, x)  # exact
+    middle, middle_low = _two_prod(b, minus_q, part2)
+    r, r_low = _two_sum(b, r, middle)
+    r_low = _fma(b, minus_q, part3, b.fadd(r_low, middle_low))
+    r, error = _two_sum(b, r, r_low)  # near a zero of sin/cos r_low may exceed r
+    return r, error, _int_bits(b, b.fadd(q, _const(t, c["shifter"])))
 
 
-def _sin_kernel(b, r, z):
-    """sin(r), |r| <= pi/4, z = r^2."""
-    return _fma(b, b.fmul(r, z), _poly(b, z, _C[_bits(r.type)]["sin"]), r)
+def _sin_kernel(b, r, r_low, z):
+    """sin(r + r_low), |r| <= pi/4, z = r^2: r + (r z P(z) + r_low (1 - z/2))."""
+    t = r.type
+    tail = b.fmul(r_low, _fma(b, z, _const(t, -0.5), _const(t, 1.0)))
+    return b.fadd(r, _fma(b, b.fmul(r, z), _poly(b, z, _C[_bits(t)]["sin"]), tail))
 
 
-def _cos_kernel(b, r, z):
-    """cos(r), |r| <= pi/4, z = r^2: w + ((1 - w) - z/2 + z^2 P(z)), w = 1 - z/2."""
+def _cos_kernel(b, r, r_low, z):
+    """cos(r + r_low), |r| <= pi/4, z = r^2: w + ((1 - w) - z/2 + z^2 P(z) - r r_low)."""
     t = r.type
     one = _const(t, 1.0)
     half_z = b.fmul(z, _const(t, 0.5))
     w = b.fsub(one, half_z)
-    tail = b.fmul(b.fmul(z, z), _poly(b, z, _C[_bits(t)]["cos"]))
+    tail = _fma(b, b.fmul(z, z), _poly(b, z, _C[_bits(t)]["cos"]), b.fneg(b.fmul(r, r_low)))
     return b.fadd(w, b.fadd(b.fsub(b.fsub(one, w), half_z), tail))
 
 
@@ -489,11 +531,11 @@ def _sin_cos(b, x, quadrant_offset: int):
     """sin(x + quadrant_offset pi/2), with NaN beyond the documented argument range."""
     c = _C[_bits(x.type)]
     t = x.type
-    r, q = _trig_reduce(b, x)
+    r, r_low, q = _trig_reduce(b, x)
     q = b.add(q, _iconst(t, quadrant_offset))
     z = b.fmul(r, r)
     odd = b.icmp_unsigned("!=", b.and_(q, _iconst(t, 1)), _iconst(t, 0))
-    result = b.select(odd, _cos_kernel(b, r, z), _sin_kernel(b, r, z))
+    result = b.select(odd, _cos_kernel(b, r, r_low, z), _sin_kernel(b, r, r_low, z))
     sign = b.shl(b.and_(q, _iconst(t, 2)), _iconst(t, _bits(t) - 2))
     result = b.bitcast(b.xor(_int_bits(b, result), sign), t)
     too_large = _gt(b, _intrinsic(b, "fabs", x), _const(t, c["trig_limit"]))
@@ -555,9 +597,8 @@ def _exp_double_double(b, hi, lo):
     low, high = _C[64]["exp_range"]
     out_of_range = b.or_(_gt(b, hi, _const(hi.type, high)), _lt(b, hi, _const(hi.type, low)))
     lo = _select_const(b, out_of_range, 0.0, lo)
-    r, k = _exp_reduce(b, _clamp(b, hi, low, high))
-    r = b.fadd(r, lo)
-    return _ldexp(b, b.fadd(_const(hi.type, 1.0), _expm1_kernel(b, r)), k)
+    r, r_low, k = _exp_reduce(b, _clamp(b, hi, low, high), lo)
+    return _ldexp(b, _exp_kernel(b, r, r_low), k)
 
 
 def _is_integer(b, y):
