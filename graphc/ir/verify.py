@@ -1,0 +1,195 @@
+"""The verifier: every pass takes valid IR and returns valid IR (DESIGN §2).
+
+`verify(graph)` checks that the node list is a topological order of an acyclic graph of
+known ops, each node typed as its op infers from its inputs; that outputs and updates
+refer to the graph's nodes, update targets are params and values have the param's type;
+that graph inputs are distinct input nodes. `verify(graph, kernels)` also checks a fusion
+result: the kernels partition the computed nodes, each kernel's inputs and outputs match
+its body, and the kernel order is a valid schedule. Errors name the node as the printer
+does (`%name` or `%N`) with its source line.
+"""
+
+from __future__ import annotations
+
+from graphc.errors import VerifyError
+from graphc.ir.graph import FORMS, Graph, Node
+from graphc.ir.ops import OPS
+from graphc.ir.printer import Namer
+
+SOURCES = ("input", "param", "const", "iota")
+
+
+class _Checker:
+    def __init__(self, graph: Graph):
+        self.graph = graph
+        self.label = Namer()
+        for node in [*graph.inputs, *graph.params, *graph.nodes]:
+            self.label(node)
+
+    def describe(self, node: Node) -> str:
+        where = f" at {node.loc}" if node.loc else ""
+        return f"{self.label(node)} ({node.op}: {node.type}{where})"
+
+    def fail(self, message: str, node: Node | None = None):
+        prefix = f"{self.describe(node)}: " if node is not None else ""
+        raise VerifyError(f"verify {self.graph.name}: {prefix}{message}")
+
+    def check_acyclic(self):
+        """Depth-first search from every node; a back edge is a cycle (named in the error)."""
+        state: dict[int, int] = {}  # 1: on the current path, 2: finished
+        roots = [*self.graph.nodes, *self.graph.outputs, *(v for _, v in self.graph.updates)]
+        for root in roots:
+            if id(root) in state:
+                continue
+            path, stack = [root], [iter(root.inputs)]
+            state[id(root)] = 1
+            while stack:
+                child = next(stack[-1], None)
+                if child is None:
+                    state[id(path.pop())] = 2
+                    stack.pop()
+                elif state.get(id(child)) == 1:
+                    cycle = path[path.index(child) :] + [child]
+                    names = " -> ".join(self.label(n) for n in reversed(cycle))
+                    self.fail(f"cycle {names}", child)
+                elif id(child) not in state:
+                    state[id(child)] = 1
+                    path.append(child)
+                    stack.append(iter(child.inputs))
+
+    def check_nodes(self):
+        defined: set[int] = set()
+        for node in self.graph.nodes:
+            if id(node) in defined:
+                self.fail("listed twice in the graph's nodes", node)
+            opdef = OPS.get(node.op)
+            if opdef is None:
+                self.fail(f"unknown op {node.op!r}", node)
+            if opdef.arity is not None and len(node.inputs) != opdef.arity:
+                self.fail(f"{node.op} takes {opdef.arity} inputs, got {len(node.inputs)}", node)
+            for x in node.inputs:
+                if id(x) not in defined:
+                    self.fail(f"input {self.describe(x)} is not defined before its use", node)
+            try:
+                inferred = opdef.infer([x.type for x in node.inputs], node.attrs)
+            except Exception as error:  # noqa: BLE001 -- any inference failure is invalid IR
+                self.fail(f"{node.op} rejects its inputs or attrs: {error}", node)
+            if inferred != node.type:
+                inputs = ", ".join(str(x.type) for x in node.inputs)
+                self.fail(
+                    f"typed {node.type} but {node.op} infers {inferred} from ({inputs})", node
+                )
+            if node.op == "param":
+                self.check_param(node)
+            defined.add(id(node))
+        return defined
+
+    def check_param(self, node: Node):
+        storage = node.attrs.get("storage")
+        value = getattr(storage, "value", None)
+        if value is None or value.shape != node.shape or value.dtype != node.type.np_dtype:
+            found = "none" if value is None else f"{value.dtype} {value.shape}"
+            self.fail(f"param storage ({found}) does not match its type", node)
+
+    def check_interface(self, defined: set[int]):
+        graph = self.graph
+        names = set()
+        for x in graph.inputs:
+            if x.op != "input":
+                self.fail("listed among the graph inputs but is not an input", x)
+            if x.name in names:
+                self.fail(f"duplicate input name {x.name!r}", x)
+            names.add(x.name)
+        listed = {id(x) for x in graph.inputs}
+        for node in graph.nodes:
+            if node.op == "input" and id(node) not in listed:
+                self.fail("input read by the graph but not among its inputs", node)
+        for node in graph.outputs:
+            if id(node) not in defined:
+                self.fail("output is not a node of the graph", node)
+        targets: set[int] = set()
+        for target, value in graph.updates:
+            if target.op != "param":
+                self.fail("update target is not a param", target)
+            if id(target) in targets:
+                self.fail("param updated twice", target)
+            targets.add(id(target))
+            for node in (target, value):
+                if id(node) not in defined:
+                    self.fail(f"update of {self.label(target)} refers outside the graph", node)
+            if value.type != target.type:
+                self.fail(
+                    f"update value {self.describe(value)} differs from the param's type", target
+                )
+
+    def check_kernels(self, kernels):
+        owner: dict[int, int] = {}
+        for index, kernel in enumerate(kernels):
+            if kernel.form not in FORMS:
+                self.fail(f"kernel {kernel.name}: unknown form {kernel.form!r}; forms: {FORMS}")
+            for node in kernel.nodes:
+                if id(node) in owner:
+                    other = kernels[owner[id(node)]].name
+                    self.fail(f"in both kernel {other} and kernel {kernel.name}", node)
+                owner[id(node)] = index
+        in_graph = {id(n) for n in self.graph.nodes}
+        for node in self.graph.nodes:
+            if node.op not in SOURCES and id(node) not in owner:
+                self.fail("computed node in no kernel", node)
+        used_outside = self.uses_outside(kernels, owner)
+        for index in range(len(kernels)):
+            self.check_kernel(kernels, index, owner, in_graph, used_outside)
+
+    def uses_outside(self, kernels, owner) -> set[tuple[int, int]]:
+        """(kernel index, id(node)) for each body value read outside its kernel."""
+        used = set()
+        for node in self.graph.nodes:
+            for x in node.inputs:
+                if id(x) in owner and owner.get(id(node)) != owner[id(x)]:
+                    used.add((owner[id(x)], id(x)))
+        for x in [*self.graph.outputs, *(v for _, v in self.graph.updates)]:
+            if id(x) in owner:
+                used.add((owner[id(x)], id(x)))
+        return used
+
+    def check_kernel(self, kernels, index, owner, in_graph, used_outside):
+        kernel = kernels[index]
+        title = f"kernel {kernel.name}"
+        body = {id(n) for n in kernel.nodes}
+        inputs = {id(x) for x in kernel.inputs}
+        for x in kernel.inputs:
+            if id(x) in body:
+                self.fail(f"{title}: lists its own body node as an input", x)
+            if id(x) in owner and owner[id(x)] > index:
+                later = kernels[owner[id(x)]].name
+                self.fail(f"{title}: reads a value of kernel {later}, scheduled after it", x)
+        seen: set[int] = set()
+        for node in kernel.nodes:
+            if id(node) not in in_graph:
+                self.fail(f"{title}: body node is not in the graph", node)
+            for x in node.inputs:
+                if id(x) in body and id(x) not in seen:
+                    self.fail(f"{title}: body is not in dependency order", node)
+                if id(x) not in body and id(x) not in inputs:
+                    self.fail(
+                        f"{title}: reads {self.label(x)}, neither in its body nor inputs", node
+                    )
+            seen.add(id(node))
+        for x in kernel.outputs:
+            if id(x) not in body:
+                self.fail(f"{title}: output is not a body node", x)
+        outputs = {id(x) for x in kernel.outputs}
+        for node in kernel.nodes:
+            if (index, id(node)) in used_outside and id(node) not in outputs:
+                self.fail(f"{title}: value used outside the kernel is not among its outputs", node)
+
+
+def verify(graph: Graph, kernels=None) -> Graph:
+    """Raise VerifyError unless `graph` (and its kernel partition, if given) is valid IR."""
+    checker = _Checker(graph)
+    checker.check_acyclic()
+    defined = checker.check_nodes()
+    checker.check_interface(defined)
+    if kernels is not None:
+        checker.check_kernels(list(kernels))
+    return graph
