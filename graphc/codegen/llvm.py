@@ -501,9 +501,21 @@ def emit_program(graph: Graph, kernels: list[Kernel], plan: Plan, name: str) -> 
         if where is None or where.kind != "output" or where.index != i:
             copy_value(bases["output"][i], node)
     param_index = {id(p): i for i, p in enumerate(params)}
+    # updates are simultaneous: a parameter read by another's update is copied aside first
+    staged = {}
+    for _, value in graph.updates:
+        if id(value) in plan.staging and id(value) not in staged:
+            offset = i64(plan.staging[id(value)])
+            staged[id(value)] = b.gep(arena, [offset], inbounds=True, source_etype=ir.IntType(8))
+            copy_value(staged[id(value)], value)
     for target, value in graph.updates:
-        if value is not target:
-            copy_value(bases["param"][param_index[id(target)]], value)
+        if value is target:
+            continue
+        destination = bases["param"][param_index[id(target)]]
+        if id(value) in staged:
+            b.call(copy, [destination, staged[id(value)], i64(value.type.nbytes), false])
+        else:
+            copy_value(destination, value)
     b.ret_void()
 
     call = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR]), f"{name}_call")

@@ -48,6 +48,9 @@ class Plan:
     arena_bytes: int = 0
     naive_bytes: int = 0
     lower_bound_bytes: int = 0
+    # id(param) -> arena offset of a copy taken before any update is written: the update
+    # value of another parameter that is itself updated (updates={a: b, b: a} must swap)
+    staging: dict[int, int] = field(default_factory=dict)
 
     def location(self, node: Node) -> Location:
         return self.locations[id(node)]
@@ -80,8 +83,14 @@ def plan_memory(graph: Graph, kernels: list[Kernel]) -> Plan:
         for node in kernel.outputs:
             if id(node) not in locations:
                 intervals.append((node, k, last_use.get(id(node), k)))
+    targets = {id(p) for p, _ in graph.updates}
+    staged: dict[int, Node] = {
+        id(v): v for p, v in graph.updates if v is not p and id(v) in targets
+    }
+    intervals += [(node, end, end) for node in staged.values()]
 
     placed: list[Slot] = []
+    staging: dict[int, int] = {}
     for node, start, stop in sorted(intervals, key=lambda t: (-t[0].type.nbytes, t[1])):
         size = aligned(node.type.nbytes)
         offset = 0
@@ -94,9 +103,12 @@ def plan_memory(graph: Graph, kernels: list[Kernel]) -> Plan:
             ):
                 offset = aligned(other.offset + other.nbytes)
         placed.append(Slot(node, offset, size, start, stop))
-        locations[id(node)] = Location("arena", offset)
+        if id(node) in staged:
+            staging[id(node)] = offset
+        else:
+            locations[id(node)] = Location("arena", offset)
 
-    plan = Plan(locations, sorted(placed, key=lambda s: (s.start, s.offset)))
+    plan = Plan(locations, sorted(placed, key=lambda s: (s.start, s.offset)), staging=staging)
     plan.arena_bytes = max((s.offset + s.nbytes for s in placed), default=0)
     plan.naive_bytes = sum(s.nbytes for s in placed)
     plan.lower_bound_bytes = max(
@@ -113,7 +125,8 @@ def format_plan(plan: Plan, kernels: list[Kernel]) -> str:
         label = slot.node.name or f"{slot.node.op}:{slot.node.type}"
         writer = kernels[slot.start].name if slot.start < len(kernels) else "-"
         lines.append(
-            f"{label:<32} {slot.offset:>10} {slot.nbytes:>10}  {slot.start:>3}..{slot.end:<4}  {writer}"
+            f"{label:<32} {slot.offset:>10} {slot.nbytes:>10}  "
+            f"{slot.start:>3}..{slot.end:<4}  {writer}"
         )
     lines.append(
         f"arena_bytes={plan.arena_bytes} naive_bytes={plan.naive_bytes} "
