@@ -214,8 +214,8 @@ def _assert_identical(actual, expected, x):
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("name", UNARY)
 def test_special_values_exact(name, dtype):
-    x = np.array(SPECIAL, dtype=dtype)
     with np.errstate(all="ignore"):
+        x = np.array(SPECIAL, dtype=dtype)  # 1e300 becomes inf in float32
         expected = REFERENCE[name](x)
     actual = _compiled(name, dtype)(x)
     exact = (
@@ -249,9 +249,9 @@ def test_pow_special_values_exact(dtype):
 
 def test_named_special_cases():
     f64 = np.float64
-    assert _compiled("exp", f64)(
-        np.array([709.78, 709.79, -745.2, -745.1])
-    ).tolist() == pytest.approx(np.exp([709.78, 709.79, -745.2, -745.1]).tolist())
+    near_limits = np.array([709.78, 709.79, -745.2, -745.1])
+    with np.errstate(over="ignore"):
+        assert _compiled("exp", f64)(near_limits).tolist() == np.exp(near_limits).tolist()
     assert _compiled("exp", np.float32)(np.array([89.0, 88.7], np.float32))[0] == np.inf
     assert _compiled("sigmoid", f64)(np.array([-800.0, 800.0])).tolist() == [0.0, 1.0]
     assert _compiled("tanh", f64)(np.array([20.0, -20.0, 1e300])).tolist() == [1.0, -1.0, 1.0]
