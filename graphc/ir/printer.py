@@ -472,7 +472,11 @@ class Parser:
 
 def parse(text: str, filename: str = "<gir>") -> tuple[Graph, list[Kernel] | None]:
     """Read `print_graph(graph, kernels)` text back: (graph, kernels or None)."""
-    return Parser(text, filename).graph()
+    parser = Parser(text, filename)
+    try:
+        return parser.graph()
+    except RecursionError:
+        parser.fail("values nested too deeply")
 
 
 def parse_graph(text: str, filename: str = "<gir>") -> Graph:
