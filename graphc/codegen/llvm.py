@@ -175,9 +175,10 @@ class KernelEmitter:
         key = (id(node), id(index))
         for scope in reversed(self.scopes):
             if key in scope:
-                return scope[key]
+                return scope[key][0]
         result = self._compute(node, index)
-        self.scopes[-1][key] = result
+        # the entry holds `index` alive: a freed Index's id could be reused by another one
+        self.scopes[-1][key] = (result, index)
         return result
 
     def _compute(self, node: Node, index: Index):
@@ -253,7 +254,7 @@ class KernelEmitter:
             self.nest(reduced, per_element)
             result = b.load(position if position is not None else accumulator)
             out_index = self.index(out_shape, flat=self.index(kept, values=out_values).flat)
-            self.scopes[-1][(id(reduce), id(out_index))] = result
+            self.scopes[-1][(id(reduce), id(out_index))] = (result, out_index)
             self.store_outputs(out_index)
 
         self.nest(kept, per_output)
