@@ -238,7 +238,7 @@ BAD_TEXT = [
     (HEADER + "  %0: f32[4] = neg %x\n}", 2, "declared f32[4] but neg gives f32[3]"),
     (HEADER + "  %0: f64[3] = add %x, %x\n}", 2, "declared f64[3] but add gives f32[3]"),
     (HEADER + "  %0: f32[3] = add %x\n}", 2, "add takes 2 inputs, got 1"),
-    (HEADER + "  %0: f32[3] = transpose %x\n}", 2, "bad or missing attributes"),
+    (HEADER + "  %0: f32[3] = transpose %x\n}", 2, "missing attribute"),
     (HEADER + "  %0: f32[3,1] = reshape %x {shape=(2, 2)}\n}", 2, "cannot reshape"),
     (HEADER + "  %0: f32[2] = const [1.0, 2.0, 3.0]\n}", 2, "const value has shape (3,)"),
     (HEADER + "  %0: i32[2] = const [1.5, 2.0]\n}", 2, "bad const value"),

@@ -23,8 +23,9 @@ from graphc.errors import GraphcError
 from graphc.ir.types import TensorType
 
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_location_override: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-    "graphc_location", default=None
+_UNSET = object()
+_location_override: contextvars.ContextVar = contextvars.ContextVar(
+    "graphc_location", default=_UNSET
 )
 
 
@@ -70,7 +71,7 @@ class Node:
 def user_location() -> str | None:
     """`file:line` of the innermost caller outside the graphc package."""
     override = _location_override.get()
-    if override is not None:
+    if override is not _UNSET:
         return override
     frame = sys._getframe(1)
     while frame is not None:
@@ -106,6 +107,8 @@ def apply(op: str, *inputs: Node, name: str | None = None, **attrs) -> Node:
     except GraphcError as error:
         where = f" (at {loc})" if loc else ""
         raise type(error)(f"{op}: {error}{where}") from None
+    except KeyError as error:
+        raise GraphcError(f"{op}: missing attribute {error}" + (f" (at {loc})" if loc else ""))
     return Node(op, tuple(inputs), attrs, node_type, name, loc)
 
 
@@ -167,9 +170,9 @@ class Graph:
         return view
 
     def rebuild(self, outputs, updates=None) -> Graph:
-        """A graph over new output nodes, keeping this graph's inputs, name and updates' params."""
+        """A graph over new outputs (and updates, else this graph's), same inputs and name."""
         if updates is None:
-            updates = ()
+            updates = self.updates
         return Graph(outputs, updates, inputs=self.inputs, name=self.name)
 
     def __str__(self) -> str:

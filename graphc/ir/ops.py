@@ -516,10 +516,10 @@ register(
 
 
 def _infer_concat(types, attrs):
-    axis = attrs["axis"]
-    first = types[0]
     if not types:
         raise ShapeError("concat needs at least one input")
+    axis = attrs["axis"]
+    first = types[0]
     if not 0 <= axis < first.ndim:
         raise ShapeError(f"axis {axis} out of range for {first}")
     _same_dtypes(types)
