@@ -216,6 +216,15 @@ def test_named_model_prefixes_its_layers():
     assert [p.name for p in actor.params()][:2] == ["actor.dense1.w", "actor.dense1.b"]
 
 
+def test_nested_models_number_unnamed_layers_in_call_order():
+    encoder = gc.nn.Sequential([gc.nn.Dense(4), gc.nn.Dense(4)])
+    head = gc.nn.MLP(hidden=4, layers=2, out=1, name="head")
+    model = gc.nn.Sequential([encoder, gc.nn.Dense(4), head])
+    model(gc.input("x", (2, 3)))
+    names = [p.name for p in model.params() if p.name.endswith(".w")]
+    assert names == ["dense1.w", "dense2.w", "dense3.w", "head.dense1.w", "head.dense2.w"]
+
+
 def test_sequential_5_32_16_4_matches_numpy():
     model = gc.nn.Sequential(
         [gc.nn.Dense(32), gc.relu, gc.nn.Dense(16, "tanh"), gc.nn.Dense(4)], seed=3

@@ -74,3 +74,27 @@ def test_max_of_five_training_run():
     assert final_error < 0.01 and final_error < initial_error / 20  # interpreter: 0.0025
     reference = gc.evaluate(model(x_test), {x_test: test_x})  # the trained weights, interpreted
     np.testing.assert_allclose(prediction, reference, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh", "sigmoid", "gelu"])
+def test_compiled_dense_activations_equal_the_interpreter(activation):
+    x = gc.input("x", (8, 5), "float64")
+    layer = gc.nn.Dense(3, activation, seed=0, dtype="float64")
+    y = layer(x)
+    xv = np.random.default_rng(2).standard_normal((8, 5))
+    expected = gc.evaluate(y, {x: xv})
+    np.testing.assert_allclose(gc.compile(inputs=[x], outputs=y)(xv), expected, rtol=1e-12)
+
+
+def test_compiled_cross_entropy_step_with_integer_labels():
+    x, labels = gc.input("x", (16, 4), "float64"), gc.input("labels", (16,), "int64")
+    model = gc.nn.MLP(hidden=8, layers=2, out=3, seed=0, dtype="float64")
+    loss = gc.nn.softmax_cross_entropy(model(x), labels)
+    updates = gc.optim.SGD(model, lr=0.5).updates(loss)
+    step = gc.compile(inputs=[x, labels], outputs=loss, updates=updates)
+    rng = np.random.default_rng(3)
+    xv, lv = rng.standard_normal((16, 4)), rng.integers(0, 3, 16)
+    expected = gc.evaluate([loss, *updates.values()], {x: xv, labels: lv})
+    np.testing.assert_allclose(step(xv, lv), expected[0], rtol=1e-12)
+    for p, value in zip(updates, expected[1:], strict=True):
+        np.testing.assert_allclose(p.value, value, rtol=1e-10, atol=1e-14)

@@ -9,9 +9,10 @@ next to training) reuses the same param Tensors and hence the same storage.
     loss = gc.nn.mse_loss(model(x), y)
     model.params()    # [dense1.w, dense1.b, dense2.w, dense2.b, dense3.w, dense3.b]
 
-Naming: a model names its unnamed Dense layers `dense1`, `dense2`, ... in order (prefixed
-`<model>.` when the model has a name); a Dense used on its own is numbered process-wide
-when it is first called. Parameters are `<layer>.w` and `<layer>.b`.
+Naming: a model names its unnamed Dense layers `dense1`, `dense2`, ... in order, counting
+through unnamed nested models (prefixed `<model>.` when the model has a name, and then
+left alone by an enclosing model); a Dense used on its own is numbered process-wide when
+it is first called. Parameters are `<layer>.w` and `<layer>.b`.
 """
 
 from __future__ import annotations
@@ -162,12 +163,12 @@ class Dense:
 
 
 def _dense_layers(layers) -> list[Dense]:
-    """The Dense layers of `layers` in call order, looking into nested models."""
+    """The Dense layers of `layers` in call order, looking into unnamed nested models."""
     found = []
     for layer in layers:
         if isinstance(layer, Dense):
             found.append(layer)
-        elif isinstance(layer, Sequential):
+        elif isinstance(layer, Sequential) and layer.name is None:
             found.extend(_dense_layers(layer.layers))
     return found
 
