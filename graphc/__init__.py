@@ -34,6 +34,7 @@ from graphc.frontend.functions import (
 )
 from graphc.frontend.nn import load, save
 from graphc.frontend.tensor import Tensor, const, input, param
+from graphc.runtime import aot
 
 __version__ = "0.1.0"
 
@@ -46,6 +47,7 @@ __all__ = [
     "ShapeError",
     "Tensor",
     "abs",
+    "aot",
     "check_grad",
     "compile",
     "concat",

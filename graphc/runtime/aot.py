@@ -1,0 +1,306 @@
+"""Ahead-of-time export: a compiled step as `<name>.o`, `lib<name>.so` and `<name>.h` (DESIGN §5).
+
+The exported object is the very LLVM IR the JIT compiled (`executable.llvm_ir`), linked
+with a small wrapper module that gives it a C interface and embeds the state:
+
+    size_t NAME_mem_size(void);          bytes of the memory block the caller provides
+    void   NAME_init(void *mem);         copies the embedded state into mem, zeroes the arena
+    void   NAME_run(void *mem, const T *in0, ..., T *out0, ...);   one step
+    T     *NAME_state_<param>(void *mem);                          one per state tensor
+
+The memory block holds everything a step reads or writes besides its arguments:
+
+    mem ─► [ param 0 | param 1 | ... (each 64-byte aligned) ][ arena (intermediates) ]
+           ^ state block: initial values embedded as constants ^ plan.arena_bytes
+
+so two blocks are two independent models, the code allocates nothing and keeps no global
+state (reentrant). The JIT's `<name>_step` and `<name>_call` become internal symbols of the
+object: it exports only the C interface above, so several models link into one program.
+External references are `memcpy`/`memset` (libc) and, for a CPU baseline without the
+instruction, `fma`/`floor`/`rint` from libm; `external_symbols()` lists what an export needs.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import re
+import shlex
+import shutil
+import subprocess
+import textwrap
+from typing import NamedTuple
+
+import llvmlite.binding as llvm
+import numpy as np
+from llvmlite import ir
+
+from graphc.errors import CompileError
+from graphc.passes.memory import aligned
+from graphc.runtime import jit
+from graphc.runtime.executable import symbol_name
+
+C_TYPES = {
+    "float32": "float",
+    "float64": "double",
+    "int32": "int32_t",
+    "int64": "int64_t",
+    "bool": "uint8_t",
+}
+LIBC = ("memcpy", "memset")
+LIBM = ("fma", "fmaf", "floor", "floorf", "rint", "rintf", "ceil", "ceilf", "trunc", "truncf")
+I64 = ir.IntType(64)
+I8 = ir.IntType(8)
+PTR = ir.PointerType()
+
+
+class Artifacts(NamedTuple):
+    """The files `export` writes."""
+
+    object: pathlib.Path
+    shared: pathlib.Path
+    header: pathlib.Path
+
+
+class StateTensor(NamedTuple):
+    """One state tensor in the memory block."""
+
+    name: str  # the graph's name, e.g. "adam.m[dense1.w]"
+    c_name: str  # the accessor suffix, e.g. "adam_m_dense1_w"
+    offset: int
+    node: object
+
+
+def c_identifier(name: str) -> str:
+    """`dense1.w` -> `dense1_w`, `adam.m[dense1.w]` -> `adam_m_dense1_w`."""
+    cleaned = re.sub(r"_+", "_", re.sub(r"\W", "_", name)).strip("_")
+    return cleaned if cleaned and not cleaned[0].isdigit() else f"v_{cleaned}"
+
+
+def _unique(names: list[str]) -> list[str]:
+    seen: set[str] = set()
+    result = []
+    for name in names:
+        candidate, k = name, 2
+        while candidate in seen:
+            candidate, k = f"{name}_{k}", k + 1
+        seen.add(candidate)
+        result.append(candidate)
+    return result
+
+
+def state_layout(executable) -> tuple[list[StateTensor], int]:
+    """The state tensors with their offsets in the memory block, and the state block size."""
+    params = executable.optimized.params
+    c_names = _unique([c_identifier(p.name or f"param{i}") for i, p in enumerate(params)])
+    state, offset = [], 0
+    for i, (node, c_name) in enumerate(zip(params, c_names)):
+        state.append(StateTensor(node.name or f"param{i}", c_name, offset, node))
+        offset += aligned(node.type.nbytes)
+    return state, offset
+
+
+def _initial_bytes(node) -> bytes:
+    value = np.asarray(node.attrs["storage"].value, dtype=node.type.np_dtype, order="C")
+    if value.shape != node.shape:
+        raise CompileError(
+            f"param {node.name!r}: storage has shape {value.shape}, not {node.shape}"
+        )
+    return value.astype(np.uint8).tobytes() if node.dtype == "bool" else value.tobytes()
+
+
+def wrapper_module(executable, name: str) -> ir.Module:
+    """The C entry points around `<executable.name>_step`, with the state embedded."""
+    graph = executable.optimized
+    state, state_bytes = state_layout(executable)
+    arena_bytes = executable.plan.arena_bytes
+    module = ir.Module(name=f"{name}_c")
+    arg_count = 1 + len(state) + len(graph.inputs) + len(graph.outputs)
+    step_type = ir.FunctionType(ir.VoidType(), [PTR] * arg_count)
+    step = ir.Function(module, step_type, f"{executable.name}_step")
+    memcpy = module.declare_intrinsic("llvm.memcpy", [PTR, PTR, I64])
+    memset = module.declare_intrinsic("llvm.memset", [PTR, I64])
+    false = ir.IntType(1)(0)
+
+    def at(b: ir.IRBuilder, mem, offset: int):
+        return b.gep(mem, [I64(offset)], inbounds=True, source_etype=I8) if offset else mem
+
+    size = ir.Function(module, ir.FunctionType(I64, []), f"{name}_mem_size")
+    b = ir.IRBuilder(size.append_basic_block("entry"))
+    b.ret(I64(state_bytes + arena_bytes))
+
+    init = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR]), f"{name}_init")
+    init.args[0].name = "mem"
+    b = ir.IRBuilder(init.append_basic_block("entry"))
+    for tensor in state:
+        data = _initial_bytes(tensor.node)
+        if not data:
+            continue
+        array_type = ir.ArrayType(I8, len(data))
+        initial = ir.GlobalVariable(module, array_type, f"{name}.initial.{tensor.c_name}")
+        initial.global_constant = True
+        initial.linkage = "private"
+        initial.unnamed_addr = True
+        initial.align = 64
+        initial.initializer = ir.Constant(array_type, bytearray(data))
+        b.call(memcpy, [at(b, init.args[0], tensor.offset), initial, I64(len(data)), false])
+    if arena_bytes:
+        b.call(memset, [at(b, init.args[0], state_bytes), I8(0), I64(arena_bytes), false])
+    b.ret_void()
+
+    run_args = [PTR] * (1 + len(graph.inputs) + len(graph.outputs))
+    run = ir.Function(module, ir.FunctionType(ir.VoidType(), run_args), f"{name}_run")
+    mem, *buffers = run.args
+    b = ir.IRBuilder(run.append_basic_block("entry"))
+    b.call(step, [at(b, mem, state_bytes), *(at(b, mem, t.offset) for t in state), *buffers])
+    b.ret_void()
+
+    for tensor in state:
+        accessor = ir.Function(module, ir.FunctionType(PTR, [PTR]), f"{name}_state_{tensor.c_name}")
+        b = ir.IRBuilder(accessor.append_basic_block("entry"))
+        b.ret(at(b, accessor.args[0], tensor.offset))
+    return module
+
+
+def export_ir(executable, name: str) -> str:
+    """One LLVM module: the JIT's program (entries made internal) plus the C interface."""
+    with jit._LOCK:
+        context = llvm.create_context()
+        program = llvm.parse_assembly(executable.llvm_ir, context=context)
+        program.link_in(llvm.parse_assembly(str(wrapper_module(executable, name)), context=context))
+        for suffix in ("step", "call"):
+            program.get_function(f"{executable.name}_{suffix}").linkage = "internal"
+        program.verify()
+        return str(program)
+
+
+def external_symbols(obj: bytes) -> list[str]:
+    """The undefined symbols of an object file (what the linker must supply)."""
+    return sorted(set(jit._undefined_symbols(obj)) - {"_GLOBAL_OFFSET_TABLE_"})
+
+
+def header_text(executable, name: str, cpu: str, externals: list[str]) -> str:
+    """`<name>.h`: the C interface, with every argument's shape and dtype documented."""
+    graph = executable.optimized
+    state, state_bytes = state_layout(executable)
+    guard = f"GRAPHC_{name.upper()}_H"
+    in_names = _unique([c_identifier(n.name or f"in{i}") for i, n in enumerate(graph.inputs)])
+    out_names = _unique(
+        [
+            c_identifier(n.name or f"out{i}") if n.name else f"out{i}"
+            for i, n in enumerate(graph.outputs)
+        ]
+    )
+    out_names = [n if n not in in_names else f"{n}_out" for n in out_names]
+
+    def shape(node) -> str:
+        return f"[{', '.join(map(str, node.shape))}]" if node.shape else "scalar"
+
+    def describe(node, label) -> str:
+        count = node.type.size
+        return f"{label}: {node.dtype} {shape(node)} ({count} element{'s' * (count != 1)})"
+
+    updated = {id(p) for p, v in graph.updates if v is not p}
+    lines = [
+        f"/* {name}.h -- generated by graphc {_version()} from graph {graph.name!r}; do not edit.",
+        " *",
+        f" * Compiled ahead of time for cpu={cpu}; position-independent code.",
+        f" * Link with {name}.o or -l{name}"
+        + (" and -lm" if any(s in LIBM for s in externals) else "")
+        + "; no other runtime library is needed.",
+        f" * External symbols: {', '.join(externals) or 'none'}.",
+        " *",
+        " * Usage:",
+        f" *   void *mem = aligned_alloc(64, {name}_mem_size());  // must be 64-byte aligned",
+        f" *   {name}_init(mem);        // the embedded state: parameters, optimizer state",
+        f" *   {name}_run(mem, inputs..., outputs...);   // one step"
+        + ("; updates the state in mem" if updated else ""),
+        " *   free(mem);",
+        " * Everything a step keeps lives in mem: two blocks are two independent models, and",
+        " * calls on different blocks may run concurrently. Arrays are dense, row-major (C order).",
+        f" * Memory block: {state_bytes} bytes of state, then "
+        f"{executable.plan.arena_bytes} bytes of working arena.",
+        " */",
+        f"#ifndef {guard}",
+        f"#define {guard}",
+        "",
+        "#include <stddef.h>",
+        "#include <stdint.h>",
+        "",
+        "#ifdef __cplusplus",
+        'extern "C" {',
+        "#endif",
+        "",
+        f"/* Bytes of the memory block {name}_run needs (state + arena). */",
+        f"size_t {name}_mem_size(void);",
+        "",
+        "/* Writes the embedded initial state into mem (and zeroes the arena). */",
+        f"void {name}_init(void *mem);",
+        "",
+        "/* One step.",
+    ]
+    for node, c_name in zip(graph.inputs, in_names):
+        lines.append(f" *   {describe(node, c_name)}  (input)")
+    for node, c_name in zip(graph.outputs, out_names):
+        lines.append(f" *   {describe(node, c_name)}  (output, written)")
+    if updated:
+        lines += textwrap.wrap(
+            "Updates in mem: " + ", ".join(t.name for t in state if id(t.node) in updated),
+            width=92,
+            initial_indent=" * ",
+            subsequent_indent=" *   ",
+            break_on_hyphens=False,
+        )
+    lines.append(" */")
+    arguments = ["void *mem"]
+    arguments += [f"const {C_TYPES[n.dtype]} *{c}" for n, c in zip(graph.inputs, in_names)]
+    arguments += [f"{C_TYPES[n.dtype]} *{c}" for n, c in zip(graph.outputs, out_names)]
+    lines.append(f"void {name}_run({', '.join(arguments)});")
+    lines.append("")
+    if state:
+        lines += [
+            "/* State tensors: pointers into mem, to read or write weights after init.",
+            " * Accessor names are the graph's names with each run of non-identifier characters",
+            " * replaced by '_' (dense1.w -> dense1_w, adam.m[dense1.w] -> adam_m_dense1_w). */",
+        ]
+    for tensor in state:
+        node = tensor.node
+        note = "updated by each step" if id(node) in updated else "constant"
+        lines.append(f"/* {tensor.name}: {node.dtype} {shape(node)}, {note} */")
+        lines.append(f"{C_TYPES[node.dtype]} *{name}_state_{tensor.c_name}(void *mem);")
+    lines += ["", "#ifdef __cplusplus", "}", "#endif", "", f"#endif /* {guard} */", ""]
+    return "\n".join(lines)
+
+
+def _version() -> str:
+    return jit._graphc_version()
+
+
+def export(executable, directory, name: str | None = None, cpu: str = "x86-64-v3") -> Artifacts:
+    """Write `<name>.o`, `lib<name>.so` and `<name>.h` for `executable` into `directory`."""
+    name = symbol_name(name or executable.name)
+    directory = pathlib.Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    if [p.name for p in executable.optimized.params] != [p.name for p in executable.graph.params]:
+        raise CompileError(f"{name}: the optimized program's state differs from the graph's")
+    obj = jit.emit_object(export_ir(executable, name), cpu=cpu)
+    externals = external_symbols(obj)
+    unknown = [s for s in externals if s not in LIBC + LIBM]
+    if unknown:
+        raise CompileError(f"{name}: the object needs symbols outside libc/libm: {unknown}")
+    paths = Artifacts(directory / f"{name}.o", directory / f"lib{name}.so", directory / f"{name}.h")
+    paths.object.write_bytes(obj)
+    paths.header.write_text(header_text(executable, name, cpu, externals))
+    link_shared(paths.object, paths.shared, needs_libm=any(s in LIBM for s in externals))
+    return paths
+
+
+def link_shared(obj: pathlib.Path, shared: pathlib.Path, *, needs_libm: bool) -> None:
+    """`cc -shared` the object into a shared library (the C compiler from $CC, cc or gcc)."""
+    compiler = shlex.split(os.environ.get("CC", "")) or [shutil.which("cc") or shutil.which("gcc")]
+    if not compiler[0]:
+        raise CompileError(f"no C compiler (cc/gcc) to link {shared.name}; {obj.name} is written")
+    command = [*compiler, "-shared", "-o", str(shared), str(obj)] + (["-lm"] if needs_libm else [])
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise CompileError(f"linking {shared.name} failed: {result.stderr.strip()}")
