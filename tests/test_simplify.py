@@ -5,12 +5,19 @@ import re
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import graphc as gc
 from graphc.ir.graph import Graph, apply
 from graphc.ir.interp import interpret
 from graphc.passes import PIPELINE, optimize
 from graphc.passes.simplify import FOLD_LIMIT, simplify
+
+try:  # the shared random-program generator, written alongside this module
+    from strategies import programs
+except ImportError:
+    programs = None
 
 
 def text(graph: Graph) -> str:
@@ -325,6 +332,19 @@ def test_random_graphs_evaluate_equal(seed):
     assert_same_values(before, after)
     x, y = before.inputs
     assert_same_values(before, after, {x: SPECIAL, y: SPECIAL[::-1]})
+
+
+@pytest.mark.skipif(programs is None, reason="tests/strategies.py not written yet")
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=programs(names=True) if programs else st.nothing())
+def test_shared_random_programs_evaluate_equal(case):
+    program, feed = case
+    before = program.graph
+    after = optimize(before, verify=True)
+    assert len(after.nodes) <= len(before.nodes)
+    assert text(simplify(after)) == text(after)  # a fixed point
+    by_name = {x.name: x for x in before.inputs}
+    assert_same_values(before, after, {by_name[k]: v for k, v in feed.items()}, exact=False)
 
 
 def test_pipeline_is_explicit():

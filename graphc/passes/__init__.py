@@ -7,10 +7,10 @@ the verifier's contract ("valid IR in, valid IR out") after every one of them.
 from __future__ import annotations
 
 from graphc.ir.graph import Graph
-from graphc.passes.simplify import simplify
+from graphc.passes import simplify  # the module: `graphc.passes.simplify` stays importable
 
 PIPELINE = (
-    ("simplify", simplify),
+    ("simplify", simplify.simplify),
     # fusion and memory planning are appended here, in the order they run
 )
 
