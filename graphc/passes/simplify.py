@@ -121,7 +121,9 @@ def _is(node: Node, number, negative_zero: bool = False) -> bool:
     value = _value(node)
     if value is None or value != number:
         return False
-    return value.dtype.kind != "f" or bool(np.signbit(value)) == negative_zero
+    if value.dtype.kind != "f" or number != 0:
+        return True
+    return bool(np.signbit(value)) == negative_zero
 
 
 def _array(node: Node) -> np.ndarray | None:
