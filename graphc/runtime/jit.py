@@ -40,6 +40,7 @@ its own LLVM context, so no global LLVM state grows with the number of programs 
 from __future__ import annotations
 
 import ctypes
+import ctypes.util
 import functools
 import hashlib
 import importlib.metadata
@@ -63,6 +64,11 @@ _HEADER_SIZE = len(_MAGIC) + 64 + 1 + 64 + 1
 
 llvm.initialize_native_target()
 llvm.initialize_native_asmprinter()
+# Make libc/libm symbols (memcpy, memset, fma, floor ...) resolvable: LLVM searches only
+# libraries loaded permanently, not the process's own dynamic symbols.
+for _library in ("c", "m"):
+    if ctypes.util.find_library(_library):
+        llvm.load_library_permanently(ctypes.util.find_library(_library))
 
 
 def _graphc_version() -> str:
