@@ -232,18 +232,16 @@ _unary(
 _unary("logical_not", np.logical_not, allowed=("bool",), scalar=lambda e, x: e.logical_not(x))
 
 
-def _maximum_partials(n):
-    a, b = n.inputs
-    half, one, zero = full(0.5, a), full(1, a), full(0, a)
-    on_a = where(apply("gt", a, b), one, where(apply("eq", a, b), half, zero))
-    return [on_a, sub(one, on_a)]
+def _extremum_partials(wins: str):
+    """∂max(a,b) (or min): 1 to the input that wins, 1/2 each on ties."""
 
+    def partials(n):
+        a, b = n.inputs
+        half, one, zero = full(0.5, a), full(1, a), full(0, a)
+        on_a = where(apply(wins, a, b), one, where(apply("eq", a, b), half, zero))
+        return [on_a, sub(one, on_a)]
 
-def _minimum_partials(n):
-    a, b = n.inputs
-    half, one, zero = full(0.5, a), full(1, a), full(0, a)
-    on_a = where(apply("lt", a, b), one, where(apply("eq", a, b), half, zero))
-    return [on_a, sub(one, on_a)]
+    return partials
 
 
 def _pow_partials(n):
@@ -284,8 +282,8 @@ _binary(
     scalar=lambda e, x, y: e.div(x, y),
 )
 _binary("pow", _pow_ref, _pow_partials, allowed=FLOATS, scalar=lambda e, x, y: e.math("pow", x, y))
-_binary("maximum", np.maximum, _maximum_partials, scalar=lambda e, x, y: e.maximum(x, y))
-_binary("minimum", np.minimum, _minimum_partials, scalar=lambda e, x, y: e.minimum(x, y))
+_binary("maximum", np.maximum, _extremum_partials("gt"), scalar=lambda e, x, y: e.maximum(x, y))
+_binary("minimum", np.minimum, _extremum_partials("lt"), scalar=lambda e, x, y: e.minimum(x, y))
 for _name, _ref, _symbol in [
     ("lt", np.less, "<"),
     ("le", np.less_equal, "<="),
