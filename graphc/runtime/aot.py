@@ -237,7 +237,7 @@ def header_text(executable, name: str, cpu: str, externals: list[str]) -> str:
         "/* Writes the embedded initial state into mem (and zeroes the arena). */",
         f"void {name}_init(void *mem);",
         "",
-        "/* One step.",
+        "/* One step: inputs, then outputs.",
     ]
     for node, c_name in zip(graph.inputs, in_names):
         lines.append(f" *   {describe(node, c_name)}  (input)")
@@ -265,7 +265,7 @@ def header_text(executable, name: str, cpu: str, externals: list[str]) -> str:
         ]
     for tensor in state:
         node = tensor.node
-        note = "updated by each step" if id(node) in updated else "constant"
+        note = "updated by each step" if id(node) in updated else "read only"
         lines.append(f"/* {tensor.name}: {node.dtype} {shape(node)}, {note} */")
         lines.append(f"{C_TYPES[node.dtype]} *{name}_state_{tensor.c_name}(void *mem);")
     lines += ["", "#ifdef __cplusplus", "}", "#endif", "", f"#endif /* {guard} */", ""]
