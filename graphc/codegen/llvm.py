@@ -18,7 +18,6 @@ Python with a single argument).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from math import prod
 
 import numpy as np
 from llvmlite import ir
@@ -100,7 +99,13 @@ def affine_view(node: Node, sources: set[int]) -> View | None:
 class KernelEmitter:
     """Emits one kernel as an LLVM function over pointers to its inputs and outputs."""
 
-    def __init__(self, module: ir.Module, kernel: Kernel, globals_: dict[int, ir.GlobalVariable]):
+    def __init__(
+        self,
+        module: ir.Module,
+        kernel: Kernel,
+        globals_: dict[int, ir.GlobalVariable],
+        shared: frozenset[int] = frozenset(),
+    ):
         self.module = module
         self.kernel = kernel
         self.globals = globals_
@@ -113,12 +118,14 @@ class KernelEmitter:
             self.pointers[id(node)] = arg
         for node, arg in zip(kernel.outputs, self.function.args[len(self.external) :]):
             self.pointers[id(node)] = arg
-            arg.add_attribute("noalias")
+            if id(node) not in shared:  # `shared`: outputs written in place over an input
+                arg.add_attribute("noalias")
         self.inside = {id(n) for n in kernel.nodes}
         self.b = ir.IRBuilder(self.function.append_basic_block("entry"))
         self.e = Emitter(self.b)
         self.scopes: list[dict] = [{}]
         self.materialized: set[int] = set()  # body nodes stored to memory and read back
+        self.known: dict[int, ir.Value] = {}  # reduced / row values valid in the current loop
 
     # ---- loops ----
     def loop(self, count: int, body, name="i"):
@@ -184,6 +191,8 @@ class KernelEmitter:
     def _compute(self, node: Node, index: Index):
         if _is_immediate(node):
             return immediate(node)
+        if id(node) in self.known:
+            return self.known[id(node)]
         if id(node) not in self.inside or id(node) in self.materialized:
             return self.load(node, index.flat)
         if node.op in INDEX_MAPS:
@@ -197,102 +206,25 @@ class KernelEmitter:
     def index(self, shape, values=None, flat=None) -> Index:
         return Index(self.b, shape, values, flat)
 
-    # ---- forms ----
+    # ---- forms (codegen/forms.py) ----
     def emit(self) -> ir.Function:
-        getattr(self, f"emit_{self.kernel.form}")()
+        from graphc.codegen import forms
+
+        getattr(forms, f"emit_{self.kernel.form}")(self)
         self.b.ret_void()
         return self.function
 
-    def emit_loop(self):
-        shape = self.kernel.outputs[0].shape
-        for out in self.kernel.outputs:
-            if out.type.size != prod(shape):
-                raise CompileError(f"loop kernel {self.kernel.name}: outputs of different sizes")
-        needs_axes = any(n.op in INDEX_MAPS and n.op != "reshape" for n in self.kernel.nodes)
-        if needs_axes:
-            self.nest(shape, lambda values: self.store_outputs(self.index(shape, values=values)))
-        else:
-            self.loop(prod(shape), lambda i: self.store_outputs(self.index(shape, flat=i)))
-
     def store_outputs(self, index: Index, outputs=None):
-        for out in outputs or self.kernel.outputs:
-            self.store(out, index.flat, self.value(out, index))
-
-    def emit_reduction(self):
-        (reduce,) = [n for n in self.kernel.nodes if n.op in ("sum", "max", "argmax")]
-        x = reduce.inputs[0]
-        axes = reduce.attrs.get("axes", (reduce.attrs.get("axis"),))
-        kept = [d for i, d in enumerate(x.shape) if i not in axes]
-        reduced = [x.shape[a] for a in axes]
-        out_shape = reduce.shape
-        b = self.b
-
-        def per_output(out_values):
-            with b.goto_entry_block():
-                accumulator = b.alloca(REGISTER_TYPES[x.dtype])
-                position = b.alloca(I64) if reduce.op == "argmax" else None
-            b.store(identity(reduce, x.dtype), accumulator)
-            if position is not None:
-                b.store(i64(0), position)
-
-            def per_element(red_values):
-                full, kept_iter, red_iter = [], iter(out_values), iter(red_values)
-                for i in range(x.ndim):
-                    full.append(next(red_iter) if i in axes else next(kept_iter))
-                v = self.value(x, self.index(x.shape, values=full))
-                acc = b.load(accumulator)
-                if reduce.op == "sum":
-                    b.store(combine_sum(b, acc, v), accumulator)
-                elif reduce.op == "max":
-                    b.store(self.e.maximum(acc, v), accumulator)
-                else:
-                    better = _argmax_better(self.e, v, acc)
-                    b.store(b.select(better, v, acc), accumulator)
-                    flat = self.index(reduced, values=red_values).flat
-                    b.store(b.select(better, flat, b.load(position)), position)
-
-            self.nest(reduced, per_element)
-            result = b.load(position if position is not None else accumulator)
-            out_index = self.index(out_shape, flat=self.index(kept, values=out_values).flat)
-            self.scopes[-1][(id(reduce), id(out_index))] = (result, out_index)
-            self.store_outputs(out_index)
-
-        self.nest(kept, per_output)
-
-    def emit_contraction(self):
-        from graphc.codegen.matmul import Operand, define_matmul
-
-        (mm,) = [n for n in self.kernel.nodes if n.op == "matmul"]
-        sources = {id(n) for n in self.kernel.inputs}
-        views = [affine_view(operand, sources) for operand in mm.inputs]
-        if None in views:
-            raise CompileError(f"kernel {self.kernel.name}: matmul operand is not an affine view")
-        *batch, m, k = mm.inputs[0].shape
-        n = mm.shape[-1]
-        target = mm if mm in self.kernel.outputs else None
-        if target is None:
-            raise CompileError(f"kernel {self.kernel.name}: matmul result must be stored")
-        function = define_matmul(
-            self.module,
-            f"{self.kernel.name}.matmul",
-            m=m,
-            n=n,
-            k=k,
-            dtype=mm.dtype,
-            a=Operand(views[0].strides, views[0].offset),
-            b=Operand(views[1].strides, views[1].offset),
-            c=Operand(strides_of(mm.shape), 0),
-            batch=tuple(batch),
-        )
-        function.linkage = "internal"
-        pointers = [self.pointers[id(mm)]]
-        pointers += [self.globals.get(id(v.source)) or self.pointers[id(v.source)] for v in views]
-        self.b.call(function, pointers)
-        rest = [o for o in self.kernel.outputs if o is not mm]
-        if rest:  # the elementwise epilogue reads the stored product back, tile by tile
-            self.materialized.add(id(mm))
-            shape = mm.shape
-            self.loop(prod(shape), lambda i: self.store_outputs(self.index(shape, flat=i), rest))
+        """Compute every output at `index`, then store them (an output may overwrite an input)."""
+        outputs = outputs or self.kernel.outputs
+        values = [
+            self.value(
+                out, index if out.shape == index.shape else self.index(out.shape, flat=index.flat)
+            )
+            for out in outputs
+        ]
+        for out, value in zip(outputs, values):
+            self.store(out, index.flat, value)
 
 
 # ---- index maps: the value of a layout node at an index is its input's value elsewhere ----
@@ -449,6 +381,21 @@ def constant_global(module: ir.Module, node: Node, name: str) -> ir.GlobalVariab
 # ---- the program ----
 
 
+def _shared_outputs(kernel: Kernel, plan: Plan) -> frozenset[int]:
+    """Outputs the plan places in the same memory as another argument of the kernel."""
+    where = {}
+    for node in kernel.inputs:
+        location = plan.locations.get(id(node))
+        if location is not None and location.kind != "const":
+            where.setdefault((location.kind, location.index), []).append(node)
+    shared = set()
+    for node in kernel.outputs:
+        location = plan.locations.get(id(node))
+        if location is not None and (location.kind, location.index) in where:
+            shared.add(id(node))
+    return frozenset(shared)
+
+
 def emit_program(graph: Graph, kernels: list[Kernel], plan: Plan, name: str) -> ir.Module:
     """The LLVM module of a compiled program: kernels, constants and the exported entries."""
     module = ir.Module(name=name)
@@ -457,7 +404,9 @@ def emit_program(graph: Graph, kernels: list[Kernel], plan: Plan, name: str) -> 
         if node.op == "const" and not _is_immediate(node):
             globals_[id(node)] = constant_global(module, node, f"const.{len(globals_)}")
 
-    functions = [KernelEmitter(module, kernel, globals_) for kernel in kernels]
+    functions = [
+        KernelEmitter(module, kernel, globals_, _shared_outputs(kernel, plan)) for kernel in kernels
+    ]
     for emitter in functions:
         emitter.emit()
 

@@ -1,19 +1,43 @@
 """Fusion: group the nodes of a graph into kernels (DESIGN §4).
 
-This first version makes one kernel per computing primitive and folds layout ops
-(broadcast_to, reshape, transpose, slice, pad, concat, iota) into the index maps of the
-kernels that read them, so a transpose or a broadcast never costs a copy. A layout node
-gets a kernel of its own only when its value must exist in memory: it is a program
-output or update, or a matmul reads it through a map that is not affine.
+Decisions are comparisons of the ops' ordered fusion kinds (ir/ops.py `Kind`): ELEMWISE,
+BROADCAST and INJECTIVE ops are *light* (computed at an index, layout ops are index maps),
+REDUCE and CONTRACTION ops are *anchors* (they own a loop nest), sources are memory.
 
-    x ─► transpose ─► matmul ─► add ◄─ broadcast_to ◄─ b
-         └──── kernel "matmul" ──┘  └─── kernel "add" ───┘
+Step 1 — what is stored. Every value is recomputed inside the kernel that reads it
+unless it must live in memory: program outputs and update values, every anchor, matmul
+operands that are not affine views of stored memory, and a light value that is read by two
+kernels' trees when it is expensive (a transcendental) or sits right on top of an anchor
+(recomputing it would keep the anchor's result alive), or an expensive one broadcast over
+a larger domain. Each stored value `m` has a *tree*: `m` and the light producers it inlines,
+down to stored values and sources (its leaves). Trees may overlap: cheap values are
+recomputed instead of stored.
 
-Kernel forms: `loop` (elementwise + layout), `reduction` (sum/max/argmax with what it
-reads), `contraction` (matmul with operands read in place).
+Step 2 — groups. Stored values are visited in topological order; each starts a group
+and joins the group of a producer when the pair forms one of the kernel forms and the
+merge keeps the kernel graph acyclic (no path through a third group, checked by
+reachability on the kernel graph):
+
+    matmul ─► add(bias) ─► relu            contraction: epilogue read at the product's
+                    └────► sum(axis 0)       index, reductions over the product's domain
+    max(x) ─► x-m ─► sum(exp) ─► log ─►…   rowwise: reductions over the same last axis,
+                                             one loop over rows, stages in order
+    sum(x) ─► /n ─► reshape                  reduction: input fusion + same-size epilogue
+    a*b+c ─► tanh ─► …                       loop: same-shape stored values
+
+Step 3 — horizontal fusion: loop groups with no path between them through another group
+merge into one multi-output loop kernel, emitted as one loop per output shape in one
+function (an optimizer's per-parameter updates become one kernel).
+
+A kernel's body is the union of its members' trees, its inputs the leaves outside it,
+its outputs the members read by other kernels or by the program. Kernels are named after
+what they compute and the names the user gave (`fused_matmul_add_relu[dense1]`).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
+from math import prod
 
 from graphc.ir.graph import Graph, Kernel, Node
 from graphc.ir.ops import OPS, Kind
@@ -21,19 +45,24 @@ from graphc.ir.ops import OPS, Kind
 SOURCES = ("input", "param", "const")
 LAYOUT = ("broadcast_to", "reshape", "transpose", "slice", "pad", "concat", "iota")
 AFFINE = ("broadcast_to", "transpose", "slice")
+REDUCTIONS = ("sum", "max", "argmax")
+EXPENSIVE = frozenset({"exp", "log", "log1p", "sin", "cos", "tanh", "sqrt", "sigmoid", "pow"})
 
 
 def is_source(node: Node) -> bool:
     return node.op in SOURCES
 
 
-def form_of(node: Node) -> str:
-    kind = OPS[node.op].kind
-    if kind == Kind.CONTRACTION:
-        return "contraction"
-    if kind == Kind.REDUCE:
-        return "reduction"
-    return "loop"
+def is_light(node: Node) -> bool:
+    return not is_source(node) and OPS[node.op].kind <= Kind.INJECTIVE
+
+
+def is_anchor(node: Node) -> bool:
+    return node.op in REDUCTIONS or node.op == "matmul"
+
+
+def is_elementwise(node: Node) -> bool:
+    return OPS[node.op].kind == Kind.ELEMWISE and not is_source(node)
 
 
 def affine_chain(node: Node) -> bool:
@@ -43,44 +72,495 @@ def affine_chain(node: Node) -> bool:
     return node.op not in LAYOUT
 
 
-def _materialized(graph: Graph) -> set[int]:
-    """Nodes whose value must be stored: everything that is not a foldable layout op."""
-    needed = {id(n) for n in graph.outputs} | {id(v) for _, v in graph.updates}
+# ---- step 1: stored values and their trees ---------------------------------------------------
+
+
+def tree(root: Node, stored: set[int]) -> tuple[list[Node], list[Node]]:
+    """(body, leaves) of a stored value: it and the light producers it inlines, inputs first."""
+    body, leaves, seen = [], [], {id(root)}
+    stack = [(root, iter(root.inputs))]
+    while stack:
+        node, pending = stack[-1]
+        for x in pending:
+            if id(x) in seen:
+                continue
+            seen.add(id(x))
+            if is_source(x) or id(x) in stored:
+                leaves.append(x)
+            else:
+                stack.append((x, iter(x.inputs)))
+                break
+        else:
+            stack.pop()
+            body.append(node)
+    return body, leaves
+
+
+def _forced(graph: Graph) -> set[int]:
+    """Values that must be stored whatever the grouping."""
+    stored = {id(n) for n in (*graph.outputs, *(v for _, v in graph.updates)) if not is_source(n)}
     for node in graph.nodes:
+        if is_anchor(node):
+            stored.add(id(node))
         if node.op == "matmul":
             for operand in node.inputs:
-                if not affine_chain(operand):
-                    needed.add(id(operand))
-    return {
-        id(n) for n in graph.nodes if not is_source(n) and (n.op not in LAYOUT or id(n) in needed)
-    }
+                base = operand
+                while base.op in AFFINE:
+                    base = base.inputs[0]
+                if not is_source(base):
+                    stored.add(id(base) if base.op not in LAYOUT else id(operand))
+    return stored
+
+
+def stored_values(graph: Graph) -> set[int]:
+    """Ids of the values kept in memory (or at least computed once per kernel)."""
+    stored = _forced(graph)
+    while True:
+        owners: dict[int, set[int]] = {}
+        expanded: set[int] = set()
+        for node in graph.nodes:
+            if id(node) not in stored:
+                continue
+            body, _ = tree(node, stored)
+            for n in body:
+                owners.setdefault(id(n), set()).add(id(node))
+                if n.op == "broadcast_to" and n.type.size >= 4 * n.inputs[0].type.size:
+                    expanded.add(id(n.inputs[0]))
+        chosen = None
+        for node in graph.nodes:
+            if id(node) in stored or not is_light(node) or node.op in LAYOUT:
+                continue
+            body, leaves = tree(node, stored)
+            anchored = any(is_anchor(x) for x in leaves)
+            costly = anchored or any(n.op in EXPENSIVE for n in body)
+            shared = len(owners.get(id(node), ())) >= 2
+            if (shared and (node.op in EXPENSIVE or anchored)) or (
+                id(node) in expanded and node.type.size > 1 and costly
+            ):
+                chosen = node
+                break
+        if chosen is None:
+            return stored
+        stored.add(id(chosen))
+
+
+# ---- step 2: groups ---------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class Group:
+    members: list[Node]
+    form: str
+    anchors: list[Node] = field(default_factory=list)  # matmul first, then reductions
+
+    @property
+    def product(self) -> Node | None:
+        return self.anchors[0] if self.form == "contraction" else None
+
+
+def _paths_to(root: Node, targets: set[int], allowed, bodies) -> bool:
+    """Whether every path inside `root`'s tree from `root` to a target passes `allowed` nodes."""
+    ok = True
+
+    def visit(node, clean):
+        nonlocal ok
+        for x in node.inputs:
+            if id(x) in targets:
+                ok = ok and clean
+            elif id(x) in bodies:
+                visit(x, clean and allowed(x))
+
+    visit(root, allowed(root))
+    return ok
+
+
+def _identity_step(node: Node) -> bool:
+    return is_elementwise(node) or node.op == "reshape"
+
+
+def _rowwise_shape(node: Node):
+    """(rows, length) when `node` reduces the last axis only, of length > 1."""
+    if node.op not in ("sum", "max"):
+        return None
+    x = node.inputs[0]
+    if tuple(node.attrs["axes"]) != (x.ndim - 1,) or x.shape[-1] < 2:
+        return None
+    return x.shape[:-1], x.shape[-1]
+
+
+def _row_preserving(rows, length):
+    full, size = (*rows, length), prod(rows)
+
+    def allowed(node: Node) -> bool:
+        if node.op in ("sum", "max"):
+            return _rowwise_shape(node) == (rows, length)
+        if node.op == "broadcast_to":
+            return node.inputs[0].shape == (*rows, 1) and node.shape == full
+        if node.op == "reshape":
+            return node.type.size == size and node.inputs[0].type.size == size
+        return is_elementwise(node) and (node.shape == full or node.type.size == size)
+
+    return allowed
+
+
+class _Grouping:
+    def __init__(self, graph: Graph, stored: set[int]):
+        self.graph = graph
+        self.position = {id(n): i for i, n in enumerate(graph.nodes)}
+        self.members = [n for n in graph.nodes if id(n) in stored]
+        self.trees = {id(m): tree(m, stored) for m in self.members}
+        self.group_of: dict[int, Group] = {}
+        self.groups: list[Group] = []
+
+    # -- the kernel graph --
+    def preds(self, group: Group) -> set[Group]:
+        result = set()
+        for m in group.members:
+            for leaf in self.trees[id(m)][1]:
+                other = self.group_of.get(id(leaf))
+                if other is not None and other is not group:
+                    result.add(other)
+        return result
+
+    def succs(self) -> dict[int, set[Group]]:
+        result = {id(g): set() for g in self.groups}
+        for g in self.groups:
+            for p in self.preds(g):
+                result[id(p)].add(g)
+        return result
+
+    def mergeable(self, a: Group, b: Group) -> bool:
+        """No path between a and b through a third group (the merge keeps the graph acyclic)."""
+        succs = self.succs()
+        for start, goal in ((a, b), (b, a)):
+            frontier = [g for g in succs[id(start)] if g is not goal]
+            seen = {id(g) for g in frontier}
+            while frontier:
+                g = frontier.pop()
+                if g is goal:
+                    return False
+                for h in succs[id(g)]:
+                    if h is goal:
+                        return False
+                    if id(h) not in seen:
+                        seen.add(id(h))
+                        frontier.append(h)
+        return True
+
+    def merge(self, into: Group, other: Group) -> None:
+        into.members = sorted(into.members + other.members, key=lambda n: self.position[id(n)])
+        into.anchors += other.anchors
+        for m in other.members:
+            self.group_of[id(m)] = into
+        self.groups.remove(other)
+
+    # -- the rules --
+    def body_ids(self, m: Node) -> set[int]:
+        return {id(n) for n in self.trees[id(m)][0]}
+
+    def join_rule(self, m: Node, p: Group) -> str | None:
+        """The form `p` takes when `m` joins it, or None when they do not fuse."""
+        targets = {id(x) for x in p.members}
+        bodies = self.body_ids(m)
+        if p.form == "loop":
+            if not is_light(m):
+                return None
+            read = [x for x in self.trees[id(m)][1] if id(x) in targets]
+            if all(x.shape == m.shape for x in read) and _paths_to(
+                m, targets, is_elementwise, bodies
+            ):
+                return "loop"
+            return None
+        if p.form == "contraction":
+            product = p.product
+            stage = {id(product)} | {
+                id(x) for x in p.members if is_light(x) and not self.reads_reduction(x, p)
+            }
+            if is_light(m) and m.type.size == product.type.size:
+                if _paths_to(m, stage, _identity_step, bodies) and not self.reads(m, p, stage):
+                    return "contraction"
+            if is_light(m):
+                for r in p.anchors[1:]:
+                    if m.type.size == r.type.size and self.reduction_epilogue(m, r, p):
+                        return "contraction"
+            if m.op in ("sum", "max") and m.inputs[0].shape == product.shape:
+                x = m.inputs[0]
+                direct = id(x) in stage or (
+                    id(x) in bodies and _paths_to(x, stage, _identity_step, bodies)
+                )
+                if direct and not self.reads(m, p, stage):
+                    return "contraction"
+            return None
+        shape = _rowwise_shape(p.anchors[0])
+        if p.form == "reduction":
+            (r,) = p.anchors
+            if is_light(m) and m.type.size == r.type.size and self.reduction_epilogue(m, r, p):
+                return "reduction"
+        if shape is None or any(_rowwise_shape(r) != shape for r in p.anchors):
+            return None
+        rows, length = shape
+        if is_light(m) and m.type.size not in (prod(rows), prod(rows) * length):
+            return None
+        if is_light(m) or _rowwise_shape(m) == shape:
+            if _paths_to(m, targets, _row_preserving(rows, length), bodies):
+                return "rowwise"
+        return None
+
+    def reads(self, m: Node, group: Group, allowed: set[int]) -> bool:
+        """Whether m's tree reads a member of `group` outside `allowed`."""
+        return any(
+            self.group_of.get(id(x)) is group and id(x) not in allowed for x in self.trees[id(m)][1]
+        )
+
+    def reads_reduction(self, x: Node, group: Group) -> bool:
+        """Whether member x of `group` is computed from one of its reductions."""
+        anchors = {id(a) for a in group.anchors[1:]}
+        stack, seen = [x], set()
+        while stack:
+            n = stack.pop()
+            for leaf in self.trees[id(n)][1]:
+                if id(leaf) in anchors:
+                    return True
+                if self.group_of.get(id(leaf)) is group and id(leaf) not in seen and is_light(leaf):
+                    seen.add(id(leaf))
+                    stack.append(leaf)
+        return False
+
+    def reduction_epilogue(self, m: Node, r: Node, group: Group) -> bool:
+        """m reads reduction r (and r's epilogue) at r's index, and nothing else of `group`."""
+        stage = {id(r)} | {
+            id(x)
+            for x in group.members
+            if is_light(x) and x.type.size == r.type.size and self.depends_on(x, r)
+        }
+        reads_r = any(id(x) in stage for x in self.trees[id(m)][1])
+        return (
+            reads_r
+            and _paths_to(m, stage, _identity_step, self.body_ids(m))
+            and not self.reads(m, group, stage)
+        )
+
+    def depends_on(self, x: Node, r: Node) -> bool:
+        stack, seen = [x], set()
+        while stack:
+            n = stack.pop()
+            for leaf in self.trees[id(n)][1]:
+                if leaf is r:
+                    return True
+                if id(leaf) in self.trees and id(leaf) not in seen and is_light(leaf):
+                    seen.add(id(leaf))
+                    stack.append(leaf)
+        return False
+
+    # -- the walk --
+    def run(self) -> list[Group]:
+        for m in self.members:
+            form = {"matmul": "contraction"}.get(m.op, "reduction" if is_anchor(m) else "loop")
+            group = Group([m], form, [m] if is_anchor(m) else [])
+            self.group_of[id(m)] = group
+            self.groups.append(group)
+            if m.op in ("matmul", "argmax"):
+                continue
+            candidates = sorted(
+                self.preds(group), key=lambda g: -max(self.position[id(x)] for x in g.members)
+            )
+            for producer in candidates:
+                if producer.form == "loop" and group.form != "loop":
+                    continue
+                new_form = self.join_rule(m, producer)
+                if new_form is not None and self.mergeable(producer, group):
+                    self.merge(producer, group)
+                    producer.form = new_form
+                    break
+        self.horizontal()
+        return self.groups
+
+    def horizontal(self) -> None:
+        """Loop groups with no path between them through another group become one kernel."""
+        loops = [g for g in self.groups if g.form == "loop"]
+        merged: list[Group] = []
+        for g in loops:
+            for target in merged:
+                if self.mergeable(target, g):
+                    self.merge(target, g)
+                    break
+            else:
+                merged.append(g)
+
+
+# ---- step 3: kernels --------------------------------------------------------------------------
+
+
+def _schedule(grouping: _Grouping) -> list[Group]:
+    """Groups in a topological order of the kernel graph, earliest members first."""
+    pos = grouping.position
+    preds = {id(g): grouping.preds(g) for g in grouping.groups}
+    done: set[int] = set()
+    order = []
+    pending = sorted(grouping.groups, key=lambda g: pos[id(g.members[-1])])
+    while pending:
+        for g in pending:
+            if all(id(p) in done for p in preds[id(g)]):
+                order.append(g)
+                done.add(id(g))
+                pending.remove(g)
+                break
+    return order
 
 
 def fuse(graph: Graph) -> list[Kernel]:
     """Kernels covering the graph's computing nodes, in a valid schedule order."""
-    stored = _materialized(graph)
+    grouping = _Grouping(graph, stored_values(graph))
+    grouping.run()
+    order = _schedule(grouping)
+    pos = grouping.position
+    needed = {id(n) for n in (*graph.outputs, *(v for _, v in graph.updates))}
+    for g in order:
+        for m in g.members:
+            for leaf in grouping.trees[id(m)][1]:
+                if grouping.group_of.get(id(leaf)) is not g:
+                    needed.add(id(leaf))
     kernels, names = [], {}
-    for node in graph.nodes:
-        if id(node) not in stored:
-            continue
-        body, inputs = [], []
-        _collect(node, stored, body, inputs, root=node, seen=set())
-        label = node.name or node.op
+    for g in order:
+        member_ids = {id(m) for m in g.members}
+        body = {id(n): n for m in g.members for n in grouping.trees[id(m)][0]}
+        leaves = {
+            id(x): x for m in g.members for x in grouping.trees[id(m)][1] if id(x) not in member_ids
+        }
+        outputs = [m for m in g.members if id(m) in needed]
+        if g.form == "contraction":
+            outputs = _contraction_outputs(g, outputs, body)
+        nodes = sorted(body.values(), key=lambda n: pos[id(n)])
+        inputs = sorted(leaves.values(), key=lambda n: pos.get(id(n), -1))
+        label = kernel_name(g.form, nodes, inputs, outputs)
         count = names.get(label, 0)
         names[label] = count + 1
         name = label if count == 0 else f"{label}.{count}"
-        kernels.append(Kernel(name, form_of(node), tuple(body), tuple(inputs), (node,)))
+        kernels.append(Kernel(name, g.form, tuple(nodes), tuple(inputs), tuple(outputs)))
     return kernels
 
 
-def _collect(node, stored, body, inputs, root, seen):
-    """Gather `node` and the foldable layout nodes it reads, inputs first."""
-    if id(node) in seen:
-        return
-    seen.add(id(node))
-    if node is not root and (id(node) in stored or is_source(node)):
-        inputs.append(node)
-        return
-    for x in node.inputs:
-        _collect(x, stored, body, inputs, root, seen)
-    body.append(node)
+def _contraction_outputs(g: Group, outputs: list[Node], body: dict[int, Node]) -> list[Node]:
+    """The product is stored when a reduction stage recomputes from it or no output can host it."""
+    product = g.product
+    if product in outputs:
+        return outputs
+    stage = [o for o in outputs if not stage_reductions(o, body)]
+    hosts = [o for o in stage if o.type.nbytes == product.type.nbytes and o.dtype == product.dtype]
+    stored = {id(o) for o in stage}
+    needs = False
+    for r in g.anchors[1:]:
+        stack, seen = [r.inputs[0]], set()
+        while stack and not needs:
+            n = stack.pop()
+            if n is product:
+                needs = True
+            elif id(n) in body and id(n) not in stored and id(n) not in seen:
+                seen.add(id(n))
+                stack.extend(n.inputs)
+    if needs or not hosts:
+        return [product, *outputs]
+    return outputs
+
+
+def stage_reductions(node: Node, body: dict[int, Node]) -> list[Node]:
+    """The reductions of a kernel body that `node` is computed from."""
+    found, stack, seen = [], [node], set()
+    while stack:
+        n = stack.pop()
+        if id(n) in seen or id(n) not in body:
+            continue
+        seen.add(id(n))
+        if n.op in REDUCTIONS:
+            found.append(n)
+            continue
+        stack.extend(n.inputs)
+    return found
+
+
+def segments(kernel: Kernel) -> list[tuple[tuple[int, ...], list[Node]]]:
+    """A loop kernel's outputs grouped by shape, in order of first appearance: one loop each."""
+    result: dict[tuple[int, ...], list[Node]] = {}
+    for out in kernel.outputs:
+        result.setdefault(out.shape, []).append(out)
+    return list(result.items())
+
+
+def identity_reads(kernel: Kernel) -> dict[int, tuple[int, bool]]:
+    """For a loop kernel: input id -> (last segment reading it, read only at the loop index there).
+
+    Mirrors the code generator: a segment reads outputs of earlier segments from memory.
+    """
+    inside = {id(n) for n in kernel.nodes}
+    result: dict[int, tuple[int, bool]] = {}
+    stored: set[int] = set()
+    for s, (shape, outputs) in enumerate(segments(kernel)):
+        stack = [(o, True) for o in outputs]
+        seen = set()
+        while stack:
+            node, clean = stack.pop()
+            if (id(node), clean) in seen:
+                continue
+            seen.add((id(node), clean))
+            for x in node.inputs:
+                step = clean and _identity_step(node) and node.shape == shape
+                if id(x) in inside and id(x) not in stored:
+                    stack.append((x, step))
+                elif id(x) not in inside:
+                    ok = step and x.shape == shape
+                    previous = result.get(id(x))
+                    if previous is not None and previous[0] == s:
+                        ok = ok and previous[1]
+                    result[id(x)] = (s, ok)
+        stored |= {id(o) for o in outputs}
+    return result
+
+
+# ---- names --------------------------------------------------------------------------------------
+
+
+def _is_relu(node: Node) -> bool:
+    if node.op != "where":
+        return False
+    cond, a, b = node.inputs
+    return cond.op == "gt" and cond.inputs[0] is a and cond.inputs[1] is b and _is_zero(b)
+
+
+def _is_zero(node: Node) -> bool:
+    while node.op == "broadcast_to":
+        node = node.inputs[0]
+    return node.op == "const" and node.type.size == 1 and float(node.attrs["value"].item()) == 0
+
+
+def kernel_name(form: str, nodes, inputs, outputs) -> str:
+    """`fused_<ops>[<user names>]`: what the kernel computes and whose values it touches."""
+    ops: list[str] = []
+    hidden = {id(n.inputs[0]) for n in nodes if _is_relu(n)}
+    for n in nodes:
+        if n.op in LAYOUT or is_source(n) or id(n) in hidden or n.op == "cast":
+            continue
+        op = "relu" if _is_relu(n) else n.op
+        if op not in ops:
+            ops.append(op)
+    if not ops:
+        ops = [next((n.op for n in nodes if not is_source(n)), form)]
+    text = "_".join(ops[:4]) + ("_etc" if len(ops) > 4 else "")
+    label = f"fused_{text}" if len(ops) > 1 else text
+    names: list[str] = []
+    for n in [*outputs, *(x for x in inputs if x.op == "param")]:
+        name = _layer(n.name) if n.op == "param" else n.name
+        if name and name not in names:
+            names.append(name)
+    if not names:
+        names = [x.name for x in inputs if x.op == "input" and x.name]
+    if names:
+        label += "[" + ",".join(names[:3]) + (",..." if len(names) > 3 else "") + "]"
+    return label
+
+
+def _layer(name: str | None) -> str | None:
+    """`dense1.w` -> `dense1`; `adam.m[dense1.w]` -> `adam`."""
+    if not name:
+        return name
+    head = name.split("[", 1)[0]
+    return head.rsplit(".", 1)[0] if "." in head else head
