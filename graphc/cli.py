@@ -13,15 +13,32 @@ def _demo(args) -> int:
 
 
 def _dump(args) -> int:
-    from graphc.runtime.spec import dump_command
+    from graphc.spec import dump_command
 
-    return dump_command(args)
+    return _reporting_errors("dump", dump_command, args)
 
 
 def _aot(args) -> int:
-    from graphc.runtime.spec import aot_command
+    from graphc.spec import aot_command
 
-    return aot_command(args)
+    return _reporting_errors("aot", aot_command, args)
+
+
+def _reporting_errors(command: str, run, args) -> int:
+    """Run a command; a user's mistake is one line on stderr and exit code 2, no traceback."""
+    from graphc.errors import GraphcError
+
+    try:
+        return run(args)
+    except (GraphcError, OSError, SyntaxError) as error:
+        if isinstance(error, SyntaxError) and not isinstance(error, GraphcError):
+            message = f"{error.filename}:{error.lineno}: SyntaxError: {error.msg}"
+        elif isinstance(error, OSError) and error.filename:
+            message = f"{error.filename}: {error.strerror or error}"
+        else:
+            message = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        print(f"graphc {command}: error: {message}", file=sys.stderr)
+        return 2
 
 
 def _bench(args) -> int:
@@ -36,17 +53,22 @@ def parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="train the max-of-five MLP and compare with NumPy")
     demo.add_argument("--quick", action="store_true", help="a few hundred steps only")
     demo.set_defaults(run=_demo)
+    spec_help = "path.py:function (returning a gc.Program or an Executable) or a .gir file"
     dump = commands.add_parser("dump", help="print one stage of IR for a model")
-    dump.add_argument("spec", help="path.py:function or a .gir file")
-    dump.add_argument("--stage", default="graph")
-    dump.add_argument("-o", "--output")
-    dump.add_argument("--dot")
+    dump.add_argument("spec", help=spec_help)
+    dump.add_argument(
+        "--stage", default="graph", help="graph, optimized, fused, memory, llvm or asm"
+    )
+    dump.add_argument("-o", "--output", metavar="FILE", help="write the dump to FILE")
+    dump.add_argument(
+        "--dot", metavar="FILE", help="also the graph as Graphviz DOT (.svg/.png: rendered)"
+    )
     dump.set_defaults(run=_dump)
     aot = commands.add_parser("aot", help="write <name>.o, lib<name>.so and <name>.h")
-    aot.add_argument("spec")
-    aot.add_argument("-o", "--output", required=True)
-    aot.add_argument("--cpu", default="x86-64-v3")
-    aot.add_argument("--name")
+    aot.add_argument("spec", help=spec_help)
+    aot.add_argument("-o", "--output", required=True, metavar="DIR")
+    aot.add_argument("--cpu", default="x86-64-v3", help="CPU baseline (default x86-64-v3)")
+    aot.add_argument("--name", help="export name (default: the program's name)")
     aot.set_defaults(run=_aot)
     bench = commands.add_parser("bench", help="the benchmark suite against NumPy/PyTorch/JAX")
     bench.add_argument("--quick", action="store_true")
@@ -60,8 +82,10 @@ def main(argv=None) -> int:
     try:
         return args.run(args) or 0
     except ModuleNotFoundError as error:
-        if error.name and error.name.startswith(("graphc.demo", "graphc.runtime.spec", "bench")):
-            print(f"graphc {args.command}: not built yet ({error.name} is missing)", file=sys.stderr)
+        if error.name and error.name.startswith(("graphc.demo", "bench")):
+            print(
+                f"graphc {args.command}: not built yet ({error.name} is missing)", file=sys.stderr
+            )
             return 2
         raise
 
