@@ -175,6 +175,7 @@ def test_aot_of_a_python_spec(model, capsys):
         (["dump", "model.py:program", "-o", "no/such/dir/out.txt"], "no/such/dir/out.txt"),
         (["aot", "model.py:program", "-o", "notes.txt"], "notes.txt"),
         (["aot", "broken.gir", "-o", "build"], "unknown op 'nope'"),
+        (["aot", "model.py:program", "-o", "build", "--cpu", "pentium9"], "unknown CPU 'pentium9'"),
     ],
 )
 def test_errors_are_one_line_and_exit_code_2(model, capsys, argv, message):
