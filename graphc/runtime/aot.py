@@ -267,7 +267,7 @@ def header_text(executable, name: str, cpu: str, externals: list[str]) -> str:
         ]
     for tensor in state:
         node = tensor.node
-        note = "updated by each step" if id(node) in updated else "read only"
+        note = "updated by each step" if id(node) in updated else "not written by a step"
         lines.append(f"/* {tensor.name}: {node.dtype} {shape(node)}, {note} */")
         lines.append(f"{C_TYPES[node.dtype]} *{name}_state_{tensor.c_name}(void *mem);")
     lines += ["", "#ifdef __cplusplus", "}", "#endif", "", f"#endif /* {guard} */", ""]
