@@ -1,0 +1,419 @@
+"""Codegen: every graph the interpreter runs also compiles and runs natively, same results.
+
+Each test builds a program through the public frontend, compiles it with `gc.compile` and
+compares every output with the reference interpreter (`gc.evaluate`): exactly for integers
+and bools, to 1e-12 relative in float64 and 1e-5 in float32. NaN and Inf must land in the
+same places. To keep the suite quick, one program covers one family of ops for one dtype
+(each op is still its own kernel). Random programs come from tests/strategies.py.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from strategies import programs
+
+import graphc as gc
+from graphc.frontend.tensor import Tensor
+from graphc.ir.graph import Graph, apply
+
+FLOATS = ("float32", "float64")
+INTS = ("int32", "int64")
+NUMERIC = FLOATS + INTS
+DTYPES = NUMERIC + ("bool",)
+RTOL = {"float32": 1e-5, "float64": 1e-12}
+
+
+def assert_same(got, want, label="", rtol=None):
+    """Compiled `got` equals interpreted `want`: dtype, shape, NaN/Inf positions, values."""
+    got, want = np.asarray(got), np.asarray(want)
+    assert got.dtype == want.dtype, f"{label}: dtype {got.dtype} != {want.dtype}"
+    assert got.shape == want.shape, f"{label}: shape {got.shape} != {want.shape}"
+    if want.dtype.kind != "f":
+        np.testing.assert_array_equal(got, want, err_msg=label)
+        return
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want), err_msg=f"{label}: NaNs")
+    infinite = np.isinf(want)
+    np.testing.assert_array_equal(got[infinite], want[infinite], err_msg=f"{label}: Infs")
+    finite = np.isfinite(want)
+    rtol = rtol or RTOL[want.dtype.name]
+    scale = max(1.0, float(np.max(np.abs(want[finite]), initial=0.0)))
+    np.testing.assert_allclose(
+        got[finite], want[finite], rtol=rtol, atol=rtol * scale * 1e-3, err_msg=label
+    )
+
+
+def check_compiled(inputs, outputs, feed, updates=None):
+    """Compile `outputs` over `inputs`, run on `feed` (by name), compare with the interpreter."""
+    step = gc.compile(inputs=inputs, outputs=list(outputs), updates=updates)
+    want = gc.evaluate(list(outputs), feed)
+    got = step(**feed)
+    assert len(got) == len(want)
+    for i, (g, w, out) in enumerate(zip(got, want, outputs)):
+        assert_same(g, w, f"output {i} {out!r}")
+    return step
+
+
+def values(dtype, shape, rng, special=False):
+    """Random test data; `special` puts NaN, ±Inf, ±0 into the first float elements."""
+    if dtype == "bool":
+        return rng.random(shape) < 0.5
+    if dtype in INTS:
+        return rng.integers(-5, 6, shape).astype(dtype)
+    array = rng.uniform(-3, 3, shape).astype(dtype)
+    if special:
+        flat = array.reshape(-1)
+        flat[:5] = [np.nan, np.inf, -np.inf, 0.0, -0.0]
+    return array
+
+
+# ---- elementwise ----------------------------------------------------------------------------
+
+FLOAT_UNARY = {
+    "neg": lambda x: -x,
+    "abs": abs,
+    "sign": gc.sign,
+    "exp": gc.exp,
+    "log": gc.log,
+    "log1p": gc.log1p,
+    "sin": gc.sin,
+    "cos": gc.cos,
+    "tanh": gc.tanh,
+    "sqrt": gc.sqrt,
+    "sigmoid": gc.sigmoid,
+    "relu": gc.relu,
+    "stop_gradient": gc.stop_gradient,
+}
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_float_unary_ops_with_nan_inf_and_zeros(dtype):
+    rng = np.random.default_rng(1)
+    x = gc.input("x", (3, 4), dtype)
+    feed = {"x": values(dtype, (3, 4), rng, special=True)}
+    check_compiled([x], [f(x) for f in FLOAT_UNARY.values()], feed)
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_transcendentals_over_a_wide_range(dtype):
+    x = gc.input("x", (2, 50), dtype)
+    wide = np.concatenate([np.linspace(-90, 90, 50), np.geomspace(1e-30, 1e30, 50)])
+    feed = {"x": wide.reshape(2, 50).astype(dtype)}
+    safe = abs(x) + 1e-3
+    check_compiled(
+        [x],
+        [gc.exp(x), gc.tanh(x), gc.sigmoid(x), gc.log(safe), gc.log1p(safe), gc.sqrt(safe)],
+        feed,
+    )
+
+
+@pytest.mark.parametrize("dtype", INTS)
+def test_integer_unary_ops(dtype):
+    x = gc.input("x", (3, 4), dtype)
+    feed = {"x": values(dtype, (3, 4), np.random.default_rng(2))}
+    check_compiled([x], [-x, abs(x), gc.sign(x), gc.stop_gradient(x), gc.relu(x)], feed)
+
+
+@pytest.mark.parametrize("dtype", NUMERIC)
+def test_binary_arithmetic(dtype):
+    rng = np.random.default_rng(3)
+    a, b = gc.input("a", (3, 4), dtype), gc.input("b", (3, 4), dtype)
+    av, bv = values(dtype, (3, 4), rng), values(dtype, (3, 4), rng)
+    bv[1, :2] = av[1, :2]  # ties for maximum/minimum
+    outputs = [a + b, a - b, a * b, gc.maximum(a, b), gc.minimum(a, b)]
+    if dtype in FLOATS:
+        outputs += [a / b, (abs(a) + 0.5) ** b, a**2.0, a / (abs(b) + 1)]
+    check_compiled([a, b], outputs, {"a": av, "b": bv})
+
+
+@pytest.mark.parametrize("left", DTYPES)
+def test_comparisons_and_where_between_all_dtype_pairs(left):
+    """Mixed dtypes promote in the frontend (NumPy 2 rules); every pair compiles."""
+    rng = np.random.default_rng(4)
+    a = gc.input("a", (3, 4), left)
+    others = [gc.input(f"b_{d}", (3, 4), d) for d in DTYPES]
+    feed = {"a": values(left, (3, 4), rng, special=left in FLOATS)}
+    for b in others:
+        value = values(b.dtype, (3, 4), rng)
+        if left not in FLOATS or b.dtype in FLOATS:
+            value[0] = feed["a"][0]  # equal elements
+        feed[b.name] = value
+    cond = gc.input("cond", (3, 4), "bool")
+    feed["cond"] = values("bool", (3, 4), rng)
+    outputs = []
+    for b in others:
+        outputs += [a < b, a <= b, a > b, a >= b, a == b, a != b, gc.where(cond, a, b)]
+    check_compiled([a, cond, *others], outputs, feed)
+
+
+def test_logical_ops():
+    rng = np.random.default_rng(5)
+    a, b = gc.input("a", (3, 4), "bool"), gc.input("b", (3, 4), "bool")
+    feed = {"a": values("bool", (3, 4), rng), "b": values("bool", (3, 4), rng)}
+    outputs = [a & b, a | b, ~a, (a & ~b) | (b == a), gc.where(a, b, ~b)]
+    check_compiled([a, b], outputs, feed)
+
+
+@pytest.mark.parametrize("source", DTYPES)
+def test_cast_between_all_dtype_pairs(source):
+    rng = np.random.default_rng(6)
+    x = gc.input("x", (3, 5), source)
+    value = values(source, (3, 5), rng)
+    if source in FLOATS:
+        value.reshape(-1)[:4] = [0.0, -0.0, 2.5, -2.5]  # truncation toward zero
+    check_compiled([x], [x.astype(d) for d in DTYPES], {"x": value})
+
+
+def test_cast_of_nan_and_inf_to_bool_and_between_floats():
+    x = gc.input("x", (5,), "float64")
+    feed = {"x": np.array([np.nan, np.inf, -np.inf, 1e300, 0.0])}
+    check_compiled([x], [x.astype("bool"), x.astype("float32")], feed)
+
+
+# ---- NaN and Inf propagate as in NumPy --------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_nan_and_inf_propagate_as_in_numpy(dtype):
+    x = gc.input("x", (2, 3), dtype)
+    feed = {"x": np.array([[np.nan, 1.0, -2.0], [np.inf, -np.inf, 0.0]], dtype)}
+    zero, inf = gc.const(np.zeros((2, 3), dtype)), gc.const(np.full((2, 3), np.inf, dtype))
+    outputs = [
+        x.max(axis=1),  # NaN wins over everything in its row
+        x.max(axis=0),
+        gc.maximum(x, 0.5),
+        gc.minimum(x, 0.5),
+        gc.exp(x),  # exp(inf) = inf, exp(-inf) = 0
+        gc.log(x),  # log(0) = -inf, log(-2) = nan
+        zero * inf,  # 0 * inf = nan
+        x.sum(axis=1),  # inf + -inf = nan
+        x.sum(axis=0),
+        gc.softmax(x),
+        gc.sqrt(x),
+    ]
+    step = check_compiled([x], outputs, feed)
+    got = step(**feed)
+    assert np.isnan(got[0][0]) and np.isnan(got[7][1]) and np.isnan(got[6]).all()
+    assert got[4][1, 0] == np.inf and got[4][1, 1] == 0 and got[5][1, 2] == -np.inf
+
+
+# ---- layout ops -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_layout_ops(dtype):
+    x = gc.input("x", (2, 3, 4), dtype)
+    row = gc.input("row", (4,), dtype)
+    fill = False if dtype == "bool" else 0
+    pad = apply("pad", x.node, widths=((1, 0, 1), (0, 2, 0), (1, 1, 2)), value=fill)
+    outputs = [
+        Tensor(apply("broadcast_to", x.node, shape=(2, 2, 3, 4))),
+        Tensor(apply("broadcast_to", row.node, shape=(3, 4))),
+        Tensor(apply("broadcast_to", x[:, :1].node, shape=(2, 3, 4))),
+        x.reshape(4, 6),
+        x.reshape(24),
+        x.transpose(2, 0, 1),
+        x.T,
+        x[:, ::2, 1::2],
+        x[1, 0:3:2, ::3],
+        x[..., 1:],
+        Tensor(pad),
+        Tensor(apply("pad", x.node, widths=((0, 0, 0), (1, 1, 0), (0, 0, 0)), value=fill)),
+        gc.concat([x, x[:, :1]], axis=1),
+        gc.concat([x, x, x[..., :2]], axis=2),
+        x.T.reshape(12, 2)[::5],  # layout ops chained
+    ]
+    rng = np.random.default_rng(7)
+    check_compiled(
+        [x, row], outputs, {"x": values(dtype, (2, 3, 4), rng), "row": values(dtype, (4,), rng)}
+    )
+
+
+def test_layout_ops_feeding_arithmetic():
+    """Index maps composed with elementwise work in the same loop."""
+    x = gc.input("x", (3, 4), "float64")
+    b = gc.input("b", (4,), "float64")
+    padded = Tensor(apply("pad", x.node, widths=((1, 1, 1), (0, 0, 0)), value=1.5))
+    outputs = [
+        x + b,
+        x.T * b.reshape(4, 1),
+        gc.concat([x, -x], axis=0)[::2] + 1.0,
+        gc.exp(padded[1:-1]),
+        (x[:, ::2] * x[:, 1::2]).sum(axis=1),
+    ]
+    rng = np.random.default_rng(8)
+    check_compiled(
+        [x, b], outputs, {"x": values("float64", (3, 4), rng), "b": values("float64", (4,), rng)}
+    )
+
+
+# ---- reductions -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", NUMERIC)
+def test_sum_and_max_over_every_axis_subset(dtype):
+    x = gc.input("x", (2, 3, 4), dtype)
+    outputs = []
+    for r in range(4):
+        for axes in itertools.combinations(range(3), r):
+            for keepdims in (False, True):
+                if axes or keepdims:
+                    outputs += [
+                        x.sum(axis=axes, keepdims=keepdims),
+                        x.max(axis=axes, keepdims=keepdims),
+                    ]
+    outputs += [x.argmax(axis=a, keepdims=k) for a in range(3) for k in (False, True)]
+    if dtype in FLOATS:
+        outputs += [x.mean(), x.mean(axis=(0, 2), keepdims=True)]
+    check_compiled([x], outputs, {"x": values(dtype, (2, 3, 4), np.random.default_rng(9))})
+
+
+@pytest.mark.parametrize("dtype", NUMERIC)
+def test_argmax_ties_take_the_first(dtype):
+    x = gc.input("x", (3, 3), dtype)
+    feed = {"x": np.array([[1, 3, 3], [2, 2, 2], [-1, 0, -1]], dtype)}
+    step = check_compiled([x], [x.argmax(axis=1), x.argmax(axis=0), x.max(axis=1)], feed)
+    np.testing.assert_array_equal(step(**feed)[0], [1, 0, 1])
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_argmax_nan_and_infinities(dtype):
+    x = gc.input("x", (3, 3), dtype)
+    nan, inf = np.nan, np.inf
+    feed = {"x": np.array([[1, nan, nan], [-inf, -inf, -inf], [inf, nan, inf]], dtype)}
+    step = check_compiled([x], [x.argmax(axis=1), x.argmax(axis=0), x.max(axis=1)], feed)
+    np.testing.assert_array_equal(step(**feed)[0], [1, 0, 1])
+
+
+def test_reductions_of_bool_and_of_a_scalar_result():
+    x = gc.input("x", (3, 4), "bool")
+    y = gc.input("y", (), "float64")
+    rng = np.random.default_rng(10)
+    feed = {"x": values("bool", (3, 4), rng), "y": np.array(2.5)}
+    check_compiled([x, y], [x.sum(axis=1), x.max(), x.sum() * y, y + 1.0], feed)
+
+
+# ---- matmul -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", NUMERIC)
+def test_matmul_2d_batched_and_transposed_operands(dtype):
+    rng = np.random.default_rng(11)
+    shapes = {"a": (3, 4), "b": (4, 2), "c": (2, 3, 4), "d": (2, 4, 5), "v": (4,)}
+    t = {k: gc.input(k, s, dtype) for k, s in shapes.items()}
+    a, b, c, d, v = t.values()
+    outputs = [
+        a @ b,
+        b.T @ a.T,
+        a @ a.T,
+        c @ d,
+        d.transpose(0, 2, 1)[:, :3] @ c.transpose(0, 2, 1),
+        a[:, ::2] @ b[::2],
+        a @ v,
+        v @ b,
+        c @ b,  # broadcast batch
+        gc.relu(a @ b + b[0]),  # epilogue
+    ]
+    feed = {k: values(dtype, s, rng) for k, s in shapes.items()}
+    check_compiled(list(t.values()), outputs, feed)
+
+
+def test_matmul_of_computed_and_padded_operands():
+    rng = np.random.default_rng(12)
+    a, b = gc.input("a", (3, 4), "float64"), gc.input("b", (4, 3), "float64")
+    padded = Tensor(apply("pad", b.node, widths=((1, 0, 0), (0, 0, 0)), value=0.0))
+    outputs = [gc.tanh(a) @ b, gc.concat([a, a], axis=0) @ b, a @ padded[1:], (a @ b) @ (a @ b)]
+    feed = {"a": values("float64", (3, 4), rng), "b": values("float64", (4, 3), rng)}
+    check_compiled([a, b], outputs, feed)
+
+
+# ---- iota, one_hot, composites ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", INTS)
+def test_iota_and_one_hot(dtype):
+    labels = gc.input("labels", (2, 3), dtype)
+    outputs = [
+        gc.one_hot(labels, 4),
+        gc.one_hot(labels[0], 3, dtype="float64"),
+        gc.one_hot(labels, 2, dtype="int32"),
+        Tensor(apply("iota", shape=(2, 3), axis=0, dtype="float32")),
+        Tensor(apply("iota", shape=(3, 2), axis=1, dtype="int64")) * 2,
+    ]
+    feed = {"labels": np.array([[0, 3, 1], [2, 5, -1]], dtype)}
+    check_compiled([labels], outputs, feed)
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_composites(dtype):
+    x = gc.input("x", (3, 4), dtype)
+    outputs = [
+        gc.softmax(x),
+        gc.softmax(x, axis=0),
+        gc.log_softmax(x),
+        gc.logsumexp(x),
+        gc.logsumexp(x, axis=0, keepdims=True),
+        gc.relu(x),
+        x.mean(),
+        x.mean(axis=1),
+    ]
+    check_compiled([x], outputs, {"x": values(dtype, (3, 4), np.random.default_rng(13)) * 10})
+
+
+def test_composites_on_all_minus_inf_rows():
+    x = gc.input("x", (2, 3), "float64")
+    feed = {"x": np.array([[-np.inf] * 3, [0.0, 1.0, -np.inf]])}
+    check_compiled([x], [gc.softmax(x), gc.log_softmax(x), gc.logsumexp(x, axis=1)], feed)
+
+
+# ---- random programs ----------------------------------------------------------------------------
+
+RANDOM = settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True
+)
+
+
+def interpreted(outputs, feed):
+    """gc.evaluate with `feed` cut down to the inputs that `outputs` read."""
+    if not outputs:
+        return []
+    read = {n.name for n in Graph([o.node for o in outputs]).nodes if n.op == "input"}
+    return gc.evaluate(outputs, {k: v for k, v in feed.items() if k in read})
+
+
+def check_program(program, feed):
+    step = gc.compile(program)
+    # a float64 result computed through a float32 intermediate is only float32-accurate
+    dtypes = {n.dtype for n in program.graph.nodes}
+    rtol = RTOL["float32"] if "float32" in dtypes else None
+    want_outputs = interpreted(program.outputs, feed)
+    want_updates = interpreted([v for _, v in program.updates], feed)
+    before = [p.value.copy() for p, _ in program.updates]
+    got = step(**feed)
+    got = [got] if program.single_output else got
+    for i, (g, w) in enumerate(zip(got, want_outputs)):
+        assert_same(g, w, f"output {i}", rtol)
+    for (p, _), w, old in zip(program.updates, want_updates, before):
+        assert_same(p.value, w, f"update of {p.name}", rtol)
+        p.value = old  # leave the drawn params as they were
+
+
+@RANDOM
+@given(programs(max_ops=8))
+def test_random_programs_compiled_equal_interpreted(case):
+    check_program(*case)
+
+
+@RANDOM
+@given(programs(max_ops=6, families=("binary", "layout", "reduce", "matmul", "unary")))
+def test_random_gradients_compiled_equal_interpreted(case):
+    program, feed = case
+    loss = sum((o.astype("float64") ** 2).sum() for o in program.outputs)
+    wrt = [x for x in program.inputs] + [
+        gc.Tensor(n) for n in program.graph.params if n.dtype in FLOATS
+    ]
+    grads = gc.grad(loss, wrt)
+    check_program(gc.Program(program.inputs, [loss, *grads]), feed)

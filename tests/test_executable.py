@@ -1,0 +1,321 @@
+"""The Executable: calling conventions, bad input, state, threads, dumps and the cache.
+
+DESIGN §5/§6/§8: arguments are checked (shape exactly, dtype by `same_kind`), nothing the
+caller owns is written to, outputs are fresh arrays, updates are simultaneous and in place
+in storage shared by every executable of the model, and a bad call changes nothing.
+"""
+
+from __future__ import annotations
+
+import gc as python_gc
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+import threading
+
+import numpy as np
+import pytest
+
+import graphc as gc
+
+
+@pytest.fixture(scope="module")
+def affine():
+    """y = x.sum(axis=1) * w + n, with x float64 (2, 3), n int32 (2,), w a param."""
+    x = gc.input("x", (2, 3), "float64")
+    n = gc.input("n", (2,), "int32")
+    w = gc.param("w", np.array([2.0, 3.0]))
+    step = gc.compile(inputs=[x, n], outputs=x.sum(axis=1) * w + n, updates={w: w + 1})
+    return step, w
+
+
+def expected(xv, nv, wv):
+    return np.asarray(xv, np.float64).sum(axis=1) * wv + nv
+
+
+XV = np.arange(6.0).reshape(2, 3)
+NV = np.array([1, -1], np.int32)
+
+
+# ---- arguments --------------------------------------------------------------------------------
+
+
+def test_positional_and_keyword_calls(affine):
+    step, w = affine
+    before = w.value.copy()
+    np.testing.assert_array_equal(step(XV, NV), expected(XV, NV, before))
+    np.testing.assert_array_equal(step(n=NV, x=XV), expected(XV, NV, before + 1))
+    np.testing.assert_array_equal(step(XV, n=NV), expected(XV, NV, before + 2))
+    np.testing.assert_array_equal(w.value, before + 3)
+
+
+def test_wrong_shape_is_an_input_error_naming_the_input(affine):
+    step, _ = affine
+    with pytest.raises(gc.InputError, match=r"'x'.*\(2, 3\).*\(3, 2\)"):
+        step(XV.T.copy(), NV)
+    with pytest.raises(gc.InputError, match="'n'"):
+        step(XV, np.array([1, 2, 3], np.int32))
+
+
+def test_float_array_into_an_int_input_is_a_dtype_error(affine):
+    step, _ = affine
+    with pytest.raises(gc.DTypeError, match="'n'"):
+        step(XV, NV.astype(np.float64))
+
+
+def test_integer_and_bool_arrays_into_a_float_input_convert(affine):
+    step, w = affine
+    before = w.value.copy()
+    ints = XV.astype(np.int64)
+    np.testing.assert_array_equal(step(ints, NV), expected(XV, NV, before))
+    np.testing.assert_array_equal(
+        step(ints > 2, NV.astype(np.int64)), expected(ints > 2, NV, before + 1)
+    )
+    np.testing.assert_array_equal(step(XV.tolist(), [1, -1]), expected(XV, NV, before + 2))
+
+
+def test_unknown_keyword_missing_argument_and_duplicates_name_them(affine):
+    step, _ = affine
+    with pytest.raises(gc.InputError, match="'z'"):
+        step(XV, NV, z=1)
+    with pytest.raises(gc.InputError, match=r"missing.*'n'"):
+        step(XV)
+    with pytest.raises(gc.InputError, match=r"missing.*'x'"):
+        step(n=NV)
+    with pytest.raises(gc.InputError, match="'x'.*twice"):
+        step(XV, NV, x=XV)
+    with pytest.raises(gc.InputError, match="takes 2 inputs"):
+        step(XV, NV, NV)
+
+
+def test_a_failed_call_leaves_parameters_untouched(affine):
+    step, w = affine
+    before = w.value.copy()
+    for bad in [lambda: step(XV.T, NV), lambda: step(XV, NV * 1.5), lambda: step(XV, q=NV)]:
+        with pytest.raises(gc.GraphcError):
+            bad()
+    np.testing.assert_array_equal(w.value, before)
+
+
+def test_non_contiguous_inputs_are_accepted_and_never_written(affine):
+    step, w = affine
+    wide = np.arange(12.0).reshape(2, 6)
+    strided = wide[:, ::2]
+    assert not strided.flags.c_contiguous
+    saved, n_saved = wide.copy(), NV.copy()
+    before = w.value.copy()
+    np.testing.assert_array_equal(step(strided, NV), expected(strided, NV, before))
+    np.testing.assert_array_equal(step(XV.T.copy().T, NV[::-1]), expected(XV, NV[::-1], before + 1))
+    np.testing.assert_array_equal(wide, saved)
+    np.testing.assert_array_equal(NV, n_saved)
+
+
+def test_read_only_inputs_and_inputs_returned_directly_are_not_written():
+    x = gc.input("x", (2, 2), "float64")
+    step = gc.compile(inputs=[x], outputs=[x, x * 2])
+    value = np.array([[1.0, 2.0], [3.0, 4.0]])
+    value.setflags(write=False)
+    same, doubled = step(value)
+    np.testing.assert_array_equal(same, value)
+    assert not np.shares_memory(same, value)
+    same[:] = -1
+    np.testing.assert_array_equal(value, [[1.0, 2.0], [3.0, 4.0]])
+    np.testing.assert_array_equal(doubled, 2 * value)
+
+
+def test_outputs_are_fresh_arrays():
+    x = gc.input("x", (2,), "float64")
+    p = gc.param("p", np.array([5.0, 6.0]))
+    c = gc.const(np.array([7.0, 8.0]))
+    step = gc.compile(inputs=[x], outputs=[x + 1, p, c])
+    first = step(np.array([1.0, 2.0]))
+    for array in first:
+        array[:] = 99
+    second = step(np.array([1.0, 2.0]))
+    np.testing.assert_array_equal(second[0], [2.0, 3.0])
+    np.testing.assert_array_equal(second[1], [5.0, 6.0])
+    np.testing.assert_array_equal(second[2], [7.0, 8.0])
+    np.testing.assert_array_equal(p.value, [5.0, 6.0])
+    assert not any(np.shares_memory(a, b) for a in first for b in second)
+
+
+def test_outputs_that_are_inputs_params_or_consts_directly():
+    x = gc.input("x", (2,), "float64")
+    p = gc.param("p", np.array([5.0, 6.0]))
+    flags = gc.const(np.array([True, False]))
+    step = gc.compile(inputs=[x], outputs=[x, p, gc.const(3.0), flags, x, gc.const(np.eye(2))])
+    got = step(np.array([1.0, 2.0]))
+    want = [[1.0, 2.0], [5.0, 6.0], 3.0, [True, False], [1.0, 2.0], np.eye(2)]
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)
+    assert got[3].dtype == np.bool_ and got[2].shape == ()
+
+
+def test_scalar_inputs_and_outputs():
+    s = gc.input("s", (), "float64")
+    k = gc.input("k", (), "int32")
+    step = gc.compile(inputs=[s, k], outputs=[s * 2 + k, (s > 1.0), k * k])
+    value, flag, square = step(3.5, np.int32(4))
+    assert value.shape == flag.shape == square.shape == ()
+    assert value == 11.0 and flag and square == 16 and square.dtype == np.int32
+    single = gc.compile(inputs=[s], outputs=s + 1)
+    assert single(np.array(1.5)) == 2.5
+    with pytest.raises(gc.InputError):
+        single(np.array([1.5]))
+
+
+# ---- state -----------------------------------------------------------------------------------
+
+
+def test_updates_are_simultaneous_swap():
+    a, b = gc.param("a", np.array([1.0, 2.0])), gc.param("b", np.array([3.0, 4.0]))
+    step = gc.compile(inputs=[], outputs=[a * 1, b * 1], updates={a: b, b: a})
+    old_a, old_b = step()
+    np.testing.assert_array_equal(old_a, [1.0, 2.0])
+    np.testing.assert_array_equal(old_b, [3.0, 4.0])
+    np.testing.assert_array_equal(a.value, [3.0, 4.0])
+    np.testing.assert_array_equal(b.value, [1.0, 2.0])
+    step()
+    np.testing.assert_array_equal(a.value, [1.0, 2.0])
+    np.testing.assert_array_equal(b.value, [3.0, 4.0])
+
+
+def test_updates_rotate_three_params_and_read_old_values():
+    a, b, c = (gc.param(n, np.array([v])) for n, v in [("a", 1.0), ("b", 2.0), ("c", 3.0)])
+    step = gc.compile(inputs=[], outputs=[a, c], updates={a: b, b: c * 1.0, c: a + b})
+    old_a, old_c = step()
+    assert (old_a[0], old_c[0]) == (1.0, 3.0)
+    assert (a.value[0], b.value[0], c.value[0]) == (2.0, 3.0, 3.0)
+
+
+def test_zero_outputs_with_updates():
+    q = gc.param("q", np.array([1.0, -1.0]))
+    x = gc.input("x", (2,), "float64")
+    step = gc.compile(inputs=[x], outputs=[], updates={q: q * x})
+    assert step(np.array([2.0, 3.0])) == []
+    step(np.array([2.0, 3.0]))
+    np.testing.assert_array_equal(q.value, [4.0, -9.0])
+
+
+def test_program_compiled_twice_shares_parameter_storage():
+    w = gc.param("w", np.array([1.0, 2.0]))
+    x = gc.input("x", (2,), "float64")
+    train = gc.compile(inputs=[x], outputs=(w * x).sum(), updates={w: w + x})
+    infer = gc.compile(inputs=[x], outputs=w * x)
+    train(np.array([1.0, 1.0]))
+    np.testing.assert_array_equal(infer(np.array([1.0, 1.0])), [2.0, 3.0])
+    w.value = np.array([10.0, 20.0])  # assigning through the Tensor keeps the storage
+    np.testing.assert_array_equal(infer(np.array([1.0, 1.0])), [10.0, 20.0])
+    assert train(np.array([1.0, 0.0])) == 10.0
+    np.testing.assert_array_equal(infer(np.array([1.0, 1.0])), [11.0, 20.0])
+
+
+def test_no_crash_after_the_program_and_tensors_are_collected():
+    def build():
+        x = gc.input("x", (3,), "float64")
+        w = gc.param("w", np.array([1.0, 2.0, 3.0]))
+        program = gc.Program([x], gc.tanh(x * w).sum(), updates={w: w * 2})
+        return gc.compile(program)
+
+    step = build()
+    python_gc.collect()
+    for scale in (1, 2, 4):
+        np.testing.assert_allclose(
+            step(np.ones(3)), np.tanh(scale * np.array([1.0, 2.0, 3.0])).sum()
+        )
+
+
+def test_eight_threads_share_one_executable():
+    x = gc.input("x", (4, 3), "float64")
+    w = gc.param("w", np.linspace(-1, 1, 6).reshape(3, 2))
+    step = gc.compile(inputs=[x], outputs=gc.tanh(x @ w).sum(axis=0))
+    errors = []
+
+    def worker(seed):
+        rng = np.random.default_rng(seed)
+        for _ in range(50):
+            xv = rng.uniform(-1, 1, (4, 3))
+            got = step(xv)
+            if not np.allclose(got, np.tanh(xv @ w.value).sum(axis=0), rtol=1e-12, atol=0):
+                errors.append(seed)
+
+    threads = [threading.Thread(target=worker, args=(seed,)) for seed in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+
+
+def test_outputs_reading_an_unlisted_input_are_refused_with_its_name():
+    x = gc.input("x", (2,), "float64")
+    hidden = gc.input("hidden_input", (2,), "float64")
+    with pytest.raises(gc.InputError, match="'hidden_input'"):
+        gc.compile(inputs=[x], outputs=x + hidden)
+    w = gc.param("w", np.zeros(2))
+    with pytest.raises(gc.InputError, match="'hidden_input'"):
+        gc.compile(inputs=[x], outputs=x, updates={w: w + hidden})
+
+
+# ---- dumps and the object cache ----------------------------------------------------------------
+
+
+def test_exp_tanh_kernel_vectorizes_without_libm_calls():
+    x = gc.input("x", (4096,), "float32")
+    step = gc.compile(inputs=[x], outputs=gc.tanh(gc.exp(x) * 0.5))
+    asm = step.dump("asm")
+    assert re.search(r"\bymm\d+\b", asm), "no AVX (ymm) instructions in the kernel"
+    called = set(re.findall(r"^\s*call[lq]?\s+\*?([\w.@]+)", asm, re.MULTILINE))
+    libm = {"exp", "expf", "tanh", "tanhf", "__exp_finite", "__expf_finite"}
+    assert not {name.split("@")[0] for name in called} & libm, called
+    xv = np.linspace(-4, 4, 4096, dtype=np.float32)
+    np.testing.assert_allclose(step(xv), np.tanh(np.exp(xv) * 0.5), rtol=1e-5, atol=1e-6)
+
+
+def test_dump_stages_and_unknown_stage():
+    x = gc.input("x", (2,), "float64")
+    step = gc.compile(inputs=[x], outputs=gc.exp(x).sum(), name="tiny")
+    for stage in step.stages:
+        assert step.dump(stage)
+    assert "define" in step.dump("llvm")
+    with pytest.raises(gc.InputError, match="nope"):
+        step.dump("nope")
+
+
+CACHE_SCRIPT = textwrap.dedent(
+    """
+    import json, time
+    import numpy as np
+    import graphc as gc
+
+    x = gc.input("x", (64, 8), "float32")
+    w = gc.param("w", np.linspace(-1, 1, 24, dtype=np.float32).reshape(8, 3))
+    start = time.perf_counter()
+    step = gc.compile(inputs=[x], outputs=gc.tanh(x @ w + 1.0).sum(axis=1), name="cached")
+    build = time.perf_counter() - start
+    result = step(np.ones((64, 8), np.float32))
+    print(json.dumps({"cached": step.engine.cached, "timings": step.timings,
+                      "build": build, "result": result.tolist()}))
+    """
+)
+
+
+def test_a_new_process_compiling_the_same_program_hits_the_cache(tmp_path):
+    env = {**os.environ, "GRAPHC_CACHE_DIR": str(tmp_path / "cache")}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    runs = []
+    for _ in range(2):
+        done = subprocess.run(
+            [sys.executable, "-c", CACHE_SCRIPT], env=env, capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr
+        runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    cold, warm = runs
+    assert not cold["cached"] and "optimize" in cold["timings"]
+    assert warm["cached"] and "optimize" not in warm["timings"]
+    assert warm["result"] == cold["result"]
+    print(f"\ncold build {cold['build'] * 1e3:.1f} ms, cached build {warm['build'] * 1e3:.1f} ms")
