@@ -42,7 +42,12 @@ def _reporting_errors(command: str, run, args) -> int:
 
 
 def _bench(args) -> int:
-    from bench.suite import main as bench
+    try:  # installed: bench/ is packaged as graphc.bench; in a checkout it is also `bench`
+        from graphc.bench.suite import main as bench
+    except ModuleNotFoundError as error:
+        if error.name not in ("graphc.bench", "graphc.bench.suite"):
+            raise
+        from bench.suite import main as bench
 
     return bench(quick=args.quick, json_path=args.json)
 

@@ -1,0 +1,88 @@
+"""The benchmark suite's machinery on tiny sizes: peers agree with graphc, the table renders.
+
+Timings are never asserted (DESIGN §8); only that every number is there and positive.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import pytest
+import tomllib
+
+import graphc as gc
+
+bench = pytest.importorskip("bench.suite", reason="bench/ is not importable")
+from bench import peers, workloads  # noqa: E402
+
+pytestmark = pytest.mark.skipif(not hasattr(gc, "compile"), reason="gc.compile not built yet")
+
+TINY = {"sample_seconds": 1e-4, "warmup_seconds": 0.0, "budget_seconds": 0.0,
+        "min_rounds": 3, "max_rounds": 3}  # fmt: skip
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def peer_names() -> list[str]:
+    versions = peers.available()
+    return ["graphc", "numpy", *[n for n in ("torch", "jax") if versions[n]]]
+
+
+def tiny_cases(names):
+    return [
+        workloads.mlp_train_case("W1 tiny f32", (3, 4, 2, 1), 2, "float32", names),
+        workloads.mlp_train_case("W1 tiny f64", (3, 4, 1), 3, "float64", names),
+        workloads.mlp_infer_case("W2 tiny", (3, 4, 1), 1, "float32", names),
+        workloads.elementwise_case("W3 tiny f64", 8, "float64", names),
+        workloads.matmul_case("W4 tiny f32", 4, "float32", names),
+        workloads.softmax_case("W5 tiny", (6, 5, 3), 4, names),
+    ]
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    return bench.run(tiny_cases(peer_names()), TINY)
+
+
+def test_every_peer_agrees_with_graphc(results):
+    for r in results:
+        assert set(r["stats"]) == set(peer_names()), r["notes"]
+        assert r["mismatched"] == [], (r["id"], r["errors"])
+
+
+def test_stats_and_compile_times_are_complete(results):
+    for r in results:
+        for stats in r["stats"].values():
+            assert 0 < stats.p10 <= stats.median <= stats.p90
+            assert len(stats.samples) == 3
+        assert set(r["speedup"]) == set(r["stats"]) - {"graphc"}
+        for kind in ("cold", "warm"):
+            assert r["compile"][kind]["total"] > 0 and "passes" in r["compile"][kind]
+        assert r["compile"]["kernels"] >= 1
+    assert results[4]["gflops"]["graphc"] > 0
+
+
+def test_table_and_json_render(results):
+    machine = bench.machine_info(peers.available())
+    text = bench.render(results, machine, ["a note"])
+    for r in results:
+        assert r["id"] in text
+    assert "×numpy" in text and "compile time" in text and "a note" in text
+    data = json.loads(json.dumps(bench.to_json(results, machine)))
+    assert [c["id"] for c in data["cases"]] == [r["id"] for r in results]
+
+
+def test_targets_name_measured_cases():
+    ids = {c.id for c in workloads.all_cases(["graphc", "numpy"])}
+    for target in workloads.TARGETS:
+        assert target.case_id in ids and target.peer in ("numpy", "torch", "jax")
+    assert {c.id for c in workloads.all_cases(["graphc"], quick=True)} <= ids
+
+
+def test_pyproject_packages_every_graphc_package():
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    found = {
+        ".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "graphc").rglob("__init__.py")
+    }
+    assert found | {"graphc.bench"} == set(config["packages"])
+    assert config["package-dir"]["graphc.bench"] == "bench"
