@@ -131,6 +131,8 @@ class KernelEmitter:
     def loop(self, count: int, body, name="i"):
         """for i in range(count): body(i) — a canonical counted loop."""
         b = self.b
+        if count == 0:  # a zero-size axis: no iterations (the loop below runs at least once)
+            return
         if count == 1:
             body(i64(0))
             return
