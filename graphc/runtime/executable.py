@@ -31,10 +31,11 @@ STAGES = ("graph", "optimized", "fused", "memory", "llvm", "asm")
 def aligned_empty(shape, dtype) -> np.ndarray:
     """An uninitialised C-contiguous array whose data is 64-byte aligned."""
     dtype = np.dtype(dtype)
-    nbytes = max(int(np.prod(shape)) * dtype.itemsize, 1)
+    count = int(np.prod(shape))
+    nbytes = max(count, 1) * dtype.itemsize  # a zero-size array still gets a valid pointer
     raw = np.empty(nbytes + ALIGN, dtype=np.uint8)
     start = -raw.ctypes.data % ALIGN
-    return raw[start : start + nbytes].view(dtype)[: int(np.prod(shape))].reshape(shape)
+    return raw[start : start + nbytes].view(dtype)[:count].reshape(shape)
 
 
 def symbol_name(name: str) -> str:
