@@ -403,7 +403,9 @@ def emit_program(graph: Graph, kernels: list[Kernel], plan: Plan, name: str) -> 
     module = ir.Module(name=name)
     globals_: dict[int, ir.GlobalVariable] = {}
     for node in graph.nodes:
-        if node.op == "const" and not _is_immediate(node):
+        # scalars too: loops use them as immediates, but a matmul reads a broadcast scalar
+        # through memory (unused globals are dropped by the optimizer)
+        if node.op == "const":
             globals_[id(node)] = constant_global(module, node, f"const.{len(globals_)}")
 
     functions = [
