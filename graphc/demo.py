@@ -162,7 +162,7 @@ def torch_step(params, lr: float = LR):
         loss = torch.mean((model(x) - y) ** 2)
         loss.backward()
         optimizer.step()
-        return loss
+        return loss.item()
 
     return step, torch.from_numpy
 
