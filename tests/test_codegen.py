@@ -49,7 +49,7 @@ def assert_same(got, want, label="", rtol=None):
 def check_compiled(inputs, outputs, feed, updates=None):
     """Compile `outputs` over `inputs`, run on `feed` (by name), compare with the interpreter."""
     step = gc.compile(inputs=inputs, outputs=list(outputs), updates=updates)
-    want = gc.evaluate(list(outputs), feed)
+    want = interpreted(list(outputs), feed)
     got = step(**feed)
     assert len(got) == len(want)
     for i, (g, w, out) in enumerate(zip(got, want, outputs)):
@@ -328,6 +328,30 @@ def test_matmul_of_computed_and_padded_operands():
     outputs = [gc.tanh(a) @ b, gc.concat([a, a], axis=0) @ b, a @ padded[1:], (a @ b) @ (a @ b)]
     feed = {"a": values("float64", (3, 4), rng), "b": values("float64", (4, 3), rng)}
     check_compiled([a, b], outputs, feed)
+
+
+def test_matmul_with_uniform_constant_operands():
+    """simplify turns ones((3, 2)) into a broadcast scalar; matmul reads it through memory."""
+    x = gc.input("x", (2, 3), "float64")
+    outputs = [x @ gc.const(np.ones((3, 2))), gc.const(np.full((2, 2), 2.0)) @ x, x @ np.ones(3)]
+    check_compiled([x], outputs, {"x": values("float64", (2, 3), np.random.default_rng(14))})
+
+
+def test_zero_size_shapes():
+    x, y = gc.input("x", (0, 3), "float64"), gc.input("y", (3, 0), "float64")
+    ones = gc.const(np.ones((3, 2)))
+    outputs = [
+        x + 1.0,
+        x.sum(axis=0),  # 0
+        x.max(axis=0),  # -inf
+        x.sum(),
+        y.T,
+        x @ ones,
+        y @ x,  # (3, 3) of zeros
+        gc.const(np.ones((2, 3))) @ y,
+        y.argmax(axis=0),
+    ]
+    check_compiled([x, y], outputs, {"x": np.zeros((0, 3)), "y": np.zeros((3, 0))})
 
 
 # ---- iota, one_hot, composites ------------------------------------------------------------------
