@@ -56,7 +56,7 @@ def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="graphc", description="A graph compiler for small models.")
     commands = root.add_subparsers(dest="command", required=True)
     demo = commands.add_parser("demo", help="train the max-of-five MLP and compare with NumPy")
-    demo.add_argument("--quick", action="store_true", help="a few hundred steps only")
+    demo.add_argument("--quick", action="store_true", help="1000 steps and shorter timings")
     demo.set_defaults(run=_demo)
     spec_help = "path.py:function (returning a gc.Program or an Executable) or a .gir file"
     dump = commands.add_parser("dump", help="print one stage of IR for a model")
