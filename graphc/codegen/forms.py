@@ -20,7 +20,7 @@ from math import prod
 from graphc.codegen.emitter import REGISTER_TYPES
 from graphc.errors import CompileError
 from graphc.ir.graph import Node
-from graphc.passes.fusion import REDUCTIONS, segments, stage_reductions
+from graphc.passes.fusion import REDUCTIONS, product_host, segments, stage_reductions
 
 
 def emit_loop(k) -> None:
@@ -176,10 +176,10 @@ def emit_contraction(k) -> None:
     if mm in kernel.outputs:
         target = k.pointers[id(mm)]
     else:
-        hosts = [o for o in epilogue if o.type.nbytes == mm.type.nbytes and o.dtype == mm.dtype]
-        if not hosts:
+        host = product_host(kernel)
+        if host is None:
             raise CompileError(f"kernel {kernel.name}: no buffer for the matmul product")
-        target = k.pointers[id(hosts[0])]  # the epilogue then runs in place over it
+        target = k.pointers[id(host)]  # the epilogue then runs in place over it
         k.pointers[id(mm)] = target
     *batch, m, inner = mm.inputs[0].shape
     function = define_matmul(

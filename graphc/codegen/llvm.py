@@ -26,7 +26,7 @@ from graphc.codegen.emitter import MEMORY_TYPES, REGISTER_TYPES, Emitter, is_flo
 from graphc.errors import CompileError
 from graphc.ir.graph import Graph, Kernel, Node
 from graphc.ir.ops import OPS
-from graphc.passes.memory import Plan
+from graphc.passes.memory import Location, Plan
 
 I64 = ir.IntType(64)
 PTR = ir.PointerType()
@@ -463,8 +463,10 @@ def emit_program(graph: Graph, kernels: list[Kernel], plan: Plan, name: str) -> 
             staged[id(value)] = b.gep(arena, [offset], inbounds=True, source_etype=ir.IntType(8))
             copy_value(staged[id(value)], value)
     for target, value in graph.updates:
-        if value is target:
-            continue
+        if value is target or plan.locations.get(id(value)) == Location(
+            "param", param_index[id(target)]
+        ):
+            continue  # computed straight into the parameter
         destination = bases["param"][param_index[id(target)]]
         if id(value) in staged:
             b.call(copy, [destination, staged[id(value)], i64(value.type.nbytes), false])

@@ -126,8 +126,8 @@ def stored_values(graph: Graph) -> set[int]:
                 owners.setdefault(id(n), set()).add(id(node))
                 if n.op == "broadcast_to" and n.type.size >= 4 * n.inputs[0].type.size:
                     expanded.add(id(n.inputs[0]))
-        chosen = None
-        for node in graph.nodes:
+        chosen = None  # the last candidate: the cut nearest the consumers (a bool mask, not
+        for node in reversed(graph.nodes):  # the pre-activation it is computed from)
             if id(node) in stored or not is_light(node) or node.op in LAYOUT:
                 continue
             body, leaves = tree(node, stored)
@@ -463,6 +463,19 @@ def _contraction_outputs(g: Group, outputs: list[Node], body: dict[int, Node]) -
     return outputs
 
 
+def product_host(kernel: Kernel) -> Node | None:
+    """The output whose buffer receives a contraction's product (None: the product itself)."""
+    (mm,) = [n for n in kernel.nodes if n.op == "matmul"]
+    if mm in kernel.outputs:
+        return None
+    body = {id(n): n for n in kernel.nodes}
+    for o in kernel.outputs:
+        same = o.type.nbytes == mm.type.nbytes and o.dtype == mm.dtype
+        if same and not stage_reductions(o, body):
+            return o
+    return None
+
+
 def stage_reductions(node: Node, body: dict[int, Node]) -> list[Node]:
     """The reductions of a kernel body that `node` is computed from."""
     found, stack, seen = [], [node], set()
@@ -486,15 +499,28 @@ def segments(kernel: Kernel) -> list[tuple[tuple[int, ...], list[Node]]]:
     return list(result.items())
 
 
-def identity_reads(kernel: Kernel) -> dict[int, tuple[int, bool]]:
-    """For a loop kernel: input id -> (last segment reading it, read only at the loop index there).
+def loop_stages(kernel: Kernel) -> list[tuple[tuple[int, ...], list[Node]]]:
+    """The loops of a kernel that store outputs at their own index: a loop kernel's
+    segments, or a contraction's elementwise epilogue followed by its reduction stages."""
+    if kernel.form == "loop":
+        return segments(kernel)
+    if kernel.form != "contraction":
+        return []
+    body = {id(n): n for n in kernel.nodes}
+    (mm,) = [n for n in kernel.nodes if n.op == "matmul"]
+    epilogue = [o for o in kernel.outputs if o is not mm and not stage_reductions(o, body)]
+    rest = [o for o in kernel.outputs if o is not mm and o not in epilogue]
+    return [(mm.shape, epilogue), ((), rest)]  # reductions read at other indices: never identity
 
-    Mirrors the code generator: a segment reads outputs of earlier segments from memory.
-    """
+
+def identity_reads(kernel: Kernel) -> dict[int, tuple[int, bool]]:
+    """Input id -> (last stage reading it, read only at that loop's index), for loop kernels
+    and contraction epilogues. Mirrors the code generator: a later loop reads the outputs of
+    earlier ones from memory."""
     inside = {id(n) for n in kernel.nodes}
     result: dict[int, tuple[int, bool]] = {}
-    stored: set[int] = set()
-    for s, (shape, outputs) in enumerate(segments(kernel)):
+    stored: set[int] = {id(n) for n in kernel.nodes if n.op == "matmul"}
+    for s, (shape, outputs) in enumerate(loop_stages(kernel)):
         stack = [(o, True) for o in outputs]
         seen = set()
         while stack:

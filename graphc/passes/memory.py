@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from graphc.ir.graph import Graph, Kernel, Node
+from graphc.passes.fusion import identity_reads, loop_stages, product_host, segments
 
 ALIGN = 64
 
@@ -51,13 +52,14 @@ class Plan:
     # id(param) -> arena offset of a copy taken before any update is written: the update
     # value of another parameter that is itself updated (updates={a: b, b: a} must swap)
     staging: dict[int, int] = field(default_factory=dict)
+    buffers: list = field(default_factory=list)  # Buffer, by offset
 
     def location(self, node: Node) -> Location:
         return self.locations[id(node)]
 
 
 def plan_memory(graph: Graph, kernels: list[Kernel]) -> Plan:
-    """Assign every kernel output a location; arena slots reuse memory across lifetimes."""
+    """Assign every kernel output a location; arena buffers reuse memory across lifetimes."""
     locations: dict[int, Location] = {}
     for i, node in enumerate(graph.inputs):
         locations[id(node)] = Location("input", i)
@@ -76,60 +78,170 @@ def plan_memory(graph: Graph, kernels: list[Kernel]) -> Plan:
     for k, kernel in enumerate(kernels):
         for x in kernel.inputs:
             last_use[id(x)] = k
-    for _, value in graph.updates:
-        last_use[id(value)] = end
-    intervals = []
+    for node in (*graph.outputs, *(v for _, v in graph.updates)):
+        last_use[id(node)] = end
+    reads = [identity_reads(kernel) for kernel in kernels]
+    _update_in_place(graph, kernels, produced, last_use, reads, locations)
+
+    # buffers: values sharing bytes, a loop kernel's output over an input that dies there
+    buffers: list[Buffer] = []
+    buffer_of: dict[int, Buffer] = {}
     for k, kernel in enumerate(kernels):
+        claimed: set[int] = set()
         for node in kernel.outputs:
-            if id(node) not in locations:
-                intervals.append((node, k, last_use.get(id(node), k)))
+            if id(node) in locations:
+                continue
+            stop = last_use.get(id(node), k)
+            host = _in_place_host(kernel, node, reads[k], k, last_use, buffer_of, claimed)
+            if host is not None:
+                claimed.add(id(host))
+                buffer = buffer_of[id(host)]
+                buffer.values.append(node)
+                buffer.end = max(buffer.end, stop)
+            else:
+                buffer = Buffer([node], k, stop, aligned(node.type.nbytes))
+                buffers.append(buffer)
+            buffer_of[id(node)] = buffer
     targets = {id(p) for p, _ in graph.updates}
-    staged: dict[int, Node] = {
-        id(v): v for p, v in graph.updates if v is not p and id(v) in targets
-    }
-    intervals += [(node, end, end) for node in staged.values()]
+    staged = {id(v): v for p, v in graph.updates if v is not p and id(v) in targets}
+    for node in staged.values():
+        buffers.append(Buffer([node], end, end, aligned(node.type.nbytes), staged=True))
 
-    placed: list[Slot] = []
+    _place(buffers)
     staging: dict[int, int] = {}
-    for node, start, stop in sorted(intervals, key=lambda t: (-t[0].type.nbytes, t[1])):
-        size = aligned(node.type.nbytes)
-        offset = 0
-        for other in sorted(placed, key=lambda s: s.offset):
-            overlaps_time = not (stop < other.start or other.end < start)
-            if (
-                overlaps_time
-                and offset < other.offset + other.nbytes
-                and other.offset < offset + size
-            ):
-                offset = aligned(other.offset + other.nbytes)
-        placed.append(Slot(node, offset, size, start, stop))
-        if id(node) in staged:
-            staging[id(node)] = offset
-        else:
-            locations[id(node)] = Location("arena", offset)
-
-    plan = Plan(locations, sorted(placed, key=lambda s: (s.start, s.offset)), staging=staging)
-    plan.arena_bytes = max((s.offset + s.nbytes for s in placed), default=0)
-    plan.naive_bytes = sum(s.nbytes for s in placed)
+    slots = []
+    for buffer in buffers:
+        for node in buffer.values:
+            if buffer.staged:
+                staging[id(node)] = buffer.offset
+            else:
+                locations[id(node)] = Location("arena", buffer.offset)
+            start = produced.get(id(node), end)
+            slots.append(
+                Slot(node, buffer.offset, buffer.nbytes, start, last_use.get(id(node), start))
+            )
+    plan = Plan(locations, sorted(slots, key=lambda s: (s.start, s.offset)), staging=staging)
+    plan.buffers = sorted(buffers, key=lambda b: (b.offset, b.start))
+    plan.arena_bytes = max((b.offset + b.nbytes for b in buffers), default=0)
+    # no reuse: every stored value outside the caller's buffers in its own slot
+    plan.naive_bytes = sum(
+        aligned(n.type.nbytes)
+        for kernel in kernels
+        for n in kernel.outputs
+        if locations[id(n)].kind in ("arena", "param")
+    )
     plan.lower_bound_bytes = max(
-        (sum(s.nbytes for s in placed if s.start <= k <= s.end) for k in range(end + 1)),
+        (sum(b.nbytes for b in buffers if b.start <= k <= b.end) for k in range(end + 1)),
         default=0,
     )
     return plan
 
 
-def format_plan(plan: Plan, kernels: list[Kernel]) -> str:
-    """The memory plan as a table: buffer, offset, size, live range (kernel indices)."""
-    lines = [f"{'buffer':<32} {'offset':>10} {'bytes':>10}  live       written by"]
-    for slot in sorted(plan.slots, key=lambda s: (s.offset, s.start)):
-        label = slot.node.name or f"{slot.node.op}:{slot.node.type}"
-        writer = kernels[slot.start].name if slot.start < len(kernels) else "-"
-        lines.append(
-            f"{label:<32} {slot.offset:>10} {slot.nbytes:>10}  "
-            f"{slot.start:>3}..{slot.end:<4}  {writer}"
+@dataclass(eq=False)
+class Buffer:
+    """Arena bytes holding one value, or several in turn (in-place writes)."""
+
+    values: list[Node]
+    start: int
+    end: int
+    nbytes: int
+    offset: int = 0
+    staged: bool = False
+
+
+def _in_place_host(kernel, node, reads, k, last_use, buffer_of, claimed):
+    """An arena input of loop kernel `k` that `node` may overwrite: same size, dies at k,
+    read only at the loop index and by no later loop of the kernel."""
+    if kernel.form != "loop":
+        return None
+    segment = next(i for i, (_, outs) in enumerate(segments(kernel)) if node in outs)
+    for x in kernel.inputs:
+        read = reads.get(id(x))
+        if (
+            id(x) in buffer_of
+            and id(x) not in claimed
+            and last_use.get(id(x)) == k
+            and aligned(x.type.nbytes) == aligned(node.type.nbytes)
+            and x.type.nbytes == node.type.nbytes
+            and read == (segment, True)
+        ):
+            return x
+    return None
+
+
+def _update_in_place(graph, kernels, produced, last_use, reads, locations) -> None:
+    """Write a new param value straight into the param once no kernel reads the old one."""
+    param_index = {id(p): i for i, p in enumerate(graph.params)}
+    values = [id(v) for _, v in graph.updates]
+    at_end = {id(n) for n in graph.outputs} | set(values)
+    for target, value in graph.updates:
+        k = produced.get(id(value))
+        if k is None or id(value) in locations or values.count(id(value)) > 1:
+            continue
+        if id(target) in at_end or last_use.get(id(target), -1) > k:
+            continue
+        if target in kernels[k].inputs:
+            kernel = kernels[k]
+            if kernel.form not in ("loop", "contraction"):
+                continue
+            if kernel.form == "contraction" and value is product_host(kernel):
+                continue  # the matmul writes the product there before the epilogue reads
+            stages = loop_stages(kernel)
+            segment = next(i for i, (_, outs) in enumerate(stages) if value in outs)
+            read_segment, identity = reads[k].get(id(target), (segment, True))
+            if read_segment > segment or (read_segment == segment and not identity):
+                continue
+        locations[id(value)] = Location("param", param_index[id(target)])
+
+
+def _place(buffers: list[Buffer]) -> None:
+    """Greedy by size: each buffer at the lowest aligned offset free during its lifetime."""
+    placed: list[Buffer] = []
+    for buffer in sorted(buffers, key=lambda b: (-b.nbytes, b.start)):
+        busy = sorted(
+            (b.offset, b.offset + b.nbytes)
+            for b in placed
+            if not (buffer.end < b.start or b.end < buffer.start)
         )
+        offset = 0
+        for low, high in busy:
+            if offset + buffer.nbytes <= low:
+                break
+            offset = max(offset, aligned(high))
+        buffer.offset = offset
+        placed.append(buffer)
+
+
+def format_plan(plan: Plan, kernels: list[Kernel]) -> str:
+    """The memory plan as a table: buffer, offset, size, live range and the values it holds."""
+    lines = [f"{'buffer':<8} {'offset':>10} {'bytes':>10}  {'live':<10} values (written by)"]
+    for i, buffer in enumerate(getattr(plan, "buffers", [])):
+        held = ", ".join(
+            f"{_label(v)} ({_writer(v, kernels)})" if not buffer.staged else f"{_label(v)} (staged)"
+            for v in buffer.values
+        )
+        live = f"{buffer.start}..{buffer.end}"
+        lines.append(
+            f"{'#' + str(i):<8} {buffer.offset:>10} {buffer.nbytes:>10}  {live:<10} {held}"
+        )
+    for kernel in kernels:
+        for out in kernel.outputs:
+            where = plan.locations.get(id(out))
+            if where is not None and where.kind == "param":
+                lines.append(
+                    f"{'param':<8} {'':>10} {out.type.nbytes:>10}  {'in place':<10} "
+                    f"{_label(out)} ({kernel.name}) -> param #{where.index}"
+                )
     lines.append(
         f"arena_bytes={plan.arena_bytes} naive_bytes={plan.naive_bytes} "
         f"lower_bound_bytes={plan.lower_bound_bytes}"
     )
     return "\n".join(lines)
+
+
+def _label(node: Node) -> str:
+    return node.name or f"{node.op}:{node.type}"
+
+
+def _writer(node: Node, kernels: list[Kernel]) -> str:
+    return next((k.name for k in kernels if node in k.outputs), "-")

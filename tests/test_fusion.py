@@ -1,0 +1,195 @@
+"""Fusion (passes/fusion.py): kernel counts of the programs DESIGN §4 names, golden fusion
+decisions, and fused programs against the reference interpreter on random graphs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from strategies import programs
+
+import graphc as gc
+from graphc.ir.interp import interpret
+from graphc.passes import optimize
+from graphc.passes.fusion import fuse
+
+
+def decisions(program) -> list[tuple[str, str, tuple[str, ...]]]:
+    """(kernel name, form, ops of its body) for every kernel, in schedule order."""
+    kernels = fuse(optimize(program.graph))
+    return [(k.name, k.form, tuple(n.op for n in k.nodes)) for k in kernels]
+
+
+def tolerance(array) -> float:
+    return 1e-12 if array.dtype == np.float64 else 1e-5
+
+
+def run_both(program, feed, rtol=None):
+    """Compiled outputs and updates equal the interpreter's (updates read back from storage)."""
+    graph = program.graph
+    nodes = {n.name: n for n in graph.inputs}
+    outs, ups = interpret(graph, {nodes[k]: v for k, v in feed.items()})
+    outs, ups = [np.copy(v) for v in outs], [np.copy(v) for v in ups]  # params update in place
+    step = gc.compile(program, cache=False)
+    note = f"{graph}\n{step.dump('fused')}"
+    got = step(**feed)
+    got = got if isinstance(got, list) else [got]
+    for want, have in zip(outs, got, strict=True):
+        tol = rtol or tolerance(want)
+        np.testing.assert_allclose(have, want, rtol=tol, atol=tol, err_msg=note)
+    for (param, _), want in zip(graph.updates, ups, strict=True):
+        have, tol = param.attrs["storage"].value, rtol or tolerance(want)
+        np.testing.assert_allclose(have, want, rtol=tol, atol=tol, err_msg=note)
+    return step
+
+
+def elementwise_chain():
+    a, b, c, d = (gc.input(n, (8, 8), "float64") for n in "abcd")
+    return gc.Program([a, b, c, d], gc.tanh(a * b + c) * gc.sigmoid(d) - 0.5 * a, name="chain")
+
+
+def dense_relu():
+    x = gc.input("x", (4, 5), "float64")
+    layer = gc.nn.Dense(3, activation="relu", seed=0, dtype="float64")
+    return gc.Program([x], layer(x))
+
+
+def mlp_adam():
+    x, y = gc.input("x", (32, 5)), gc.input("y", (32, 1))
+    model = gc.nn.MLP(hidden=32, layers=3, out=1, seed=0)
+    loss = gc.nn.mse_loss(model(x), y)
+    return gc.Program([x, y], loss, gc.optim.Adam(model.params(), lr=1e-3).updates(loss))
+
+
+def softmax_cross_entropy(classes=10):
+    logits, labels = gc.input("logits", (6, classes)), gc.input("labels", (6,), "int64")
+    return gc.Program([logits, labels], gc.nn.softmax_cross_entropy(logits, labels))
+
+
+def feed_of(program, seed=0):
+    rng = np.random.default_rng(seed)
+    feed = {}
+    for x in program.graph.inputs:
+        if x.dtype.startswith("int"):
+            feed[x.name] = rng.integers(0, 10, x.shape).astype(x.dtype)
+        else:
+            feed[x.name] = rng.uniform(-2, 2, x.shape).astype(x.dtype)
+    return feed
+
+
+def test_elementwise_chain_is_one_loop_kernel():
+    program = elementwise_chain()
+    (kernel,) = decisions(program)
+    assert kernel[:2] == ("fused_mul_add_tanh_sigmoid_etc[a,b,c,...]", "loop")
+    step = run_both(program, feed_of(program), 1e-12)
+    assert step.memory.arena_bytes == 0
+
+
+def test_dense_bias_relu_is_one_contraction_with_epilogue():
+    program = dense_relu()
+    assert decisions(program) == [
+        (
+            "fused_matmul_add_relu[dense1]",
+            "contraction",
+            ("matmul", "broadcast_to", "add", "broadcast_to", "gt", "where"),
+        )
+    ]
+    run_both(program, feed_of(program), 1e-12)
+
+
+def test_softmax_cross_entropy_forward_is_a_rowwise_kernel_and_a_reduction():
+    program = softmax_cross_entropy()
+    forms = [(name.split("[")[0], form) for name, form, _ in decisions(program)]
+    assert forms == [("fused_eq_max_abs_lt_etc", "rowwise"), ("fused_sum_div_neg", "reduction")]
+    run_both(program, feed_of(program), 1e-5)
+
+
+def test_softmax_and_its_gradient_fuse_rowwise():
+    x = gc.input("x", (5, 7), "float64")
+    w = gc.param("w", np.linspace(-1, 1, 35).reshape(5, 7))
+    loss = (gc.softmax(x * w) * x).sum()
+    (g,) = gc.grad(loss, [w])
+    program = gc.Program([x], [loss, g])
+    forms = [form for _, form, _ in decisions(program)]
+    assert forms.count("rowwise") >= 1 and len(forms) <= 3
+    run_both(program, feed_of(program), 1e-12)
+
+
+def test_layer_norm_forward_and_backward():
+    x = gc.input("x", (4, 6), "float64")
+    gamma = gc.param("gamma", np.linspace(0.5, 1.5, 6))
+    mean = x.mean(axis=-1, keepdims=True)
+    centered = x - mean
+    var = (centered * centered).mean(axis=-1, keepdims=True)
+    y = centered / gc.sqrt(var + 1e-5) * gamma
+    loss = (y * y * x).sum()
+    gx, gg = gc.grad(loss, [x, gamma])
+    program = gc.Program([x], [loss, gx, gg])
+    assert "rowwise" in [form for _, form, _ in decisions(program)]
+    run_both(program, feed_of(program), 1e-10)
+
+
+def test_mlp_adam_training_step_kernel_count():
+    """3 layers: forward 1 + backward 2 kernels each (dW with its Adam epilogue; dx with the
+    ReLU mask and the bias gradient), the loss and dy3 ride on the last forward matmul, and
+    one scalar kernel computes Adam's step count and bias corrections."""
+    program = mlp_adam()
+    kernels = decisions(program)
+    assert len(kernels) <= 3 * 3 + 1
+    assert [form for _, form, _ in kernels].count("loop") == 1
+    run_both(program, feed_of(program), 1e-5)
+
+
+def test_backward_matmuls_read_transposed_operands_in_place():
+    program = mlp_adam()
+    kernels = fuse(optimize(program.graph))
+    for kernel in kernels:
+        stored = {id(x) for x in kernel.inputs}
+        for node in kernel.nodes:
+            if node.op == "transpose":
+                assert id(node.inputs[0]) in stored  # a view of memory, never a copy kernel
+    assert not any(k.nodes[-1].op == "transpose" for k in kernels)
+
+
+def test_a_value_two_kernels_need_is_stored_once_not_recomputed_from_a_matmul():
+    x = gc.input("x", (4, 3), "float64")
+    w = gc.param("w", np.ones((3, 3)))
+    h = x @ w + 1.0
+    program = gc.Program([x], [gc.exp(h).sum(), (h * h).max()])
+    run_both(program, feed_of(program), 1e-12)
+
+
+@settings(max_examples=50, deadline=None, suppress_health_check=list(HealthCheck))
+@given(programs(max_ops=12))
+def test_fused_random_programs_equal_the_interpreter(case):
+    program, feed = case
+    run_both(program, feed)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@given(programs(max_ops=12))
+def test_kernels_cover_the_graph_and_respect_dependencies(case):
+    program, _ = case
+    graph = optimize(program.graph)
+    kernels = fuse(graph)
+    produced: dict[int, int] = {}
+    for i, kernel in enumerate(kernels):
+        assert kernel.form in ("loop", "reduction", "rowwise", "contraction")
+        for x in kernel.inputs:
+            if x.op not in ("input", "param", "const"):
+                assert produced.get(id(x), len(kernels)) < i  # written by an earlier kernel
+        for out in kernel.outputs:
+            produced[id(out)] = i
+    anchors = {id(n) for k in kernels for n in k.nodes if n.op in ("matmul", "sum", "max")}
+    assert anchors == {id(n) for n in graph.nodes if n.op in ("matmul", "sum", "max")}
+
+
+@pytest.mark.parametrize("classes", [2, 17])
+def test_softmax_cross_entropy_training_step(classes):
+    x, labels = gc.input("x", (8, 4)), gc.input("labels", (8,), "int64")
+    model = gc.nn.MLP(hidden=16, layers=2, out=classes, seed=1)
+    loss = gc.nn.softmax_cross_entropy(model(x), labels)
+    program = gc.Program([x, labels], loss, gc.optim.SGD(model.params(), lr=0.1).updates(loss))
+    feed = feed_of(program)
+    feed["labels"] %= classes
+    run_both(program, feed, 1e-5)
