@@ -187,7 +187,9 @@ def _update_in_place(graph, kernels, produced, last_use, reads, locations) -> No
             if kernel.form == "contraction" and value is product_host(kernel):
                 continue  # the matmul writes the product there before the epilogue reads
             stages = loop_stages(kernel)
-            segment = next(i for i, (_, outs) in enumerate(stages) if value in outs)
+            segment = next((i for i, (_, outs) in enumerate(stages) if value in outs), None)
+            if segment is None:
+                continue  # the product itself (w <- w @ w): the matmul reads all of the old w
             read_segment, identity = reads[k].get(id(target), (segment, True))
             if read_segment > segment or (read_segment == segment and not identity):
                 continue
