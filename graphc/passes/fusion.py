@@ -508,9 +508,13 @@ def loop_stages(kernel: Kernel) -> list[tuple[tuple[int, ...], list[Node]]]:
         return []
     body = {id(n): n for n in kernel.nodes}
     (mm,) = [n for n in kernel.nodes if n.op == "matmul"]
-    epilogue = [o for o in kernel.outputs if o is not mm and not stage_reductions(o, body)]
-    rest = [o for o in kernel.outputs if o is not mm and o not in epilogue]
-    return [(mm.shape, epilogue), ((), rest)]  # reductions read at other indices: never identity
+    stages: dict[int, list[Node]] = {id(mm): []}
+    for o in kernel.outputs:
+        if o is not mm:
+            found = stage_reductions(o, body)
+            stages.setdefault(id(found[0]) if found else id(mm), []).append(o)
+    anchors = [mm, *(n for n in kernel.nodes if n.op in REDUCTIONS and id(n) in stages)]
+    return [(a.shape, stages[id(a)]) for a in anchors]  # in the order codegen emits them
 
 
 def identity_reads(kernel: Kernel) -> dict[int, tuple[int, bool]]:
@@ -529,11 +533,11 @@ def identity_reads(kernel: Kernel) -> dict[int, tuple[int, bool]]:
                 continue
             seen.add((id(node), clean))
             for x in node.inputs:
-                step = clean and _identity_step(node) and node.shape == shape
+                step = clean and _identity_step(node) and node.type.size == prod(shape)
                 if id(x) in inside and id(x) not in stored:
                     stack.append((x, step))
                 elif id(x) not in inside:
-                    ok = step and x.shape == shape
+                    ok = step and x.type.size == prod(shape)
                     previous = result.get(id(x))
                     if previous is not None and previous[0] == s:
                         ok = ok and previous[1]
