@@ -191,6 +191,70 @@ def test_updates_rotate_three_params_and_read_old_values():
     assert (a.value[0], b.value[0], c.value[0]) == (2.0, 3.0, 3.0)
 
 
+def _update_cases():
+    """(name, build) with build() -> (outputs, updates, feed by input Tensor)."""
+    square = lambda name: gc.param(name, np.arange(4.0).reshape(2, 2))  # noqa: E731
+    row = lambda name, v=0.0: gc.param(name, np.arange(4.0) + v)  # noqa: E731
+    x = gc.input("x", (4,), "float64")
+    xv = np.array([1.0, -2.0, 3.0, 0.5])
+
+    def transpose_self():
+        w = square("w")
+        return [w, w.T], {w: w.T}, {}
+
+    def from_input():
+        w = row("w")
+        return [w * 2], {w: x}, {x: xv}
+
+    def value_is_an_output():
+        w = row("w")
+        y = w * x
+        return [y], {w: y}, {x: xv}
+
+    def from_const():
+        w = row("w")
+        return [w], {w: gc.const(np.array([9.0, 8.0, 7.0, 6.0]))}, {}
+
+    def rotate_self():
+        w = row("w")
+        return [w.sum()], {w: gc.concat([w[1:], w[:1]]) * x}, {x: xv}
+
+    def matmul_self():
+        w = square("w")
+        return [(w @ w).sum()], {w: w @ w}, {}
+
+    def each_from_both():
+        w, v = row("w"), row("v", 1.0)
+        return [w + v], {w: w + v, v: w - v}, {}
+
+    def swap_transposed():
+        w, b = square("w"), gc.param("b", np.ones((2, 2)))
+        return [w], {w: b.T, b: w.T}, {}
+
+    cases = [transpose_self, from_input, value_is_an_output, from_const, rotate_self]
+    cases += [matmul_self, each_from_both, swap_transposed]
+    return {f.__name__: f for f in cases}
+
+
+UPDATE_CASES = _update_cases()
+
+
+@pytest.mark.parametrize("case", list(UPDATE_CASES))
+def test_updates_equal_the_interpreter(case):
+    outputs, updates, feed = UPDATE_CASES[case]()
+    want_outputs = gc.evaluate(outputs, feed) if outputs else []
+    want_updates = gc.evaluate(list(updates.values()), feed)
+    step = gc.compile(inputs=list(feed), outputs=outputs, updates=updates)
+    for _ in range(2):
+        got = step(*feed.values())
+        for g, w in zip(got, want_outputs):
+            np.testing.assert_allclose(g, w, rtol=1e-12)
+        for p, w in zip(updates, want_updates):
+            np.testing.assert_allclose(p.value, w, rtol=1e-12)
+        want_outputs = gc.evaluate(outputs, feed) if outputs else []
+        want_updates = gc.evaluate(list(updates.values()), feed)
+
+
 def test_zero_outputs_with_updates():
     q = gc.param("q", np.array([1.0, -1.0]))
     x = gc.input("x", (2,), "float64")
