@@ -33,7 +33,7 @@ def load(seed: int, test_fraction: float = 0.2):
     return x[train], y[train], x[test], y[test]
 
 
-def train_digits(epochs: int = 30, hidden: int = 64, lr: float = 0.05, seed: int = 0, log=print):
+def train_digits(epochs: int = 30, hidden: int = 64, lr: float = 0.02, seed: int = 0, log=print):
     """Train the network; returns the test accuracy after the last epoch."""
     train_x, train_y, test_x, test_y = load(seed)
     x, labels = gc.input("pixels", (BATCH, 64)), gc.input("labels", (BATCH,), "int64")
@@ -45,7 +45,8 @@ def train_digits(epochs: int = 30, hidden: int = 64, lr: float = 0.05, seed: int
     test_pixels = gc.input("test_pixels", test_x.shape)
     classify = gc.compile(inputs=[test_pixels], outputs=model(test_pixels))
 
-    log(f"{len(train_x)} training and {len(test_x)} test digits; 64 -> {hidden} -> 10, SGD")
+    log(f"{len(train_x)} training and {len(test_x)} test digits; 64 -> {hidden} -> 10")
+    log(f"SGD lr {lr} momentum 0.9, batch {BATCH}, {epochs} epochs")
     rng = np.random.default_rng(seed)
     accuracy = 0.0
     for epoch in range(1, epochs + 1):
