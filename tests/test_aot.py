@@ -243,6 +243,8 @@ def test_header_compiles_as_c_and_cxx_and_documents_arguments(tmp_path):
         ("grad(x)", "grad_x"),
         ("1st", "v_1st"),
         ("", "v_"),
+        ("int", "int_"),
+        ("mem", "mem_"),  # the first argument of NAME_run
     ],
 )
 def test_c_identifier(name, identifier):

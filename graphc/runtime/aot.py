@@ -73,10 +73,19 @@ class StateTensor(NamedTuple):
     node: object
 
 
+C_KEYWORDS = set(
+    "auto bool break case char const continue default do double else enum extern float for goto"
+    " if inline int long mem register restrict return short signed sizeof static struct switch"
+    " typedef union unsigned void volatile while".split()
+)
+
+
 def c_identifier(name: str) -> str:
-    """`dense1.w` -> `dense1_w`, `adam.m[dense1.w]` -> `adam_m_dense1_w`."""
+    """`dense1.w` -> `dense1_w`, `adam.m[dense1.w]` -> `adam_m_dense1_w`, `int` -> `int_`."""
     cleaned = re.sub(r"_+", "_", re.sub(r"\W", "_", name)).strip("_")
-    return cleaned if cleaned and not cleaned[0].isdigit() else f"v_{cleaned}"
+    if not cleaned or cleaned[0].isdigit():
+        return f"v_{cleaned}"
+    return f"{cleaned}_" if cleaned in C_KEYWORDS else cleaned
 
 
 def _unique(names: list[str]) -> list[str]:
