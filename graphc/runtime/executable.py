@@ -136,7 +136,10 @@ class Executable:
             raise InputError(f"{self.name}: missing inputs {missing}")
         checked = []
         for node, value in zip(inputs, values):
-            array = value if isinstance(value, np.ndarray) else np.asarray(value)
+            try:
+                array = value if isinstance(value, np.ndarray) else np.asarray(value)
+            except (TypeError, ValueError) as error:  # e.g. a ragged nested list
+                raise InputError(f"{self.name}: input {node.name!r}: {error}") from None
             if array.shape != node.shape:
                 raise InputError(
                     f"{self.name}: input {node.name!r} expects shape {node.shape} ({node.type}), "
