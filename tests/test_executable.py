@@ -91,6 +91,17 @@ def test_unknown_keyword_missing_argument_and_duplicates_name_them(affine):
         step(XV, NV, NV)
 
 
+def test_arguments_that_are_not_arrays_of_numbers_are_graphc_errors(affine):
+    step, _ = affine
+    with pytest.raises(gc.InputError, match="'x'"):
+        step([[1.0], [2.0, 3.0]], NV)  # ragged
+    for bad in [np.array([["a"] * 3] * 2), np.full((2, 3), 1j), np.full((2, 3), None)]:
+        with pytest.raises(gc.DTypeError, match="'x'"):
+            step(bad, NV)
+    with pytest.raises(gc.DTypeError, match="'n'"):
+        step(XV, np.array([True, False]).astype(np.float32))
+
+
 def test_a_failed_call_leaves_parameters_untouched(affine):
     step, w = affine
     before = w.value.copy()
