@@ -394,3 +394,43 @@ def test_a_new_process_compiling_the_same_program_hits_the_cache(tmp_path):
     assert warm["cached"] and "optimize" not in warm["timings"]
     assert warm["result"] == cold["result"]
     print(f"\ncold build {cold['build'] * 1e3:.1f} ms, cached build {warm['build'] * 1e3:.1f} ms")
+
+
+# ---- the fast path of __call__ ----------------------------------------------------------------
+
+
+def test_fast_and_checked_paths_agree_on_every_kind_of_argument():
+    """Exact ndarrays take the fast path; views, other byte orders, subclasses, lists don't."""
+    x = gc.input("x", (2, 3), "float64")
+    step = gc.compile(inputs=[x], outputs=x * 2)
+    base = np.arange(6.0).reshape(2, 3)
+    variants = [
+        base,
+        np.asfortranarray(base),
+        np.arange(12.0).reshape(2, 6)[:, ::2],
+        base.astype(">f8"),
+        base.astype(np.float32),
+        base.view(np.matrix),
+        base.tolist(),
+    ]
+    for value in variants:
+        before = np.array(value, copy=True)
+        np.testing.assert_array_equal(step(value), np.asarray(value, np.float64) * 2)
+        np.testing.assert_array_equal(np.asarray(value), before)
+    with pytest.raises(gc.InputError):
+        step(base.T)
+
+
+def test_fast_path_rebinds_a_replaced_parameter_array():
+    w = gc.param("w", np.array([1.0, 2.0]))
+    x = gc.input("x", (2,), "float64")
+    step = gc.compile(inputs=[x], outputs=w * x, updates={w: w + 1})
+    ones = np.ones(2)
+    np.testing.assert_array_equal(step(ones), [1.0, 2.0])
+    storage = w.node.attrs["storage"]
+    storage.value = np.array([5.0, 7.0])  # the storage array itself replaced
+    np.testing.assert_array_equal(step(ones), [5.0, 7.0])
+    np.testing.assert_array_equal(storage.value, [6.0, 8.0])
+    storage.value = np.array([1, 2], np.int64)  # converted and rebound, still updated in place
+    np.testing.assert_array_equal(step(ones), [1.0, 2.0])
+    np.testing.assert_array_equal(w.value, [2.0, 3.0])
