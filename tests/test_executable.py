@@ -393,7 +393,9 @@ def test_a_new_process_compiling_the_same_program_hits_the_cache(tmp_path):
     assert not cold["cached"] and "optimize" in cold["timings"]
     assert warm["cached"] and "optimize" not in warm["timings"]
     assert warm["result"] == cold["result"]
-    print(f"\ncold build {cold['build'] * 1e3:.1f} ms, cached build {warm['build'] * 1e3:.1f} ms")
+    for label, run in [("cold", cold), ("cached", warm)]:
+        stages = ", ".join(f"{k} {v * 1e3:.1f}" for k, v in run["timings"].items())
+        print(f"\n{label} build {run['build'] * 1e3:.1f} ms ({stages} ms)", end="")
 
 
 # ---- the fast path of __call__ ----------------------------------------------------------------
