@@ -41,7 +41,8 @@ class Emitter:
 
     def intrinsic(self, name: str, *args):
         module = self.b.module
-        fn = module.declare_intrinsic(name, [args[0].type], ir.FunctionType(args[0].type, [a.type for a in args]))
+        signature = ir.FunctionType(args[0].type, [a.type for a in args])
+        fn = module.declare_intrinsic(name, [args[0].type], signature)
         return self.b.call(fn, args)
 
     # ---- arithmetic ----

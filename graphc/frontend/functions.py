@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
 
 from graphc.errors import DTypeError, GraphcError, InputError, ShapeError
@@ -13,7 +11,6 @@ from graphc.frontend.tensor import (
     binary,
     broadcast,
     broadcast_to,
-    const,
     float_unary,
     normalize_axes,
     promote,
@@ -357,7 +354,7 @@ class Program:
 
 
 def compile(inputs=None, outputs=None, updates=None, *, name=None, opt=3, cache=True):  # noqa: A001
-    """JIT-compile a step: `gc.compile(inputs=[x], outputs=y, updates={w: w2})` or `gc.compile(program)`."""
+    """JIT-compile one step: `gc.compile(inputs=[x], outputs=y, updates={w: w2})` or a Program."""
     from graphc.runtime.executable import Executable
 
     program = (

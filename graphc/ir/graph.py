@@ -77,7 +77,8 @@ def user_location() -> str | None:
     while frame is not None:
         filename = os.path.abspath(frame.f_code.co_filename)
         if not filename.startswith(_PACKAGE_DIR + os.sep):
-            return f"{os.path.relpath(filename) if not filename.startswith('<') else filename}:{frame.f_lineno}"
+            shown = filename if filename.startswith("<") else os.path.relpath(filename)
+            return f"{shown}:{frame.f_lineno}"
         frame = frame.f_back
     return None
 
@@ -108,7 +109,8 @@ def apply(op: str, *inputs: Node, name: str | None = None, **attrs) -> Node:
         where = f" (at {loc})" if loc else ""
         raise type(error)(f"{op}: {error}{where}") from None
     except KeyError as error:
-        raise GraphcError(f"{op}: missing attribute {error}" + (f" (at {loc})" if loc else ""))
+        where = f" (at {loc})" if loc else ""
+        raise GraphcError(f"{op}: missing attribute {error}{where}") from None
     return Node(op, tuple(inputs), attrs, node_type, name, loc)
 
 

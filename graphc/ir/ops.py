@@ -508,7 +508,14 @@ def _pad_jvp(n, t):
 
 register(
     OpDef(
-        "pad", Kind.INJECTIVE, _infer_pad, _pad_ref, arity=1, vjp=_pad_vjp, jvp=_pad_jvp, linear=True
+        "pad",
+        Kind.INJECTIVE,
+        _infer_pad,
+        _pad_ref,
+        arity=1,
+        vjp=_pad_vjp,
+        jvp=_pad_jvp,
+        linear=True,
     )
 )
 
