@@ -6,6 +6,9 @@ import os
 
 import pytest
 
+# every compile in the test suite checks "valid IR in, valid IR out" after each pass
+os.environ.setdefault("GRAPHC_VERIFY", "1")
+
 
 @pytest.fixture(autouse=True, scope="session")
 def session_cache_dir(tmp_path_factory):
