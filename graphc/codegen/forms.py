@@ -17,10 +17,14 @@ from __future__ import annotations
 
 from math import prod
 
+from llvmlite import ir
+
 from graphc.codegen.emitter import REGISTER_TYPES
 from graphc.errors import CompileError
 from graphc.ir.graph import Node
 from graphc.passes.fusion import REDUCTIONS, product_host, segments, stage_reductions
+
+SCRATCH_BYTES = 32 * 1024  # a contraction's product up to this size is kept on the stack
 
 
 def emit_loop(k) -> None:
@@ -153,7 +157,7 @@ def emit_rowwise(k) -> None:
 
 
 def emit_contraction(k) -> None:
-    from graphc.codegen.llvm import affine_view, strides_of
+    from graphc.codegen.llvm import affine_view, keep_out_of_line, strides_of
     from graphc.codegen.matmul import Operand, define_matmul
 
     kernel = k.kernel
@@ -175,6 +179,14 @@ def emit_contraction(k) -> None:
             epilogue.append(out)
     if mm in kernel.outputs:
         target = k.pointers[id(mm)]
+    elif mm.type.nbytes <= SCRATCH_BYTES:
+        # a small product goes to the stack: the epilogue then reads it and writes its
+        # outputs, instead of rewriting the product in place (where `where(mask, x, 0)` over
+        # x becomes a masked store, slow on this CPU)
+        with k.b.goto_entry_block():
+            target = k.b.alloca(ir.ArrayType(ir.IntType(8), mm.type.nbytes))
+            target.align = 64
+        k.pointers[id(mm)] = target
     else:
         host = product_host(kernel)
         if host is None:
@@ -195,6 +207,7 @@ def emit_contraction(k) -> None:
         batch=tuple(batch),
     )
     function.linkage = "internal"
+    keep_out_of_line(function)
     pointers = [target]
     pointers += [k.globals.get(id(v.source)) or k.pointers[id(v.source)] for v in views]
     k.b.call(function, pointers)

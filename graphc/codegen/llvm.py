@@ -13,10 +13,15 @@ The module exports `<name>_step(arena, params..., inputs..., outputs...)`, which
 the kernels in schedule order and then writes the updates into the parameters, and
 `<name>_call(args)`, the same with all pointers in one array (one native call from
 Python with a single argument).
+
+Profiling: LLVM inlines every kernel into `<name>_step`. With the environment variable
+GRAPHC_NOINLINE=1 kernels and their matmuls are marked `noinline`, so a sampling profiler
+(`perf record`) attributes time to each kernel; the code is otherwise the same.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,6 +35,12 @@ from graphc.passes.memory import Location, Plan
 
 I64 = ir.IntType(64)
 PTR = ir.PointerType()
+
+
+def keep_out_of_line(function: ir.Function) -> None:
+    """Mark a kernel function `noinline` when GRAPHC_NOINLINE is set (for profiling)."""
+    if os.environ.get("GRAPHC_NOINLINE", "") not in ("", "0"):
+        function.attributes.add("noinline")
 
 
 def i64(value: int) -> ir.Constant:
@@ -104,28 +115,35 @@ class KernelEmitter:
         module: ir.Module,
         kernel: Kernel,
         globals_: dict[int, ir.GlobalVariable],
-        shared: frozenset[int] = frozenset(),
+        place=lambda node: id(node),
     ):
+        """`place(node)` says where a value lives: values in the same place (an output
+        written in place over an input) share one pointer argument, so every argument is
+        `noalias` and LLVM vectorizes without run-time overlap checks."""
         self.module = module
         self.kernel = kernel
         self.globals = globals_
         self.external = [n for n in kernel.inputs if not _is_immediate(n) and id(n) not in globals_]
-        arg_types = [PTR] * (len(self.external) + len(kernel.outputs))
+        self.places: list = []  # one argument per place, inputs first
+        for node in (*self.external, *kernel.outputs):
+            if place(node) not in self.places:
+                self.places.append(place(node))
+        arg_types = [PTR] * len(self.places)
         self.function = ir.Function(module, ir.FunctionType(ir.VoidType(), arg_types), kernel.name)
         self.function.linkage = "internal"
+        keep_out_of_line(self.function)
+        for arg in self.function.args:
+            arg.add_attribute("noalias")
         self.pointers: dict[int, ir.Value] = {}
-        for node, arg in zip(self.external, self.function.args):
-            self.pointers[id(node)] = arg
-        for node, arg in zip(kernel.outputs, self.function.args[len(self.external) :]):
-            self.pointers[id(node)] = arg
-            if id(node) not in shared:  # `shared`: outputs written in place over an input
-                arg.add_attribute("noalias")
+        for node in (*self.external, *kernel.outputs):
+            self.pointers[id(node)] = self.function.args[self.places.index(place(node))]
         self.inside = {id(n) for n in kernel.nodes}
         self.b = ir.IRBuilder(self.function.append_basic_block("entry"))
         self.e = Emitter(self.b)
         self.scopes: list[dict] = [{}]
         self.materialized: set[int] = set()  # body nodes stored to memory and read back
         self.known: dict[int, ir.Value] = {}  # reduced / row values valid in the current loop
+        self.invariant: dict[int, ir.Value] = {}  # one-element values computed at the entry
 
     # ---- loops ----
     def loop(self, count: int, body, name="i"):
@@ -195,6 +213,8 @@ class KernelEmitter:
             return immediate(node)
         if id(node) in self.known:
             return self.known[id(node)]
+        if id(node) in self.invariant:
+            return self.invariant[id(node)]
         if id(node) not in self.inside or id(node) in self.materialized:
             return self.load(node, index.flat)
         if node.op in INDEX_MAPS:
@@ -205,6 +225,24 @@ class KernelEmitter:
         args = [self.value(x, index) for x in node.inputs]
         return opdef.scalar(self.e, *args, **node.attrs)
 
+    def hoist_scalars(self) -> None:
+        """Compute the one-element values that depend only on kernel inputs once, before any
+        loop (Adam's bias corrections `1 - beta**t`): a loop that writes in place could not
+        prove them invariant, and a row-wise loop would recompute them per row."""
+        hoisted: set[int] = set()
+        for node in self.kernel.nodes:
+            if node.type.size != 1 or node.op in ("sum", "max", "argmax", "matmul"):
+                continue
+            if _is_immediate(node) or id(node) in self.globals:
+                continue
+            inputs_ready = all(
+                id(x) not in self.inside or id(x) in hoisted or _is_immediate(x)
+                for x in node.inputs
+            )
+            if inputs_ready:
+                self.invariant[id(node)] = self._compute(node, self.index(node.shape, flat=i64(0)))
+                hoisted.add(id(node))
+
     def index(self, shape, values=None, flat=None) -> Index:
         return Index(self.b, shape, values, flat)
 
@@ -212,6 +250,7 @@ class KernelEmitter:
     def emit(self) -> ir.Function:
         from graphc.codegen import forms
 
+        self.hoist_scalars()
         getattr(forms, f"emit_{self.kernel.form}")(self)
         self.b.ret_void()
         return self.function
@@ -383,21 +422,6 @@ def constant_global(module: ir.Module, node: Node, name: str) -> ir.GlobalVariab
 # ---- the program ----
 
 
-def _shared_outputs(kernel: Kernel, plan: Plan) -> frozenset[int]:
-    """Outputs the plan places in the same memory as another argument of the kernel."""
-    where = {}
-    for node in kernel.inputs:
-        location = plan.locations.get(id(node))
-        if location is not None and location.kind != "const":
-            where.setdefault((location.kind, location.index), []).append(node)
-    shared = set()
-    for node in kernel.outputs:
-        location = plan.locations.get(id(node))
-        if location is not None and (location.kind, location.index) in where:
-            shared.add(id(node))
-    return frozenset(shared)
-
-
 def emit_program(graph: Graph, kernels: list[Kernel], plan: Plan, name: str) -> ir.Module:
     """The LLVM module of a compiled program: kernels, constants and the exported entries."""
     module = ir.Module(name=name)
@@ -408,9 +432,10 @@ def emit_program(graph: Graph, kernels: list[Kernel], plan: Plan, name: str) -> 
         if node.op == "const":
             globals_[id(node)] = constant_global(module, node, f"const.{len(globals_)}")
 
-    functions = [
-        KernelEmitter(module, kernel, globals_, _shared_outputs(kernel, plan)) for kernel in kernels
-    ]
+    def place(node: Node):
+        return plan.locations.get(id(node)) or id(node)
+
+    functions = [KernelEmitter(module, kernel, globals_, place) for kernel in kernels]
     for emitter in functions:
         emitter.emit()
 
@@ -431,10 +456,10 @@ def emit_program(graph: Graph, kernels: list[Kernel], plan: Plan, name: str) -> 
         return bases[where.kind][where.index]
 
     for emitter in functions:
-        pointers = [pointer(n) for n in emitter.external] + [
-            pointer(n) for n in emitter.kernel.outputs
-        ]
-        b.call(emitter.function, pointers)
+        by_place = {}
+        for n in (*emitter.external, *emitter.kernel.outputs):
+            by_place.setdefault(place(n), n)
+        b.call(emitter.function, [pointer(by_place[where]) for where in emitter.places])
 
     copy = module.declare_intrinsic("llvm.memcpy", [PTR, PTR, I64])
     false = ir.IntType(1)(0)
