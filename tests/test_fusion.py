@@ -193,3 +193,25 @@ def test_softmax_cross_entropy_training_step(classes):
     feed = feed_of(program)
     feed["labels"] %= classes
     run_both(program, feed, 1e-5)
+
+
+def test_softmax_cross_entropy_forward_and_backward_share_one_rowwise_kernel():
+    """The row max stays out of the logits matmul; max, exp, sum, log and the gradient
+    run in one row-wise kernel and exp(x - max) is never stored (W5 of the benchmark)."""
+    x, labels = gc.input("x", (8, 12)), gc.input("labels", (8,), "int32")
+    model = gc.nn.Sequential([gc.nn.Dense(6, "relu"), gc.nn.Dense(5)], seed=0)
+    loss = gc.nn.softmax_cross_entropy(model(x), labels)
+    program = gc.Program([x, labels], loss, gc.optim.SGD(model.params(), lr=0.1).updates(loss))
+    found = decisions(program)
+    forms = [form for _, form, _ in found]
+    assert forms.count("rowwise") == 1 and len(found) <= 8, found
+    for _, form, ops in found:
+        if "matmul" in ops:
+            assert "max" not in ops
+        if form == "rowwise":
+            assert {"max", "exp", "log"} <= set(ops) and ops.count("sum") >= 2
+    kernels = fuse(optimize(program.graph))
+    assert not any(o.op == "exp" for k in kernels for o in k.outputs)
+    feed = feed_of(program)
+    feed["labels"] %= 5
+    run_both(program, feed, 1e-5)

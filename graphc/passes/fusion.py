@@ -283,7 +283,12 @@ class _Grouping:
                 for r in p.anchors[1:]:
                     if m.type.size == r.type.size and self.reduction_epilogue(m, r, p):
                         return "contraction"
-            if m.op in ("sum", "max") and m.inputs[0].shape == product.shape:
+            # a reduction over the product's rows belongs to a row-wise kernel (softmax)
+            if (
+                m.op in ("sum", "max")
+                and m.inputs[0].shape == product.shape
+                and not (_rowwise_shape(m))
+            ):
                 x = m.inputs[0]
                 direct = id(x) in stage or (
                     id(x) in bodies and _paths_to(x, stage, _identity_step, bodies)
@@ -372,8 +377,29 @@ class _Grouping:
                     self.merge(producer, group)
                     producer.form = new_form
                     break
+        self.merge_rows()
         self.horizontal()
         return self.groups
+
+    def merge_rows(self) -> None:
+        """A row-wise group joins a row-wise producer over the same rows (softmax backward
+        after its forward): one pass per row instead of storing exp(x - max) between them."""
+        changed = True
+        while changed:
+            changed = False
+            for group in [g for g in self.groups if g.form == "rowwise"]:
+                shape = _rowwise_shape(group.anchors[0])
+                for producer in self.preds(group):
+                    if producer.form != "rowwise" or _rowwise_shape(producer.anchors[0]) != shape:
+                        continue
+                    if not all(self.join_rule(m, producer) == "rowwise" for m in group.members):
+                        continue
+                    if self.mergeable(producer, group):
+                        self.merge(producer, group)
+                        changed = True
+                        break
+                if changed:
+                    break
 
     def horizontal(self) -> None:
         """Loop groups with no path between them through another group become one kernel."""
