@@ -263,10 +263,25 @@ def test_named_special_cases():
     assert np.isnan(_compiled("cos", np.float32)(np.array([1e7], np.float32))).all()
 
 
-@pytest.mark.parametrize("name", ["exp", "tanh"])
+@pytest.mark.parametrize("name", ["exp", "tanh", "sigmoid", "log"])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
 def test_loop_vectorizes_without_calls(name, dtype):
     assembly = _assembly(name, dtype)
     body = assembly[assembly.index("kernel:") :]
     assert "ymm" in body
     assert "call" not in body
+    assert "cvtps2pd" not in body  # float32 stays in float32
+
+
+def test_tanh_saturates_where_it_rounds_to_one():
+    """Around the last argument whose tanh rounds below 1 (NumPy's own SIMD tanh saturates a
+    little earlier in float64, so the reference is computed in higher precision)."""
+    for dtype, wide, edge in ((np.float64, np.longdouble, 19.06), (np.float32, np.float64, 9.01)):
+        x = np.linspace(edge - 0.5, edge + 0.5, 4001).astype(dtype)
+        expected = np.tanh(x.astype(wide)).astype(dtype)
+        actual = _compiled("tanh", dtype)(x)
+        assert np.all(actual <= 1)
+        assert np.all(np.abs(actual - expected) <= np.spacing(dtype(1)))
+        # Exactly 1 from just past the rounding boundary on (at it: within one ulp).
+        saturated = x > x[expected == 1][0] + dtype(0.01)
+        assert np.all(actual[saturated] == 1)
