@@ -9,7 +9,8 @@ from strategies import programs
 
 import graphc as gc
 from graphc.passes import optimize
-from graphc.passes.fusion import fuse, identity_reads, loop_stages
+from graphc.passes.fusion import fuse
+from graphc.passes.kernels import identity_reads, loop_stages
 from graphc.passes.memory import ALIGN, format_plan, plan_memory
 
 

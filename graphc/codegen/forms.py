@@ -22,7 +22,7 @@ from llvmlite import ir
 from graphc.codegen.emitter import REGISTER_TYPES
 from graphc.errors import CompileError
 from graphc.ir.graph import Node
-from graphc.passes.fusion import REDUCTIONS, product_host, segments, stage_reductions
+from graphc.passes.kernels import REDUCTIONS, product_host, segments, stage_reductions
 
 SCRATCH_BYTES = 32 * 1024  # a contraction's product up to this size is kept on the stack
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from graphc.ir.graph import Graph, Kernel, Node
-from graphc.passes.fusion import identity_reads, loop_stages, product_host, segments
+from graphc.passes.kernels import identity_reads, loop_stages, product_host, segments
 
 ALIGN = 64
 
