@@ -443,3 +443,16 @@ def test_random_gradients_compiled_equal_interpreted(case):
     ]
     grads = gc.grad(loss, wrt)
     check_program(gc.Program(program.inputs, [loss, *grads]), feed)
+
+
+def test_noinline_switch_keeps_kernels_out_of_line_with_equal_results(monkeypatch):
+    """GRAPHC_NOINLINE=1 (for profiling) marks kernels noinline and changes no result."""
+    x = gc.input("x", (4, 3))
+    model = gc.nn.Sequential([gc.nn.Dense(5, "relu"), gc.nn.Dense(2)], seed=0)
+    program = gc.Program([x], model(x))
+    feed = np.linspace(-1, 1, 12, dtype=np.float32).reshape(4, 3)
+    plain = gc.compile(program, cache=False)
+    monkeypatch.setenv("GRAPHC_NOINLINE", "1")
+    out_of_line = gc.compile(program, cache=False)
+    assert "noinline" in out_of_line.llvm_ir and "noinline" not in plain.llvm_ir
+    np.testing.assert_array_equal(out_of_line(feed), plain(feed))
