@@ -14,14 +14,20 @@ fresh one are loaded by exactly the same code, so a cache hit cannot behave diff
 Cache entry (one file per key, written to a temp file then `os.replace`d, so readers never see
 a partial file):
 
-    b"graphc-jit-object v1\\n" | key (64 hex chars) | b"\\n" | sha256(payload) (64 hex) | b"\\n"
-    | payload (the ELF object)
+    b"graphc-jit-object v2\\n" | key (64 hex chars) | b"\\n" | sha256(payload) (64 hex) | b"\\n"
+    | payload = metadata (one line of JSON) | b"\\n" | the ELF object
 
-An entry whose magic, key or checksum does not match is never trusted: it is recompiled and
-rewritten. An unwritable cache directory just means no caching.
+The metadata is whatever the compiler needs to run the code without recomputing it (the
+Executable stores its arena size and kernel names there). An entry whose magic, key or
+checksum does not match is never trusted: it is recompiled and rewritten. An unwritable cache
+directory just means no caching.
 
-Cache key: sha256 over the IR text, host CPU name and features, opt level, llvmlite and LLVM
-versions, graphc version and the entry format version.
+Cache key: sha256 over a text that determines the machine code — the LLVM IR itself, or (for
+`compile`) the printed input graph, so that a hit skips the graph passes and IR emission too —
+plus everything else the code depends on: a hash of graphc's own compiler sources (ir, passes,
+codegen, runtime: an edited compiler never loads a stale object), the GRAPHC_* environment
+variables that are not known to leave code alone, host CPU name and features, opt level,
+llvmlite, LLVM and NumPy versions, graphc version and the entry format version.
 
 External symbols: MCJIT leaves an unresolved external as address 0 and the process segfaults
 when it is called. So every undefined symbol of the object file is looked up in the process
@@ -44,23 +50,32 @@ import ctypes.util
 import functools
 import hashlib
 import importlib.metadata
+import json
 import os
 import pathlib
 import struct
 import tempfile
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import llvmlite
 import llvmlite.binding as llvm
+import numpy as np
 
 from graphc.errors import CompileError
 
 _LOCK = threading.RLock()
-_MAGIC = b"graphc-jit-object v1\n"
-_FORMAT_VERSION = "1"  # bump when the entry format or the JIT target machine settings change
+_MAGIC = b"graphc-jit-object v2\n"
+_FORMAT_VERSION = "2"  # bump when the entry format or the JIT target machine settings change
 _HEADER_SIZE = len(_MAGIC) + 64 + 1 + 64 + 1
+# The compiler's own sources: any change to them changes every cache key.
+_SOURCE_PACKAGES = ("ir", "passes", "codegen", "runtime")
+# GRAPHC_* variables that cannot change generated code; every other one is part of the key.
+_KEY_EXEMPT = ("GRAPHC_CACHE_DIR", "GRAPHC_VERIFY", "GRAPHC_BENCH_")
+# Default optimization level of JIT and AOT builds: O2 runs as fast as O3 on the workloads of
+# issue 7 (interleaved A/B, docs/README_perf.md) and optimizes in about 30 % less time.
+DEFAULT_OPT = 3
 
 llvm.initialize_native_target()
 llvm.initialize_native_asmprinter()
@@ -71,6 +86,7 @@ for _library in ("c", "m"):
         llvm.load_library_permanently(ctypes.util.find_library(_library))
 
 
+@functools.cache
 def _graphc_version() -> str:
     try:
         return importlib.metadata.version("graphc")
@@ -88,7 +104,7 @@ def target_machine(
     features: str | None = None,
     *,
     reloc: str = "default",
-    opt: int = 3,
+    opt: int = DEFAULT_OPT,
     jit: bool = False,
 ) -> llvm.TargetMachine:
     """A target machine for `cpu` (None: the host CPU and its features)."""
@@ -154,18 +170,50 @@ def cache_dir() -> pathlib.Path:
     return pathlib.Path(xdg) / "graphc"
 
 
-def cache_key(llvm_ir: str, opt: int) -> str:
-    """The hex sha256 naming the cache entry of `llvm_ir` compiled at `opt` for this host."""
-    parts = [
-        llvm_ir,
-        llvm.get_host_cpu_name(),
-        _host_features(),
-        f"opt={opt}",
-        f"llvmlite={llvmlite.__version__}",
-        "llvm={}.{}.{}".format(*llvm.llvm_version_info),
-        f"graphc={_graphc_version()}",
-        f"format={_FORMAT_VERSION}",
-    ]
+@functools.cache
+def source_fingerprint() -> str:
+    """sha256 over graphc's compiler sources (paths and contents), read once per process
+    (about 1 ms)."""
+    root = pathlib.Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    for package in _SOURCE_PACKAGES:
+        for path in sorted((root / package).rglob("*.py")):
+            digest.update(f"{path.relative_to(root).as_posix()}\0".encode())
+            digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+# Hashed when graphc is imported, that is, as the compiler modules are loaded: a source file
+# edited while this process runs does not change the key its (already loaded) code writes.
+source_fingerprint()
+
+
+@functools.cache
+def _host_key() -> str:
+    """The part of every cache key that is fixed for this process: host, versions, sources."""
+    return "\0".join(
+        [
+            llvm.get_host_cpu_name(),
+            _host_features(),
+            f"llvmlite={llvmlite.__version__}",
+            "llvm={}.{}.{}".format(*llvm.llvm_version_info),
+            f"numpy={np.__version__}",
+            f"graphc={_graphc_version()}",
+            f"sources={source_fingerprint()}",
+            f"format={_FORMAT_VERSION}",
+        ]
+    )
+
+
+def cache_key(text: str, opt: int) -> str:
+    """The hex sha256 naming the cache entry of the code `text` determines (LLVM IR, or a
+    printed graph), compiled at `opt` for this host by this version of graphc."""
+    environment = sorted(
+        f"{name}={value}"
+        for name, value in os.environ.items()
+        if name.startswith("GRAPHC_") and not name.startswith(_KEY_EXEMPT)
+    )
+    parts = [text, f"opt={opt}", *environment, _host_key()]
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()
 
 
@@ -174,19 +222,27 @@ def cache_path(key: str) -> pathlib.Path:
     return cache_dir() / f"{key}.jitobj"
 
 
-def _read_cache(key: str) -> bytes | None:
-    """The cached object for `key`, or None if absent, unreadable or not exactly as written."""
+def _read_cache(key: str) -> tuple[bytes, dict] | None:
+    """The cached object and metadata for `key`, or None if absent, unreadable or not exactly
+    as written."""
     try:
         data = cache_path(key).read_bytes()
     except OSError:
         return None
     header, payload = data[:_HEADER_SIZE], data[_HEADER_SIZE:]
     expected = _MAGIC + f"{key}\n{hashlib.sha256(payload).hexdigest()}\n".encode()
-    return payload if header == expected else None
+    if header != expected or b"\n" not in payload:
+        return None
+    metadata, obj = payload.split(b"\n", 1)
+    try:
+        return obj, json.loads(metadata)
+    except ValueError:
+        return None
 
 
-def _write_cache(key: str, payload: bytes) -> None:
-    """Store `payload` atomically; any filesystem failure just leaves the entry unwritten."""
+def _write_cache(key: str, obj: bytes, metadata: dict) -> None:
+    """Store `obj` and `metadata` atomically; a filesystem failure leaves the entry unwritten."""
+    payload = json.dumps(metadata, sort_keys=True).encode() + b"\n" + obj
     header = _MAGIC + f"{key}\n{hashlib.sha256(payload).hexdigest()}\n".encode()
     path = cache_path(key)
     try:
@@ -227,12 +283,25 @@ def _undefined_symbols(elf: bytes) -> list[str]:
 
 
 class Engine:
-    """A compiled, loaded program; keep it alive while any function pointer into it is used."""
+    """A compiled, loaded program; keep it alive while any function pointer into it is used.
 
-    def __init__(self, llvm_ir: str, opt: int, obj: bytes, *, cached: bool, optimized=None) -> None:
-        self.llvm_ir = llvm_ir
+    `llvm_ir` may be given as a function that builds the IR text: after a cache hit keyed on
+    something other than the IR, it is built only if asked for (dumps, assembly)."""
+
+    def __init__(
+        self,
+        llvm_ir: str | Callable[[], str],
+        opt: int,
+        obj: bytes,
+        *,
+        cached: bool,
+        optimized=None,
+        metadata: dict | None = None,
+    ) -> None:
+        self._llvm_ir = llvm_ir
         self.opt = opt
         self.cached = cached
+        self.metadata = metadata or {}
         self.timings: dict[str, float] = {}
         self._optimized = optimized  # the optimized ModuleRef, or its text once printed
         unresolved = [
@@ -248,6 +317,13 @@ class Engine:
             self._engine.add_object_file(llvm.ObjectFileRef.from_data(obj))
             self._engine.finalize_object()
 
+    @property
+    def llvm_ir(self) -> str:
+        """The LLVM IR text the machine code was compiled from (built on first use if lazy)."""
+        if not isinstance(self._llvm_ir, str):
+            self._llvm_ir = self._llvm_ir()
+        return self._llvm_ir
+
     def address(self, name: str) -> int:
         """The address of the symbol `name` (function or global) in the loaded code."""
         with _LOCK:
@@ -259,10 +335,11 @@ class Engine:
     @property
     def optimized_ir(self) -> str:
         """The IR after the pass pipeline (re-optimized on first use after a cache hit)."""
+        llvm_ir = self.llvm_ir  # outside the lock: building it may take the lock itself
         with _LOCK:
             if self._optimized is None:
                 tm = target_machine(opt=self.opt)
-                self._optimized = _parse(self.llvm_ir, tm)
+                self._optimized = _parse(llvm_ir, tm)
                 optimize(self._optimized, tm, self.opt)
             if not isinstance(self._optimized, str):
                 self._optimized = str(self._optimized)
@@ -272,33 +349,67 @@ class Engine:
         """Host assembly of the optimized module."""
         # A separate target machine: MCJIT owns the one it was created with.
         tm = target_machine(opt=self.opt)
+        optimized_ir = self.optimized_ir
         with _LOCK:
-            return tm.emit_assembly(_parse(self.optimized_ir, tm))
+            return tm.emit_assembly(_parse(optimized_ir, tm))
+
+
+def load_cached(
+    key: str,
+    *,
+    opt: int = DEFAULT_OPT,
+    llvm_ir: str | Callable[[], str],
+    required_symbols: Iterable[str] = (),
+) -> Engine | None:
+    """The engine of the cache entry `key` (its metadata in `.metadata`), or None on a miss.
+
+    `llvm_ir` (text, or a function building it) is what the entry was compiled from; it is
+    only needed for dumps."""
+    start = time.perf_counter()
+    entry = _read_cache(key)
+    if entry is None:
+        return None
+    obj, metadata = entry
+    engine = Engine(llvm_ir, opt, obj, cached=True, metadata=metadata)
+    engine.timings = {"load": time.perf_counter() - start}  # reading the entry included
+    for name in required_symbols:
+        engine.address(name)
+    return engine
 
 
 def compile_ir(
-    llvm_ir: str, *, opt: int = 3, cache: bool = True, required_symbols: Iterable[str] = ()
+    llvm_ir: str,
+    *,
+    opt: int = DEFAULT_OPT,
+    cache: bool = True,
+    key: str | None = None,
+    metadata: dict | None = None,
+    required_symbols: Iterable[str] = (),
 ) -> Engine:
-    """JIT-compile `llvm_ir` for the host, through the on-disk object cache if `cache`."""
-    key = cache_key(llvm_ir, opt) if cache else None
+    """JIT-compile `llvm_ir` for the host, through the on-disk object cache if `cache`.
+
+    The entry is named `key` if given (it must determine `llvm_ir`: see `cache_key`), else
+    the key of the IR text itself; `metadata` (JSON-serializable) is stored with it."""
+    if cache:
+        key = key or cache_key(llvm_ir, opt)
+        engine = load_cached(key, opt=opt, llvm_ir=llvm_ir, required_symbols=required_symbols)
+        if engine is not None:
+            return engine
+    metadata = metadata or {}
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    obj = _read_cache(key) if key else None
-    module = None
-    if obj is None:
-        tm = target_machine(opt=opt, jit=True)
-        with _LOCK:
-            module = _parse(llvm_ir, tm)
-            timings["parse"] = time.perf_counter() - start
-            optimize(module, tm, opt)
-            timings["optimize"] = time.perf_counter() - start - timings["parse"]
-            obj = tm.emit_object(module)
-            timings["codegen"] = time.perf_counter() - start - sum(timings.values())
-        if key:
-            _write_cache(key, obj)
-        start = time.perf_counter()
-    # On a hit, "load" includes reading the cache entry.
-    engine = Engine(llvm_ir, opt, obj, cached=module is None, optimized=module)
+    tm = target_machine(opt=opt, jit=True)
+    with _LOCK:
+        module = _parse(llvm_ir, tm)
+        timings["parse"] = time.perf_counter() - start
+        optimize(module, tm, opt)
+        timings["optimize"] = time.perf_counter() - start - timings["parse"]
+        obj = tm.emit_object(module)
+        timings["codegen"] = time.perf_counter() - start - sum(timings.values())
+    if cache:
+        _write_cache(key, obj, metadata)
+    start = time.perf_counter()
+    engine = Engine(llvm_ir, opt, obj, cached=False, optimized=module, metadata=metadata)
     timings["load"] = time.perf_counter() - start
     engine.timings = timings
     for name in required_symbols:
