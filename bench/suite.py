@@ -193,15 +193,16 @@ def render(results: list[dict], machine: dict, notes: list[str]) -> str:
             f"  MISMATCH {r['id']}: relative errors {r['errors']}" for r in rows if r["mismatched"]
         ]
     lines += ["", "compile time (ms): cold = fresh GRAPHC_CACHE_DIR, warm = object-cache hit"]
-    phases = ["passes", "emit", "parse", "optimize", "codegen", "load"]
-    header = ["case", "kernels", "cold", *phases, "warm", "warm load"]
+    phases = ["key", "passes", "emit", "parse", "optimize", "codegen", "load"]
+    header = ["case", "kernels", "cold", *phases, "warm", "warm key", "warm load"]
     table = []
     for r in results:
         cold, warm = r["compile"].get("cold", {}), r["compile"].get("warm", {})
         ms = lambda d, k: f"{d[k] * 1e3:.1f}" if k in d else "-"
         table.append(
             [r["id"], str(r["compile"].get("kernels", "-")), ms(cold, "total"),
-             *[ms(cold, p) for p in phases], ms(warm, "total"), ms(warm, "load")]
+             *[ms(cold, p) for p in phases], ms(warm, "total"), ms(warm, "key"),
+             ms(warm, "load")]
         )  # fmt: skip
     lines += _table(header, table)
     targets = evaluate_targets(results)

@@ -15,11 +15,13 @@ import subprocess
 import sys
 import textwrap
 import threading
+import weakref
 
 import numpy as np
 import pytest
 
 import graphc as gc
+from graphc.runtime.executable import LARGE_BYTES
 
 
 @pytest.fixture(scope="module")
@@ -436,3 +438,181 @@ def test_fast_path_rebinds_a_replaced_parameter_array():
     storage.value = np.array([1, 2], np.int64)  # converted and rebound, still updated in place
     np.testing.assert_array_equal(step(ones), [1.0, 2.0])
     np.testing.assert_array_equal(w.value, [2.0, 3.0])
+
+
+# ---- large arguments: passed by address, never written ------------------------------------
+
+LARGE = 20_000  # float32 elements: 80 KB, above executable.LARGE_BYTES
+
+
+def _misaligned(values: np.ndarray) -> np.ndarray:
+    """A copy of `values` whose data is not aligned to its itemsize."""
+    raw = np.empty(values.nbytes + 1, np.uint8)[1:]
+    array = raw.view(values.dtype)
+    array[...] = values
+    assert array.ctypes.data % values.itemsize
+    return array
+
+
+def test_large_arguments_of_every_layout_give_the_same_results():
+    """Exact contiguous arrays go by address; strided, misaligned, other dtypes, lists and
+    read-only arrays are converted or copied; none of them is written."""
+    assert LARGE * 4 >= LARGE_BYTES
+    a, b = gc.input("a", (LARGE,), "float32"), gc.input("b", (LARGE,), "float32")
+    step = gc.compile(inputs=[a, b], outputs=[gc.tanh(a * b) - 0.5 * a, a + 1])
+    rng = np.random.default_rng(0)
+    av = rng.normal(size=LARGE).astype(np.float32)
+    bv = rng.normal(size=LARGE).astype(np.float32)
+    want = gc.evaluate([gc.tanh(a * b) - 0.5 * a, a + 1], {a: av, b: bv})
+    wide = np.repeat(av, 2)
+    frozen = av.copy()
+    frozen.setflags(write=False)
+    variants = [av, wide[::2], _misaligned(av), av.astype(np.float64), av.astype(">f4"), frozen]
+    for value in variants:
+        saved = np.array(value, copy=True)
+        for got, w in zip(step(value, bv), want):
+            np.testing.assert_allclose(got, w, rtol=1e-6, atol=1e-6)
+        np.testing.assert_array_equal(value, saved)
+    first, second = step(av, bv), step(av, bv)
+    arrays = [*first, *second, av, bv]
+    for i, x in enumerate(arrays):
+        for y in arrays[i + 1 :]:
+            assert not np.shares_memory(x, y)
+    assert all(out.flags.owndata and out.flags.c_contiguous for out in first)
+
+
+def test_a_large_input_that_is_an_updated_parameter_is_read_before_the_update():
+    """step(w.value) with w updated in place: the input keeps its value for the whole step."""
+    w = gc.param("w", np.linspace(0.5, 1.5, LARGE, dtype=np.float32))
+    x = gc.input("x", (LARGE,), "float32")
+    step = gc.compile(inputs=[x], outputs=(x * 3.0).sum(), updates={w: w * 2.0 + x})
+    for _ in range(3):
+        old = w.value.copy()
+        loss = step(w.value)
+        np.testing.assert_allclose(loss, (old * 3.0).sum(), rtol=1e-4)
+        np.testing.assert_allclose(w.value, old * 3.0, rtol=1e-6)
+
+
+def test_threads_with_large_arguments_get_their_own_results():
+    a = gc.input("a", (LARGE,), "float32")
+    step = gc.compile(inputs=[a], outputs=a * 2.0 + 1.0)
+    errors = []
+
+    def worker(seed):
+        for k in range(20):
+            value = np.full(LARGE, seed * 100 + k, np.float32)
+            if not np.array_equal(step(value), value * 2.0 + 1.0):
+                errors.append((seed, k))
+
+    threads = [threading.Thread(target=worker, args=(seed,)) for seed in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+
+
+def test_replacing_a_parameter_array_rebinds_the_fast_path():
+    w = gc.param("w", np.ones(LARGE, np.float32))
+    x = gc.input("x", (LARGE,), "float32")
+    step = gc.compile(inputs=[x], outputs=x * w, updates={w: w + 1.0})
+    ones = np.ones(LARGE, np.float32)
+    np.testing.assert_array_equal(step(ones), ones)
+    w.value = np.full(LARGE, 5.0, np.float32)
+    np.testing.assert_array_equal(step(ones), 5.0 * ones)
+    np.testing.assert_array_equal(step(w.value), 36.0 * ones)  # 6 * 6, read before the update
+    np.testing.assert_array_equal(w.value, 7.0 * ones)
+
+
+def test_an_executable_is_freed_by_reference_counting_alone():
+    """No reference cycle: the cycle collector would finalize its LLVM objects in any order."""
+    x = gc.input("x", (LARGE,), "float32")
+    step = gc.compile(inputs=[x], outputs=x + 1.0)
+    step(np.zeros(LARGE, np.float32))
+    alive, engine = weakref.ref(step), weakref.ref(step.engine)
+    enabled = python_gc.isenabled()
+    python_gc.disable()
+    try:
+        del step
+        assert alive() is None and engine() is None
+    finally:
+        if enabled:
+            python_gc.enable()
+
+
+# ---- the compile cache, keyed on the printed graph -------------------------------------------
+
+
+def _scaled_program(scale: float, name: str = "scaled"):
+    x = gc.input("x", (3, 4), "float64")
+    w = gc.param("w", np.linspace(-1, 1, 8).reshape(4, 2))
+    return gc.Program([x], gc.tanh(x @ w * scale).sum(axis=0), {w: w * 0.5}, name=name), x, w
+
+
+def test_a_cache_hit_skips_passes_and_emission_and_dumps_stay_the_same(tmp_path, monkeypatch):
+    monkeypatch.setenv("GRAPHC_CACHE_DIR", str(tmp_path / "cache"))
+    program, x, w = _scaled_program(2.0)
+    fresh = gc.compile(program)
+    cached = gc.compile(program)
+    assert not fresh.engine.cached and cached.engine.cached
+    assert "passes" in fresh.timings and "passes" not in cached.timings
+    assert "emit" not in cached.timings and "key" in cached.timings
+    assert cached.kernels == fresh.kernels
+    assert cached.memory.arena_bytes == fresh.memory.arena_bytes
+    for stage in fresh.stages:
+        assert cached.dump(stage) == fresh.dump(stage), stage
+    xv = np.linspace(0, 1, 12).reshape(3, 4)
+    for step in (fresh, cached, fresh):  # they share w, which each call halves
+        want = gc.evaluate(program.outputs, {x: xv})[0]
+        np.testing.assert_allclose(step(xv), want, rtol=1e-12)
+
+
+def test_a_cached_executable_exports_ahead_of_time(tmp_path, monkeypatch):
+    monkeypatch.setenv("GRAPHC_CACHE_DIR", str(tmp_path / "cache"))
+    program, _, _ = _scaled_program(3.0, name="aot_cached")
+    gc.compile(program)
+    cached = gc.compile(program)
+    assert cached.engine.cached
+    paths = gc.aot.export(cached, tmp_path / "out", name="aot_cached")
+    assert all(os.path.exists(p) for p in paths)
+
+
+def test_programs_differing_only_in_a_constant_or_a_type_do_not_share_an_entry(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setenv("GRAPHC_CACHE_DIR", str(tmp_path / "cache"))
+    xv = np.linspace(0, 1, 12).reshape(3, 4)
+    results = []
+    for scale in (2.0, 2.0000000000000004, 3.0):  # the middle one is the next float after 2.0
+        program, x, _ = _scaled_program(scale)
+        step = gc.compile(program)
+        assert not step.engine.cached
+        want = gc.evaluate(program.outputs, {x: xv})[0]
+        results.append(step(xv).tolist())
+        np.testing.assert_allclose(results[-1], want, rtol=1e-12)
+    assert results[0] != results[2]
+    for dtype in ("float32", "float64"):
+        x = gc.input("x", (4,), dtype)
+        step = gc.compile(inputs=[x], outputs=x * 2, name="typed")
+        assert not step.engine.cached and step(np.ones(4, dtype)).dtype == dtype
+
+
+def test_cache_key_covers_compiler_sources_and_code_changing_environment(monkeypatch):
+    from graphc.runtime import jit
+
+    monkeypatch.delenv("GRAPHC_NOINLINE", raising=False)
+    base = jit.cache_key("graph", 2)
+    monkeypatch.setenv("GRAPHC_VERIFY", "0")
+    assert jit.cache_key("graph", 2) == base
+    monkeypatch.setenv("GRAPHC_NOINLINE", "1")
+    assert jit.cache_key("graph", 2) != base
+    monkeypatch.delenv("GRAPHC_NOINLINE")
+    monkeypatch.setattr(jit, "source_fingerprint", lambda: "an edited compiler")
+    jit._host_key.cache_clear()
+    try:
+        assert jit.cache_key("graph", 2) != base
+    finally:
+        monkeypatch.undo()
+        jit._host_key.cache_clear()
+    assert jit.cache_key("graph", 2) == base
+    assert len(jit.source_fingerprint()) == 64

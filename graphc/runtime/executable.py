@@ -1,31 +1,53 @@
 """The Executable: a compiled step, called like a function, one native call per step.
 
-    Executable.build(graph)  ─►  simplify ─► fuse ─► plan_memory ─► emit LLVM ─► JIT
-    step(x, y)               ─►  copy args into pre-bound buffers ─► <name>_call(args) ─► copy outputs
+    Executable.build(graph) ─► cache key of the printed graph ─► hit: load the object, done
+                               miss: simplify ─► fuse ─► plan_memory ─► emit LLVM ─► JIT
+    step(x, y)              ─► small args copied into pre-bound buffers, large ones passed by
+                               pointer ─► <name>_call(args) ─► outputs copied out (small) or
+                               written straight into fresh arrays (large)
 
-Arguments are copied into buffers bound once at build time (so a call costs one ctypes
-call with one pointer argument, not a pointer lookup per array), parameters are read and
-updated in their shared storage, and outputs are returned as fresh arrays. A call that
-fails argument checking changes nothing. A lock makes concurrent calls safe: they share
-the arena and the parameters.
+The cache key is the printed input graph (plus the compiler's sources, host, versions: see
+jit.cache_key), so a cache hit runs no graph pass and builds no LLVM IR; the optimized graph,
+kernels, memory plan and IR of such an executable are computed on first use (dumps, AOT).
+
+A call is one ctypes call with one pointer argument: the block of argument addresses
+[arena, params..., inputs..., outputs...] is bound once. An input or output of fewer than
+LARGE_BYTES goes through a buffer bound at build time (a copy costs less than looking up an
+array's address from Python, ~1.5 µs); a larger one is passed by address — the caller's
+array itself if it is C-contiguous, of the exact dtype, aligned to its itemsize and not
+overlapping a parameter the step updates (kernels only write the arena, outputs and updated
+parameters), and a fresh np.empty result for an output. Parameters are read and updated in
+their shared storage, and outputs are always fresh arrays. A call that fails argument
+checking changes nothing. A lock makes concurrent calls safe: they share the arena, the
+argument block and the parameters.
+
+The call itself is a Python function generated for each executable (`_specialize`),
+unrolled over its arguments and parameters, with everything it touches in closure cells: the
+overhead of a small step is a few attribute loads and identity checks around the copies.
 """
 
 from __future__ import annotations
 
 import ctypes
+import functools
+import operator
 import re
 import threading
 import time
+import weakref
 
 import numpy as np
 
-from graphc.errors import DTypeError, InputError
+from graphc.errors import CompileError, DTypeError, InputError
 from graphc.ir.graph import Graph
 from graphc.passes import optimize
 from graphc.passes.fusion import fuse
 from graphc.passes.memory import ALIGN, plan_memory
 
 STAGES = ("graph", "optimized", "fused", "memory", "llvm", "asm")
+# Arguments of at least this many bytes are passed by address instead of copied: copying
+# 64 KiB (~4 µs) costs more than the address lookup and checks (~2 µs).
+LARGE_BYTES = 64 * 1024
 
 
 def aligned_empty(shape, dtype) -> np.ndarray:
@@ -44,27 +66,52 @@ def symbol_name(name: str) -> str:
     return cleaned if cleaned and not cleaned[0].isdigit() else f"g_{cleaned}"
 
 
+class Lowering:
+    """The compiler's intermediate forms of one graph, each computed on first use."""
+
+    def __init__(self, graph: Graph, name: str):
+        self.graph = graph
+        self.name = name
+
+    @functools.cached_property
+    def passes(self):
+        """(optimized graph, kernels, memory plan)."""
+        optimized = optimize(self.graph)
+        kernels = fuse(optimized)
+        return optimized, kernels, plan_memory(optimized, kernels)
+
+    @functools.cached_property
+    def llvm_ir(self) -> str:
+        from graphc.codegen.llvm import emit_program
+
+        return str(emit_program(*self.passes, self.name))
+
+    def metadata(self) -> dict:
+        """What running the compiled code needs besides the code (stored in the cache entry)."""
+        _, kernels, plan = self.passes
+        return {"arena_bytes": plan.arena_bytes, "kernels": [k.name for k in kernels]}
+
+
 class Executable:
     """A compiled program: `step(*inputs)` runs one inference or training step natively."""
 
-    def __init__(
-        self, graph, optimized, kernels, plan, module_text, engine, name, single_output, timings
-    ):
+    def __init__(self, graph, lowering, engine, name, single_output, timings):
         self.graph = graph
-        self.optimized = optimized
-        self.kernel_list = kernels
-        self.plan = plan
-        self.llvm_ir = module_text
         self.engine = engine
         self.name = name
         self.single_output = single_output
         self.timings = timings
+        self._lowering = lowering
+        self._metadata = engine.metadata
         self._lock = threading.Lock()
         self._inputs = [aligned_empty(n.shape, n.type.np_dtype) for n in graph.inputs]
         self._outputs = [aligned_empty(n.shape, n.type.np_dtype) for n in graph.outputs]
-        self._arena = aligned_empty((max(plan.arena_bytes, 1),), np.uint8)
+        self._arena = aligned_empty((max(self._metadata["arena_bytes"], 1),), np.uint8)
         self._params = [n.attrs["storage"] for n in graph.params]
         self._bound_params = [None] * len(self._params)
+        updated = {id(p) for p, _ in graph.updates}
+        self._updated = [i for i, p in enumerate(graph.params) if id(p) in updated]
+        self._state_spans: list[tuple[int, int]] = []  # address ranges of updated params
         self._names = {n.name: i for i, n in enumerate(graph.inputs)}
         buffers = [self._arena, *([None] * len(self._params)), *self._inputs, *self._outputs]
         self._args = (ctypes.c_void_p * len(buffers))(
@@ -72,40 +119,152 @@ class Executable:
         )
         address = engine.address(f"{name}_call")
         self._call = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(address)
-        # The fast path of __call__ (see there): everything it needs, looked up once.
         self._args_address = ctypes.addressof(self._args)  # an int converts faster than an array
-        self._exact = tuple((n.shape, n.type.np_dtype) for n in graph.inputs)
-        self._copy_in = tuple(buffer.__setitem__ for buffer in self._inputs)
-        self._copy_out = tuple(out.copy for out in self._outputs)
         self._bind_params()
+        self._specialize()
 
     # ---- construction ----
     @classmethod
-    def build(cls, graph: Graph, *, single_output=False, opt=3, cache=True) -> Executable:
-        from graphc.codegen.llvm import emit_program
+    def build(cls, graph: Graph, *, single_output=False, opt=None, cache=True) -> Executable:
+        from graphc.ir.printer import print_graph
         from graphc.runtime import jit
 
-        timings = {}
-        start = time.perf_counter()
-        optimized = optimize(graph)
-        kernels = fuse(optimized)
-        plan = plan_memory(optimized, kernels)
-        timings["passes"] = time.perf_counter() - start
+        opt = jit.DEFAULT_OPT if opt is None else opt
         name = symbol_name(graph.name)
-        start = time.perf_counter()
-        module_text = str(emit_program(optimized, kernels, plan, name))
-        timings["emit"] = time.perf_counter() - start
-        engine = jit.compile_ir(
-            module_text, opt=opt, cache=cache, required_symbols=[f"{name}_call"]
-        )
+        lowering = Lowering(graph, name)
+        entry = [f"{name}_call"]
+        timings, engine, key = {}, None, None
+        if cache:
+            start = time.perf_counter()
+            key = jit.cache_key(print_graph(graph), opt)
+            timings["key"] = time.perf_counter() - start
+            engine = jit.load_cached(
+                key, opt=opt, llvm_ir=_lazy_llvm_ir(lowering), required_symbols=entry
+            )
+        if engine is None:
+            start = time.perf_counter()
+            lowering.passes  # noqa: B018 - computed here to time it
+            timings["passes"] = time.perf_counter() - start
+            start = time.perf_counter()
+            llvm_ir = lowering.llvm_ir
+            timings["emit"] = time.perf_counter() - start
+            engine = jit.compile_ir(
+                llvm_ir,
+                opt=opt,
+                cache=cache,
+                key=key,
+                metadata=lowering.metadata(),
+                required_symbols=entry,
+            )
         timings.update(engine.timings)
-        return cls(
-            graph, optimized, kernels, plan, module_text, engine, name, single_output, timings
-        )
+        return cls(graph, lowering, engine, name, single_output, timings)
 
     # ---- calling ----
-    def _bind_params(self):
-        """Point the call at the current storage of every parameter (rebinds if replaced)."""
+    # `step(...)` calls the function _specialize generated, with no Python frame in between
+    # (a property as __call__: the interpreter looks __call__ up on the type, then binds it).
+    __call__ = property(operator.attrgetter("_call_fast"))
+
+    def _specialize(self):
+        """Generate the call functions of this executable: `call(*args, **kwargs)` (the fast
+        path for exact ndarrays, else `_call_checked`) and `run(*arrays)` (arrays of the
+        exact dtypes and shapes, any strides), unrolled over arguments and parameters."""
+        graph = self.graph
+        cells = {
+            "ndarray": np.ndarray,
+            "empty": np.empty,
+            "aligned_empty": aligned_empty,
+            "acquire": self._lock.acquire,
+            "release": self._lock.release,
+            "native": self._call,
+            "address": self._args_address,
+            "slots": self._args,
+            # through a weak reference: a cycle would leave the Executable, and with it the
+            # LLVM engine, to the cycle collector, which finalizes llvmlite objects in any
+            # order (an engine disposed after its target machine crashes the process)
+            "bind": functools.partial(_rebind, weakref.ref(self)),
+            "checked": functools.partial(_call_checked, weakref.ref(self)),
+            "shares_state": _shares_state,
+            "state_spans": self._state_spans,
+        }
+        first_input = 1 + len(self._params)
+        first_output = first_input + len(graph.inputs)
+        names = [f"a{i}" for i in range(len(graph.inputs))]
+        checks, body, results = [], [], []
+        restore = []  # after the call, the block points at the bound buffers again, never at
+        # arrays the executable does not own
+        for i, (node, buffer) in enumerate(zip(graph.inputs, self._inputs)):
+            a, slot = names[i], first_input + i
+            cells |= {f"s{i}": node.shape, f"t{i}": node.type.np_dtype}
+            cells[f"in{i}"] = buffer
+            checks.append(f"type({a}) is not ndarray or {a}.dtype is not t{i} or {a}.shape != s{i}")
+            if node.type.nbytes < LARGE_BYTES:
+                body.append(f"in{i}[...] = {a}")  # STORE_SUBSCR: faster than __setitem__
+                continue
+            by_address = f"(at := {a}.ctypes.data) % {node.type.np_dtype.itemsize} == 0"
+            if self._updated:
+                by_address += f" and not shares_state(state_spans, at, {node.type.nbytes})"
+            body += [
+                f"if {a}.flags.c_contiguous and {by_address}:",
+                f"    slots[{slot}] = at",
+                "else:",
+                f"    in{i}[...] = {a}",
+                f"    slots[{slot}] = {buffer.ctypes.data}",
+            ]
+            restore.append(f"slots[{slot}] = {buffer.ctypes.data}")
+        changed = " or ".join(f"p{i}.value is not b{i}" for i in range(len(self._params)))
+        for i, (storage, bound) in enumerate(zip(self._params, self._bound_params)):
+            cells |= {f"p{i}": storage, f"b{i}": bound}
+        if changed:
+            body += [f"if {changed}:", "    bind()"]
+        for j, (node, buffer) in enumerate(zip(graph.outputs, self._outputs)):
+            if node.type.nbytes < LARGE_BYTES:
+                cells[f"copy{j}"] = buffer.copy
+                results.append(f"r{j} = copy{j}()")
+                continue
+            cells |= {f"u{j}": node.shape, f"d{j}": node.type.np_dtype}
+            body += [
+                f"r{j} = empty(u{j}, d{j})",
+                f"if (at := r{j}.ctypes.data) % {node.type.np_dtype.itemsize}:",
+                f"    r{j} = aligned_empty(u{j}, d{j})",
+                f"    at = r{j}.ctypes.data",
+                f"slots[{first_output + j}] = at",
+            ]
+            restore.append(f"slots[{first_output + j}] = {buffer.ctypes.data}")
+        body += ["native(address)", *results]
+        outputs = [f"r{j}" for j in range(len(graph.outputs))]
+        result = outputs[0] if self.single_output else "[" + ", ".join(outputs) + "]"
+        run = [
+            "acquire()",
+            "try:",
+            *["    " + line for line in body],
+            "finally:",
+            *["    " + line for line in restore],
+            "    release()",
+            f"return {result}",
+        ]
+        parameters = ", ".join(names)
+        call = [f"if kwargs or len(args) != {len(names)}:", "    return checked(args, kwargs)"]
+        if names:
+            call += [f"{parameters}, = args", "if " + " or ".join(checks) + ":"]
+            call += ["    return checked(args, kwargs)"]
+        source = "\n".join(
+            [
+                f"def make({', '.join(cells)}):",
+                "    def call(*args, **kwargs):",
+                *["        " + line for line in call + run],
+                f"    def run({parameters}):",
+                *["        " + line for line in run],
+                "    return call, run",
+            ]
+        )
+        namespace: dict = {}
+        exec(compile(source, f"<graphc call of {self.name}>", "exec"), namespace)  # noqa: S102
+        self._call_source = source  # for debugging: the generated code
+        self._call_fast, self._run = namespace["make"](**cells)
+
+    def _bind_params(self) -> bool:
+        """Point the call at the current storage of every parameter; whether any changed."""
+        changed = False
         for i, storage in enumerate(self._params):
             array = storage.value
             if array is not self._bound_params[i]:
@@ -121,6 +280,14 @@ class Executable:
                     storage.value = array
                 self._bound_params[i] = array
                 self._args[1 + i] = array.ctypes.data
+                changed = True
+        if changed:
+            spans = [
+                (a.ctypes.data, a.nbytes)
+                for a in map(self._bound_params.__getitem__, self._updated)
+            ]
+            self._state_spans = [(address, address + nbytes) for address, nbytes in spans]
+        return changed
 
     def _arguments(self, args, kwargs) -> list:
         inputs = self.graph.inputs
@@ -154,50 +321,48 @@ class Executable:
                 array.dtype, node.type.np_dtype, "same_kind"
             ):
                 raise DTypeError(
-                    f"{self.name}: input {node.name!r} is {node.dtype}; cannot convert {array.dtype} "
-                    f"(same_kind casting)"
+                    f"{self.name}: input {node.name!r} is {node.dtype}; "
+                    f"cannot convert {array.dtype} (same_kind casting)"
                 )
             checked.append(array)
         return checked
 
-    def __call__(self, *args, **kwargs):
-        # Fast path: every input given positionally as an ndarray of exactly the declared
-        # dtype and shape (any strides) needs no conversion or check beyond these; anything
-        # else takes the full path (_arguments: names, asarray, same_kind casting, errors).
-        # `dtype is` relies on NumPy's canonical builtin dtypes; a miss only costs speed.
-        exact = not kwargs and len(args) == len(self._exact)
-        if exact:
-            for value, (shape, dtype) in zip(args, self._exact):
-                if type(value) is not np.ndarray or value.dtype is not dtype:
-                    exact = False
-                    break
-                if value.shape != shape:
-                    exact = False
-                    break
-        if not exact:
-            return self._call_checked(self._arguments(args, kwargs))
-        with self._lock:
-            for copy_in, value in zip(self._copy_in, args):
-                copy_in(..., value)
-            for storage, bound in zip(self._params, self._bound_params):
-                if storage.value is not bound:
-                    self._bind_params()
-                    break
-            self._call(self._args_address)
-            if self.single_output:
-                return self._copy_out[0]()
-            return [copy() for copy in self._copy_out]
-
-    def _call_checked(self, arrays):
-        with self._lock:
-            for buffer, array in zip(self._inputs, arrays):
-                np.copyto(buffer, array, casting="same_kind")
-            self._bind_params()
-            self._call(self._args_address)
-            results = [copy() for copy in self._copy_out]
-        return results[0] if self.single_output else results
+    def _call_checked(self, args, kwargs):
+        """Any call the fast path does not take: names, conversions, errors."""
+        arrays = self._arguments(args, kwargs)
+        # same_kind casting was checked; asarray also drops subclasses and other byte orders
+        return self._run(
+            *[np.asarray(a, dtype=n.type.np_dtype) for a, n in zip(arrays, self.graph.inputs)]
+        )
 
     # ---- inspection ----
+    @property
+    def optimized(self) -> Graph:
+        return self._lowered()[0]
+
+    @property
+    def kernel_list(self):
+        return self._lowered()[1]
+
+    @property
+    def plan(self):
+        return self._lowered()[2]
+
+    @property
+    def llvm_ir(self) -> str:
+        """The LLVM IR the program was compiled from (built on first use after a cache hit)."""
+        return self.engine.llvm_ir
+
+    def _lowered(self):
+        optimized, kernels, plan = self._lowering.passes
+        if plan.arena_bytes != self._metadata["arena_bytes"]:
+            raise CompileError(
+                f"{self.name}: the memory plan ({plan.arena_bytes} bytes) differs from the "
+                f"cached program's ({self._metadata['arena_bytes']} bytes): a cache key misses "
+                "something the compiler depends on"
+            )
+        return optimized, kernels, plan
+
     @property
     def stages(self) -> tuple[str, ...]:
         return STAGES
@@ -208,7 +373,7 @@ class Executable:
 
     @property
     def kernels(self) -> list[str]:
-        return [k.name for k in self.kernel_list]
+        return list(self._metadata["kernels"])
 
     def dump(self, stage: str = "graph") -> str:
         """The program at one stage: graph, optimized, fused, memory, llvm or asm."""
@@ -228,3 +393,23 @@ class Executable:
         if stage == "asm":
             return self.engine.assembly()
         raise InputError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
+
+
+def _rebind(executable: weakref.ref) -> None:
+    """Called when a parameter's storage was replaced: bind it, regenerate the call."""
+    if executable()._bind_params():
+        executable()._specialize()
+
+
+def _shares_state(spans: list[tuple[int, int]], address: int, nbytes: int) -> bool:
+    """Whether [address, address + nbytes) overlaps one of the address ranges `spans`."""
+    return any(low < address + nbytes and address < high for low, high in spans)
+
+
+def _call_checked(executable: weakref.ref, args, kwargs):
+    return executable()._call_checked(args, kwargs)
+
+
+def _lazy_llvm_ir(lowering: Lowering):
+    """A function building `lowering`'s IR (it holds the lowering, not the Executable)."""
+    return lambda: lowering.llvm_ir
