@@ -456,3 +456,14 @@ def test_noinline_switch_keeps_kernels_out_of_line_with_equal_results(monkeypatc
     out_of_line = gc.compile(program, cache=False)
     assert "noinline" in out_of_line.llvm_ir and "noinline" not in plain.llvm_ir
     np.testing.assert_array_equal(out_of_line(feed), plain(feed))
+
+
+def test_a_fused_chain_deeper_than_the_recursion_limit_compiles():
+    x = gc.input("x", (8,), "float64")
+    y = x
+    for _ in range(1200):  # 2400 elementwise nodes in one kernel
+        y = y * 1.0001 + 0.001
+    step = gc.compile(inputs=[x], outputs=y)
+    assert len(step.kernels) == 1
+    xv = np.linspace(-1, 1, 8)
+    np.testing.assert_allclose(step(xv), gc.evaluate(y, {x: xv}), rtol=1e-12)

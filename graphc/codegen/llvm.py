@@ -199,14 +199,51 @@ class KernelEmitter:
 
     # ---- values at an index ----
     def value(self, node: Node, index: Index):
+        cached = self._cached(node, index)
+        if cached is not None:
+            return cached
+        # Elementwise inputs at the same index first, deepest first, with an explicit stack:
+        # a fused chain may be thousands of ops long, deeper than Python's recursion limit.
+        pending = [node]
+        while pending:
+            top = pending[-1]
+            if self._cached(top, index) is not None:
+                pending.pop()
+                continue
+            waiting = (
+                [
+                    x
+                    for x in top.inputs
+                    if self._elementwise_here(x) and self._cached(x, index) is None
+                ]
+                if self._elementwise_here(top)
+                else []
+            )
+            if waiting:
+                pending.extend(waiting)
+                continue
+            pending.pop()
+            # the entry holds `index` alive: a freed Index's id could be reused by another one
+            self.scopes[-1][(id(top), id(index))] = (self._compute(top, index), index)
+        return self._cached(node, index)
+
+    def _cached(self, node: Node, index: Index):
         key = (id(node), id(index))
         for scope in reversed(self.scopes):
             if key in scope:
                 return scope[key][0]
-        result = self._compute(node, index)
-        # the entry holds `index` alive: a freed Index's id could be reused by another one
-        self.scopes[-1][key] = (result, index)
-        return result
+        return None
+
+    def _elementwise_here(self, node: Node) -> bool:
+        """Whether `node` is computed in this kernel from its inputs at the same index."""
+        return (
+            id(node) in self.inside
+            and id(node) not in self.materialized
+            and id(node) not in self.known
+            and id(node) not in self.invariant
+            and node.op not in INDEX_MAPS
+            and not _is_immediate(node)
+        )
 
     def _compute(self, node: Node, index: Index):
         if _is_immediate(node):

@@ -119,10 +119,12 @@ def stored_values(graph: Graph) -> set[int]:
         for node in reversed(graph.nodes):  # the pre-activation it is computed from)
             if id(node) in stored or not is_light(node) or node.op in LAYOUT:
                 continue
+            shared = len(owners.get(id(node), ())) >= 2
+            if not shared and id(node) not in expanded:
+                continue  # cheap test first: the tree walk below makes this loop quadratic
             body, leaves = tree(node, stored)
             anchored = any(is_anchor(x) for x in leaves)
             costly = anchored or any(n.op in EXPENSIVE for n in body)
-            shared = len(owners.get(id(node), ())) >= 2
             if (shared and (node.op in EXPENSIVE or anchored)) or (
                 id(node) in expanded and node.type.size > 1 and costly
             ):
