@@ -100,7 +100,7 @@ def test_second_compile_hits_cache(cache_in_tmp):
     assert not first.cached and second.cached
     assert "optimize" not in second.timings and "load" in second.timings
     assert call_add(second) == 3.75
-    assert list(cache_in_tmp.iterdir()) == [jit.cache_path(jit.cache_key(ADD, 3))]
+    assert list(cache_in_tmp.iterdir()) == [jit.cache_path(jit.cache_key(ADD, jit.DEFAULT_OPT))]
     assert "define double @add" in second.optimized_ir  # recomputed lazily on a hit
     assert "vaddsd" in second.assembly()
 
@@ -139,7 +139,7 @@ def flip_header_byte(data: bytes) -> bytes:
 @pytest.mark.parametrize("corrupt", [truncate, flip_last_byte, flip_header_byte, lambda d: b""])
 def test_corrupt_entry_is_recompiled_and_rewritten(corrupt):
     jit.compile_ir(ADD)
-    path = jit.cache_path(jit.cache_key(ADD, 3))
+    path = jit.cache_path(jit.cache_key(ADD, jit.DEFAULT_OPT))
     good = path.read_bytes()
     path.write_bytes(corrupt(good))
     engine = jit.compile_ir(ADD)
@@ -151,8 +151,8 @@ def test_corrupt_entry_is_recompiled_and_rewritten(corrupt):
 
 def test_entry_of_another_program_is_not_trusted():
     jit.compile_ir(SUM)
-    sum_entry = jit.cache_path(jit.cache_key(SUM, 3)).read_bytes()
-    jit.cache_path(jit.cache_key(ADD, 3)).write_bytes(sum_entry)
+    sum_entry = jit.cache_path(jit.cache_key(SUM, jit.DEFAULT_OPT)).read_bytes()
+    jit.cache_path(jit.cache_key(ADD, jit.DEFAULT_OPT)).write_bytes(sum_entry)
     engine = jit.compile_ir(ADD)
     assert not engine.cached and call_add(engine) == 3.75
 

@@ -353,7 +353,7 @@ class Program:
         return str(self.graph)
 
 
-def compile(inputs=None, outputs=None, updates=None, *, name=None, opt=3, cache=True):  # noqa: A001
+def compile(inputs=None, outputs=None, updates=None, *, name=None, opt=None, cache=True):  # noqa: A001
     """JIT-compile one step: `gc.compile(inputs=[x], outputs=y, updates={w: w2})` or a Program."""
     from graphc.runtime.executable import Executable
 

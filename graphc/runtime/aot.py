@@ -324,7 +324,7 @@ def export(executable, directory, name: str | None = None, cpu: str = "x86-64-v3
     directory.mkdir(parents=True, exist_ok=True)
     if [p.name for p in executable.optimized.params] != [p.name for p in executable.graph.params]:
         raise CompileError(f"{name}: the optimized program's state differs from the graph's")
-    obj = jit.emit_object(export_ir(executable, name), cpu=cpu)
+    obj = jit.emit_object(export_ir(executable, name), cpu=cpu, opt=executable.engine.opt)
     externals = external_symbols(obj)
     unknown = [s for s in externals if s not in LIBC + LIBM]
     if unknown:
