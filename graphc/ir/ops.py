@@ -705,6 +705,8 @@ def _sum_tangents(terms):
 
 # ---- sources --------------------------------------------------------------------------------
 
+SOURCES = ("input", "param", "const", "iota")  # the ops without inputs
+
 
 def _infer_source(types, attrs):
     return TensorType(tuple(attrs["shape"]), attrs["dtype"])

@@ -38,7 +38,7 @@ from graphc.ir.graph import FORMS, Graph, Kernel, Node, Storage, apply, location
 from graphc.ir.ops import OPS
 from graphc.ir.types import LONG, SHORT, TensorType
 
-SOURCES = ("input", "param")
+DECLARED = ("input", "param")  # declared in the graph header, not as equations
 _PLAIN = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*\Z")
 _LOC_COLUMN_MAX = 72
 _WORDS = {"True": True, "False": False, "None": None, "nan": np.nan, "inf": np.inf, "-inf": -np.inf}
@@ -130,7 +130,7 @@ def print_graph(graph: Graph, kernels=None) -> str:
     """The text form of `graph`; with `kernels`, each kernel as an indented block."""
     kernels = list(kernels or ())
     in_kernel = {id(n) for k in kernels for n in k.nodes}
-    top = [n for n in graph.nodes if n.op not in SOURCES and id(n) not in in_kernel]
+    top = [n for n in graph.nodes if n.op not in DECLARED and id(n) not in in_kernel]
     label = Namer()
     for node in [*graph.inputs, *graph.params, *top, *(n for k in kernels for n in k.nodes)]:
         label(node)
@@ -366,7 +366,7 @@ class Parser:
         op = op_token.text
         if op not in OPS:
             self.fail(f"unknown op {op!r}", op_token)
-        if op in SOURCES:
+        if op in DECLARED:
             self.fail(f"{op} values are declared in the graph header, not as equations", op_token)
         attrs, inputs = {}, []
         if op == "const":

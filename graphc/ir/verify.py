@@ -13,10 +13,8 @@ from __future__ import annotations
 
 from graphc.errors import VerifyError
 from graphc.ir.graph import FORMS, Graph, Node
-from graphc.ir.ops import OPS
+from graphc.ir.ops import OPS, SOURCES
 from graphc.ir.printer import Namer
-
-SOURCES = ("input", "param", "const", "iota")
 
 
 class _Checker:

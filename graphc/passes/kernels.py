@@ -11,7 +11,7 @@ from math import prod
 from graphc.ir.graph import Kernel, Node
 from graphc.ir.ops import OPS, Kind
 
-SOURCES = ("input", "param", "const")
+MEMORY_SOURCES = ("input", "param", "const")  # iota is computed at an index: see LAYOUT
 LAYOUT = ("broadcast_to", "reshape", "transpose", "slice", "pad", "concat", "iota")
 AFFINE = ("broadcast_to", "transpose", "slice")
 REDUCTIONS = ("sum", "max", "argmax")
@@ -19,7 +19,7 @@ EXPENSIVE = frozenset({"exp", "log", "log1p", "sin", "cos", "tanh", "sqrt", "sig
 
 
 def is_source(node: Node) -> bool:
-    return node.op in SOURCES
+    return node.op in MEMORY_SOURCES
 
 
 def is_light(node: Node) -> bool:

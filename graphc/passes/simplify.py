@@ -40,13 +40,12 @@ from collections.abc import Callable
 import numpy as np
 
 from graphc.ir.graph import Graph, Node, apply, location
-from graphc.ir.ops import OPS, Kind
+from graphc.ir.ops import OPS, SOURCES, Kind
 from graphc.ir.types import INTS, TensorType
 
 FOLD_LIMIT = 4096  # fold only when the result and every input have at most this many elements
 MAX_SWEEPS = 100
-SOURCES = frozenset({"input", "param", "const", "iota"})
-LAYOUT = frozenset({"broadcast_to", "reshape", "transpose", "slice"})  # splat in, splat out
+SPLAT_LAYOUT = frozenset({"broadcast_to", "reshape", "transpose", "slice"})  # splat in, splat out
 
 
 def simplify(graph: Graph) -> Graph:
@@ -150,9 +149,10 @@ def _fold(node: Node) -> Node | None:
         return None  # already canonical
     values = [_value(x) for x in node.inputs]
     opdef = OPS[node.op]
-    if all(v is not None for v in values) and (opdef.kind == Kind.ELEMWISE or node.op in LAYOUT):
+    splat_in_splat_out = opdef.kind == Kind.ELEMWISE or node.op in SPLAT_LAYOUT
+    if splat_in_splat_out and all(v is not None for v in values):
         with np.errstate(all="ignore"):
-            result = values[0] if node.op in LAYOUT else opdef.ref(values, node.attrs)
+            result = values[0] if node.op in SPLAT_LAYOUT else opdef.ref(values, node.attrs)
         result = np.asarray(result)
         return _splat(result, node.type) if result.dtype == node.type.np_dtype else None
     arrays = [_array(x) for x in node.inputs]
