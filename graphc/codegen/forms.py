@@ -20,6 +20,7 @@ from math import prod
 from llvmlite import ir
 
 from graphc.codegen.emitter import REGISTER_TYPES
+from graphc.codegen.parallel import MATMUL_ROWS, Split, matmul_work, split_rows, work_of
 from graphc.errors import CompileError
 from graphc.ir.graph import Node
 from graphc.passes.kernels import REDUCTIONS, product_host, segments, stage_reductions
@@ -33,15 +34,20 @@ def emit_loop(k) -> None:
         k.materialized.update(id(o) for o in outputs)  # later nests read them back
 
 
-def _over(k, shape, outputs) -> None:
-    """Store `outputs` (all of `shape`'s size) over a loop nest on `shape`."""
+def _needs_axes(kernel) -> bool:
+    """Whether a loop kernel indexes by axes (an index map other than reshape), not flat."""
     from graphc.codegen.llvm import INDEX_MAPS
 
-    needs_axes = any(n.op in INDEX_MAPS and n.op != "reshape" for n in k.kernel.nodes)
-    if needs_axes:
-        k.nest(shape, lambda values: k.store_outputs(k.index(shape, values=values), outputs))
+    return any(n.op in INDEX_MAPS and n.op != "reshape" for n in kernel.nodes)
+
+
+def _over(k, shape, outputs) -> None:
+    """Store `outputs` (all of `shape`'s size) over a loop nest on `shape`."""
+    if _needs_axes(k.kernel):
+        store = lambda values: k.store_outputs(k.index(shape, values=values), outputs)  # noqa: E731
+        k.nest(shape, store, outer=True)
     else:
-        k.loop(prod(shape), lambda i: k.store_outputs(k.index(shape, flat=i), outputs))
+        k.outer_loop(prod(shape), lambda i: k.store_outputs(k.index(shape, flat=i), outputs))
 
 
 def emit_reduction(k) -> None:
@@ -54,8 +60,7 @@ def reduce_stage(k, reduce: Node, outputs) -> None:
     from graphc.codegen.llvm import I64, _argmax_better, combine_sum, i64, identity
 
     x = reduce.inputs[0]
-    axes = tuple(reduce.attrs.get("axes", (reduce.attrs.get("axis"),)))
-    kept = [d for i, d in enumerate(x.shape) if i not in axes]
+    axes, kept = _reduced_axes(reduce)
     reduced = [x.shape[a] for a in axes]
     b = k.b
 
@@ -89,7 +94,14 @@ def reduce_stage(k, reduce: Node, outputs) -> None:
         k.store_outputs(out_index, outputs)
         del k.known[id(reduce)]
 
-    k.nest(kept, per_output)
+    k.nest(kept, per_output, outer=True)
+
+
+def _reduced_axes(reduce: Node) -> tuple[tuple[int, ...], list[int]]:
+    """A reduction's reduced axes and the sizes of the kept ones."""
+    x = reduce.inputs[0]
+    axes = tuple(reduce.attrs.get("axes", (reduce.attrs.get("axis"),)))
+    return axes, [d for i, d in enumerate(x.shape) if i not in axes]
 
 
 def emit_rowwise(k) -> None:
@@ -153,12 +165,13 @@ def emit_rowwise(k) -> None:
             )
         k.known = {}
 
-    k.loop(size, per_row, "row")
+    k.outer_loop(size, per_row, "row")
 
 
-def emit_contraction(k) -> None:
-    from graphc.codegen.llvm import affine_view, keep_out_of_line, strides_of
-    from graphc.codegen.matmul import Operand, define_matmul
+def _contraction(k):
+    """A contraction kernel's matmul, its operands as affine views, its elementwise epilogue
+    outputs and its reduction stages (reduction id -> the outputs computed from it)."""
+    from graphc.codegen.llvm import affine_view
 
     kernel = k.kernel
     (mm,) = [n for n in kernel.nodes if n.op == "matmul"]
@@ -177,26 +190,44 @@ def emit_contraction(k) -> None:
             stages.setdefault(id(found[0]), []).append(out)
         else:
             epilogue.append(out)
+    return mm, views, epilogue, stages
+
+
+def _on_stack(mm: Node, kernel) -> bool:
+    """Whether the product goes to a stack buffer (small and not a kernel output)."""
+    return mm not in kernel.outputs and mm.type.nbytes <= SCRATCH_BYTES
+
+
+def _product_target(k, mm: Node):
+    """Where the matmul writes the product (and record it as the product's pointer)."""
+    kernel = k.kernel
     if mm in kernel.outputs:
-        target = k.pointers[id(mm)]
-    elif mm.type.nbytes <= SCRATCH_BYTES:
+        return k.pointers[id(mm)]
+    if _on_stack(mm, kernel):
         # a small product goes to the stack: the epilogue then reads it and writes its
         # outputs, instead of rewriting the product in place (where `where(mask, x, 0)` over
         # x becomes a masked store, slow on this CPU)
         with k.b.goto_entry_block():
             target = k.b.alloca(ir.ArrayType(ir.IntType(8), mm.type.nbytes))
             target.align = 64
-        k.pointers[id(mm)] = target
     else:
         host = product_host(kernel)
         if host is None:
             raise CompileError(f"kernel {kernel.name}: no buffer for the matmul product")
         target = k.pointers[id(host)]  # the epilogue then runs in place over it
-        k.pointers[id(mm)] = target
-    *batch, m, inner = mm.inputs[0].shape
+    k.pointers[id(mm)] = target
+    return target
+
+
+def _matmul(k, mm: Node, views, m: int, suffix: str = "") -> ir.Function:
+    """The generated matmul of `m` rows of the kernel's product (all of them by default)."""
+    from graphc.codegen.llvm import keep_out_of_line, strides_of
+    from graphc.codegen.matmul import Operand, define_matmul
+
+    *batch, _, inner = mm.inputs[0].shape
     function = define_matmul(
         k.module,
-        f"{kernel.name}.matmul",
+        f"{k.kernel.name}.matmul{suffix}",
         m=m,
         n=mm.shape[-1],
         k=inner,
@@ -208,13 +239,98 @@ def emit_contraction(k) -> None:
     )
     function.linkage = "internal"
     keep_out_of_line(function)
-    pointers = [target]
-    pointers += [k.globals.get(id(v.source)) or k.pointers[id(v.source)] for v in views]
-    k.b.call(function, pointers)
+    return function
+
+
+def emit_contraction(k) -> None:
+    from graphc.codegen.llvm import MEMORY_TYPES
+
+    mm, views, epilogue, stages = _contraction(k)
+    target = _product_target(k, mm)
+    sources = [k.globals.get(id(v.source)) or k.pointers[id(v.source)] for v in views]
+    if k.rows is None:
+        k.b.call(_matmul(k, mm, views, mm.inputs[0].shape[-2]), [target, *sources])
+    else:  # rows [start, end) of C from the same rows of A: one matmul per chunk length
+        b, (start, end) = k.b, k.rows
+        element = MEMORY_TYPES[mm.dtype]
+        row_a = b.mul(start, ir.IntType(64)(views[0].strides[0]))
+        a = b.gep(sources[0], [row_a], inbounds=True, source_etype=element)
+        c = b.gep(target, [b.mul(start, ir.IntType(64)(mm.shape[-1]))], source_etype=element)
+        lengths = sorted({e - s for s, e in k.split.chunks}, reverse=True)
+        functions = {n: _matmul(k, mm, views, n, f".rows{n}") for n in lengths}
+        if len(lengths) == 1:
+            b.call(functions[lengths[0]], [c, a, sources[1]])
+        else:
+            full = b.icmp_unsigned("==", b.sub(end, start), ir.IntType(64)(lengths[0]))
+            with b.if_else(full) as (then, otherwise):
+                with then:
+                    b.call(functions[lengths[0]], [c, a, sources[1]])
+                with otherwise:
+                    b.call(functions[lengths[1]], [c, a, sources[1]])
     k.materialized.add(id(mm))
     if epilogue:
-        k.nest(mm.shape, lambda values: k.store_outputs(k.index(mm.shape, values=values), epilogue))
+        store = lambda values: k.store_outputs(k.index(mm.shape, values=values), epilogue)  # noqa: E731
+        k.nest(mm.shape, store, outer=True)
     k.materialized.update(id(o) for o in epilogue)
-    for n in kernel.nodes:
+    if k.rows is None:
+        _stages(k, stages)
+
+
+def _stages(k, stages) -> None:
+    """A contraction's reduction stages, over the stored product and epilogue."""
+    for n in k.kernel.nodes:
         if id(n) in stages:
             reduce_stage(k, n, stages[id(n)])
+
+
+# ---- threads (codegen/parallel.py) ----
+
+
+def split_of(k) -> Split | None:
+    """How kernel `k` splits its outer loop between `k.threads` threads (None: it does not).
+
+    The outer loop is the one whose iterations write disjoint outputs: the elements (or
+    first axis) of a loop, the first kept axis of a reduction, the rows of a row-wise kernel
+    or of a 2-d contraction's product (the reduction stages run after the join)."""
+    kernel, threads = k.kernel, k.threads
+    if threads <= 1:
+        return None
+    if kernel.form == "loop":
+        parts = segments(kernel)
+        if len(parts) != 1:
+            return None  # a later nest reads back what an earlier one stored, at any index
+        shape = parts[0][0]
+        work = work_of(kernel, shape)
+        if _needs_axes(kernel):
+            return split_rows(shape[0] if shape else 1, work, threads)
+        return split_rows(prod(shape), work, threads, unit=64)  # whole vectors
+    if kernel.form == "reduction":
+        (reduce,) = [n for n in kernel.nodes if n.op in REDUCTIONS]
+        _, kept = _reduced_axes(reduce)
+        if not kept:
+            return None  # a total would need its partial sums reassociated
+        return split_rows(kept[0], work_of(kernel, reduce.inputs[0].shape), threads)
+    if kernel.form == "rowwise":
+        x = next(n for n in kernel.nodes if n.op in REDUCTIONS).inputs[0]
+        return split_rows(prod(x.shape[:-1]), work_of(kernel, x.shape), threads)
+    mm, views, _, stages = _contraction(k)
+    if mm.ndim != 2 or (stages and _on_stack(mm, kernel)):
+        return None
+    operands = {k.place(v.source) for v in views if id(v.source) not in k.globals}
+    if any(k.place(o) in operands for o in kernel.outputs):
+        return None  # an operand updated in place: a chunk would read rows another wrote
+    m, inner = mm.inputs[0].shape
+    work = matmul_work(m, mm.shape[1], inner, mm.dtype) + work_of(kernel, mm.shape)
+    return split_rows(m, work, threads, unit=MATMUL_ROWS)
+
+
+def after_join(k) -> None:
+    """What a split kernel runs after its chunks: a contraction's reduction stages."""
+    if k.kernel.form != "contraction":
+        return
+    mm, _, epilogue, stages = _contraction(k)
+    if stages:
+        _product_target(k, mm)  # not on the stack: split_of keeps those whole
+        k.materialized.add(id(mm))
+        k.materialized.update(id(o) for o in epilogue)
+        _stages(k, stages)

@@ -14,6 +14,10 @@ the kernels in schedule order and then writes the updates into the parameters, a
 `<name>_call(args)`, the same with all pointers in one array (one native call from
 Python with a single argument).
 
+Threads: a kernel whose work pays for them runs its outer loop in chunks on several
+threads, forked and joined inside the kernel (codegen/parallel.py); small kernels are
+emitted exactly as without.
+
 Profiling: LLVM inlines every kernel into `<name>_step`. With the environment variable
 GRAPHC_NOINLINE=1 kernels and their matmuls are marked `noinline`, so a sampling profiler
 (`perf record`) attributes time to each kernel; the code is otherwise the same.
@@ -27,7 +31,9 @@ from dataclasses import dataclass
 import numpy as np
 from llvmlite import ir
 
+from graphc.codegen import parallel
 from graphc.codegen.emitter import MEMORY_TYPES, REGISTER_TYPES, Emitter, is_float_type
+from graphc.codegen.parallel import Split
 from graphc.errors import CompileError
 from graphc.ir.graph import Graph, Kernel, Node
 from graphc.ir.ops import OPS
@@ -116,24 +122,36 @@ class KernelEmitter:
         kernel: Kernel,
         globals_: dict[int, ir.GlobalVariable],
         place=lambda node: id(node),
+        threads: int = 1,
+        rows: Split | None = None,
     ):
         """`place(node)` says where a value lives: values in the same place (an output
         written in place over an input) share one pointer argument, so every argument is
-        `noalias` and LLVM vectorizes without run-time overlap checks."""
+        `noalias` and LLVM vectorizes without run-time overlap checks.
+
+        `threads` > 1 lets a large kernel split its outer loop (codegen/parallel.py); the
+        emitter of one chunk is made with `rows`, the split, and takes (start, end) after
+        its pointers."""
         self.module = module
         self.kernel = kernel
         self.globals = globals_
+        self.place = place
+        self.threads = threads
+        self.split = rows
         self.external = [n for n in kernel.inputs if not _is_immediate(n) and id(n) not in globals_]
         self.places: list = []  # one argument per place, inputs first
         for node in (*self.external, *kernel.outputs):
             if place(node) not in self.places:
                 self.places.append(place(node))
-        arg_types = [PTR] * len(self.places)
-        self.function = ir.Function(module, ir.FunctionType(ir.VoidType(), arg_types), kernel.name)
+        arg_types = [PTR] * len(self.places) + [I64, I64] * (rows is not None)
+        name = kernel.name if rows is None else f"{kernel.name}.rows"
+        self.function = ir.Function(module, ir.FunctionType(ir.VoidType(), arg_types), name)
         self.function.linkage = "internal"
         keep_out_of_line(self.function)
-        for arg in self.function.args:
+        for arg in self.function.args[: len(self.places)]:
             arg.add_attribute("noalias")
+        # the outer loop's range in a chunk's function, else None (the whole loop)
+        self.rows = tuple(self.function.args[-2:]) if rows is not None else None
         self.pointers: dict[int, ir.Value] = {}
         for node in (*self.external, *kernel.outputs):
             self.pointers[id(node)] = self.function.args[self.places.index(place(node))]
@@ -169,14 +187,36 @@ class KernelEmitter:
         b.cbranch(b.icmp_unsigned("<", following, i64(count)), header, after)
         b.position_at_end(after)
 
-    def nest(self, shape, body, depth=0, values=()):
-        """Nested loops over `shape` (row-major), calling body(list of index values)."""
+    def outer_loop(self, count: int, body, name="i"):
+        """The loop a kernel splits between threads: over [start, end) in a chunk's function,
+        else over range(count)."""
+        if self.rows is None:
+            return self.loop(count, body, name)
+        b = self.b
+        start, end = self.rows
+        before = b.block
+        header = b.append_basic_block(f"{name}.loop")
+        after = b.append_basic_block(f"{name}.done")
+        b.cbranch(b.icmp_unsigned("<", start, end), header, after)
+        b.position_at_end(header)
+        phi = b.phi(I64, name=name)
+        phi.add_incoming(start, before)
+        self.scopes.append({})
+        body(phi)
+        self.scopes.pop()
+        following = b.add(phi, i64(1), flags=("nuw", "nsw"))
+        phi.add_incoming(following, b.block)
+        b.cbranch(b.icmp_unsigned("<", following, end), header, after)
+        b.position_at_end(after)
+
+    def nest(self, shape, body, depth=0, values=(), outer=False):
+        """Nested loops over `shape` (row-major), calling body(list of index values); with
+        `outer`, the first is the `outer_loop`."""
         if depth == len(shape):
             body(list(values))
             return
-        self.loop(
-            shape[depth], lambda v: self.nest(shape, body, depth + 1, (*values, v)), f"i{depth}"
-        )
+        loop = self.outer_loop if outer and depth == 0 else self.loop
+        loop(shape[depth], lambda v: self.nest(shape, body, depth + 1, (*values, v)), f"i{depth}")
 
     # ---- memory ----
     def address(self, node: Node, flat) -> ir.Value:
@@ -287,8 +327,18 @@ class KernelEmitter:
     def emit(self) -> ir.Function:
         from graphc.codegen import forms
 
-        self.hoist_scalars()
-        getattr(forms, f"emit_{self.kernel.form}")(self)
+        split = None if self.rows else forms.split_of(self)
+        if split is None:
+            self.hoist_scalars()
+            getattr(forms, f"emit_{self.kernel.form}")(self)
+        else:  # chunks of the outer loop on threads, then what must follow them all
+            rows = KernelEmitter(
+                self.module, self.kernel, self.globals, self.place, self.threads, rows=split
+            )
+            rows.emit()
+            self.hoist_scalars()
+            parallel.fork_join(self.b, rows.function, list(self.function.args), split)
+            forms.after_join(self)
         self.b.ret_void()
         return self.function
 
@@ -459,8 +509,12 @@ def constant_global(module: ir.Module, node: Node, name: str) -> ir.GlobalVariab
 # ---- the program ----
 
 
-def emit_program(graph: Graph, kernels: list[Kernel], plan: Plan, name: str) -> ir.Module:
-    """The LLVM module of a compiled program: kernels, constants and the exported entries."""
+def emit_program(
+    graph: Graph, kernels: list[Kernel], plan: Plan, name: str, threads: int | None = None
+) -> ir.Module:
+    """The LLVM module of a compiled program: kernels, constants and the exported entries.
+    Large kernels run on `threads` threads (default: `parallel.thread_count()`)."""
+    threads = parallel.thread_count() if threads is None else threads
     module = ir.Module(name=name)
     globals_: dict[int, ir.GlobalVariable] = {}
     for node in graph.nodes:
@@ -472,7 +526,7 @@ def emit_program(graph: Graph, kernels: list[Kernel], plan: Plan, name: str) -> 
     def place(node: Node):
         return plan.locations.get(id(node)) or id(node)
 
-    functions = [KernelEmitter(module, kernel, globals_, place) for kernel in kernels]
+    functions = [KernelEmitter(module, kernel, globals_, place, threads) for kernel in kernels]
     for emitter in functions:
         emitter.emit()
 

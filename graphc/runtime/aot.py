@@ -16,8 +16,10 @@ The memory block holds everything a step reads or writes besides its arguments:
 so two blocks are two independent models, the code allocates nothing and keeps no global
 state (reentrant). The JIT's `<name>_step` and `<name>_call` become internal symbols of the
 object: it exports only the C interface above, so several models link into one program.
-External references are `memcpy`/`memset` (libc) and, for a CPU baseline without the
-instruction, `fma`/`floor`/`rint` from libm; `external_symbols()` lists what an export needs.
+External references are `memcpy`/`memset` (libc), `pthread_create`/`pthread_join` when large
+kernels run on several threads (codegen/parallel.py: each call starts and joins its own, so
+the code stays reentrant) and, for a CPU baseline without the instruction, `fma`/`floor`/`rint`
+from libm; `external_symbols()` lists what an export needs.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ C_TYPES = {
     "bool": "uint8_t",
 }
 LIBC = ("memcpy", "memset")
+PTHREAD = ("pthread_create", "pthread_join")  # in libc since glibc 2.34, else -lpthread
 LIBM = ("fma", "fmaf", "floor", "floorf", "rint", "rintf", "ceil", "ceilf", "trunc", "truncf")
 I64 = ir.IntType(64)
 I8 = ir.IntType(8)
@@ -218,8 +221,18 @@ def header_text(executable, name: str, cpu: str, externals: list[str]) -> str:
         f" * Compiled ahead of time for cpu={cpu}; position-independent code.",
         f" * Link with {name}.o or -l{name}"
         + (" and -lm" if any(s in LIBM for s in externals) else "")
+        + (" and -pthread" if any(s in PTHREAD for s in externals) else "")
         + "; no other runtime library is needed.",
         f" * External symbols: {', '.join(externals) or 'none'}.",
+    ]
+    if any(s in PTHREAD for s in externals):
+        lines += [
+            " * Large kernels run on several threads: a call starts them and joins them before",
+            " * it returns (pthread_create/pthread_join, in libc since glibc 2.34: -pthread or",
+            " * -lpthread for an older one). A thread that cannot start leaves its share to the",
+            " * calling thread. Threads get the default stack size; a matmul uses up to 400 KiB.",
+        ]
+    lines += [
         " *",
         " * Usage:",
         f" *   void *mem = aligned_alloc(64, {name}_mem_size());  // must be 64-byte aligned",
@@ -326,22 +339,30 @@ def export(executable, directory, name: str | None = None, cpu: str = "x86-64-v3
         raise CompileError(f"{name}: the optimized program's state differs from the graph's")
     obj = jit.emit_object(export_ir(executable, name), cpu=cpu, opt=executable.engine.opt)
     externals = external_symbols(obj)
-    unknown = [s for s in externals if s not in LIBC + LIBM]
+    unknown = [s for s in externals if s not in LIBC + PTHREAD + LIBM]
     if unknown:
         raise CompileError(f"{name}: the object needs symbols outside libc/libm: {unknown}")
     paths = Artifacts(directory / f"{name}.o", directory / f"lib{name}.so", directory / f"{name}.h")
     paths.object.write_bytes(obj)
     paths.header.write_text(header_text(executable, name, cpu, externals))
-    link_shared(paths.object, paths.shared, needs_libm=any(s in LIBM for s in externals))
+    link_shared(
+        paths.object,
+        paths.shared,
+        needs_libm=any(s in LIBM for s in externals),
+        needs_threads=any(s in PTHREAD for s in externals),
+    )
     return paths
 
 
-def link_shared(obj: pathlib.Path, shared: pathlib.Path, *, needs_libm: bool) -> None:
+def link_shared(
+    obj: pathlib.Path, shared: pathlib.Path, *, needs_libm: bool, needs_threads: bool = False
+) -> None:
     """`cc -shared` the object into a shared library (the C compiler from $CC, cc or gcc)."""
     compiler = shlex.split(os.environ.get("CC", "")) or [shutil.which("cc") or shutil.which("gcc")]
     if not compiler[0]:
         raise CompileError(f"no C compiler (cc/gcc) to link {shared.name}; {obj.name} is written")
     command = [*compiler, "-shared", "-o", str(shared), str(obj)] + (["-lm"] if needs_libm else [])
+    command += ["-pthread"] if needs_threads else []
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
         raise CompileError(f"linking {shared.name} failed: {result.stderr.strip()}")

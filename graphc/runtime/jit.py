@@ -26,8 +26,9 @@ Cache key: sha256 over a text that determines the machine code — the LLVM IR i
 `compile`) the printed input graph, so that a hit skips the graph passes and IR emission too —
 plus everything else the code depends on: a hash of graphc's own compiler sources (ir, passes,
 codegen, runtime: an edited compiler never loads a stale object), the GRAPHC_* environment
-variables that are not known to leave code alone, host CPU name and features, opt level,
-llvmlite, LLVM and NumPy versions, graphc version and the entry format version.
+variables that are not known to leave code alone, the thread count large kernels are split
+into, host CPU name and features, opt level, llvmlite, LLVM and NumPy versions, graphc version
+and the entry format version.
 
 External symbols: MCJIT leaves an unresolved external as address 0 and the process segfaults
 when it is called. So every undefined symbol of the object file is looked up in the process
@@ -63,6 +64,7 @@ import llvmlite
 import llvmlite.binding as llvm
 import numpy as np
 
+from graphc.codegen.parallel import thread_count
 from graphc.errors import CompileError
 
 _LOCK = threading.RLock()
@@ -217,7 +219,8 @@ def cache_key(text: str, opt: int) -> str:
         for name, value in os.environ.items()
         if name.startswith("GRAPHC_") and not name.startswith(_KEY_EXEMPT)
     )
-    parts = [text, f"opt={opt}", *environment, _host_key()]
+    # the thread count is compiled in (codegen/parallel.py) and follows the CPU affinity
+    parts = [text, f"opt={opt}", f"threads={thread_count()}", *environment, _host_key()]
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()
 
 

@@ -1,0 +1,225 @@
+"""Threads for large kernels (codegen/parallel.py): the split code computes what one thread does.
+
+Each program is compiled with GRAPHC_THREADS=1 and =2 (the count is compiled in and part of
+the cache key) and the results compared: bit for bit where every element is computed by the
+same code (loops, row-wise kernels, reductions by rows), and to rounding for matmuls, whose
+chunks are separate instantiations of the generated matmul.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import threading
+
+import numpy as np
+import pytest
+
+import graphc as gc
+from graphc.codegen import parallel
+from graphc.errors import CompileError
+from graphc.runtime import aot
+
+GCC = shutil.which("gcc")
+
+
+def compiled(program, threads: int, monkeypatch):
+    monkeypatch.setenv("GRAPHC_THREADS", str(threads))
+    return gc.compile(program)
+
+
+def both(program, monkeypatch):
+    """The program compiled for one thread and for two; the latter must fork."""
+    one, two = compiled(program, 1, monkeypatch), compiled(program, 2, monkeypatch)
+    assert "pthread_create" not in one.dump("llvm")
+    assert 'call i32 @"pthread_create"' in two.dump("llvm")
+    return one, two
+
+
+def chain(n: int, dtype: str, name="chain"):
+    """W3: tanh(a*b + c)*sigmoid(d) - 0.5*a over n elements, and its inputs."""
+    a, b, c, d = (gc.input(x, (n,), dtype=dtype) for x in "abcd")
+    program = gc.Program([a, b, c, d], gc.tanh(a * b + c) * gc.sigmoid(d) - 0.5 * a, name=name)
+    rng = np.random.default_rng(0)
+    return program, [rng.normal(size=n).astype(dtype) for _ in range(4)]
+
+
+# ---- the thread count and the chunks ----
+
+
+def test_thread_count_from_environment(monkeypatch):
+    monkeypatch.setenv("GRAPHC_THREADS", "3")
+    assert parallel.thread_count() == 3
+    monkeypatch.delenv("GRAPHC_THREADS")
+    assert 1 <= parallel.thread_count() <= parallel.MAX_THREADS
+    for bad in ("0", "two", "-1"):
+        monkeypatch.setenv("GRAPHC_THREADS", bad)
+        with pytest.raises(CompileError, match="GRAPHC_THREADS"):
+            parallel.thread_count()
+
+
+def test_chunks_cover_the_rows_once():
+    assert parallel.chunks(10, 2) == ((0, 5), (5, 10))
+    assert parallel.chunks(100, 2, unit=64) == ((0, 64), (64, 100))
+    assert parallel.chunks(7, 3) == ((0, 3), (3, 6), (6, 7))
+    for rows, threads, unit in [(1000003, 2, 64), (301, 2, 12), (5, 8, 1), (97, 3, 4)]:
+        cut = parallel.chunks(rows, threads, unit)
+        assert len(cut) <= threads and cut[0][0] == 0 and cut[-1][1] == rows
+        assert all(e0 == s1 for (_, e0), (s1, _) in zip(cut, cut[1:]))
+        assert all((e - s) % unit == 0 for s, e in cut[:-1])
+
+
+def test_small_kernels_stay_on_one_thread(monkeypatch):
+    program, _ = chain(10_000, "float32")
+    assert "pthread" not in compiled(program, 2, monkeypatch).dump("llvm")
+
+
+# ---- results equal one thread's ----
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_elementwise_chain_bit_identical(dtype, monkeypatch):
+    program, values = chain(10**6 + 3, dtype)  # the last chunk is not whole vectors
+    one, two = both(program, monkeypatch)
+    np.testing.assert_array_equal(two(*values), one(*values))
+
+
+def test_rowwise_and_reductions_bit_identical(monkeypatch):
+    x = gc.input("x", (2001, 301), dtype="float64")
+    outputs = [gc.softmax(x), x.sum(axis=1), gc.exp(x).max(axis=0), gc.log_softmax(x)]
+    program = gc.Program([x], outputs, name="rows")
+    one, two = both(program, monkeypatch)
+    value = np.random.default_rng(1).normal(size=x.shape)
+    for got, expected in zip(two(value), one(value)):
+        np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize(("dtype", "rtol"), [("float32", 1e-5), ("float64", 1e-12)])
+@pytest.mark.parametrize("shape", [(512, 512, 512), (301, 263, 517)])
+def test_matmul_split_equals_unsplit(dtype, rtol, shape, monkeypatch):
+    m, k, n = shape
+    a, b = gc.input("a", (m, k), dtype=dtype), gc.input("b", (k, n), dtype=dtype)
+    bias = gc.input("bias", (n,), dtype=dtype)
+    program = gc.Program([a, b, bias], [a @ b, gc.relu(a @ b + bias)], name="mm")
+    one, two = both(program, monkeypatch)
+    rng = np.random.default_rng(2)
+    values = [rng.uniform(-1, 1, s).astype(dtype) for s in ((m, k), (k, n), (n,))]
+    for got, expected in zip(two(*values), one(*values)):
+        np.testing.assert_allclose(got, expected, rtol=rtol, atol=rtol)
+    np.testing.assert_allclose(two(*values)[0], values[0] @ values[1], rtol=rtol * 10, atol=rtol)
+
+
+def test_training_step_with_threads_matches_one_thread(monkeypatch):
+    """W1-B: split matmuls with epilogues, reduction stages after the join, Adam in place."""
+    steps = []
+    for threads in (1, 2):
+        x = gc.input("x", (256, 64))
+        y = gc.input("y", (256, 1))
+        model = gc.nn.MLP(256, 3, 1, seed=0, name="mlp")
+        loss = gc.nn.mse_loss(model(x), y)
+        updates = gc.optim.Adam(model.params(), lr=1e-3).updates(loss)
+        steps.append((compiled(gc.Program([x, y], loss, updates), threads, monkeypatch), model))
+    assert "pthread_create" in steps[1][0].dump("llvm")
+    rng = np.random.default_rng(3)
+    for _ in range(3):
+        xv = rng.uniform(-1, 1, (256, 64)).astype(np.float32)
+        yv = xv.max(axis=1, keepdims=True)
+        losses = [step(xv, yv) for step, _ in steps]
+        np.testing.assert_allclose(losses[1], losses[0], rtol=1e-6)
+    for p1, p2 in zip(steps[0][1].params(), steps[1][1].params()):
+        np.testing.assert_allclose(p2.value, p1.value, rtol=1e-5, atol=1e-7)
+
+
+def test_matmul_operand_updated_in_place_stays_whole(monkeypatch):
+    """w <- w - 0.01 (x @ w) may be written over w: a chunk would read rows another wrote."""
+    results = []
+    for threads in (1, 2):
+        w = gc.param("w", np.random.default_rng(4).normal(size=(384, 384)))
+        x = gc.input("x", (384, 384), dtype="float64")
+        step = compiled(
+            gc.Program([x], (x @ w).sum(), {w: w - 0.01 * (x @ w)}), threads, monkeypatch
+        )
+        xv = np.random.default_rng(5).normal(size=(384, 384)) / 384
+        expected = w.value - 0.01 * (xv @ w.value)
+        step(xv)
+        np.testing.assert_allclose(w.value, expected, rtol=1e-12, atol=1e-12)
+        results.append(w.value.copy())
+    np.testing.assert_allclose(results[1], results[0], rtol=1e-12, atol=1e-12)
+
+
+def test_concurrent_calls_from_python_threads(monkeypatch):
+    """Each native call forks and joins its own threads; calls from 8 Python threads."""
+    program, _ = chain(1 << 17, "float32")
+    step = compiled(program, 2, monkeypatch)
+    assert "pthread_create" in step.dump("llvm")
+    rng = np.random.default_rng(6)
+    feeds = [[rng.normal(size=1 << 17).astype(np.float32) for _ in range(4)] for _ in range(8)]
+    expected = [step(*f) for f in feeds]
+    failures = []
+
+    def work(i):
+        for _ in range(10):
+            if not np.array_equal(step(*feeds[i]), expected[i]):
+                failures.append(i)
+
+    workers = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+    assert failures == []
+
+
+# ---- AOT ----
+
+C_MAIN = r"""#include <stdio.h>
+#include <stdlib.h>
+#include "chain.h"
+%(extra)s
+int main(void) {
+    enum { N = %(n)d };
+    float *in[4], *out = malloc(N * sizeof(float));
+    for (int k = 0; k < 4; k++) {
+        in[k] = malloc(N * sizeof(float));
+        for (int i = 0; i < N; i++) in[k][i] = (float)((i * (k + 3)) %% 1001 - 500) / 256.0f;
+    }
+    void *mem = aligned_alloc(64, chain_mem_size() + 64);
+    chain_init(mem);
+    chain_run(mem, in[0], in[1], in[2], in[3], out);
+    FILE *f = fopen("out.bin", "wb");
+    fwrite(out, sizeof(float), N, f);
+    fclose(f);
+    return 0;
+}
+"""
+# pthread_create that always fails (the program's definition wins over libc's): the code must
+# then run every chunk on the calling thread
+FAILING_CREATE = r"""#include <errno.h>
+#include <pthread.h>
+int pthread_create(pthread_t *t, const pthread_attr_t *a, void *(*f)(void *), void *x) {
+    (void)t; (void)a; (void)f; (void)x;
+    return EAGAIN;
+}
+"""
+
+
+@pytest.mark.skipif(GCC is None, reason="gcc is not installed")
+@pytest.mark.parametrize("failing", [False, True], ids=["threads", "no-threads"])
+def test_aot_export_with_threads_runs_from_c(tmp_path, failing, monkeypatch):
+    n = 300_001
+    program, _ = chain(n, "float32")
+    step = compiled(program, 2, monkeypatch)
+    paths = gc.aot.export(step, tmp_path, name="chain")
+    externals = aot.external_symbols(paths.object.read_bytes())
+    assert {"pthread_create", "pthread_join"} <= set(externals)
+    assert "-pthread" in paths.header.read_text()
+    source = C_MAIN % {"n": n, "extra": FAILING_CREATE if failing else ""}
+    (tmp_path / "main.c").write_text(source)
+    command = [GCC, "-O1", "-Wall", "-Werror", "-std=c11", f"-I{tmp_path}", "-o", "main"]
+    command += ["main.c", str(paths.object), "-lm", "-pthread"]
+    built = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True)
+    assert built.returncode == 0, built.stderr
+    subprocess.run(["./main"], cwd=tmp_path, check=True)
+    i = np.arange(n)
+    values = [((i * (k + 3)) % 1001 - 500).astype(np.float32) / np.float32(256) for k in range(4)]
+    np.testing.assert_array_equal(np.fromfile(tmp_path / "out.bin", np.float32), step(*values))
