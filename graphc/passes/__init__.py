@@ -1,41 +1,42 @@
-"""The optimization pipeline: one explicit tuple of passes, run top to bottom.
+"""The pass pipeline, read top to bottom:
 
-Each pass is a pure function from graph to graph; `optimize(graph, verify=True)` checks
-the verifier's contract ("valid IR in, valid IR out") after every one of them. Setting the
-environment variable GRAPHC_VERIFY=1 (the test suite does) turns the checks on everywhere.
+    graph ─► PIPELINE (simplify) ─► fuse ─► plan_memory ─► codegen
+             graph -> graph          -> kernels  -> Plan
+
+`PIPELINE` is the explicit tuple of graph-to-graph passes; `optimize(graph)` runs it and,
+when asked, checks the verifier's contract ("valid IR in, valid IR out") before the first
+pass and after every one. Setting the environment variable GRAPHC_VERIFY=1 (the test suite
+does) turns the checks on everywhere. `lower(graph)` is the whole pipeline up to codegen.
 """
 
 from __future__ import annotations
 
 import os
 
-from graphc.ir.graph import Graph
+from graphc.ir.graph import Graph, Kernel
+from graphc.ir.verify import verify as verify_graph
 from graphc.passes import simplify  # the module: `graphc.passes.simplify` stays importable
+from graphc.passes.fusion import fuse
+from graphc.passes.memory import Plan, plan_memory
 
-PIPELINE = (
-    ("simplify", simplify.simplify),
-    # fusion and memory planning are appended here, in the order they run
-)
+PIPELINE = (("simplify", simplify.simplify),)
 
 
 def optimize(graph: Graph, *, verify: bool | None = None) -> Graph:
     """Run every pass of PIPELINE in order, verifying the graph after each when asked."""
     if verify is None:
         verify = os.environ.get("GRAPHC_VERIFY", "") not in ("", "0")
-    check = _verifier() if verify else None
-    if check is not None:
-        check(graph)
+    if verify:
+        verify_graph(graph)
     for _name, run in PIPELINE:
         graph = run(graph)
-        if check is not None:
-            check(graph)
+        if verify:
+            verify_graph(graph)
     return graph
 
 
-def _verifier():
-    """graphc.ir.verify.verify, or None while that module does not exist yet."""
-    try:
-        from graphc.ir.verify import verify
-    except ImportError:
-        return None
-    return verify
+def lower(graph: Graph) -> tuple[Graph, list[Kernel], Plan]:
+    """(optimized graph, its kernels in schedule order, their memory plan): codegen's input."""
+    optimized = optimize(graph)
+    kernels = fuse(optimized)
+    return optimized, kernels, plan_memory(optimized, kernels)

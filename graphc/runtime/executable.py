@@ -40,9 +40,8 @@ import numpy as np
 
 from graphc.errors import CompileError, DTypeError, InputError
 from graphc.ir.graph import Graph
-from graphc.passes import optimize
-from graphc.passes.fusion import fuse
-from graphc.passes.memory import ALIGN, plan_memory
+from graphc.passes import lower
+from graphc.passes.memory import ALIGN
 
 STAGES = ("graph", "optimized", "fused", "memory", "llvm", "asm")
 # Arguments of at least this many bytes are passed by address instead of copied. Measured:
@@ -77,9 +76,7 @@ class Lowering:
     @functools.cached_property
     def passes(self):
         """(optimized graph, kernels, memory plan)."""
-        optimized = optimize(self.graph)
-        kernels = fuse(optimized)
-        return optimized, kernels, plan_memory(optimized, kernels)
+        return lower(self.graph)
 
     @functools.cached_property
     def llvm_ir(self) -> str:
