@@ -83,6 +83,17 @@ def add(a, b):
     return apply("add", a, b)
 
 
+def add_all(terms) -> Node | None:
+    """The sum of the terms that are not None, added left to right (None if there are none)."""
+    terms = [t for t in terms if t is not None]
+    if not terms:
+        return None
+    total = terms[0]
+    for term in terms[1:]:
+        total = add(total, term)
+    return total
+
+
 def sub(a, b):
     return apply("sub", a, b)
 
@@ -683,7 +694,7 @@ register(
             apply("matmul", g, _swap_last(n.inputs[1])),
             apply("matmul", _swap_last(n.inputs[0]), g),
         ],
-        jvp=lambda n, t: _sum_tangents(
+        jvp=lambda n, t: add_all(
             [
                 apply("matmul", t[0], n.inputs[1]) if t[0] is not None else None,
                 apply("matmul", n.inputs[0], t[1]) if t[1] is not None else None,
@@ -691,16 +702,6 @@ register(
         ),
     )
 )
-
-
-def _sum_tangents(terms):
-    terms = [t for t in terms if t is not None]
-    if not terms:
-        return None
-    total = terms[0]
-    for t in terms[1:]:
-        total = add(total, t)
-    return total
 
 
 # ---- sources --------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ asks each op's stanza for the adjoints of its inputs, as new nodes built from pr
 Only nodes on a path from some `wrt` to `y` get adjoints. Where a value fans out the
 partial adjoints are summed (`add`); broadcasting is undone in one place, the
 `broadcast_to` rule. The result is an ordinary graph, so it can be printed, optimized,
-compiled and differentiated again. `tangents(ys, seeds)` is forward mode the same way.
+compiled and differentiated again. `forward_tangents(ys, seeds)` is forward mode the same way.
 Adjoint nodes carry the source line of the forward node they come from.
 """
 
@@ -17,8 +17,8 @@ from __future__ import annotations
 import dataclasses
 
 from graphc.errors import DTypeError, ShapeError
-from graphc.ir.graph import Node, location, topological_order
-from graphc.ir.ops import OPS, add, full, mul
+from graphc.ir.graph import Node, apply, location, topological_order
+from graphc.ir.ops import OPS, add_all, full, mul
 from graphc.ir.types import FLOATS
 
 
@@ -32,13 +32,6 @@ def _check_differentiable(node: Node, role: str):
             f"grad: cannot differentiate {role} {_label(node)} of dtype {node.dtype}; "
             f"only float32/float64 values have gradients"
         )
-
-
-def _sum_all(terms: list[Node]) -> Node:
-    total = terms[0]
-    for term in terms[1:]:
-        total = add(total, term)
-    return total
 
 
 def _named(node: Node, name: str) -> Node:
@@ -85,7 +78,7 @@ def differentiate(y: Node, wrt: list[Node], seed: Node | None = None) -> list[No
         if terms is None or id(node) not in on_path:
             continue
         with location(node.loc):
-            g = _sum_all(terms)
+            g = add_all(terms)
             if id(node) in wanted:
                 g = _named(g, f"grad({_label(node)})")
                 adjoint[id(node)] = g
@@ -105,18 +98,12 @@ def tangent_of(node: Node, tangents: list[Node | None]) -> Node | None:
     if opdef.jvp is not None:
         return opdef.jvp(node, tangents)
     if opdef.partials is not None:
-        terms = [mul(t, p) for t, p in zip(tangents, opdef.partials(node)) if t is not None]
-        return _sum_all(terms) if terms else None
+        return add_all(mul(t, p) for t, p in zip(tangents, opdef.partials(node)) if t is not None)
     if opdef.linear:
+        # a linear op's tangent is the op applied to its inputs' tangents
         filled = [t if t is not None else full(0.0, x) for t, x in zip(tangents, node.inputs)]
-        return _relinearize(node, filled)
+        return apply(node.op, *filled, **node.attrs)
     raise NotImplementedError(f"no tangent rule for {node.op}")
-
-
-def _relinearize(node: Node, inputs: list[Node]) -> Node:
-    from graphc.ir.graph import apply
-
-    return apply(node.op, *inputs, **node.attrs)
 
 
 def forward_tangents(ys: list[Node], seeds: dict[Node, Node]) -> list[Node]:
