@@ -9,6 +9,11 @@ slot whose live interval (first writer .. last reader, in schedule order) inters
     buffer a   [=========]            a and c never live together,
     buffer b        [=========]       so c reuses a's bytes
     buffer c                  [===]
+
+In place: a loop kernel's output takes over the buffer of an input of the same size that
+dies in that kernel and is read only at the loop index; a parameter's new value is written
+straight into the parameter once no kernel still reads the old one. An update value that is
+itself an updated parameter (`updates={a: b, b: a}`) is staged: copied to the arena first.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ ALIGN = 64
 
 
 def aligned(nbytes: int) -> int:
+    """`nbytes` rounded up to a multiple of ALIGN."""
     return (nbytes + ALIGN - 1) // ALIGN * ALIGN
 
 
@@ -35,6 +41,8 @@ class Location:
 
 @dataclass(frozen=True)
 class Slot:
+    """One value's bytes in the arena and its live interval over the schedule."""
+
     node: Node
     offset: int
     nbytes: int
@@ -42,8 +50,22 @@ class Slot:
     end: int  # index of the last kernel that reads it (len(kernels) if live to the end)
 
 
+@dataclass(eq=False)
+class Buffer:
+    """Arena bytes holding one value, or several in turn (in-place writes)."""
+
+    values: list[Node]
+    start: int
+    end: int
+    nbytes: int
+    offset: int = 0
+    staged: bool = False
+
+
 @dataclass
 class Plan:
+    """Each value's location, the arena's buffers, and its size next to two bounds."""
+
     locations: dict[int, Location]
     slots: list[Slot] = field(default_factory=list)
     arena_bytes: int = 0
@@ -52,7 +74,7 @@ class Plan:
     # id(param) -> arena offset of a copy taken before any update is written: the update
     # value of another parameter that is itself updated (updates={a: b, b: a} must swap)
     staging: dict[int, int] = field(default_factory=dict)
-    buffers: list = field(default_factory=list)  # Buffer, by offset
+    buffers: list[Buffer] = field(default_factory=list)  # by offset
 
     def location(self, node: Node) -> Location:
         return self.locations[id(node)]
@@ -137,18 +159,6 @@ def plan_memory(graph: Graph, kernels: list[Kernel]) -> Plan:
     return plan
 
 
-@dataclass(eq=False)
-class Buffer:
-    """Arena bytes holding one value, or several in turn (in-place writes)."""
-
-    values: list[Node]
-    start: int
-    end: int
-    nbytes: int
-    offset: int = 0
-    staged: bool = False
-
-
 def _in_place_host(kernel, node, reads, k, last_use, buffer_of, claimed):
     """An arena input of loop kernel `k` that `node` may overwrite: same size, dies at k,
     read only at the loop index and by no later loop of the kernel."""
@@ -217,7 +227,7 @@ def _place(buffers: list[Buffer]) -> None:
 def format_plan(plan: Plan, kernels: list[Kernel]) -> str:
     """The memory plan as a table: buffer, offset, size, live range and the values it holds."""
     lines = [f"{'buffer':<8} {'offset':>10} {'bytes':>10}  {'live':<10} values (written by)"]
-    for i, buffer in enumerate(getattr(plan, "buffers", [])):
+    for i, buffer in enumerate(plan.buffers):
         held = ", ".join(
             f"{_label(v)} ({_writer(v, kernels)})" if not buffer.staged else f"{_label(v)} (staged)"
             for v in buffer.values
