@@ -18,63 +18,76 @@ from graphc.frontend.tensor import (
 )
 from graphc.ir.graph import Graph, apply, user_location
 from graphc.ir.interp import run_nodes
-from graphc.ir.types import canonical_dtype
+from graphc.ir.types import FLOATS, INTS, canonical_dtype
 from graphc.passes import autodiff
 
 
-def exp(x):
+def exp(x) -> Tensor:
+    """e ** x, elementwise (integers become float64, as in NumPy)."""
     return float_unary("exp", x)
 
 
-def log(x):
+def log(x) -> Tensor:
+    """The natural logarithm, elementwise."""
     return float_unary("log", x)
 
 
-def log1p(x):
+def log1p(x) -> Tensor:
+    """log(1 + x), accurate for small x."""
     return float_unary("log1p", x)
 
 
-def sin(x):
+def sin(x) -> Tensor:
+    """The sine, elementwise."""
     return float_unary("sin", x)
 
 
-def cos(x):
+def cos(x) -> Tensor:
+    """The cosine, elementwise."""
     return float_unary("cos", x)
 
 
-def tanh(x):
+def tanh(x) -> Tensor:
+    """The hyperbolic tangent, elementwise."""
     return float_unary("tanh", x)
 
 
-def sqrt(x):
+def sqrt(x) -> Tensor:
+    """The square root, elementwise."""
     return float_unary("sqrt", x)
 
 
-def sigmoid(x):
+def sigmoid(x) -> Tensor:
+    """1 / (1 + exp(-x)), elementwise."""
     return float_unary("sigmoid", x)
 
 
-def abs(x):  # noqa: A001 (NumPy's name)
+def abs(x) -> Tensor:  # noqa: A001 (NumPy's name)
+    """|x|, elementwise."""
     return unary("abs", x)
 
 
-def sign(x):
+def sign(x) -> Tensor:
+    """-1, 0 or 1 by the sign of x, elementwise."""
     return unary("sign", x)
 
 
-def maximum(a, b):
+def maximum(a, b) -> Tensor:
+    """The larger of a and b, elementwise, with broadcasting."""
     return binary("maximum", a, b)
 
 
-def minimum(a, b):
+def minimum(a, b) -> Tensor:
+    """The smaller of a and b, elementwise, with broadcasting."""
     return binary("minimum", a, b)
 
 
-def stop_gradient(x):
+def stop_gradient(x) -> Tensor:
+    """x, through which no gradient flows."""
     return unary("stop_gradient", x)
 
 
-def where(cond, a, b):
+def where(cond, a, b) -> Tensor:
     """Elementwise `a` where `cond` else `b`, with broadcasting."""
     cond = as_tensor(cond)
     if cond.dtype != "bool":
@@ -84,7 +97,7 @@ def where(cond, a, b):
     return Tensor(apply("where", cond.node, a.node, b.node))
 
 
-def relu(x):
+def relu(x) -> Tensor:
     """max(x, 0) with gradient 0 at 0 (as PyTorch and JAX)."""
     x = as_tensor(x)
     return where(x > 0, x, 0)
@@ -96,24 +109,24 @@ def _max_detached(x, axis):
     return where(abs(m) < np.inf, m, 0)
 
 
-def softmax(x, axis=-1):
+def softmax(x, axis=-1) -> Tensor:
     """exp(x) / sum(exp(x)) along `axis`, computed stably."""
     x = as_tensor(x)
     e = exp(x - _max_detached(x, axis))
     return e / e.sum(axis=axis, keepdims=True)
 
 
-def log_softmax(x, axis=-1):
+def log_softmax(x, axis=-1) -> Tensor:
     """x - logsumexp(x) along `axis`, computed stably."""
     x = as_tensor(x)
     shifted = x - _max_detached(x, axis)
     return shifted - log(exp(shifted).sum(axis=axis, keepdims=True))
 
 
-def logsumexp(x, axis=None, keepdims=False):
+def logsumexp(x, axis=None, keepdims=False) -> Tensor:
     """log(sum(exp(x))) computed stably."""
     x = as_tensor(x)
-    if x.dtype not in ("float32", "float64"):
+    if x.dtype not in FLOATS:
         x = x.astype("float64")
     m = _max_detached(x, axis)
     result = m + log(exp(x - m).sum(axis=axis, keepdims=True))
@@ -123,7 +136,7 @@ def logsumexp(x, axis=None, keepdims=False):
     return result.reshape(tuple(d for i, d in enumerate(x.shape) if i not in axes))
 
 
-def matmul(a, b):
+def matmul(a, b) -> Tensor:
     """NumPy matmul: 1-D operands are promoted and squeezed, batch dims broadcast."""
     a, b = promote(a, b)
     if a.ndim == 0 or b.ndim == 0:
@@ -152,7 +165,7 @@ def matmul(a, b):
     return result.reshape(shape)
 
 
-def concat(tensors, axis=0):
+def concat(tensors, axis=0) -> Tensor:
     """Join tensors along an existing axis."""
     tensors = promote(*tensors)
     (axis,) = normalize_axes(axis, tensors[0].ndim)
@@ -161,10 +174,10 @@ def concat(tensors, axis=0):
     return Tensor(apply("concat", *[t.node for t in tensors], axis=axis))
 
 
-def one_hot(labels, depth: int, dtype="float32"):
+def one_hot(labels, depth: int, dtype="float32") -> Tensor:
     """`labels[..., None] == arange(depth)` as `dtype`."""
     labels = as_tensor(labels)
-    if labels.dtype not in ("int32", "int64"):
+    if labels.dtype not in INTS:
         raise DTypeError(f"one_hot: labels must be integers, got {labels.type}")
     shape = labels.shape + (int(depth),)
     iota = Tensor(apply("iota", shape=shape, axis=len(shape) - 1, dtype=labels.dtype))

@@ -91,5 +91,5 @@ def glorot_uniform(key, shape, fan_in: int, fan_out: int, dtype="float32") -> np
 
 
 def zeros(shape, dtype="float32") -> np.ndarray:
-    """An array of zeros (for biases and optimizer state)."""
+    """An array of zeros of `shape` and `dtype` (a bias or state initializer)."""
     return np.zeros(tuple(shape), canonical_dtype(dtype))

@@ -29,7 +29,7 @@ from graphc.errors import DTypeError, GraphcError, InputError, ShapeError
 from graphc.frontend import init
 from graphc.frontend.functions import log_softmax, one_hot, relu, sigmoid, tanh
 from graphc.frontend.tensor import Tensor, as_tensor, const, param
-from graphc.ir.types import FLOATS, canonical_dtype
+from graphc.ir.types import FLOATS, INTS, canonical_dtype
 
 # ---- activations ----------------------------------------------------------------------------
 
@@ -276,7 +276,7 @@ def softmax_cross_entropy(logits, labels) -> Tensor:
     if logits.ndim < 1:
         raise ShapeError(f"softmax_cross_entropy: logits must have a class axis, got {logits.type}")
     labels = _target_like(labels, logits)
-    if labels.dtype in ("int32", "int64"):
+    if labels.dtype in INTS:
         if labels.shape != logits.shape[:-1]:
             raise ShapeError(
                 f"softmax_cross_entropy: integer labels {labels.type} must have shape "

@@ -15,7 +15,7 @@ import numpy as np
 
 from graphc.errors import DTypeError, GraphcError, ShapeError
 from graphc.ir.graph import Node, Storage, apply, user_location
-from graphc.ir.types import DTYPES, FLOATS, TensorType, canonical_dtype
+from graphc.ir.types import DTYPES, FLOATS, canonical_dtype
 
 
 class Tensor:
@@ -288,6 +288,7 @@ def broadcast(op: str, *tensors: Tensor) -> list[Tensor]:
 
 
 def broadcast_to(x: Tensor, shape) -> Tensor:
+    """`x` broadcast to `shape` (itself when it has that shape)."""
     shape = tuple(shape)
     return x if x.shape == shape else Tensor(apply("broadcast_to", x.node, shape=shape))
 
@@ -305,6 +306,7 @@ def binary(op: str, a, b) -> Tensor:
 
 
 def unary(op: str, x) -> Tensor:
+    """An elementwise unary op on any Tensor or scalar."""
     x = as_tensor(x)
     return Tensor(apply(op, x.node))
 
@@ -333,6 +335,7 @@ def power(base, exponent) -> Tensor:
 
 
 def normalize_axes(axis, ndim: int) -> tuple[int, ...]:
+    """NumPy's `axis` argument (None, an int or a sequence, negatives allowed), sorted."""
     if axis is None:
         return tuple(range(ndim))
     axes = (axis,) if isinstance(axis, numbers.Integral) else tuple(axis)
@@ -343,6 +346,7 @@ def normalize_axes(axis, ndim: int) -> tuple[int, ...]:
 
 
 def reduce(op: str, x: Tensor, axis, keepdims) -> Tensor:
+    """A sum or max over NumPy's `axis` (bools count as int64)."""
     x = as_tensor(x)
     if x.dtype == "bool":
         x = x.astype("int64")
@@ -395,7 +399,3 @@ def getitem(x: Tensor, index) -> Tensor:
         node = apply("slice", node, starts=tuple(starts), stops=tuple(stops), steps=tuple(steps))
     result = Tensor(node)
     return result.reshape(tuple(out_shape)) if tuple(out_shape) != result.shape else result
-
-
-def tensor_type(t: Tensor) -> TensorType:
-    return t.node.type
