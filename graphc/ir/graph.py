@@ -98,18 +98,17 @@ def apply(op: str, *inputs: Node, name: str | None = None, **attrs) -> Node:
     from graphc.ir.ops import OPS
 
     loc = user_location()
+    where = f" (at {loc})" if loc else ""
     opdef = OPS.get(op)
     if opdef is None:
-        raise GraphcError(f"unknown op {op!r}" + (f" (at {loc})" if loc else ""))
+        raise GraphcError(f"unknown op {op!r}{where}")
     if opdef.arity is not None and len(inputs) != opdef.arity:
-        raise GraphcError(f"{op} takes {opdef.arity} inputs, got {len(inputs)}")
+        raise GraphcError(f"{op} takes {opdef.arity} inputs, got {len(inputs)}{where}")
     try:
         node_type = opdef.infer([x.type for x in inputs], attrs)
     except GraphcError as error:
-        where = f" (at {loc})" if loc else ""
         raise type(error)(f"{op}: {error}{where}") from None
     except KeyError as error:
-        where = f" (at {loc})" if loc else ""
         raise GraphcError(f"{op}: missing attribute {error}{where}") from None
     return Node(op, tuple(inputs), attrs, node_type, name, loc)
 

@@ -279,6 +279,14 @@ class Parser:
             self.fail(f"undefined value {token.text}", token)
         return self.env[key]
 
+    def uses(self) -> list[Node]:
+        """One or more comma-separated `%value` operands."""
+        nodes = [self.use()]
+        while self.at(","):
+            self.next()
+            nodes.append(self.use())
+        return nodes
+
     def define(self, token: Token, key: str, node: Node):
         if key in self.env:
             self.fail(
@@ -372,10 +380,7 @@ class Parser:
         if op == "const":
             attrs["value"] = self.const_value(node_type, self.peek())
         if OPS[op].arity != 0:
-            inputs.append(self.use())
-            while self.at(","):
-                self.next()
-                inputs.append(self.use())
+            inputs = self.uses()
         if self.at("{"):
             self.next()
             for item in self.comma_list(self.attribute, "}"):
@@ -447,10 +452,7 @@ class Parser:
                 self.next()
                 if outputs:
                     self.fail("a graph has one return", token)
-                outputs = [self.use()]
-                while self.at(","):
-                    self.next()
-                    outputs.append(self.use())
+                outputs = self.uses()
             elif self.at("update"):
                 self.next()
                 target_token = self.peek()
