@@ -150,16 +150,21 @@ def _seeded_cases(dtype: str, count: int, seed: int):
         yield _case(rng, dtype, m, n, k, batch=batch, **flags)
 
 
-@pytest.mark.parametrize("dtype", ["float32", "float64", "int32", "int64"])
-def test_seeded_shapes_match_numpy(dtype):
-    count = 36 if dtype.startswith("float") else 24
-    cases = list(_seeded_cases(dtype, count, seed=list(RTOL).index(dtype)))
+def _check_all(cases) -> None:
+    """Compile every case into one module (one JIT) and check each against NumPy."""
     module = _new_module()
     for index, (spec, *_rest) in enumerate(cases):
         define_matmul(module, f"case{index}", **spec)
     jit = _Jit(module)
     for index, (spec, buffers, expected, scale) in enumerate(cases):
         _check(jit.function(f"case{index}"), spec, buffers, expected, scale)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "int32", "int64"])
+def test_seeded_shapes_match_numpy(dtype):
+    count = 36 if dtype.startswith("float") else 24
+    cases = list(_seeded_cases(dtype, count, seed=list(RTOL).index(dtype)))
+    _check_all(cases)
 
 
 # Matrix-vector (dot path, transposed problem), few rows (wide tiles), and an odd blocked shape.
@@ -174,12 +179,7 @@ def test_every_transpose_of_special_shapes(dtype, transposes):
         _case(rng, dtype, *shape, ta=transposes[0], tb=transposes[1], accumulate=index % 2 == 1)
         for index, shape in enumerate(TRANSPOSE_SHAPES)
     ]
-    module = _new_module()
-    for index, (spec, *_rest) in enumerate(cases):
-        define_matmul(module, f"case{index}", **spec)
-    jit = _Jit(module)
-    for index, (spec, buffers, expected, scale) in enumerate(cases):
-        _check(jit.function(f"case{index}"), spec, buffers, expected, scale)
+    _check_all(cases)
 
 
 @settings(max_examples=25, deadline=None)

@@ -6,18 +6,13 @@ import re
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from strategies import programs
 
 import graphc as gc
 from graphc.ir.graph import Graph, apply
 from graphc.ir.interp import interpret
 from graphc.passes import PIPELINE, optimize
 from graphc.passes.simplify import FOLD_LIMIT, simplify
-
-try:  # the shared random-program generator, written alongside this module
-    from strategies import programs
-except ImportError:
-    programs = None
 
 
 def text(graph: Graph) -> str:
@@ -334,9 +329,8 @@ def test_random_graphs_evaluate_equal(seed):
     assert_same_values(before, after, {x: SPECIAL, y: SPECIAL[::-1]})
 
 
-@pytest.mark.skipif(programs is None, reason="tests/strategies.py not written yet")
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(case=programs(names=True) if programs else st.nothing())
+@given(case=programs(names=True))
 def test_shared_random_programs_evaluate_equal(case):
     program, feed = case
     before = program.graph
