@@ -186,20 +186,25 @@ def torch_mlp_infer(weights, x) -> Callable:
     return step
 
 
-def torch_mlp_train(weights, x, y) -> Callable:
-    torch = _import("torch")
-    model = _torch_mlp(torch, weights)
-    opt = torch.optim.Adam(model.parameters(), **ADAM)
-    xt, yt = torch.from_numpy(x.copy()), torch.from_numpy(y.copy())
+def _torch_train(model, opt, loss_fn, x, target) -> Callable:
+    """One optimizer step of `model` on `loss_fn(model(x), target)`."""
 
     def step():
         opt.zero_grad(set_to_none=True)
-        loss = torch.nn.functional.mse_loss(model(xt), yt)
+        loss = loss_fn(model(x), target)
         loss.backward()
         opt.step()
         return loss
 
     return step
+
+
+def torch_mlp_train(weights, x, y) -> Callable:
+    torch = _import("torch")
+    model = _torch_mlp(torch, weights)
+    opt = torch.optim.Adam(model.parameters(), **ADAM)
+    xt, yt = torch.from_numpy(x.copy()), torch.from_numpy(y.copy())
+    return _torch_train(model, opt, torch.nn.functional.mse_loss, xt, yt)
 
 
 def torch_softmax_train(weights, x, labels) -> Callable:
@@ -207,15 +212,7 @@ def torch_softmax_train(weights, x, labels) -> Callable:
     model = _torch_mlp(torch, weights)
     opt = torch.optim.SGD(model.parameters(), lr=SGD_LR)
     xt, lt = torch.from_numpy(x.copy()), torch.from_numpy(labels.astype(np.int64))
-
-    def step():
-        opt.zero_grad(set_to_none=True)
-        loss = torch.nn.functional.cross_entropy(model(xt), lt)
-        loss.backward()
-        opt.step()
-        return loss
-
-    return step
+    return _torch_train(model, opt, torch.nn.functional.cross_entropy, xt, lt)
 
 
 def torch_elementwise(a, b, c, d) -> Callable:
