@@ -61,7 +61,7 @@ from graphc.passes.kernels import (
     stage_reductions,
 )
 
-# ---- step 1: stored values and their trees ---------------------------------------------------
+# ---- step 1: stored values and their trees ------------------------------------------------------
 
 
 def tree(root: Node, stored: set[int]) -> tuple[list[Node], list[Node]]:
@@ -135,7 +135,7 @@ def stored_values(graph: Graph) -> set[int]:
         stored.add(id(chosen))
 
 
-# ---- step 2: groups ---------------------------------------------------------------------------
+# ---- steps 2 and 3: groups (horizontal fusion is `horizontal`) ----------------------------------
 
 
 @dataclass(eq=False)
@@ -247,56 +247,62 @@ class _Grouping:
 
     def join_rule(self, m: Node, p: Group) -> str | None:
         """The form `p` takes when `m` joins it, or None when they do not fuse."""
-        targets = {id(x) for x in p.members}
-        bodies = self.body_ids(m)
         if p.form == "loop":
-            if not is_light(m):
-                return None
-            read = [x for x in self.trees[id(m)][1] if id(x) in targets]
-            if all(x.shape == m.shape for x in read) and _paths_to(
-                m, targets, is_elementwise, bodies
-            ):
-                return "loop"
-            return None
+            return "loop" if self.joins_loop(m, p) else None
         if p.form == "contraction":
-            product = p.product
-            stage = {id(product)} | {
-                id(x) for x in p.members if is_light(x) and not self.reads_reduction(x, p)
-            }
-            if is_light(m) and m.type.size == product.type.size:
-                if _paths_to(m, stage, identity_step, bodies) and not self.reads(m, p, stage):
-                    return "contraction"
-            if is_light(m):
-                for r in p.anchors[1:]:
-                    if m.type.size == r.type.size and self.reduction_epilogue(m, r, p):
-                        return "contraction"
-            # a reduction over the product's rows belongs to a row-wise kernel (softmax)
-            if (
-                m.op in ("sum", "max")
-                and m.inputs[0].shape == product.shape
-                and not (_rowwise_shape(m))
-            ):
-                x = m.inputs[0]
-                direct = id(x) in stage or (
-                    id(x) in bodies and _paths_to(x, stage, identity_step, bodies)
-                )
-                if direct and not self.reads(m, p, stage):
-                    return "contraction"
-            return None
-        shape = _rowwise_shape(p.anchors[0])
+            return "contraction" if self.joins_contraction(m, p) else None
         if p.form == "reduction":
             (r,) = p.anchors
             if is_light(m) and m.type.size == r.type.size and self.reduction_epilogue(m, r, p):
                 return "reduction"
+        return "rowwise" if self.joins_rowwise(m, p) else None
+
+    def joins_loop(self, m: Node, p: Group) -> bool:
+        """m is light, reads p's members at its own index and only through elementwise ops."""
+        if not is_light(m):
+            return False
+        targets = {id(x) for x in p.members}
+        read = [x for x in self.trees[id(m)][1] if id(x) in targets]
+        return all(x.shape == m.shape for x in read) and _paths_to(
+            m, targets, is_elementwise, self.body_ids(m)
+        )
+
+    def joins_contraction(self, m: Node, p: Group) -> bool:
+        """m is an epilogue at the product's (or a fused reduction's) index, or a reduction
+        of the product's domain other than over its rows."""
+        product, bodies = p.product, self.body_ids(m)
+        stage = {id(product)} | {
+            id(x) for x in p.members if is_light(x) and not self.reads_reduction(x, p)
+        }
+        if is_light(m) and m.type.size == product.type.size:
+            if _paths_to(m, stage, identity_step, bodies) and not self.reads(m, p, stage):
+                return True
+        if is_light(m):
+            for r in p.anchors[1:]:
+                if m.type.size == r.type.size and self.reduction_epilogue(m, r, p):
+                    return True
+        # a reduction over the product's rows belongs to a row-wise kernel (softmax)
+        if m.op in ("sum", "max") and m.inputs[0].shape == product.shape and not _rowwise_shape(m):
+            x = m.inputs[0]
+            direct = id(x) in stage or (
+                id(x) in bodies and _paths_to(x, stage, identity_step, bodies)
+            )
+            if direct and not self.reads(m, p, stage):
+                return True
+        return False
+
+    def joins_rowwise(self, m: Node, p: Group) -> bool:
+        """p's reductions all run over the same last axis, and m keeps to those rows."""
+        shape = _rowwise_shape(p.anchors[0])
         if shape is None or any(_rowwise_shape(r) != shape for r in p.anchors):
-            return None
+            return False
         rows, length = shape
         if is_light(m) and m.type.size not in (prod(rows), prod(rows) * length):
-            return None
-        if is_light(m) or _rowwise_shape(m) == shape:
-            if _paths_to(m, targets, _row_preserving(rows, length), bodies):
-                return "rowwise"
-        return None
+            return False
+        if not is_light(m) and _rowwise_shape(m) != shape:
+            return False
+        targets = {id(x) for x in p.members}
+        return _paths_to(m, targets, _row_preserving(rows, length), self.body_ids(m))
 
     def reads(self, m: Node, group: Group, allowed: set[int]) -> bool:
         """Whether m's tree reads a member of `group` outside `allowed`."""
@@ -401,7 +407,7 @@ class _Grouping:
                 merged.append(g)
 
 
-# ---- step 3: kernels --------------------------------------------------------------------------
+# ---- kernels: the groups in schedule order, with bodies, inputs and outputs ---------------------
 
 
 def _schedule(grouping: _Grouping) -> list[Group]:
