@@ -53,6 +53,7 @@ def _bench(args) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
+    """The argument parser of `graphc` and its four subcommands."""
     root = argparse.ArgumentParser(prog="graphc", description="A graph compiler for small models.")
     commands = root.add_subparsers(dest="command", required=True)
     demo = commands.add_parser("demo", help="train the max-of-five MLP and compare with NumPy")
@@ -83,16 +84,9 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    """Run the `graphc` command line; returns the exit code."""
     args = parser().parse_args(argv)
-    try:
-        return args.run(args) or 0
-    except ModuleNotFoundError as error:
-        if error.name and error.name.startswith(("graphc.demo", "bench")):
-            print(
-                f"graphc {args.command}: not built yet ({error.name} is missing)", file=sys.stderr
-            )
-            return 2
-        raise
+    return args.run(args) or 0
 
 
 if __name__ == "__main__":

@@ -51,8 +51,7 @@ def load_spec(spec: str) -> Executable:
         raise SpecError(f"{path} defines no function {function_name!r}")
     if not callable(function):
         raise SpecError(f"{path}: {function_name} is a {type(function).__name__}, not a function")
-    result = _user_code(path, function)
-    return as_executable(result, f"{spec}")
+    return as_executable(_user_code(path, function), spec)
 
 
 def as_executable(result, origin: str) -> Executable:

@@ -11,12 +11,8 @@ import pathlib
 import pytest
 import tomllib
 
-import graphc as gc
-
 bench = pytest.importorskip("bench.suite", reason="bench/ is not importable")
 from bench import peers, workloads  # noqa: E402
-
-pytestmark = pytest.mark.skipif(not hasattr(gc, "compile"), reason="gc.compile not built yet")
 
 TINY = {"sample_seconds": 1e-4, "warmup_seconds": 0.0, "budget_seconds": 0.0,
         "min_rounds": 3, "max_rounds": 3}  # fmt: skip

@@ -1,7 +1,7 @@
 """Training steps compiled with gc.compile: optimizers against NumPy, and a real training run.
 
 The same references as tests/test_optim.py, but each step is one compiled call that
-updates parameters and optimizer state in place. Runs once gc.compile exists.
+updates parameters and optimizer state in place.
 """
 
 from __future__ import annotations
@@ -11,8 +11,6 @@ import pytest
 from test_optim import batches, build_problem, numpy_adam, numpy_loss_and_grads, numpy_sgd
 
 import graphc as gc
-
-pytestmark = pytest.mark.skipif(not hasattr(gc, "compile"), reason="gc.compile not built yet")
 
 
 def test_compiled_adam_matches_textbook_numpy_over_20_steps():
