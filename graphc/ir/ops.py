@@ -37,6 +37,8 @@ class Kind(IntEnum):
 
 @dataclass(frozen=True)
 class OpDef:
+    """One primitive's stanza (the module docstring describes each field)."""
+
     name: str
     kind: Kind
     infer: Callable
@@ -54,6 +56,7 @@ OPS: dict[str, OpDef] = {}
 
 
 def register(opdef: OpDef) -> OpDef:
+    """Add `opdef` to the registry OPS."""
     OPS[opdef.name] = opdef
     return opdef
 
@@ -62,6 +65,7 @@ def register(opdef: OpDef) -> OpDef:
 
 
 def const(value, dtype) -> Node:
+    """A constant node holding `value` as `dtype`."""
     return apply("const", value=np.asarray(value, dtype=dtype))
 
 
