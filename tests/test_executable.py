@@ -305,6 +305,15 @@ def test_no_crash_after_the_program_and_tensors_are_collected():
         )
 
 
+def run_concurrently(worker, count: int) -> None:
+    """Run `worker(0)` ... `worker(count - 1)` on as many threads at once; wait for all."""
+    threads = [threading.Thread(target=worker, args=(seed,)) for seed in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
 def test_eight_threads_share_one_executable():
     x = gc.input("x", (4, 3), "float64")
     w = gc.param("w", np.linspace(-1, 1, 6).reshape(3, 2))
@@ -319,11 +328,7 @@ def test_eight_threads_share_one_executable():
             if not np.allclose(got, np.tanh(xv @ w.value).sum(axis=0), rtol=1e-12, atol=0):
                 errors.append(seed)
 
-    threads = [threading.Thread(target=worker, args=(seed,)) for seed in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_concurrently(worker, 8)
     assert errors == []
 
 
@@ -504,11 +509,7 @@ def test_threads_with_large_arguments_get_their_own_results():
             if not np.array_equal(step(value), value * 2.0 + 1.0):
                 errors.append((seed, k))
 
-    threads = [threading.Thread(target=worker, args=(seed,)) for seed in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_concurrently(worker, 4)
     assert errors == []
 
 
