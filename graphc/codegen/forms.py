@@ -20,7 +20,14 @@ from math import prod
 from llvmlite import ir
 
 from graphc.codegen.emitter import REGISTER_TYPES
-from graphc.codegen.parallel import MATMUL_ROWS, Split, matmul_work, split_rows, work_of
+from graphc.codegen.parallel import (
+    MATMUL_ROWS,
+    MATMUL_THRESHOLD_NS,
+    Split,
+    matmul_work,
+    split_rows,
+    work_of,
+)
 from graphc.errors import CompileError
 from graphc.ir.graph import Node
 from graphc.passes.kernels import REDUCTIONS, product_host, segments, stage_reductions
@@ -321,7 +328,8 @@ def split_of(k) -> Split | None:
         return None  # an operand updated in place: a chunk would read rows another wrote
     m, inner = mm.inputs[0].shape
     work = matmul_work(m, mm.shape[1], inner, mm.dtype) + work_of(kernel, mm.shape)
-    return split_rows(m, work, threads, unit=MATMUL_ROWS)
+    # two chunks per thread: each chunk packs its own copy of B
+    return split_rows(m, work, threads, MATMUL_ROWS, per_thread=2, threshold=MATMUL_THRESHOLD_NS)
 
 
 def after_join(k) -> None:

@@ -337,7 +337,8 @@ class KernelEmitter:
             )
             rows.emit()
             self.hoist_scalars()
-            parallel.fork_join(self.b, rows.function, list(self.function.args), split)
+            args = list(self.function.args)
+            parallel.fork_join(self.b, rows.function, args, split, self.threads)
             forms.after_join(self)
         self.b.ret_void()
         return self.function
