@@ -121,36 +121,30 @@ class _Checker:
                 )
 
     def check_kernels(self, kernels):
-        owner: dict[int, int] = {}
+        """Kernels may recompute a cheap value in several bodies, but store each value once,
+        and read only sources and values stored by kernels scheduled before them."""
+        producer: dict[int, int] = {}  # id(node) -> index of the kernel that stores it
+        computed: set[int] = set()
         for index, kernel in enumerate(kernels):
             if kernel.form not in FORMS:
                 self.fail(f"kernel {kernel.name}: unknown form {kernel.form!r}; forms: {FORMS}")
-            for node in kernel.nodes:
-                if id(node) in owner:
-                    other = kernels[owner[id(node)]].name
-                    self.fail(f"in both kernel {other} and kernel {kernel.name}", node)
-                owner[id(node)] = index
-        in_graph = {id(n) for n in self.graph.nodes}
+            computed.update(id(n) for n in kernel.nodes)
+            for node in kernel.outputs:
+                if id(node) in producer:
+                    other = kernels[producer[id(node)]].name
+                    self.fail(f"stored by both kernel {other} and kernel {kernel.name}", node)
+                producer[id(node)] = index
         for node in self.graph.nodes:
-            if node.op not in SOURCES and id(node) not in owner:
+            if node.op not in SOURCES and id(node) not in computed:
                 self.fail("computed node in no kernel", node)
-        used_outside = self.uses_outside(kernels, owner)
+        for node in [*self.graph.outputs, *(v for _, v in self.graph.updates)]:
+            if node.op not in SOURCES and id(node) not in producer:
+                self.fail("program result stored by no kernel", node)
+        in_graph = {id(n) for n in self.graph.nodes}
         for index in range(len(kernels)):
-            self.check_kernel(kernels, index, owner, in_graph, used_outside)
+            self.check_kernel(kernels, index, producer, in_graph)
 
-    def uses_outside(self, kernels, owner) -> set[tuple[int, int]]:
-        """(kernel index, id(node)) for each body value read outside its kernel."""
-        used = set()
-        for node in self.graph.nodes:
-            for x in node.inputs:
-                if id(x) in owner and owner.get(id(node)) != owner[id(x)]:
-                    used.add((owner[id(x)], id(x)))
-        for x in [*self.graph.outputs, *(v for _, v in self.graph.updates)]:
-            if id(x) in owner:
-                used.add((owner[id(x)], id(x)))
-        return used
-
-    def check_kernel(self, kernels, index, owner, in_graph, used_outside):
+    def check_kernel(self, kernels, index, producer, in_graph):
         kernel = kernels[index]
         title = f"kernel {kernel.name}"
         body = {id(n) for n in kernel.nodes}
@@ -158,9 +152,12 @@ class _Checker:
         for x in kernel.inputs:
             if id(x) in body:
                 self.fail(f"{title}: lists its own body node as an input", x)
-            if id(x) in owner and owner[id(x)] > index:
-                later = kernels[owner[id(x)]].name
-                self.fail(f"{title}: reads a value of kernel {later}, scheduled after it", x)
+            if x.op not in SOURCES:
+                if id(x) not in producer:
+                    self.fail(f"{title}: reads a value no kernel stores", x)
+                elif producer[id(x)] >= index:
+                    later = kernels[producer[id(x)]].name
+                    self.fail(f"{title}: reads a value of kernel {later}, not scheduled before", x)
         seen: set[int] = set()
         for node in kernel.nodes:
             if id(node) not in in_graph:
@@ -176,10 +173,6 @@ class _Checker:
         for x in kernel.outputs:
             if id(x) not in body:
                 self.fail(f"{title}: output is not a body node", x)
-        outputs = {id(x) for x in kernel.outputs}
-        for node in kernel.nodes:
-            if (index, id(node)) in used_outside and id(node) not in outputs:
-                self.fail(f"{title}: value used outside the kernel is not among its outputs", node)
 
 
 def verify(graph: Graph, kernels=None) -> Graph:

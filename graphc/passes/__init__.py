@@ -22,10 +22,15 @@ from graphc.passes.memory import Plan, plan_memory
 PIPELINE = (("simplify", simplify.simplify),)
 
 
+def _verifying(verify: bool | None) -> bool:
+    if verify is None:
+        return os.environ.get("GRAPHC_VERIFY", "") not in ("", "0")
+    return verify
+
+
 def optimize(graph: Graph, *, verify: bool | None = None) -> Graph:
     """Run every pass of PIPELINE in order, verifying the graph after each when asked."""
-    if verify is None:
-        verify = os.environ.get("GRAPHC_VERIFY", "") not in ("", "0")
+    verify = _verifying(verify)
     if verify:
         verify_graph(graph)
     for _name, run in PIPELINE:
@@ -35,8 +40,10 @@ def optimize(graph: Graph, *, verify: bool | None = None) -> Graph:
     return graph
 
 
-def lower(graph: Graph) -> tuple[Graph, list[Kernel], Plan]:
+def lower(graph: Graph, *, verify: bool | None = None) -> tuple[Graph, list[Kernel], Plan]:
     """(optimized graph, its kernels in schedule order, their memory plan): codegen's input."""
-    optimized = optimize(graph)
+    optimized = optimize(graph, verify=verify)
     kernels = fuse(optimized)
+    if _verifying(verify):
+        verify_graph(optimized, kernels)
     return optimized, kernels, plan_memory(optimized, kernels)

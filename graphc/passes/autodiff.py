@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from graphc.errors import DTypeError, ShapeError
+from graphc.errors import DTypeError, GraphcError, ShapeError
 from graphc.ir.graph import Node, apply, location, topological_order
 from graphc.ir.ops import OPS, add_all, full, mul
 from graphc.ir.types import FLOATS
@@ -103,7 +103,7 @@ def tangent_of(node: Node, tangents: list[Node | None]) -> Node | None:
         # a linear op's tangent is the op applied to its inputs' tangents
         filled = [t if t is not None else full(0.0, x) for t, x in zip(tangents, node.inputs)]
         return apply(node.op, *filled, **node.attrs)
-    raise NotImplementedError(f"no tangent rule for {node.op}")
+    raise GraphcError(f"jvp: no tangent rule for {node.op} (at {node.loc})")
 
 
 def forward_tangents(ys: list[Node], seeds: dict[Node, Node]) -> list[Node]:
