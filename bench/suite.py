@@ -7,7 +7,7 @@ over each peer (peer median / graphc median; > 1 means graphc is faster); W4 als
 GFLOP/s; then compile times per phase and the issue-7 targets, met or not.
 
 Peers: graphc, hand-written NumPy (always), PyTorch eager and jax.jit when importable.
-graphc runs on one thread and so, by default, do the peers (peers.py: threads).
+`graphc bench --threads N` gives graphc and every peer the same N threads (default 1).
 Exit status 1 if some peer disagrees with graphc.
 """
 
@@ -261,8 +261,8 @@ def main(quick: bool = False, json_path: str | None = None) -> int:
     notes = [f"note: {n} is not installed; skipped (pip install graphc[bench])"
              for n in ("torch", "jax") if not versions[n]]  # fmt: skip
     if peers.PEER_THREADS:
-        notes.append(f"peers held to {peers.PEER_THREADS} thread(s) (GRAPHC_BENCH_PEER_THREADS=0: "
-                     "library defaults)")  # fmt: skip
+        notes.append(f"graphc and peers held to {peers.PEER_THREADS} thread(s) (graphc bench "
+                     "--threads N)")  # fmt: skip
         try:
             import threadpoolctl  # noqa: F401
         except ImportError:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -42,6 +43,8 @@ def _reporting_errors(command: str, run, args) -> int:
 
 
 def _bench(args) -> int:
+    # one thread count for everyone: graphc's large kernels and every peer's pool
+    os.environ["GRAPHC_THREADS"] = os.environ["GRAPHC_BENCH_PEER_THREADS"] = str(args.threads)
     try:  # installed: bench/ is packaged as graphc.bench; in a checkout it is also `bench`
         from graphc.bench.suite import main as bench
     except ModuleNotFoundError as error:
@@ -79,6 +82,12 @@ def parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="the benchmark suite against NumPy/PyTorch/JAX")
     bench.add_argument("--quick", action="store_true")
     bench.add_argument("--json")
+    bench.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="threads for graphc and for every peer alike (default 1)",
+    )
     bench.set_defaults(run=_bench)
     return root
 
