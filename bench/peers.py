@@ -10,10 +10,13 @@ are blocked on inside the call so that asynchronous dispatch does not hide the w
 PyTorch and JAX are optional: `available()` says which are importable (JAX is imported
 with JAX_PLATFORMS=cpu and x64 enabled, so float64 cases really run in float64).
 
-Threads: graphc runs on one thread, so by default every peer is held to one thread too
-(OpenBLAS through threadpoolctl, torch.set_num_threads, XLA's Eigen pool off), which is the
-comparison issue 7 asks for and also keeps spinning worker threads from wrecking the timings
-on a loaded 2-core machine. GRAPHC_BENCH_PEER_THREADS=0 leaves each library its default.
+Threads: `graphc bench --threads N` (default 1) sets GRAPHC_THREADS for graphc and
+GRAPHC_BENCH_PEER_THREADS for the peers (OpenBLAS through threadpoolctl,
+torch.set_num_threads, XLA's Eigen pool off at 1) — the same-thread-count comparison issue 7
+asks for; one thread also keeps spinning worker pools from wrecking the timings on a loaded
+2-core machine. Caveat, measured: jax 0.10's CPU runtime still uses both cores for large
+matmuls and elementwise loops with those flags, so a 1-thread table understates graphc
+against jax.jit; GRAPHC_BENCH_PEER_THREADS=0 leaves each library its default.
 """
 
 from __future__ import annotations

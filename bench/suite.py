@@ -165,7 +165,7 @@ def render(results: list[dict], machine: dict, notes: list[str]) -> str:
         f"Python {machine['python']}, NumPy {machine['numpy']}, llvmlite {machine['llvmlite']} "
         f"(LLVM {machine['llvm']}), torch {machine['torch'] or '-'}, jax {machine['jax'] or '-'}",
         "times per call: median (p10–p90); ×peer = peer median / graphc median (> 1: graphc "
-        "faster); graphc runs on 1 thread",
+        "faster)",
         *notes,
     ]
     for group, title in workloads.GROUPS.items():
