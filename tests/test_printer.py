@@ -271,3 +271,41 @@ def test_garbage_gives_parse_errors_only(text):
         parse_graph(HEADER + text)
     except ParseError:
         pass
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=programs(max_ops=6), data=st.data())
+def test_mangled_text_is_a_parse_error_or_a_valid_graph(case, data):
+    """Deleting, duplicating or replacing a span of valid text never escapes as a crash."""
+    text = print_graph(case[0].graph)
+    start = data.draw(st.integers(0, len(text)))
+    stop = data.draw(st.integers(start, min(len(text), start + 12)))
+    insert = data.draw(
+        st.sampled_from(
+            [
+                "",
+                "%",
+                "{",
+                "}",
+                ",",
+                "f32[",
+                "]",
+                "\n",
+                "=",
+                "1e999",
+                "nan",
+                "%0",
+                "sum",
+                "(",
+                "#",
+                '"',
+                text[start:stop],
+            ]
+        )
+    )
+    mangled = text[:start] + insert + text[stop:]
+    try:
+        graph = parse_graph(mangled, "fuzz.gir")
+    except GraphcError:
+        return
+    verify(graph)
