@@ -49,31 +49,10 @@ def _w3(lib, b, a, x, c, d):
 
 def _loop(lib, name: str, dtype: str) -> ir.Module:
     """void kernel(ptr in0, ..., ptr out, i64 n): out[i] = f(in0[i], ...)."""
-    t = IR_TYPES[dtype]
+    emit = (lambda b, *args: _w3(lib, b, *args)) if name == "w3" else getattr(lib, name)
     arity = 4 if name == "w3" else 1
-    i64 = ir.IntType(64)
-    module = ir.Module(name=f"{name}_{dtype}")
+    module = mathlib.loop_module(f"{name}_{dtype}", IR_TYPES[dtype], arity, emit)
     module.triple = llvm.get_process_triple()
-    fn = ir.Function(
-        module, ir.FunctionType(ir.VoidType(), [ir.PointerType()] * (arity + 1) + [i64]), "kernel"
-    )
-    for arg in fn.args[:-1]:
-        arg.add_attribute("noalias")
-    *inputs, out, n = fn.args
-    entry, body, done = (fn.append_basic_block(s) for s in ("entry", "body", "done"))
-    b = ir.IRBuilder(entry)
-    b.cbranch(b.icmp_signed(">", n, ir.Constant(i64, 0)), body, done)
-    b.position_at_end(body)
-    i = b.phi(i64)
-    args = [b.load(b.gep(p, [i], inbounds=True, source_etype=t), typ=t) for p in inputs]
-    value = _w3(lib, b, *args) if name == "w3" else getattr(lib, name)(b, *args)
-    b.store(value, b.gep(out, [i], inbounds=True, source_etype=t))
-    following = b.add(i, ir.Constant(i64, 1))
-    i.add_incoming(ir.Constant(i64, 0), entry)
-    i.add_incoming(following, body)
-    b.cbranch(b.icmp_signed("<", following, n), body, done)
-    b.position_at_end(done)
-    b.ret_void()
     return module
 
 

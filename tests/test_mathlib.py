@@ -42,28 +42,10 @@ def _target_machine():
 
 def _loop_module(name: str, dtype, arity: int) -> ir.Module:
     """void kernel(ptr in0, [ptr in1,] ptr out, i64 n): out[i] = f(in0[i], ...)."""
-    t = DTYPES[dtype]
-    i64 = ir.IntType(64)
-    module = ir.Module(name=f"{name}_{dtype.__name__}")
+    module = mathlib.loop_module(
+        f"{name}_{dtype.__name__}", DTYPES[dtype], arity, getattr(mathlib, name)
+    )
     module.triple = llvm.get_process_triple()
-    fnty = ir.FunctionType(ir.VoidType(), [ir.PointerType()] * (arity + 1) + [i64])
-    fn = ir.Function(module, fnty, name="kernel")
-    for arg in fn.args[:-1]:
-        arg.add_attribute("noalias")
-    *inputs, out, n = fn.args
-    entry, body, done = (fn.append_basic_block(s) for s in ("entry", "body", "done"))
-    b = ir.IRBuilder(entry)
-    b.cbranch(b.icmp_signed(">", n, ir.Constant(i64, 0)), body, done)
-    b.position_at_end(body)
-    i = b.phi(i64)
-    args = [b.load(b.gep(p, [i], inbounds=True, source_etype=t), typ=t) for p in inputs]
-    b.store(getattr(mathlib, name)(b, *args), b.gep(out, [i], inbounds=True, source_etype=t))
-    following = b.add(i, ir.Constant(i64, 1))
-    i.add_incoming(ir.Constant(i64, 0), entry)
-    i.add_incoming(following, body)
-    b.cbranch(b.icmp_signed("<", following, n), body, done)
-    b.position_at_end(done)
-    b.ret_void()
     return module
 
 

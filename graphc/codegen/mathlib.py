@@ -729,3 +729,32 @@ def pow(b: ir.IRBuilder, x: ir.Value, y: ir.Value) -> ir.Value:  # noqa: A001
     wide = _like(x.type, ir.DoubleType())
     result = _pow64(b, b.fpext(x, wide), b.fpext(y, wide))
     return b.fptrunc(result, x.type)
+
+
+def loop_module(name: str, t: ir.Type, arity: int, emit) -> ir.Module:
+    """A module with `void kernel(ptr in0, ..., ptr out, i64 n)`: out[i] = emit(b, in0[i], ...).
+
+    The harness the math tests and benchmarks (tests/test_mathlib.py, bench/mathlib_micro.py)
+    compile to check and time a function inside a vectorizable loop.
+    """
+    i64 = ir.IntType(64)
+    module = ir.Module(name=name)
+    signature = ir.FunctionType(ir.VoidType(), [ir.PointerType()] * (arity + 1) + [i64])
+    fn = ir.Function(module, signature, name="kernel")
+    for arg in fn.args[:-1]:
+        arg.add_attribute("noalias")
+    *inputs, out, n = fn.args
+    entry, body, done = (fn.append_basic_block(s) for s in ("entry", "body", "done"))
+    b = ir.IRBuilder(entry)
+    b.cbranch(b.icmp_signed(">", n, ir.Constant(i64, 0)), body, done)
+    b.position_at_end(body)
+    i = b.phi(i64)
+    args = [b.load(b.gep(p, [i], inbounds=True, source_etype=t), typ=t) for p in inputs]
+    b.store(emit(b, *args), b.gep(out, [i], inbounds=True, source_etype=t))
+    following = b.add(i, ir.Constant(i64, 1))
+    i.add_incoming(ir.Constant(i64, 0), entry)
+    i.add_incoming(following, body)
+    b.cbranch(b.icmp_signed("<", following, n), body, done)
+    b.position_at_end(done)
+    b.ret_void()
+    return module
