@@ -253,8 +253,14 @@ def run(cases: list[workloads.Case], settings: dict, progress=None) -> list[dict
         shutil.rmtree(cache, ignore_errors=True)
 
 
-def main(quick: bool = False, json_path: str | None = None) -> int:
-    """Run the suite (a subset with `quick`), print the table, optionally write JSON."""
+def select(cases: list[workloads.Case], prefixes=None) -> list[workloads.Case]:
+    """The cases whose id starts with one of `prefixes` (every case when there are none)."""
+    return [case for case in cases if not prefixes or case.id.startswith(tuple(prefixes))]
+
+
+def main(quick: bool = False, json_path: str | None = None, only=None) -> int:
+    """Run the suite (a subset with `quick`, or the cases whose id starts with one of the
+    prefixes in `only`), print the table, optionally write JSON."""
     start = time.perf_counter()
     versions = peers.available()
     names = ["graphc", "numpy", *[n for n in ("torch", "jax") if versions[n]]]
@@ -269,6 +275,10 @@ def main(quick: bool = False, json_path: str | None = None) -> int:
             notes.append("note: threadpoolctl is not installed; NumPy's BLAS uses its default")
     machine = machine_info(versions)
     cases = workloads.all_cases(names, quick=quick)
+    cases = select(cases, only)
+    if not cases:
+        print(f"graphc bench: no case id starts with {' or '.join(only)}", file=sys.stderr)
+        return 2
     progress = lambda case_id: print(f"  {case_id} ...", file=sys.stderr, flush=True)
     results = run(cases, QUICK if quick else FULL, progress)
     print(render(results, machine, notes))

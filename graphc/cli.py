@@ -52,7 +52,7 @@ def _bench(args) -> int:
             raise
         from bench.suite import main as bench
 
-    return bench(quick=args.quick, json_path=args.json)
+    return bench(quick=args.quick, json_path=args.json, only=args.only)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -81,7 +81,13 @@ def parser() -> argparse.ArgumentParser:
     aot.set_defaults(run=_aot)
     bench = commands.add_parser("bench", help="the benchmark suite against NumPy/PyTorch/JAX")
     bench.add_argument("--quick", action="store_true")
-    bench.add_argument("--json")
+    bench.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    bench.add_argument(
+        "--only",
+        action="append",
+        metavar="PREFIX",
+        help="run only the cases whose id starts with PREFIX (repeatable: --only W3 --only W5)",
+    )
     bench.add_argument(
         "--threads",
         type=int,

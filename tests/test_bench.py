@@ -84,3 +84,12 @@ def test_pyproject_packages_every_graphc_package():
     }
     assert found | {"graphc.bench"} == set(config["packages"])
     assert config["package-dir"]["graphc.bench"] == "bench"
+
+
+def test_only_selects_cases_by_id_prefix(capsys):
+    cases = workloads.all_cases(["graphc", "numpy"])
+    chosen = bench.select(cases, ["W4 3", "W5"])
+    assert [c.id for c in chosen] == ["W4 32 f32", "W4 32 f64", "W5"]
+    assert bench.select(cases, None) == cases
+    assert bench.main(only=["W9"]) == 2
+    assert "no case id starts with W9" in capsys.readouterr().err

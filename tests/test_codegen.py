@@ -467,3 +467,21 @@ def test_a_fused_chain_deeper_than_the_recursion_limit_compiles():
     assert len(step.kernels) == 1
     xv = np.linspace(-1, 1, 8)
     np.testing.assert_allclose(step(xv), gc.evaluate(y, {x: xv}), rtol=1e-12)
+
+
+@pytest.mark.parametrize("n, hinted", [(1000, True), (63, False)])
+def test_long_loops_over_math_calls_are_interleaved(n, hinted):
+    """The W3 loop carries `llvm.loop.interleave.count 2`; a loop too short for two vectors
+    per iteration and a loop without transcendentals carry no hint; results are unchanged."""
+    a, b = gc.input("a", (n,), "float64"), gc.input("b", (n,), "float64")
+    chain = gc.compile(inputs=[a, b], outputs=gc.tanh(a * b) * gc.sigmoid(b) - 0.5 * a, cache=False)
+    plain = gc.compile(inputs=[a, b], outputs=a * b + 0.5, cache=False)
+    hint = '!{ !"llvm.loop.interleave.count", i32 2 }'
+    assert (hint in chain.llvm_ir) == hinted
+    assert "llvm.loop" not in plain.llvm_ir
+    if hinted:
+        loop_ids = [line for line in chain.llvm_ir.splitlines() if line.startswith("!")]
+        assert any(line.endswith("distinct !{!1, !0}") for line in loop_ids), loop_ids
+    av, bv = np.linspace(-3, 3, n), np.linspace(4, -4, n)
+    expected = gc.evaluate(gc.tanh(a * b) * gc.sigmoid(b) - 0.5 * a, {a: av, b: bv})
+    np.testing.assert_allclose(chain(av, bv), expected, rtol=1e-12, atol=1e-15)

@@ -38,6 +38,7 @@ class Emitter:
 
     def __init__(self, builder: ir.IRBuilder):
         self.b = builder
+        self.math_calls = 0  # transcendentals emitted so far (loops over them interleave)
 
     def intrinsic(self, name: str, *args):
         module = self.b.module
@@ -114,6 +115,7 @@ class Emitter:
         """A transcendental from the vectorizable math library (no libm calls)."""
         if name == "sqrt":
             return self.intrinsic("llvm.sqrt", *args)
+        self.math_calls += 1
         return getattr(mathlib, name)(self.b, *args)
 
     # ---- conversions ----

@@ -39,8 +39,29 @@ from graphc.ir.graph import Graph, Kernel, Node
 from graphc.ir.ops import OPS
 from graphc.passes.memory import Location, Plan
 
+I32 = ir.IntType(32)
 I64 = ir.IntType(64)
 PTR = ir.PointerType()
+INTERLEAVE, INTERLEAVE_FROM = 2, 64  # loops over math-library calls: KernelEmitter._counted_loop
+
+
+class LoopID(ir.values.MDValue):
+    """A loop's `!llvm.loop` node. LLVM requires it to be distinct and to name itself as its
+    first operand, which llvmlite's `Module.add_metadata` cannot express."""
+
+    def descr(self, buf):
+        operands = ", ".join([self.get_reference(), *(op.get_reference() for op in self.operands)])
+        buf += (f"distinct !{{{operands}}}", "\n")
+
+
+def loop_id(module: ir.Module, **hints: int) -> LoopID:
+    """A loop ID carrying transformation hints: interleave_count=2 is
+    `llvm.loop.interleave.count` 2 (LLVM's TransformMetadata names, `_` for `.`)."""
+    properties = [
+        module.add_metadata([f"llvm.loop.{key.replace('_', '.')}", ir.Constant(I32, value)])
+        for key, value in hints.items()
+    ]
+    return LoopID(module, properties, name=str(len(module.metadata)))
 
 
 def keep_out_of_line(function: ir.Function) -> None:
@@ -159,6 +180,7 @@ class KernelEmitter:
         self.b = ir.IRBuilder(self.function.append_basic_block("entry"))
         self.e = Emitter(self.b)
         self.scopes: list[dict] = [{}]
+        self.contains_loop = False  # whether the loop being emitted has an inner loop
         self.materialized: set[int] = set()  # body nodes stored to memory and read back
         self.known: dict[int, ir.Value] = {}  # reduced / row values valid in the current loop
         self.invariant: dict[int, ir.Value] = {}  # one-element values computed at the entry
@@ -166,47 +188,49 @@ class KernelEmitter:
     # ---- loops ----
     def loop(self, count: int, body, name="i"):
         """for i in range(count): body(i) — a canonical counted loop."""
-        b = self.b
-        if count == 0:  # a zero-size axis: no iterations (the loop below runs at least once)
+        if count == 0:  # a zero-size axis: no iterations
             return
         if count == 1:
             body(i64(0))
             return
-        before = b.block
-        header = b.append_basic_block(f"{name}.loop")
-        after = b.append_basic_block(f"{name}.done")
-        b.branch(header)
-        b.position_at_end(header)
-        phi = b.phi(I64, name=name)
-        phi.add_incoming(i64(0), before)
-        self.scopes.append({})
-        body(phi)
-        self.scopes.pop()
-        following = b.add(phi, i64(1), flags=("nuw", "nsw"))
-        phi.add_incoming(following, b.block)
-        b.cbranch(b.icmp_unsigned("<", following, i64(count)), header, after)
-        b.position_at_end(after)
+        self._counted_loop(i64(0), i64(count), body, name, count, may_be_empty=False)
 
     def outer_loop(self, count: int, body, name="i"):
         """The loop a kernel splits between threads: over [start, end) in a chunk's function,
         else over range(count)."""
         if self.rows is None:
             return self.loop(count, body, name)
+        self._counted_loop(*self.rows, body, name, count, may_be_empty=True)
+
+    def _counted_loop(self, start, end, body, name, count, may_be_empty):
+        """for i in range(start, end): body(i), as a header block that is also the latch.
+
+        An innermost loop that calls the math library is marked to be interleaved twice:
+        such a body is ~100 ymm operations per vector, too long for the out-of-order window
+        to overlap two iterations by itself, and LLVM's cost model does not interleave it
+        (W3, measured: 18 % faster in float64, 11 % in float32). Only from INTERLEAVE_FROM
+        iterations: two 8-wide vectors per iteration would leave a shorter loop scalar."""
         b = self.b
-        start, end = self.rows
         before = b.block
         header = b.append_basic_block(f"{name}.loop")
         after = b.append_basic_block(f"{name}.done")
-        b.cbranch(b.icmp_unsigned("<", start, end), header, after)
+        if may_be_empty:
+            b.cbranch(b.icmp_unsigned("<", start, end), header, after)
+        else:
+            b.branch(header)
         b.position_at_end(header)
         phi = b.phi(I64, name=name)
         phi.add_incoming(start, before)
         self.scopes.append({})
+        math_calls, self.contains_loop = self.e.math_calls, False
         body(phi)
+        innermost, self.contains_loop = not self.contains_loop, True
         self.scopes.pop()
         following = b.add(phi, i64(1), flags=("nuw", "nsw"))
         phi.add_incoming(following, b.block)
-        b.cbranch(b.icmp_unsigned("<", following, end), header, after)
+        latch = b.cbranch(b.icmp_unsigned("<", following, end), header, after)
+        if innermost and self.e.math_calls > math_calls and count >= INTERLEAVE_FROM:
+            latch.set_metadata("llvm.loop", loop_id(self.module, interleave_count=INTERLEAVE))
         b.position_at_end(after)
 
     def nest(self, shape, body, depth=0, values=(), outer=False):
