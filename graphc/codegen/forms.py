@@ -17,9 +17,12 @@ from __future__ import annotations
 
 from math import prod
 
+import numpy as np
 from llvmlite import ir
 
-from graphc.codegen.emitter import REGISTER_TYPES
+from graphc.codegen.emitter import MEMORY_TYPES, REGISTER_TYPES, Emitter, is_float_type
+from graphc.codegen.llvm import I64, INDEX_MAPS, affine_view, i64, keep_out_of_line, strides_of
+from graphc.codegen.matmul import Operand, define_matmul
 from graphc.codegen.parallel import (
     MATMUL_ROWS,
     MATMUL_THRESHOLD_NS,
@@ -43,8 +46,6 @@ def emit_loop(k) -> None:
 
 def _needs_axes(kernel) -> bool:
     """Whether a loop kernel indexes by axes (an index map other than reshape), not flat."""
-    from graphc.codegen.llvm import INDEX_MAPS
-
     return any(n.op in INDEX_MAPS and n.op != "reshape" for n in kernel.nodes)
 
 
@@ -64,8 +65,6 @@ def emit_reduction(k) -> None:
 
 def reduce_stage(k, reduce: Node, outputs) -> None:
     """One reduction (input expression evaluated inside) and the outputs computed from it."""
-    from graphc.codegen.llvm import I64, _argmax_better, combine_sum, i64, identity
-
     x = reduce.inputs[0]
     axes, kept = _reduced_axes(reduce)
     reduced = [x.shape[a] for a in axes]
@@ -90,7 +89,7 @@ def reduce_stage(k, reduce: Node, outputs) -> None:
             elif reduce.op == "max":
                 b.store(k.e.maximum(acc, v), accumulator)
             else:
-                better = _argmax_better(k.e, v, acc)
+                better = argmax_better(k.e, v, acc)
                 b.store(b.select(better, v, acc), accumulator)
                 flat = k.index(reduced, values=red_values).flat
                 b.store(b.select(better, flat, b.load(position)), position)
@@ -104,6 +103,33 @@ def reduce_stage(k, reduce: Node, outputs) -> None:
     k.nest(kept, per_output, outer=True)
 
 
+def identity(reduce: Node, dtype: str):
+    """The starting value of a sum, max or argmax accumulator."""
+    t = REGISTER_TYPES[dtype]
+    if reduce.op == "sum":
+        return t(0)
+    if dtype in ("float32", "float64"):
+        return t(float("-inf"))
+    return t(int(np.iinfo(dtype).min))
+
+
+def combine_sum(b, acc, v):
+    """acc + v; float sums may be reassociated (DESIGN §5's fast-math policy)."""
+    if is_float_type(v.type):
+        return b.fadd(acc, v, flags=("reassoc", "contract"))  # reductions may reassociate
+    return b.add(acc, v)
+
+
+def argmax_better(e: Emitter, v, acc):
+    """NumPy argmax: the first maximum wins; the first NaN wins over everything."""
+    if is_float_type(v.type):
+        greater = e.b.fcmp_ordered(">", v, acc)
+        v_nan = e.b.fcmp_unordered("uno", v, v)
+        acc_nan = e.b.fcmp_unordered("uno", acc, acc)
+        return e.b.or_(greater, e.b.and_(v_nan, e.b.not_(acc_nan)))
+    return e.b.icmp_signed(">", v, acc)
+
+
 def _reduced_axes(reduce: Node) -> tuple[tuple[int, ...], list[int]]:
     """A reduction's reduced axes and the sizes of the kept ones."""
     x = reduce.inputs[0]
@@ -112,8 +138,6 @@ def _reduced_axes(reduce: Node) -> tuple[tuple[int, ...], list[int]]:
 
 
 def emit_rowwise(k) -> None:
-    from graphc.codegen.llvm import combine_sum, identity
-
     body = {id(n): n for n in k.kernel.nodes}
     reductions = [n for n in k.kernel.nodes if n.op in REDUCTIONS]
     x0 = reductions[0].inputs[0]
@@ -178,8 +202,6 @@ def emit_rowwise(k) -> None:
 def _contraction(k):
     """A contraction kernel's matmul, its operands as affine views, its elementwise epilogue
     outputs and its reduction stages (reduction id -> the outputs computed from it)."""
-    from graphc.codegen.llvm import affine_view
-
     kernel = k.kernel
     (mm,) = [n for n in kernel.nodes if n.op == "matmul"]
     sources = {id(n) for n in kernel.inputs}
@@ -228,8 +250,6 @@ def _product_target(k, mm: Node):
 
 def _matmul(k, mm: Node, views, m: int, suffix: str = "") -> ir.Function:
     """The generated matmul of `m` rows of the kernel's product (all of them by default)."""
-    from graphc.codegen.llvm import keep_out_of_line, strides_of
-    from graphc.codegen.matmul import Operand, define_matmul
 
     *batch, _, inner = mm.inputs[0].shape
     function = define_matmul(
@@ -250,8 +270,6 @@ def _matmul(k, mm: Node, views, m: int, suffix: str = "") -> ir.Function:
 
 
 def emit_contraction(k) -> None:
-    from graphc.codegen.llvm import MEMORY_TYPES
-
     mm, views, epilogue, stages = _contraction(k)
     target = _product_target(k, mm)
     sources = [k.globals.get(id(v.source)) or k.pointers[id(v.source)] for v in views]

@@ -32,7 +32,7 @@ import numpy as np
 from llvmlite import ir
 
 from graphc.codegen import parallel
-from graphc.codegen.emitter import MEMORY_TYPES, REGISTER_TYPES, Emitter, is_float_type
+from graphc.codegen.emitter import MEMORY_TYPES, REGISTER_TYPES, Emitter
 from graphc.codegen.parallel import Split
 from graphc.errors import CompileError
 from graphc.ir.graph import Graph, Kernel, Node
@@ -349,7 +349,7 @@ class KernelEmitter:
 
     # ---- forms (codegen/forms.py) ----
     def emit(self) -> ir.Function:
-        from graphc.codegen import forms
+        from graphc.codegen import forms  # forms builds on this module: imported when used
 
         split = None if self.rows else forms.split_of(self)
         if split is None:
@@ -467,31 +467,6 @@ INDEX_MAPS = {
 
 
 # ---- reductions ----
-
-
-def identity(reduce: Node, dtype: str):
-    t = REGISTER_TYPES[dtype]
-    if reduce.op == "sum":
-        return t(0)
-    if dtype in ("float32", "float64"):
-        return t(float("-inf"))
-    return t(int(np.iinfo(dtype).min))
-
-
-def combine_sum(b, acc, v):
-    if is_float_type(v.type):
-        return b.fadd(acc, v, flags=("reassoc", "contract"))  # reductions may reassociate
-    return b.add(acc, v)
-
-
-def _argmax_better(e: Emitter, v, acc):
-    """NumPy argmax: the first maximum wins; the first NaN wins over everything."""
-    if is_float_type(v.type):
-        greater = e.b.fcmp_ordered(">", v, acc)
-        v_nan = e.b.fcmp_unordered("uno", v, v)
-        acc_nan = e.b.fcmp_unordered("uno", acc, acc)
-        return e.b.or_(greater, e.b.and_(v_nan, e.b.not_(acc_nan)))
-    return e.b.icmp_signed(">", v, acc)
 
 
 # ---- constants ----
