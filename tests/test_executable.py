@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 import graphc as gc
-from graphc.runtime.executable import LARGE_BYTES
+from graphc.runtime.executable import LARGE_BYTES, Executable
 
 
 @pytest.fixture(scope="module")
@@ -443,6 +443,92 @@ def test_fast_path_rebinds_a_replaced_parameter_array():
     storage.value = np.array([1, 2], np.int64)  # converted and rebound, still updated in place
     np.testing.assert_array_equal(step(ones), [1.0, 2.0])
     np.testing.assert_array_equal(w.value, [2.0, 3.0])
+
+
+def test_rebinding_keeps_the_class_and_reaches_calls_by_name_and_the_checked_path():
+    w = gc.param("w", np.array([1.0, 2.0]))
+    x = gc.input("x", (2,), "float64")
+    step = gc.compile(inputs=[x], outputs=w * x)
+    cls, storage = type(step), w.node.attrs["storage"]
+    storage.value = np.array([3.0, 4.0])
+    np.testing.assert_array_equal(step(x=np.ones(2)), [3.0, 4.0])
+    storage.value = np.array([5.0, 6.0])
+    np.testing.assert_array_equal(step([1.0, 1.0]), [5.0, 6.0])  # a list: converted
+    storage.value = np.array([7.0, 8.0])
+    np.testing.assert_array_equal(step(np.ones(2)), [7.0, 8.0])
+    assert type(step) is cls
+
+
+def test_each_executable_is_an_executable_of_a_class_of_its_own():
+    x = gc.input("x", (2,), "float64")
+    double, triple = gc.compile(inputs=[x], outputs=x * 2), gc.compile(inputs=[x], outputs=x * 3)
+    assert isinstance(double, Executable) and isinstance(triple, Executable)
+    assert type(double) is not type(triple) and Executable not in (type(double), type(triple))
+    assert type(double).__name__ == "Executable"
+    for _ in range(2):
+        np.testing.assert_array_equal(double(np.ones(2)), [2.0, 2.0])
+        np.testing.assert_array_equal(triple(np.ones(2)), [3.0, 3.0])
+
+
+def test_calls_by_name_take_the_fast_path_and_conversions_the_checked_one(monkeypatch):
+    x, n = gc.input("x", (2, 3), "float64"), gc.input("n", (2,), "int32")
+    step = gc.compile(inputs=[x, n], outputs=x.sum(axis=1) + n)
+    checked = []  # the positional and named arguments _call_checked was given
+    original = Executable._call_checked
+
+    def spy(executable, args, kwargs):
+        checked.append((len(args), sorted(kwargs)))
+        return original(executable, args, kwargs)
+
+    monkeypatch.setattr(Executable, "_call_checked", spy)  # not on `step`: that is a cycle
+    want = expected(XV, NV, 1.0)
+    for got in [step(XV, NV), step(x=XV, n=NV), step(n=NV, x=XV), step(XV, n=NV)]:
+        np.testing.assert_array_equal(got, want)
+    assert checked == []
+    np.testing.assert_array_equal(step(n=NV, x=XV.tolist()), want)  # reordered, then converted
+    np.testing.assert_array_equal(step(XV, n=NV.astype(np.int16)), want)
+    assert checked == [(2, []), (2, [])]
+    with pytest.raises(gc.InputError, match="'q'"):
+        step(XV, q=NV)
+    assert checked[-1] == (1, ["q"])
+
+
+def test_wrong_arity_and_misnamed_arguments_are_input_errors_on_every_path():
+    x, n = gc.input("x", (2, 3), "float64"), gc.input("n", (2,), "int32")
+    step = gc.compile(inputs=[x, n], outputs=x.sum(axis=1) + n)
+    with pytest.raises(gc.InputError, match="'x'.*twice"):
+        step(XV, x=XV)
+    with pytest.raises(gc.InputError, match=r"missing.*'n'"):
+        step(x=XV)
+    with pytest.raises(gc.InputError, match="takes 2 inputs, got 3"):
+        step(XV, NV, NV, n=NV)
+    with pytest.raises(gc.InputError, match=r"'x' expects shape \(2, 3\)"):
+        step(n=NV, x=XV.T)  # by name, then refused by position with the same message
+    p = gc.param("p", np.array([1.0]))
+    constant = gc.compile(inputs=[], outputs=p * 2)
+    np.testing.assert_array_equal(constant(), [2.0])
+    with pytest.raises(gc.InputError, match="takes 0 inputs, got 1"):
+        constant(1.0)
+    with pytest.raises(gc.InputError, match="unknown input 'z'"):
+        constant(z=1.0)
+
+
+def test_a_dead_executable_drops_its_generated_call_and_buffers_at_once():
+    """Its class lives until the cycle collector runs; the class's methods must not keep the
+    executable's buffers alive that long."""
+    x = gc.input("x", (3,), "float64")
+    step = gc.compile(inputs=[x], outputs=x + 1.0)
+    step(np.zeros(3))
+    cls, buffer = type(step), weakref.ref(step._inputs[0])
+    enabled = python_gc.isenabled()
+    python_gc.disable()
+    try:
+        del step
+        assert buffer() is None
+        assert "__call__" not in vars(cls) and "_run" not in vars(cls)
+    finally:
+        if enabled:
+            python_gc.enable()
 
 
 # ---- large arguments: passed by address, never written ------------------------------------
