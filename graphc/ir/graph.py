@@ -30,7 +30,12 @@ _location_override: contextvars.ContextVar = contextvars.ContextVar(
 
 
 class Storage:
-    """The ndarray behind a parameter; executables read and update it in place."""
+    """The ndarray behind a parameter; executables read and update it in place.
+
+    A slot, not a dict entry: a compiled step's native entry reads `value` at a fixed offset
+    (runtime/python_entry.py) to see whether the array was replaced."""
+
+    __slots__ = ("value",)
 
     def __init__(self, value: np.ndarray):
         self.value = value

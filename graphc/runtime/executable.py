@@ -46,16 +46,21 @@ import weakref
 
 import numpy as np
 
+from graphc.codegen.python_entry import Signature
 from graphc.errors import CompileError, DTypeError, InputError
 from graphc.ir.graph import Graph
 from graphc.passes import lower
 from graphc.passes.memory import ALIGN
+from graphc.runtime import python_entry
 
 STAGES = ("graph", "optimized", "fused", "memory", "llvm", "asm")
 # Arguments of at least this many bytes are passed by address instead of copied. Measured:
 # taking the address of a contiguous array and binding it costs ~1.3 µs (a fresh output
 # ~2 µs), copying 32 KiB in ~1.3 µs and out ~1.7 µs, 64 KiB ~2.1 / 2.5 µs.
 LARGE_BYTES = 32 * 1024
+# Steps touching at most this many bytes (arena, parameters, arguments: ~100 µs of work at
+# most) are called through a native entry that holds the GIL; larger ones release it.
+NATIVE_ENTRY_MAX_BYTES = 256 * 1024
 
 
 def aligned_empty(shape, dtype) -> np.ndarray:
@@ -125,9 +130,14 @@ class Executable:
         self._args = (ctypes.c_void_p * len(buffers))(
             *[0 if a is None else a.ctypes.data for a in buffers]
         )
+        # A small step gets a native entry (see _native_entry), which runs the step holding
+        # the GIL; so must the Python path then, or the two could run it at once.
+        self._native = None
+        small = self._touched_bytes() <= NATIVE_ENTRY_MAX_BYTES and python_entry.supported()
         # No argtypes: ctypes then passes the argument block by reference, the cheapest
         # conversion (measured 0.40 µs a call, 0.47 µs with argtypes=[c_void_p] and an int)
-        self._call = ctypes.CFUNCTYPE(None)(engine.address(f"{name}_call"))
+        prototype = ctypes.PYFUNCTYPE(None) if small else ctypes.CFUNCTYPE(None)
+        self._call = prototype(engine.address(f"{name}_call"))
         self._call.argtypes = None
         self._bind_params()
         # A class of its own, whose __call__ is the function _specialize generates: the
@@ -137,6 +147,8 @@ class Executable:
         # than by the cycle collector.
         self.__class__ = type(type(self).__name__, (type(self),), {"__slots__": ()})
         weakref.finalize(self, _forget_generated, type(self))
+        if small:
+            self._native = self._native_entry()
         self._specialize()
 
     # ---- construction ----
@@ -278,7 +290,40 @@ class Executable:
         exec(compile(source, f"<graphc call of {self.name}>", "exec"), namespace)  # noqa: S102
         self._call_source = source  # for debugging: the generated code
         call, run = namespace["make"](**cells)
-        type(self).__call__, type(self)._run = call, run
+        type(self)._call_python, type(self)._run = call, run
+        type(self).__call__ = call if self._native is None else self._native.function
+
+    def _touched_bytes(self) -> int:
+        """Bytes of memory a step reads or writes at most: arena, parameters and arguments."""
+        graph = self.graph
+        arguments = (*graph.params, *graph.inputs, *graph.outputs)
+        return self._metadata["arena_bytes"] + sum(n.type.nbytes for n in arguments)
+
+    def _native_entry(self) -> python_entry.NativeEntry:
+        """The builtin that runs a step from the interpreter with no Python in between
+        (codegen/python_entry.py): the arguments are checked in machine code, exact arrays
+        are read in place and anything else takes the Python path, `_call_python`."""
+        graph = self.graph
+        signature = Signature(
+            inputs=tuple((n.shape, n.type.nbytes) for n in graph.inputs),
+            outputs=len(graph.outputs),
+            params=tuple(n.type.nbytes for n in graph.params),
+            updated=tuple(self._updated),
+            single_output=self.single_output,
+            value_offset=python_entry.storage_value_offset(),
+        )
+        return python_entry.NativeEntry(
+            signature,
+            step=self.engine.address(f"{self.name}_call"),
+            arena=self._arena,
+            # through a weak reference: the entry lives in this executable's class
+            fallback=functools.partial(_call_python, weakref.ref(self)),
+            input_dtypes=self._dtypes,
+            outputs=[(n.shape, n.type.np_dtype) for n in graph.outputs],
+            storages=self._params,
+            bound=self._bound_params,
+            keep=(self.engine,),
+        )
 
     def _rebind(self) -> None:
         """Called when a parameter's storage was replaced: bind it, regenerate the call."""
@@ -303,6 +348,8 @@ class Executable:
                     storage.value = array
                 self._bound_params[i] = array
                 self._args[1 + i] = array.ctypes.data
+                if self._native is not None:
+                    self._native.bind(i, array)
                 changed = True
         if changed:
             spans = [
@@ -430,7 +477,15 @@ def _shares_state(spans: list[tuple[int, int]], address: int, nbytes: int) -> bo
 
 def _forget_generated(cls: type) -> None:
     """Drop an executable's generated methods (and the buffers they hold) when it dies."""
-    del cls.__call__, cls._run
+    del cls.__call__, cls._call_python, cls._run
+
+
+def _call_python(executable: weakref.ref, *args, **kwargs):
+    """The native entry's way to the Python call path of its executable."""
+    step = executable()
+    if step is None:
+        raise InputError("this step's executable was garbage-collected; call the step itself")
+    return step._call_python(*args, **kwargs)
 
 
 _MISSING = object()  # the default of the generated call's parameters: an argument not given
