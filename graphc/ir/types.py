@@ -15,6 +15,7 @@ INTS = ("int32", "int64")
 
 SHORT = {"float32": "f32", "float64": "f64", "int32": "i32", "int64": "i64", "bool": "bool"}
 LONG = {short: long for long, short in SHORT.items()}
+NP_DTYPES = {name: np.dtype(name) for name in DTYPES}  # np.dtype(name) takes ~0.6 µs a call
 
 
 def canonical_dtype(dtype) -> str:
@@ -51,7 +52,7 @@ class TensorType:
 
     @property
     def itemsize(self) -> int:
-        return np.dtype(self.dtype).itemsize
+        return NP_DTYPES[self.dtype].itemsize
 
     @property
     def nbytes(self) -> int:
@@ -59,7 +60,7 @@ class TensorType:
 
     @property
     def np_dtype(self) -> np.dtype:
-        return np.dtype(self.dtype)
+        return NP_DTYPES[self.dtype]
 
     @property
     def is_float(self) -> bool:
