@@ -58,9 +58,10 @@ STAGES = ("graph", "optimized", "fused", "memory", "llvm", "asm")
 # taking the address of a contiguous array and binding it costs ~1.3 µs (a fresh output
 # ~2 µs), copying 32 KiB in ~1.3 µs and out ~1.7 µs, 64 KiB ~2.1 / 2.5 µs.
 LARGE_BYTES = 32 * 1024
-# Steps touching at most this many bytes (arena, parameters, arguments: ~100 µs of work at
-# most) are called through a native entry that holds the GIL; larger ones release it.
-NATIVE_ENTRY_MAX_BYTES = 256 * 1024
+# Steps touching at most this many bytes (arena, parameters, arguments: up to ~1 ms of work,
+# a fifth of Python's thread switch interval) are called through a native entry that holds
+# the GIL; larger ones release it.
+NATIVE_ENTRY_MAX_BYTES = 1024 * 1024
 
 
 def aligned_empty(shape, dtype) -> np.ndarray:
