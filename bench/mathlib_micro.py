@@ -1,9 +1,13 @@
 """Micro-benchmark of graphc.codegen.mathlib: ns per element of `out[i] = f(x[i])` loops.
 
 Run: python bench/mathlib_micro.py [--quick] [--baseline REV] [--functions exp,tanh,...]
+                                   [--interleave N]
 
 Each function and dtype is a JIT-compiled loop (O3, host CPU, as graphc builds kernels) over
 N = 10^6 elements, timed against NumPy and jax.numpy (jax.jit, one thread) when importable.
+Like graphc's own loops over math-library calls, the loop carries the hint to interleave
+it graphc.codegen.llvm.INTERLEAVE times (two vector iterations in flight); `--interleave 1`
+leaves it to LLVM (not interleaved: latency then weighs more, operation count less).
 `--baseline REV` also builds the loops from the mathlib.py of git revision REV, so old and
 new code are measured side by side. The peers of one row run interleaved, round by round,
 with the order rotated each round, and the table shows medians in ns/element; a burst of
@@ -30,6 +34,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench import peers  # noqa: E402
+from graphc.codegen import llvm as codegen  # noqa: E402
 from graphc.codegen import mathlib  # noqa: E402
 
 N = 10**6
@@ -47,12 +52,15 @@ def _w3(lib, b, a, x, c, d):
     return b.fsub(b.fmul(product, lib.sigmoid(b, d)), b.fmul(ir.Constant(t, 0.5), a))
 
 
-def _loop(lib, name: str, dtype: str) -> ir.Module:
+def _loop(lib, name: str, dtype: str, interleave: int) -> ir.Module:
     """void kernel(ptr in0, ..., ptr out, i64 n): out[i] = f(in0[i], ...)."""
     emit = (lambda b, *args: _w3(lib, b, *args)) if name == "w3" else getattr(lib, name)
     arity = 4 if name == "w3" else 1
     module = mathlib.loop_module(f"{name}_{dtype}", IR_TYPES[dtype], arity, emit)
     module.triple = llvm.get_process_triple()
+    if interleave > 1:
+        latch = module.get_global("kernel").blocks[1].terminator
+        latch.set_metadata("llvm.loop", codegen.loop_id(module, interleave_count=interleave))
     return module
 
 
@@ -62,10 +70,10 @@ def _machine():
     return target.create_target_machine(cpu=llvm.get_host_cpu_name(), features=features, opt=3)
 
 
-def compile_loop(lib, name: str, dtype: str):
+def compile_loop(lib, name: str, dtype: str, interleave: int = codegen.INTERLEAVE):
     """(callable running the loop on pre-bound arrays' addresses, assembly text)."""
     machine = _machine()
-    parsed = llvm.parse_assembly(str(_loop(lib, name, dtype)))
+    parsed = llvm.parse_assembly(str(_loop(lib, name, dtype, interleave)))
     parsed.verify()
     tuning = llvm.create_pipeline_tuning_options(speed_level=3)
     builder = llvm.create_pass_builder(machine, tuning)
@@ -137,13 +145,13 @@ def measure(calls: dict, rounds: int, repeat: int) -> dict[str, float]:
     return {name: float(np.median(s)) for name, s in samples.items()}
 
 
-def row(name: str, dtype: str, libraries: dict, jax, rounds: int, repeat: int):
+def row(name: str, dtype: str, libraries: dict, jax, rounds: int, repeat: int, interleave: int):
     arrays = inputs(name, dtype)
     out = np.empty_like(arrays[0])
     addresses = [a.ctypes.data for a in arrays] + [out.ctypes.data, N]
     calls = {}
     for label, lib in libraries.items():
-        kernel, _ = compile_loop(lib, name, dtype)
+        kernel, _ = compile_loop(lib, name, dtype, interleave)
         calls[label] = lambda kernel=kernel: kernel(*addresses)
     function = numpy_function(name)
     calls["numpy"] = lambda: function(*arrays)
@@ -162,6 +170,7 @@ def main() -> None:
     parser.add_argument("--functions", default=",".join(FUNCTIONS))
     parser.add_argument("--dtypes", default="float32,float64")
     parser.add_argument("--no-jax", action="store_true")
+    parser.add_argument("--interleave", type=int, default=codegen.INTERLEAVE)
     options = parser.parse_args()
     libraries = {"graphc": mathlib}
     if options.baseline:
@@ -170,11 +179,14 @@ def main() -> None:
     peers.limit_blas_threads()
     rounds, repeat = (7, 2) if options.quick else (15, 3)
     columns = [*libraries, "numpy"] + (["jax"] if jax is not None else [])
-    print(f"ns/element, N = {N}, median of {rounds} interleaved rounds of {repeat} calls")
+    print(
+        f"ns/element, N = {N}, loops interleaved {options.interleave}x, "
+        f"median of {rounds} interleaved rounds of {repeat} calls"
+    )
     print(f"{'function':10} {'dtype':8}" + "".join(f"{c[:10]:>11}" for c in columns))
     for name in options.functions.split(","):
         for dtype in options.dtypes.split(","):
-            times = row(name, dtype, libraries, jax, rounds, repeat)
+            times = row(name, dtype, libraries, jax, rounds, repeat, options.interleave)
             cells = "".join(f"{times[c] / N * 1e9:11.2f}" for c in columns)
             print(f"{name:10} {dtype:8}{cells}", flush=True)
 
