@@ -18,11 +18,14 @@ Algorithms
 exp     x = k ln2 + r, k = rint(x / ln2) (from the low bits of x/ln2 + 1.5*2^52, which also
         hold k for building 2^k without int<->float conversions, which AVX2 lacks for 64-bit
         lanes), |r| <= ln2/2, r = (x - k hi) - k lo with fdlibm's ln2 = hi + lo and FMA, in
-        plain arithmetic. e^r = 1 + (r + r^2 P(r)); f64 P is the Taylor series up to
-        r^13/13! (truncation < 0.05 ulp), f32 P is Cephes ``expf`` (degree 5). Overflow and
-        underflow need no selects: x is clamped to [-746, 710] (f32: [-110, 89]) and 2^k is
-        applied in two halves 2^floor(k/2) 2^ceil(k/2), so the product overflows to inf or
-        is rounded once to a subnormal, then 0.
+        plain arithmetic. e^r = 1 + (r + r^2 P(r)), P = 1/2 + r P1(r) minimax relative to
+        e^r - 1 (tools/fit_exp_polynomial.py: Remez, c0 kept at 1/2), degree 10 for f64
+        (error 1.5e-18 once rounded, 0.014 x 2^-53; the Taylor series to r^13/13!, one
+        term more, was 0.11 x 2^-53), degree 5 for f32 (1.1e-9, 0.018 x 2^-24; Cephes
+        ``expf`` 0.13), evaluated as E(r^2) + r O(r^2). Overflow and underflow need no
+        selects: x is clamped to [-746, 710] (f32: [-110, 89]) and 2^k is applied in two
+        halves 2^floor(k/2) 2^ceil(k/2), so the product overflows to inf or is rounded once
+        to a subnormal, then 0.
 expm1   x = k ln2 + r as above but with r kept as a double-double r + r_low (for pow too);
         2^k (expm1(r) + 1) - 1 = fma(2^k, expm1(r), 2^k - 1), exact for k = 0; where that
         cancels (ln2/2 < |x| < 0.45) h (h + 2) with h = expm1(x/2).
@@ -42,8 +45,9 @@ tanh    f32: x P(z)/Q(z), z = x^2, one division (the form of Eigen's/XLA's fast 
         sign restored with copysign. (Cephes' rational below |x| = 0.625 plus 1 - 2/(e^(2|x|)
         + 1) above was 1.2 ulp but 30% slower.)
 sigmoid e = e^-|x| (with 2^k applied as 2^(k + c) 2^-c: rounded once, subnormal results
-        kept); x >= 0: 1/(1 + e), x < 0: e/(1 + e). f64 keeps 1 + e exact as d + d_low and
-        corrects the quotient with one Newton step; f32 divides once.
+        kept); x >= 0: 1/(1 + e), x < 0: e/(1 + e), one division. (f64 used to keep 1 + e
+        exact and correct the quotient with a Newton step: 1.46 instead of 2.2 ulp, for
+        8 more operations, 30% of its time.)
 sin/cos q = nearest integer to x 2/pi (a double-length product, so q is the true nearest
         integer), r = x - q pi/2 with pi/2 split into three floats and FMA: the first step
         is exact, the rest is carried as a double-double r + r_low, so the reduction is
@@ -65,28 +69,34 @@ pow     f64: exp(y log x) with log|x| as a double-double: s = f/(2+f) as a doubl
 
 Constants: the pi/2 and 2/pi splits are derived below from a 64-digit decimal pi with exact
 rational arithmetic; ln2 hi/lo are fdlibm's (hi has trailing zeros, so k hi is exact).
-Taylor/atanh coefficients are exact fractions rounded once. Published coefficients are
-quoted with their source next to them and checked by the tests.
+The atanh coefficients are exact fractions rounded once. Published and fitted coefficients
+are quoted with their source next to them and checked by the tests.
 
-Speed: these loops are bound by the latency of dependent FMAs (a ymm loop iteration is
-~60-100 micro-ops, so only about two iterations are in flight), so polynomials use Estrin's
-scheme, and the fast functions (exp, tanh, sigmoid) avoid double-double steps and keep the
-special-value selects to a clamp or two. Per element on this host (2 GHz EPYC, one thread,
-N = 10^6, ns): exp 1.6 / 4.5, tanh 1.3 / 4.6, sigmoid 1.9 / 5.5 (f32 / f64);
-bench/mathlib_micro.py measures them against NumPy and JAX.
+Speed: a ymm loop iteration of these functions is ~40-100 instructions, mostly 2-micro-op
+FMAs with long dependent chains, and the loops that call them are interleaved twice (see
+graphc.codegen.llvm): both the number of operations and the chain lengths count. So the exp
+polynomial is split into even and odd halves (as few FMAs as Horner's rule, half the chain)
+and the other polynomials use Estrin's scheme, and the fast functions (exp, tanh, sigmoid)
+avoid double-double steps and keep the special-value selects to a clamp or two. Per
+element on this host (2 GHz EPYC, one thread, N = 10^6, loop interleaved twice, ns): exp
+1.3 / 3.5, tanh 1.35 / 4.0, sigmoid 1.65 / 4.0 (f32 / f64); bench/mathlib_micro.py
+measures them against NumPy and JAX.
 
-Measured max errors in ulp (1-2 million random arguments per function and dtype over its
-domain -- exp/expm1 up to overflow, log over all positive floats incl. subnormals, sin/cos
-over |x| < 1e5 (f32: 1e4) -- against np.longdouble (f64) / float64 (f32) references):
+Measured max errors in ulp (at least 2 million random arguments per function and dtype over
+its domain -- exp/expm1 up to overflow, log over all positive floats incl. subnormals, sin/cos
+over |x| < 1e5 (f32: 1e4); for exp, expm1, tanh, sigmoid 10 million, over the whole range,
+[-2, 2] and magnitudes 1e-8 to 10 -- against np.longdouble (f64) / float64 (f32) references;
+tests/test_mathlib.py checks the rows of exp, expm1, tanh and sigmoid on 600000 of them):
 
     function   float64   float32
-    exp        1.01      1.03
-    expm1      1.34      1.40
+    exp        1.02      1.01
+    expm1      1.29      1.48
     log        0.85      0.81
     log1p      0.82      0.82
-    tanh       2.51      6.09      (speed over accuracy: f64 < 3.5e-16, f32 < 3.7e-7 relative;
+    tanh       2.64      5.34      (speed over accuracy: f64 < 3.7e-16, f32 < 3.2e-7 relative;
+                                   f64 also at 2e7 points of its worst stretch, [0.17, 0.26];
                                    f32 measured over every float in [2^-30, 9.5])
-    sigmoid    1.45      2.28      (f32: one plain division, same trade)
+    sigmoid    2.31      2.35      (one plain division: speed over accuracy)
     sin        0.78      0.80      (also at |x| up to 2^50 / 2^22; < 2 ulp there)
     cos        0.79      0.79
     sqrt       0.50      0.50
@@ -160,8 +170,12 @@ def _constants(bits: int) -> dict:
         "tanh_limit": 20.0 if f64 else _round(0.5 * math.log(2.0**24 - 1), 32),
     }
     if f64:
-        # exp(r) - 1 = r + r^2 (1/2! + r/3! + ... + r^11/13!): Taylor.
-        c["expm1"] = [float(Fraction(1, math.factorial(n))) for n in range(2, 14)]
+        # e^r - 1 = r + r^2 P(r), P = 1/2 + r P1(r) minimax relative to e^r - 1 on |r| <=
+        # ln2/2: tools/fit_exp_polynomial.py 10 (1.5e-18 after rounding; relative to e^r 6e-19).
+        c["expm1"] = [0.5, 0.16666666666666677, 0.04166666666666658, 0.008333333333322167,
+                      0.0013888888888942625, 0.00019841269884918728, 2.480158719828087e-05,
+                      2.7557245321179614e-06, 2.7557387019399774e-07, 2.5108676087797317e-08,
+                      2.0878911027212896e-09]  # fmt: skip
         # fdlibm/musl e_log.c Lg1..Lg7.
         c["log"] = [
             6.666666666666735130e-01,
@@ -190,9 +204,9 @@ def _constants(bits: int) -> dict:
             -1.13596475577881948265e-11,
         ]
     else:
-        # Cephes expf.c.
-        c["expm1"] = [5.0000001201e-1, 1.6666665459e-1, 4.1665795894e-2, 8.3334519073e-3,
-                      1.3981999507e-3, 1.9875691500e-4]  # fmt: skip
+        # As for f64: tools/fit_exp_polynomial.py 5 (1.1e-9 after rounding; relative to e^r 4e-10).
+        c["expm1"] = [0.5, 0.1666666567325592, 0.041666481643915176, 0.0083334194496274,
+                      0.00139332446269691, 0.0001982412941288203]  # fmt: skip
         # musl logf.c Lg1..Lg4 (0xaaaaaa.0p-24, 0xccce13.0p-25, 0x91e9ee.0p-25, 0xf89e26.0p-26).
         c["log"] = [0xAAAAAA / 2**24, 0xCCCE13 / 2**25, 0x91E9EE / 2**25, 0xF89E26 / 2**26]
         # Cephes sinf.c / cosf.c.
@@ -267,8 +281,9 @@ def _poly(b: ir.IRBuilder, x: ir.Value, coeffs: list[float]) -> ir.Value:
     """c0 + c1 x + c2 x^2 + ... by Estrin's scheme with FMA.
 
     (c0 + c1 x) + (c2 + c3 x) x^2 + ...: the pairs are independent and are combined in a
-    tree, so the chain of dependent FMAs is log2(n) long instead of n (Horner's rule). The
-    loops are latency-bound on long Horner chains: only about two iterations fit in flight."""
+    tree, so the chain of dependent FMAs is log2(n) long instead of n (Horner's rule), for
+    a multiplication more per power x^(2^i). Used by log, sin, cos and pow; the fast
+    functions use _horner and _poly_even_odd (fewer operations; see Speed above)."""
     t = x.type
     terms = [
         _fma(b, _const(t, coeffs[i + 1]), x, _const(t, coeffs[i]))
@@ -282,6 +297,22 @@ def _poly(b: ir.IRBuilder, x: ir.Value, coeffs: list[float]) -> ir.Value:
         pairs = [terms[i : i + 2] for i in range(0, len(terms), 2)]
         terms = [_fma(b, pair[1], power, pair[0]) if len(pair) == 2 else pair[0] for pair in pairs]
     return terms[0]
+
+
+def _horner(b: ir.IRBuilder, x: ir.Value, coeffs: list[float]) -> ir.Value:
+    """c0 + c1 x + c2 x^2 + ... by Horner's rule: n - 1 FMAs, the fewest, in one chain."""
+    result = _const(x.type, coeffs[-1])
+    for c in reversed(coeffs[:-1]):
+        result = _fma(b, result, x, _const(x.type, c))
+    return result
+
+
+def _poly_even_odd(b: ir.IRBuilder, x: ir.Value, z: ir.Value, coeffs: list[float]) -> ir.Value:
+    """c0 + c1 x + c2 x^2 + ... as E(z) + x O(z), z = x^2, E and O by Horner's rule.
+
+    As few operations as Horner's rule (given z) and half its chain of dependent FMAs;
+    Estrin's scheme needs a multiplication more per power x^(2^i)."""
+    return _fma(b, _horner(b, z, coeffs[1::2]), x, _horner(b, z, coeffs[::2]))
 
 
 def _lt(b, x, y):
@@ -371,7 +402,8 @@ def _exp_reduce(b, x, x_low=None):
 def _expm1_kernel(b, r, r_low=None):
     """exp(r + r_low) - 1 for |r| <= ln2/2, |r_low| tiny."""
     c = _C[_bits(r.type)]
-    em1 = _fma(b, b.fmul(r, r), _poly(b, r, c["expm1"]), r)
+    z = b.fmul(r, r)
+    em1 = _fma(b, z, _poly_even_odd(b, r, z, c["expm1"]), r)
     if r_low is None:
         return em1
     return _fma(b, r_low, b.fadd(em1, _const(r.type, 1.0)), em1)
@@ -384,7 +416,8 @@ def _exp_kernel(b, r, r_low):
     head = b.fadd(one, r)
     head_error = b.fsub(r, b.fsub(head, one))  # exact (Fast2Sum)
     low = _fma(b, r_low, head, head_error)
-    return b.fadd(head, _fma(b, b.fmul(r, r), _poly(b, r, c["expm1"]), low))
+    z = b.fmul(r, r)
+    return b.fadd(head, _fma(b, z, _poly_even_odd(b, r, z, c["expm1"]), low))
 
 
 def _exp_parts(b, x):
@@ -398,7 +431,8 @@ def _exp_parts(b, x):
     k = b.fsub(shifted, shifter)
     r = _fma(b, k, _const(t, -c["ln2"][0]), x)  # exact
     r = _fma(b, k, _const(t, -c["ln2"][1]), r)
-    return _fma(b, b.fmul(r, r), _poly(b, r, c["expm1"]), r), _int_bits(b, shifted)
+    z = b.fmul(r, r)
+    return _fma(b, z, _poly_even_odd(b, r, z, c["expm1"]), r), _int_bits(b, shifted)
 
 
 def _power_of_two(b, t, n, offset: int = 0):
@@ -410,22 +444,23 @@ def _power_of_two(b, t, n, offset: int = 0):
     return b.bitcast(b.shl(biased, _iconst(t, c["mant"])), t)
 
 
-def _scale(b, p, n):
-    """p 2^k rounded once, for any k of a clamped exp: 2^floor(k/2) 2^ceil(k/2).
+def _scale(b, q, n):
+    """(1 + q) 2^k rounded once, for any k of a clamped exp: 2^floor(k/2) 2^ceil(k/2).
 
     n is k + shifter's bits, and the shifter's bits are even, so n >> 1 is floor(k/2) plus
-    half of them (which the shift in _power_of_two drops again)."""
-    t = p.type
+    half of them (which the shift in _power_of_two drops again). The first factor is
+    normal, so fma(q, 2^a, 2^a) is (1 + q) rounded, times 2^a."""
+    t = q.type
     half = b.lshr(n, _iconst(t, 1))
     first = _power_of_two(b, t, half)
-    return b.fmul(b.fmul(p, first), _power_of_two(b, t, b.sub(n, half)))
+    return b.fmul(_fma(b, q, first, first), _power_of_two(b, t, b.sub(n, half)))
 
 
 def exp(b: ir.IRBuilder, x: ir.Value) -> ir.Value:
     """e^x."""
     low, high = _C[_bits(x.type)]["exp_range"]
     q, n = _exp_parts(b, _clamp(b, x, low, high))
-    return _scale(b, b.fadd(_const(x.type, 1.0), q), n)
+    return _scale(b, q, n)
 
 
 def expm1(b: ir.IRBuilder, x: ir.Value) -> ir.Value:
@@ -458,21 +493,13 @@ def sigmoid(b: ir.IRBuilder, x: ir.Value) -> ir.Value:
         b, _lt(b, minus_ax, _const(t, c["exp_range"][0])), c["exp_range"][0], minus_ax
     )
     q, n = _exp_parts(b, minus_ax)
-    p = b.fadd(one, q)
-    # e^-|x| = (p 2^(k + offset)) 2^-offset: the first product is exact, the second rounds
-    # once, to a subnormal where the result is one.
+    # e^-|x| = ((1 + q) 2^(k + offset)) 2^-offset: the first product rounds like 1 + q, the
+    # second is exact or rounds once, to a subnormal where the result is one.
     offset = c["mant"] + 40
-    e = b.fmul(b.fmul(p, _power_of_two(b, t, n, offset)), _const(t, 2.0**-offset))
+    scale = _power_of_two(b, t, n, offset)
+    e = b.fmul(_fma(b, q, scale, scale), _const(t, 2.0**-offset))
     numerator = b.select(_lt(b, x, _const(t, 0.0)), e, one)  # e^x / (1 + e^x) for x < 0
-    d = b.fadd(one, e)
-    if _bits(t) == 32:
-        return b.fdiv(numerator, d)
-    # f64: numerator / (1 + e) with 1 + e kept exact (d + d_low) and one correction step.
-    d_low = b.fsub(e, b.fsub(d, one))
-    reciprocal = b.fdiv(one, d)
-    quotient = b.fmul(numerator, reciprocal)
-    residual = b.fsub(_fma(b, b.fneg(quotient), d, numerator), b.fmul(quotient, d_low))
-    return _fma(b, reciprocal, residual, quotient)
+    return b.fdiv(numerator, b.fadd(one, e))
 
 
 def tanh(b: ir.IRBuilder, x: ir.Value) -> ir.Value:
@@ -490,9 +517,10 @@ def _tanh32(b, x):
     t = x.type
     one = _const(t, 1.0)
     z = b.fmul(x, x)
-    # 1 + z P1(z) rounds once near 1 (Estrin on all of P would round twice there).
-    p = _fma(b, z, _poly(b, z, c["tanh_p"][1:]), one)
-    q = _fma(b, z, _poly(b, z, c["tanh_q"][1:]), one)
+    # 1 + z P1(z) rounds once near 1 (P as one polynomial would round twice there).
+    w = b.fmul(z, z)
+    p = _fma(b, z, _poly_even_odd(b, z, w, c["tanh_p"][1:]), one)
+    q = _fma(b, z, _poly_even_odd(b, z, w, c["tanh_q"][1:]), one)
     quotient = b.fdiv(b.fmul(x, p), q)
     # Rounding errors may carry the quotient past +-1 near saturation.
     quotient = _clamp(b, quotient, -1.0, 1.0)
