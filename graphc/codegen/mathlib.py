@@ -79,7 +79,7 @@ polynomial is split into even and odd halves (as few FMAs as Horner's rule, half
 and the other polynomials use Estrin's scheme, and the fast functions (exp, tanh, sigmoid)
 avoid double-double steps and keep the special-value selects to a clamp or two. Per
 element on this host (2 GHz EPYC, one thread, N = 10^6, loop interleaved twice, ns): exp
-1.3 / 3.5, tanh 1.35 / 4.0, sigmoid 1.65 / 4.0 (f32 / f64); bench/mathlib_micro.py
+1.3 / 3.5, tanh 1.4 / 4.0, sigmoid 1.65 / 4.0 (f32 / f64); bench/mathlib_micro.py
 measures them against NumPy and JAX.
 
 Measured max errors in ulp (at least 2 million random arguments per function and dtype over
@@ -93,7 +93,7 @@ tests/test_mathlib.py checks the rows of exp, expm1, tanh and sigmoid on 600000 
     expm1      1.29      1.48
     log        0.85      0.81
     log1p      0.82      0.82
-    tanh       2.64      5.34      (speed over accuracy: f64 < 3.7e-16, f32 < 3.2e-7 relative;
+    tanh       2.64      6.09      (speed over accuracy: f64 < 3.7e-16, f32 < 3.7e-7 relative;
                                    f64 also at 2e7 points of its worst stretch, [0.17, 0.26];
                                    f32 measured over every float in [2^-30, 9.5])
     sigmoid    2.31      2.35      (one plain division: speed over accuracy)
@@ -282,8 +282,8 @@ def _poly(b: ir.IRBuilder, x: ir.Value, coeffs: list[float]) -> ir.Value:
 
     (c0 + c1 x) + (c2 + c3 x) x^2 + ...: the pairs are independent and are combined in a
     tree, so the chain of dependent FMAs is log2(n) long instead of n (Horner's rule), for
-    a multiplication more per power x^(2^i). Used by log, sin, cos and pow; the fast
-    functions use _horner and _poly_even_odd (fewer operations; see Speed above)."""
+    a multiplication more per power x^(2^i). The exp family uses _poly_even_odd instead
+    (see Speed above)."""
     t = x.type
     terms = [
         _fma(b, _const(t, coeffs[i + 1]), x, _const(t, coeffs[i]))
@@ -517,10 +517,10 @@ def _tanh32(b, x):
     t = x.type
     one = _const(t, 1.0)
     z = b.fmul(x, x)
-    # 1 + z P1(z) rounds once near 1 (P as one polynomial would round twice there).
-    w = b.fmul(z, z)
-    p = _fma(b, z, _poly_even_odd(b, z, w, c["tanh_p"][1:]), one)
-    q = _fma(b, z, _poly_even_odd(b, z, w, c["tanh_q"][1:]), one)
+    # 1 + z P1(z) rounds once near 1 (Estrin on all of P would round twice there). (Even/odd
+    # halves instead of Estrin: 5.3 instead of 6.1 ulp, but W3 f32 4% slower in graphc bench.)
+    p = _fma(b, z, _poly(b, z, c["tanh_p"][1:]), one)
+    q = _fma(b, z, _poly(b, z, c["tanh_q"][1:]), one)
     quotient = b.fdiv(b.fmul(x, p), q)
     # Rounding errors may carry the quotient past +-1 near saturation.
     quotient = _clamp(b, quotient, -1.0, 1.0)
