@@ -273,6 +273,10 @@ def main(quick: bool = False, json_path: str | None = None, only=None) -> int:
             import threadpoolctl  # noqa: F401
         except ImportError:
             notes.append("note: threadpoolctl is not installed; NumPy's BLAS uses its default")
+    quiet = [f"{k}={os.environ[k]}" for k in ("OMP_WAIT_POLICY", "OPENBLAS_THREAD_TIMEOUT")
+             if k in os.environ]  # fmt: skip
+    if quiet:
+        notes.append(f"idle peer threads sleep instead of spinning: {' '.join(quiet)}")
     machine = machine_info(versions)
     cases = workloads.all_cases(names, quick=quick)
     cases = select(cases, only)

@@ -93,3 +93,14 @@ def test_only_selects_cases_by_id_prefix(capsys):
     assert bench.select(cases, None) == cases
     assert bench.main(only=["W9"]) == 2
     assert "no case id starts with W9" in capsys.readouterr().err
+
+
+def test_the_cli_runs_the_suite_with_quiet_worker_pools(monkeypatch, capfd):
+    """`graphc bench` re-runs itself with OMP_WAIT_POLICY / OPENBLAS_THREAD_TIMEOUT set, so no
+    peer's idle threads spin while another is timed; the child's exit code is returned."""
+    from graphc import cli
+
+    for name in cli.QUIET_POOLS:
+        monkeypatch.delenv(name, raising=False)
+    assert cli.main(["bench", "--only", "W9"]) == 2
+    assert "no case id starts with W9" in capfd.readouterr().err
