@@ -246,3 +246,32 @@ def test_eight_threads_compile_concurrently():
     with ThreadPoolExecutor(max_workers=8) as pool:
         results = list(pool.map(compile_and_call, range(8)))
     assert results == [1.0 + k % 4 for k in range(8)]
+
+
+CYCLES = """
+import gc as collector, numpy as np, graphc as gc
+for i, n in enumerate([3, 3, 300_000, 3]):  # the native entry and the ctypes path
+    x = gc.input("x", (n,), "float64")
+    step = gc.compile(inputs=[x], outputs=x * float(i + 1), cache=False)
+    step(np.ones(n))
+    if i == 3:
+        step.dump("asm")  # the optimized module printed and freed early
+    step.me = step  # the executable (and its engine) only reachable through a cycle
+    del step
+    collector.collect()
+print("survived")
+"""
+
+
+def test_executables_in_reference_cycles_are_freed_without_crashing():
+    """The cycle collector finalizes objects in any order; llvmlite objects freed in the
+    wrong order (a module after its context) crashed the process."""
+    env = dict(os.environ, PYTHONPATH=REPO)
+    result = subprocess.run(
+        [sys.executable, "-X", "faulthandler", "-c", CYCLES],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["survived"]

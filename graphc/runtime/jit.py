@@ -58,6 +58,7 @@ import struct
 import tempfile
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable
 
 import llvmlite
@@ -323,6 +324,11 @@ class Engine:
             self._engine = llvm.create_mcjit_compiler(empty, target_machine(opt=opt, jit=True))
             self._engine.add_object_file(llvm.ObjectFileRef.from_data(obj))
             self._engine.finalize_object()
+        # llvmlite frees each object in its __del__. When an Engine dies in a reference cycle,
+        # the cycle collector runs those in any order, and a module freed after its context
+        # crashes the process. This finalizer holds the engine and the optimized module, so
+        # they are never part of a cycle, and frees them in a safe order however the Engine dies.
+        self._finalizer = weakref.finalize(self, _release, self._engine, [optimized])
 
     @property
     def llvm_ir(self) -> str:
@@ -349,7 +355,8 @@ class Engine:
                 self._optimized = _parse(llvm_ir, tm)
                 optimize(self._optimized, tm, self.opt)
             if not isinstance(self._optimized, str):
-                self._optimized = str(self._optimized)
+                module, self._optimized = self._optimized, str(self._optimized)
+                _release_module(module)
             return self._optimized
 
     def assembly(self) -> str:
@@ -359,6 +366,24 @@ class Engine:
         optimized_ir = self.optimized_ir
         with _LOCK:
             return tm.emit_assembly(_parse(optimized_ir, tm))
+
+
+def _release_module(module) -> None:
+    """Free a parsed module, then the context it was parsed into (see `_parse`)."""
+    if module is not None and not isinstance(module, str) and not module.closed:
+        context = module._context  # llvmlite keeps no other handle on it
+        module.close()
+        if context is not None:
+            context.close()  # a no-op for the global context
+
+
+def _release(engine: llvm.ExecutionEngine, modules: list) -> None:
+    """Free an Engine's LLVM objects: the execution engine (which owns its target machine and
+    the modules added to it), then any optimized module kept for dumps."""
+    with _LOCK:
+        engine.close()
+        for module in modules:
+            _release_module(module)
 
 
 def load_cached(
