@@ -176,3 +176,84 @@ def test_the_entry_outlives_its_executable():
     del step
     garbage.collect()
     np.testing.assert_array_equal(entry(np.ones((2, 3))), expected)
+
+
+# ---- any argument: the native entry and the Python path agree ------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+class Sub(np.ndarray):
+    pass
+
+
+def variants(shape, dtype):
+    """Ways to pass an argument of `shape` and `dtype`, right or wrong."""
+    base = np.arange(int(np.prod(shape)), dtype=dtype).reshape(shape) - 2
+    wide = np.zeros((*shape[:-1], 2 * shape[-1]), dtype)
+    wide[..., ::2] = base
+    readonly = base.copy()
+    readonly.flags.writeable = False
+    return {
+        "exact": base,
+        "strided": wide[..., ::2],
+        "fortran": np.asfortranarray(base),
+        "readonly": readonly,
+        "other dtype": base.astype(np.float32 if dtype == np.float64 else np.float64),
+        "int": base.astype(np.int64),
+        "complex": base.astype(complex),
+        "byteswapped": base.astype(base.dtype.newbyteorder()),
+        "subclass": base.view(Sub),
+        "list": base.tolist(),
+        "scalar": 1.5,
+        "none": None,
+        "wrong shape": np.zeros((*shape, 1), dtype),
+        "transposed": np.ascontiguousarray(base.T) if base.ndim == 2 else base,
+    }
+
+
+X_SHAPE, Y_SHAPE = (2, 3), (3,)
+
+
+@pytest.fixture(scope="module")
+def two_input_step():
+    x = gc.input("x", X_SHAPE, "float64")
+    y = gc.input("y", Y_SHAPE, "float32")
+    w = gc.param("w", np.linspace(-1, 1, 3))
+    return gc.compile(inputs=[x, y], outputs=[x * y + w, (x @ w).sum()])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    first=st.sampled_from(sorted(variants(X_SHAPE, np.float64))),
+    second=st.sampled_from(sorted(variants(Y_SHAPE, np.float32))),
+    how=st.sampled_from(["positional", "keywords", "mixed", "extra", "missing"]),
+)
+def test_any_arguments_give_what_the_python_path_gives(two_input_step, first, second, how):
+    step = two_input_step
+    assert is_native(step)
+    a = variants(X_SHAPE, np.float64)[first]
+    b = variants(Y_SHAPE, np.float32)[second]
+    args, kwargs = {
+        "positional": ((a, b), {}),
+        "keywords": ((), {"y": b, "x": a}),
+        "mixed": ((a,), {"y": b}),
+        "extra": ((a, b, b), {}),
+        "missing": ((a,), {}),
+    }[how]
+
+    def outcome(call):
+        try:
+            return ("ok", call(*args, **kwargs))
+        except Exception as error:  # noqa: BLE001 - the two paths must fail alike
+            return (type(error), str(error))
+
+    native, python = outcome(step), outcome(lambda *a, **k: step._call_python(*a, **k))
+    assert native[0] == python[0], (native, python)
+    if native[0] == "ok":
+        for got, want in zip(native[1], python[1]):
+            assert got.dtype == want.dtype and got.shape == want.shape
+            np.testing.assert_array_equal(got, want)
+    else:
+        assert native[1] == python[1]
