@@ -122,7 +122,9 @@ def emit_python_entry(sig: Signature) -> ir.Module:
     data = []
     for i, (shape, nbytes) in enumerate(sig.inputs):
         array = b.load(b.gep(args, [I64(i)], source_etype=PTR), typ=PTR)
-        same_type = b.icmp_unsigned("==", field(array, ARRAY_FIELDS["type"], I64), slot(CTX_NDARRAY, I64))
+        same_type = b.icmp_unsigned(
+            "==", field(array, ARRAY_FIELDS["type"], I64), slot(CTX_NDARRAY, I64)
+        )
         require(same_type, f"input{i}.ndarray")
         same_dtype = b.icmp_unsigned(
             "==", field(array, ARRAY_FIELDS["descr"], I64), slot(sig.input_slot(i), I64)
