@@ -223,3 +223,23 @@ def test_aot_export_with_threads_runs_from_c(tmp_path, failing, monkeypatch):
     i = np.arange(n)
     values = [((i * (k + 3)) % 1001 - 500).astype(np.float32) / np.float32(256) for k in range(4)]
     np.testing.assert_array_equal(np.fromfile(tmp_path / "out.bin", np.float32), step(*values))
+
+
+def test_kernels_wait_for_chunks_and_the_step_joins_the_threads(monkeypatch):
+    """A split kernel waits (sched_yield) until its chunks are done, not for its threads;
+    `<name>_step` joins every thread after its last kernel, so a thread that starts late
+    holds up the step once, not every kernel."""
+    x = gc.input("x", (256, 256), "float64")
+    w = gc.const(np.linspace(-1, 1, 256 * 256).reshape(256, 256) / 64)
+    program = gc.Program([x], gc.tanh(x @ w) @ w, name="two_splits")  # two matmul kernels
+    one, two = both(program, monkeypatch)
+    ir_text = two.dump("llvm")
+    assert ir_text.count('call i32 @"pthread_create"') >= 2  # both kernels split
+    step = ir_text[ir_text.index('define void @"two_splits_step"') :]
+    step = step[: step.index("\n}")]
+    calls = [i for i, line in enumerate(step.splitlines()) if "call void @" in line]
+    joins = [i for i, line in enumerate(step.splitlines()) if "pthread_join" in line]
+    assert joins and min(joins) > max(calls)  # joined after every kernel ran
+    assert 'call i32 @"sched_yield"' in ir_text
+    xv = np.linspace(-4, 4, 256 * 256).reshape(256, 256)
+    np.testing.assert_allclose(two(xv), one(xv), rtol=1e-13, atol=1e-13)

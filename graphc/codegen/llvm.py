@@ -164,7 +164,13 @@ class KernelEmitter:
         for node in (*self.external, *kernel.outputs):
             if place(node) not in self.places:
                 self.places.append(place(node))
-        arg_types = [PTR] * len(self.places) + [I64, I64] * (rows is not None)
+        from graphc.codegen import forms  # forms builds on this module: imported when used
+
+        # how this kernel splits between threads (None: it does not); a split kernel takes a
+        # pointer to its team (parallel.team_type) in the step's frame after its pointers
+        self.team_split = forms.split_of(self) if rows is None else None
+        arg_types = [PTR] * len(self.places)
+        arg_types += [I64, I64] if rows is not None else [PTR] * (self.team_split is not None)
         name = kernel.name if rows is None else f"{kernel.name}.rows"
         self.function = ir.Function(module, ir.FunctionType(ir.VoidType(), arg_types), name)
         self.function.linkage = "internal"
@@ -351,9 +357,9 @@ class KernelEmitter:
 
     # ---- forms (codegen/forms.py) ----
     def emit(self) -> ir.Function:
-        from graphc.codegen import forms  # forms builds on this module: imported when used
+        from graphc.codegen import forms
 
-        split = None if self.rows else forms.split_of(self)
+        split = self.team_split
         if split is None:
             self.hoist_scalars()
             getattr(forms, f"emit_{self.kernel.form}")(self)
@@ -363,8 +369,8 @@ class KernelEmitter:
             )
             rows.emit()
             self.hoist_scalars()
-            args = list(self.function.args)
-            parallel.fork_join(self.b, rows.function, args, split, self.threads)
+            *args, team = self.function.args
+            parallel.fork(self.b, rows.function, args, split, self.threads, team)
             forms.after_join(self)
         self.b.ret_void()
         return self.function
@@ -548,11 +554,20 @@ def emit_program(
             return b.gep(arena, [i64(where.index)], inbounds=True, source_etype=ir.IntType(8))
         return bases[where.kind][where.index]
 
+    teams = []  # (emitter, its team in this frame): threads are joined at the end
     for emitter in functions:
         by_place = {}
         for n in (*emitter.external, *emitter.kernel.outputs):
             by_place.setdefault(place(n), n)
-        b.call(emitter.function, [pointer(by_place[where]) for where in emitter.places])
+        arguments = [pointer(by_place[where]) for where in emitter.places]
+        if emitter.team_split is not None:
+            team_t = parallel.team_type(emitter.team_split, len(arguments), threads)
+            with b.goto_entry_block():
+                team = b.alloca(team_t, name=f"team{len(teams)}")
+            team.type = PTR  # opaque: llvmlite would check stores against the type
+            teams.append((emitter, len(arguments), team))
+            arguments.append(team)
+        b.call(emitter.function, arguments)
 
     copy = module.declare_intrinsic("llvm.memcpy", [PTR, PTR, I64])
     false = ir.IntType(1)(0)
@@ -590,6 +605,8 @@ def emit_program(
             b.call(copy, [destination, staged[id(value)], i64(value.type.nbytes), false])
         else:
             copy_value(destination, value)
+    for emitter, pointers, team in teams:
+        parallel.join(b, emitter.team_split, pointers, threads, team)
     b.ret_void()
 
     call = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR]), f"{name}_call")

@@ -1,19 +1,27 @@
-"""Threads for large kernels: split the outermost loop into chunks, fork-join with pthreads.
+"""Threads for large kernels: split the outermost loop into chunks, run them on pthreads.
 
 A kernel whose estimated work pays for starting threads (`split_rows`) is emitted as:
 
     K.rows(ptr args..., i64 start, i64 end)   the kernel over outer rows [start, end)
-    K.rows.worker(ptr ctx)                    loop: i = atomic ctx.next++; stop when
-                                              i >= chunks; K.rows(args, chunk i)
-    K(ptr args...)                            ctx = {args..., next = 0}  (an alloca in K's
-                                              frame: no globals, no heap)
-                                              pthread_create(T - 1 threads, K.rows.worker, &ctx)
-                                              K.rows.worker(&ctx)       on the calling thread
-                                              pthread_join every thread created
+    K.rows.worker(ptr team)                   loop: i = atomic team.next++; stop when
+                                              i >= chunks; K.rows(args, chunk i);
+                                              atomic team.done++
+    K(ptr args..., ptr team)                  team = {args..., next = 0, done = 0}
+                                              pthread_create(T - 1 threads, K.rows.worker, team)
+                                              K.rows.worker(team)       on the calling thread
+                                              wait (sched_yield) until team.done == chunks
+    <name>_step                               a team per split kernel in its frame (no
+                                              globals, no heap); at the end, pthread_join
+                                              every thread any kernel created
 
 There are about four chunks per thread (two for a matmul), claimed one at a time: a thread
 that starts late because another process holds the other core (common on this shared host)
-or cannot start at all (pthread_create fails) just leaves its chunks to the caller.
+or cannot start at all (pthread_create fails) just leaves its chunks to the caller. A kernel
+waits for its chunks, not for its threads: a thread that has not started yet, or is on its
+way out, is joined once at the end of the step, when everything it might still read (its
+team, in the step's frame) is done with. (Joining in each kernel made every split kernel wait
+for a time slice whenever a neighbour held the other core: W1-B on two threads went from
+3.8 ms to 6.1 ms next to one busy process; waiting for chunks instead, 4.1 ms.)
 
 Every element is computed by the same code as in the unsplit kernel (rows are independent:
 loop elements, reduction outputs, row-wise rows, matmul rows of C), so results are
@@ -23,10 +31,9 @@ boundaries are multiples of `unit` rows (64 elements for flat loops: whole vecto
 The thread count T is fixed at compile time (`thread_count`: the CPUs this process may run
 on, at most MAX_THREADS, or $GRAPHC_THREADS; 1 turns threading off) and is part of the JIT
 cache key. No thread outlives the native call, so concurrent calls (several Python threads,
-or AOT callers on different memory blocks) each fork and join their own.
+or AOT callers on different memory blocks) each start and join their own.
 A kernel is split when its estimated time on one core reaches WORK_THRESHOLD_NS (1 ms;
-4 ms for a matmul): well above the ~20 us pthread_create + pthread_join cost, and above the
-time slice a new thread may wait for when another process keeps the other core busy.
+MATMUL_THRESHOLD_NS for a matmul): well above the ~20 us pthread_create cost.
 """
 
 from __future__ import annotations
@@ -59,11 +66,11 @@ MATMUL_ROWS = 12  # matmul chunks are whole register tiles (6 or 12 rows) but th
 # waits for a time slice (measured ~0.5 ms here): from 1 ms of work a split is about 2x
 # faster on an idle machine and no slower on a busy one.
 WORK_THRESHOLD_NS = 1_000_000
-# A matmul from 4 ms: its chunks read all of B (and each packs it) into the other core's
-# cache. Measured (alone, T=2 vs 1): n = 256 f64 (1.9 ms) 1.56x faster alone, but W1-B's
-# 256x256x256 products 10 % slower and interleaved with NumPy's OpenBLAS (whose threads
-# spin after a call) n = 256-512 5-13 % slower; n >= 512 f32/f64: 1.7-2x alone.
-MATMUL_THRESHOLD_NS = 4_000_000
+# A matmul from 400 us. Measured on two threads, with the step joining threads at its end
+# (graphc alone, medians): W1-B f32 3.59 -> 2.51 ms and W4 n = 256 f64 1.80 -> 1.10 ms on an
+# idle machine, 3.55 -> 3.83 ms and 1.76 -> 1.98 ms next to one busy process. (With a join in
+# every kernel, the busy case was 6.1 ms and 2.0-2.4 ms, hence a 4 ms threshold before.)
+MATMUL_THRESHOLD_NS = 400_000
 
 
 def thread_count() -> int:
@@ -142,59 +149,92 @@ def _declare(module: ir.Module, name: str, type_: ir.FunctionType) -> ir.Functio
     return existing if existing is not None else ir.Function(module, type_, name)
 
 
-def worker(part: ir.Function, split: Split, context: ir.Type) -> ir.Function:
-    """`ptr <part>.worker(ptr ctx)`: claim the next chunk from ctx's counter and run `part` on
-    it, until none is left. The caller and every thread run this loop on one shared ctx."""
+def team_type(split: Split, pointers: int, threads: int) -> ir.LiteralStructType:
+    """A split kernel's team: its pointer arguments, the chunk counters `next` and `done`, and
+    per helper thread its handle and whether it started."""
+    helpers = helper_count(split, threads)
+    return ir.LiteralStructType([PTR] * pointers + [I64, I64] + [I64] * (2 * helpers))
+
+
+def helper_count(split: Split, threads: int) -> int:
+    return min(threads, len(split.chunks)) - 1
+
+
+def _field(b: ir.IRBuilder, team, team_t: ir.LiteralStructType, i: int) -> ir.Value:
+    return b.gep(team, [I32(0), I32(i)], inbounds=True, source_etype=team_t)
+
+
+def worker(part: ir.Function, split: Split, team_t: ir.LiteralStructType) -> ir.Function:
+    """`ptr <part>.worker(ptr team)`: claim the next chunk from the team's counter and run
+    `part` on it, counting it done, until none is left. The caller and every thread run this
+    loop on one shared team."""
     function = ir.Function(part.module, ir.FunctionType(PTR, [PTR]), f"{part.name}.worker")
     function.linkage = "internal"
-    ctx = function.args[0]
+    team = function.args[0]
     b = ir.IRBuilder(function.append_basic_block("entry"))
-
-    def field(i):
-        return b.gep(ctx, [I32(0), I32(i)], inbounds=True, source_etype=context)
-
-    pointers = [b.load(field(i), typ=PTR) for i in range(len(part.args) - 2)]
-    counter = field(len(pointers))
+    count = len(part.args) - 2
+    pointers = [b.load(_field(b, team, team_t, i), typ=PTR) for i in range(count)]
     claim = function.append_basic_block("claim")
     run = function.append_basic_block("run")
     done = function.append_basic_block("done")
     b.branch(claim)
     b.position_at_end(claim)
-    index = b.atomic_rmw("add", counter, I64(1), "monotonic")
+    index = b.atomic_rmw("add", _field(b, team, team_t, count), I64(1), "monotonic")
     b.cbranch(b.icmp_unsigned("<", index, I64(len(split.chunks))), run, done)
     b.position_at_end(run)
     start = b.mul(index, I64(split.size))
     end = b.add(start, I64(split.size))
     end = b.select(b.icmp_unsigned("<", end, I64(split.rows)), end, I64(split.rows))
     b.call(part, [*pointers, start, end])
+    # release: the chunk's stores are visible to whoever sees the count
+    b.atomic_rmw("add", _field(b, team, team_t, count + 1), I64(1), "release")
     b.branch(claim)
     b.position_at_end(done)
     b.ret(ir.Constant(PTR, None))
     return function
 
 
-def fork_join(b: ir.IRBuilder, part: ir.Function, pointers: list, split: Split, threads: int):
+def fork(b: ir.IRBuilder, part: ir.Function, pointers: list, split: Split, threads: int, team):
     """Emit, at `b`: part(pointers..., start, end) for every chunk of `split`, on this thread
-    and `threads` - 1 new ones, all finished when the emitted code goes on. Chunks are claimed
-    one at a time, so a thread that starts late (or not at all) leaves its share to the others."""
+    and up to `threads` - 1 new ones started on `team` (memory of `team_type`, owned by the
+    step), all chunks finished when the emitted code goes on; the threads are joined later,
+    by `join` at the end of the step."""
     module = b.module
     create = _declare(module, "pthread_create", ir.FunctionType(I32, [PTR, PTR, PTR, PTR]))
-    join = _declare(module, "pthread_join", ir.FunctionType(I32, [I64, PTR]))
-    context = ir.LiteralStructType([PTR] * len(pointers) + [I64])
-    loop = worker(part, split, context)
-    helpers = min(threads, len(split.chunks)) - 1
-    with b.goto_entry_block():
-        handles = b.alloca(I64, helpers, name="threads")
-        ctx = b.alloca(context, name="context")
-    handles.type = ctx.type = PTR  # opaque: llvmlite would check stores against the type
-    for i, value in enumerate([*pointers, I64(0)]):
-        b.store(value, b.gep(ctx, [I32(0), I32(i)], inbounds=True, source_etype=context))
-    started = []
-    for t in range(helpers):
-        handle = b.gep(handles, [I64(t)], inbounds=True, source_etype=I64)
-        status = b.call(create, [handle, ir.Constant(PTR, None), loop, ctx])
-        started.append((handle, b.icmp_signed("==", status, I32(0))))
-    b.call(loop, [ctx])
-    for handle, ok in started:  # a thread that did not start took no chunk
-        with b.if_then(ok, likely=True):
-            b.call(join, [b.load(handle, typ=I64), ir.Constant(PTR, None)])
+    pause = _declare(module, "sched_yield", ir.FunctionType(I32, []))
+    team_t = team_type(split, len(pointers), threads)
+    loop = worker(part, split, team_t)
+    count = len(pointers)
+    for i, value in enumerate([*pointers, I64(0), I64(0)]):
+        b.store(value, _field(b, team, team_t, i))
+    for t in range(helper_count(split, threads)):
+        handle = _field(b, team, team_t, count + 2 + 2 * t)
+        status = b.call(create, [handle, ir.Constant(PTR, None), loop, team])
+        started = b.zext(b.icmp_signed("==", status, I32(0)), I64)
+        b.store(started, _field(b, team, team_t, count + 3 + 2 * t))
+    b.call(loop, [team])
+    function = b.function
+    wait = function.append_basic_block("chunks.wait")
+    again = function.append_basic_block("chunks.yield")
+    finished = function.append_basic_block("chunks.done")
+    b.branch(wait)
+    b.position_at_end(wait)
+    # acquire: the other threads' chunks are visible once their count is seen
+    done = b.load_atomic(_field(b, team, team_t, count + 1), "acquire", 8, typ=I64)
+    b.cbranch(b.icmp_unsigned(">=", done, I64(len(split.chunks))), finished, again)
+    b.position_at_end(again)
+    b.call(pause, [])
+    b.branch(wait)
+    b.position_at_end(finished)
+
+
+def join(b: ir.IRBuilder, split: Split, pointers: int, threads: int, team) -> None:
+    """Emit, at `b`: pthread_join every thread `fork` started on `team`."""
+    module = b.module
+    join_ = _declare(module, "pthread_join", ir.FunctionType(I32, [I64, PTR]))
+    team_t = team_type(split, pointers, threads)
+    for t in range(helper_count(split, threads)):
+        started = b.load(_field(b, team, team_t, pointers + 3 + 2 * t), typ=I64)
+        with b.if_then(b.icmp_unsigned("!=", started, I64(0)), likely=True):
+            handle = b.load(_field(b, team, team_t, pointers + 2 + 2 * t), typ=I64)
+            b.call(join_, [handle, ir.Constant(PTR, None)])

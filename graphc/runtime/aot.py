@@ -16,10 +16,10 @@ The memory block holds everything a step reads or writes besides its arguments:
 so two blocks are two independent models, the code allocates nothing and keeps no global
 state (reentrant). The JIT's `<name>_step` and `<name>_call` become internal symbols of the
 object: it exports only the C interface above, so several models link into one program.
-External references are `memcpy`/`memset` (libc), `pthread_create`/`pthread_join` when large
-kernels run on several threads (codegen/parallel.py: each call starts and joins its own, so
-the code stays reentrant) and, for a CPU baseline without the instruction, `fma`/`floor`/`rint`
-from libm; `external_symbols()` lists what an export needs.
+External references are `memcpy`/`memset` (libc), `pthread_create`/`pthread_join` and
+`sched_yield` when large kernels run on several threads (codegen/parallel.py: each call
+starts and joins its own, so the code stays reentrant) and, for a CPU baseline without the
+instruction, `fma`/`floor`/`rint` from libm; `external_symbols()` lists what an export needs.
 """
 
 from __future__ import annotations
@@ -52,7 +52,8 @@ C_TYPES = {
     "bool": "uint8_t",
 }
 LIBC = ("memcpy", "memset")
-PTHREAD = ("pthread_create", "pthread_join")  # in libc since glibc 2.34, else -lpthread
+# in libc (pthread_* since glibc 2.34, else -lpthread)
+PTHREAD = ("pthread_create", "pthread_join", "sched_yield")
 LIBM = ("fma", "fmaf", "floor", "floorf", "rint", "rintf", "ceil", "ceilf", "trunc", "truncf")
 I64 = ir.IntType(64)
 I8 = ir.IntType(8)
@@ -229,7 +230,8 @@ def header_text(executable, name: str, cpu: str, externals: list[str]) -> str:
         lines += [
             " * Large kernels run on several threads: a call starts them and joins them before",
             " * it returns (pthread_create/pthread_join, in libc since glibc 2.34: -pthread or",
-            " * -lpthread for an older one). A thread that cannot start leaves its share to the",
+            " * -lpthread for an older one; a kernel waiting for its threads' chunks calls",
+            " * sched_yield). A thread that cannot start leaves its share to the",
             " * calling thread. Threads get the default stack size; a matmul uses up to 400 KiB.",
         ]
     lines += [
