@@ -33,6 +33,17 @@ path and hands anything else to `_call_checked` to convert or refuse.
     step(xv, yv)  ─► type(step).__call__(step, a0=xv, a1=yv, /, *rest, **named)
                      ─► exact ndarrays, no extras: lock, copy in, native(slots), copy out
                      ─► else _fallback ─► by name: step(*in input order) | _call_checked
+
+A small step (at most NATIVE_ENTRY_MAX_BYTES of arena, parameters and arguments) goes one
+step further: its class's `__call__` is a builtin function made from a native entry
+(codegen/python_entry.py, runtime/python_entry.py) that checks the arguments in machine code,
+reads exact arrays in place and calls `<name>_call` itself, holding the GIL; any call it does
+not take it hands, unchanged, to the Python path above (`_call_python`), whose ctypes call
+then holds the GIL too, so the two never run the step at once.
+
+    step(xv, yv)  ─► builtin entry ─► exact, aligned, C-contiguous arrays and parameters
+                                      still bound: <name>_call(arena, params, xv, yv, fresh)
+                                   ─► else _call_python(step, xv, yv)  (the path above)
 """
 
 from __future__ import annotations
