@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 import graphc as gc
-from graphc.runtime.executable import LARGE_BYTES, Executable
+from graphc.runtime.executable import LARGE_BYTES, NATIVE_ENTRY_MAX_BYTES, Executable
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +91,27 @@ def test_unknown_keyword_missing_argument_and_duplicates_name_them(affine):
         step(XV, NV, x=XV)
     with pytest.raises(gc.InputError, match="takes 2 inputs"):
         step(XV, NV, NV)
+
+
+@pytest.mark.parametrize("size", ["small", "large"])
+def test_none_for_an_input_is_an_input_error_naming_it_not_a_missing_input(size):
+    """Small steps are entered natively, large ones (over NATIVE_ENTRY_MAX_BYTES) through the
+    generated Python call: both hand None, by position or by name, to the checked path."""
+    n = 4 if size == "small" else NATIVE_ENTRY_MAX_BYTES // 8 + 1
+    x, s = gc.input("x", (n,), "float64"), gc.input("s", (), "float32")
+    step = gc.compile(inputs=[x, s], outputs=x * s, name="scale")
+    assert (step._native is not None) == (size == "small")
+    xv, sv = np.ones(n), np.float32(2.0)
+    x_none = re.escape(f"scale: input 'x' expects shape ({n},) (f64[{n}]), got None")
+    calls = [((None, sv), {}), ((None,), {"s": sv}), ((), {"x": None, "s": sv})]
+    for args, kwargs in [*calls, ((), {"s": sv, "x": None})]:
+        with pytest.raises(gc.InputError, match=x_none):
+            step(*args, **kwargs)
+    with pytest.raises(gc.InputError, match=re.escape("'s' expects shape () (f32[]), got None")):
+        step(xv, None)
+    with pytest.raises(gc.InputError, match=r"missing inputs \['s'\]"):
+        step(xv)
+    np.testing.assert_array_equal(step(xv, sv), 2 * xv)
 
 
 def test_arguments_that_are_not_arrays_of_numbers_are_graphc_errors(affine):

@@ -67,6 +67,8 @@ def test_errors_are_those_of_the_python_path():
         step(np.zeros((3, 2)))
     with pytest.raises(InputError, match="missing inputs"):
         step()
+    with pytest.raises(InputError, match=r"'x' expects shape \(2, 3\) \(f64\[2,3\]\), got None"):
+        step(None)
     with pytest.raises(InputError, match="takes 1 inputs, got 2"):
         step(np.zeros((2, 3)), np.zeros((2, 3)))
     with pytest.raises(InputError, match="unknown input 'y'"):

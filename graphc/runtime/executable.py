@@ -375,7 +375,7 @@ class Executable:
         inputs = self.graph.inputs
         if len(args) > len(inputs):
             raise InputError(f"{self.name}: takes {len(inputs)} inputs, got {len(args)}")
-        values = list(args) + [None] * (len(inputs) - len(args))
+        values = list(args) + [_MISSING] * (len(inputs) - len(args))
         for key, value in kwargs.items():
             index = self._names.get(key)
             if index is None:
@@ -385,20 +385,19 @@ class Executable:
             if index < len(args):
                 raise InputError(f"{self.name}: input {key!r} given twice")
             values[index] = value
-        missing = [inputs[i].name for i, v in enumerate(values) if v is None]
+        missing = [inputs[i].name for i, v in enumerate(values) if v is _MISSING]
         if missing:
             raise InputError(f"{self.name}: missing inputs {missing}")
         checked = []
         for node, dtype, value in zip(inputs, self._dtypes, values):
+            if value is None:  # not a missing argument, nor a 0-d array of dtype object
+                raise InputError(f"{self._expects(node)}, got None")
             try:
                 array = value if isinstance(value, np.ndarray) else np.asarray(value)
             except (TypeError, ValueError) as error:  # e.g. a ragged nested list
                 raise InputError(f"{self.name}: input {node.name!r}: {error}") from None
             if array.shape != node.shape:
-                raise InputError(
-                    f"{self.name}: input {node.name!r} expects shape {node.shape} ({node.type}), "
-                    f"got {array.shape}"
-                )
+                raise InputError(f"{self._expects(node)}, got {array.shape}")
             if array.dtype != dtype and not np.can_cast(array.dtype, dtype, "same_kind"):
                 raise DTypeError(
                     f"{self.name}: input {node.name!r} is {node.dtype}; "
@@ -406,6 +405,9 @@ class Executable:
                 )
             checked.append(array)
         return checked
+
+    def _expects(self, node) -> str:
+        return f"{self.name}: input {node.name!r} expects shape {node.shape} ({node.type})"
 
     def _call_checked(self, args, kwargs):
         """Any call the fast path does not take: names, conversions, errors."""
