@@ -7,9 +7,11 @@ in storage shared by every executable of the model, and a bad call changes nothi
 
 from __future__ import annotations
 
+import copy
 import gc as python_gc
 import json
 import os
+import pickle
 import re
 import subprocess
 import sys
@@ -550,6 +552,55 @@ def test_a_dead_executable_drops_its_generated_call_and_buffers_at_once():
     finally:
         if enabled:
             python_gc.enable()
+
+
+# ---- copies and pickling ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", ["small", "large"])
+def test_a_copy_is_another_executable_sharing_the_parameters_and_outlives_the_original(size):
+    n = 4 if size == "small" else NATIVE_ENTRY_MAX_BYTES // 8 + 1
+    w = gc.param("w", np.ones(n))
+    x = gc.input("x", (n,), "float64")
+    step = gc.compile(inputs=[x], outputs=(w * x).sum(), updates={w: w + x})
+    twin = copy.copy(step)
+    assert isinstance(twin, Executable) and type(twin) is not type(step)
+    ones = np.ones(n)
+    assert step(ones) == n and twin(ones) == 2 * n  # the twin reads the update: one w
+    del step
+    python_gc.collect()
+    assert twin(ones) == 3 * n
+    np.testing.assert_array_equal(w.value, 4 * ones)
+
+
+def test_a_deep_copy_has_parameters_of_its_own_which_tensors_copied_with_it_name():
+    w = gc.param("w", np.array([1.0, 2.0]))
+    x = gc.input("x", (2,), "float64")
+    y = x
+    for _ in range(400):  # deeper than copy.deepcopy's own recursion reaches
+        y = y + 1.0
+    step = gc.compile(inputs=[x], outputs=w * y, updates={w: w + 1}, name="deep")
+    w2, step2 = copy.deepcopy((w, step))
+    zeros = np.zeros(2)
+    np.testing.assert_array_equal(step2(zeros), [400.0, 800.0])
+    np.testing.assert_array_equal(w.value, [1.0, 2.0])
+    np.testing.assert_array_equal(w2.value, [2.0, 3.0])
+    w2.value = np.array([10.0, 20.0])
+    np.testing.assert_array_equal(step2(zeros), [4000.0, 8000.0])
+    np.testing.assert_array_equal(step(zeros), [400.0, 800.0])
+    np.testing.assert_array_equal(copy.deepcopy(step)(zeros), [800.0, 1200.0])
+    np.testing.assert_array_equal(w.value, [2.0, 3.0])  # the lone copy updated its own w
+    for stage in ("graph", "memory"):
+        assert step2.dump(stage) == step.dump(stage)
+
+
+def test_pickling_an_executable_is_refused_saying_what_to_do_instead():
+    x = gc.input("x", (2,), "float64")
+    step = gc.compile(inputs=[x], outputs=x * 2.0, name="tiny")
+    with pytest.raises(TypeError, match=r"pickle Executable 'tiny'.*gc\.save.*gc\.compile"):
+        pickle.dumps(step)
+    with pytest.raises(TypeError, match="pickle Executable"):
+        pickle.dumps({"step": [step]})
 
 
 # ---- large arguments: passed by address, never written ------------------------------------

@@ -48,7 +48,9 @@ then holds the GIL too, so the two never run the step at once.
 
 from __future__ import annotations
 
+import copy
 import ctypes
+import dataclasses
 import functools
 import re
 import threading
@@ -415,6 +417,36 @@ class Executable:
         # same_kind casting was checked; asarray also drops subclasses and other byte orders
         return self._run(*[np.asarray(a, dtype=t) for a, t in zip(arrays, self._dtypes)])
 
+    # ---- copies ----
+    # An executable is its graph, its machine code and its buffers (arena, argument block, the
+    # generated call bound to them). A copy gets buffers and a generated call of its own and
+    # shares the machine code, which is reentrant: only the parameters are a real choice.
+    def __copy__(self) -> Executable:
+        """Another executable of the same program sharing the parameters, as if compiled again
+        (DESIGN §6: executables of one model share parameter storage; each has its own lock,
+        so calls on the two may run at once)."""
+        return self._sibling(self.graph, self._lowering)
+
+    def __deepcopy__(self, memo: dict) -> Executable:
+        """An executable with parameters of its own, copies of the current values. Through
+        `memo`, parameter Tensors copied in the same deepcopy are the copy's: after
+        `model2, step2 = copy.deepcopy((model, step))`, step2 trains model2's weights."""
+        graph = _copy_graph(self.graph, memo)
+        return self._sibling(graph, Lowering(graph, self.name))
+
+    def _sibling(self, graph: Graph, lowering: Lowering) -> Executable:
+        cls = type(self).__bases__[0]  # the class this executable's own class was made from
+        return cls(graph, lowering, self.engine, self.name, self.single_output, dict(self.timings))
+
+    def __reduce_ex__(self, protocol):
+        """Refused: the machine code and its buffers live in this process only."""
+        raise TypeError(
+            f"cannot pickle Executable {self.name!r}: it runs machine code compiled in this "
+            "process. Save the parameters (gc.save), and where they are loaded (gc.load) build "
+            "the model and gc.compile it again (the object cache makes that fast); or export it "
+            "with gc.aot.export"
+        )
+
     # ---- inspection ----
     @property
     def optimized(self) -> Graph:
@@ -515,6 +547,24 @@ def _fallback(executable: Executable, given: tuple, rest: tuple, named: dict):
     if named and not rest and len(named) == len(unnamed) and named.keys() == set(unnamed):
         return executable(*given[:count], *map(named.__getitem__, unnamed))
     return executable._call_checked(given[:count] + rest, named)
+
+
+def _copy_graph(graph: Graph, memo: dict) -> Graph:
+    """copy.deepcopy(graph, memo), node by node in topological order: deepcopy's own recursion
+    follows the inputs and reaches Python's recursion limit on deep graphs. Nodes already
+    copied into `memo` (by a Tensor copied before) are used as they are."""
+    for node in graph.nodes:
+        if id(node) not in memo:
+            inputs = tuple(memo[id(x)] for x in node.inputs)
+            attrs = copy.deepcopy(node.attrs, memo)  # a param's Storage and its array
+            memo[id(node)] = dataclasses.replace(node, inputs=inputs, attrs=attrs)
+            memo.setdefault(id(memo), []).append(node)  # as deepcopy keeps originals alive
+
+    def copied(nodes):
+        return [memo[id(n)] for n in nodes]
+
+    updates = zip(copied(p for p, _ in graph.updates), copied(v for _, v in graph.updates))
+    return Graph(copied(graph.outputs), updates, inputs=copied(graph.inputs), name=graph.name)
 
 
 def _lazy_llvm_ir(lowering: Lowering):
