@@ -8,17 +8,20 @@ chunks are separate instantiations of the generated matmul.
 
 from __future__ import annotations
 
+import ctypes
+import os
 import shutil
 import subprocess
 import threading
 
+import llvmlite.binding as llvm
 import numpy as np
 import pytest
 
 import graphc as gc
 from graphc.codegen import parallel
 from graphc.errors import CompileError
-from graphc.runtime import aot
+from graphc.runtime import aot, jit
 
 GCC = shutil.which("gcc")
 
@@ -28,11 +31,14 @@ def compiled(program, threads: int, monkeypatch):
     return gc.compile(program)
 
 
+POOL_CALL = 'call void @"graphc_pool_run"'
+
+
 def both(program, monkeypatch):
-    """The program compiled for one thread and for two; the latter must fork."""
+    """The program compiled for one thread and for two; the latter must use the pool."""
     one, two = compiled(program, 1, monkeypatch), compiled(program, 2, monkeypatch)
-    assert "pthread_create" not in one.dump("llvm")
-    assert 'call i32 @"pthread_create"' in two.dump("llvm")
+    assert "graphc_pool_run" not in one.dump("llvm")
+    assert POOL_CALL in two.dump("llvm")
     return one, two
 
 
@@ -70,8 +76,8 @@ def test_chunks_cover_the_rows_once():
 
 
 def test_small_kernels_stay_on_one_thread(monkeypatch):
-    program, _ = chain(100_000, "float32")
-    assert "pthread" not in compiled(program, 2, monkeypatch).dump("llvm")
+    program, _ = chain(2_000, "float32")
+    assert "graphc_pool" not in compiled(program, 2, monkeypatch).dump("llvm")
 
 
 # ---- results equal one thread's ----
@@ -110,7 +116,7 @@ def test_matmul_split_equals_unsplit(dtype, rtol, shape, monkeypatch):
 
 
 def test_training_step_with_threads_matches_one_thread(monkeypatch):
-    """Like W1-B, wider: split matmuls with epilogues, reduction stages after the join."""
+    """Like W1-B, wider: split matmuls with epilogues, reduction stages after the chunks."""
     steps = []
     for threads in (1, 2):
         x = gc.input("x", (512, 64), dtype="float64")
@@ -119,7 +125,7 @@ def test_training_step_with_threads_matches_one_thread(monkeypatch):
         loss = gc.nn.mse_loss(model(x), y)
         updates = gc.optim.Adam(model.params(), lr=1e-3).updates(loss)
         steps.append((compiled(gc.Program([x, y], loss, updates), threads, monkeypatch), model))
-    assert "pthread_create" in steps[1][0].dump("llvm")
+    assert POOL_CALL in steps[1][0].dump("llvm")
     rng = np.random.default_rng(3)
     for _ in range(3):
         xv = rng.uniform(-1, 1, (512, 64))
@@ -148,10 +154,11 @@ def test_matmul_operand_updated_in_place_stays_whole(monkeypatch):
 
 
 def test_concurrent_calls_from_python_threads(monkeypatch):
-    """Each native call forks and joins its own threads; calls from 8 Python threads."""
+    """Calls from 8 Python threads: one at a time shares the pool, the others run their
+    chunks on their own thread."""
     program, _ = chain(1 << 19, "float32")
     step = compiled(program, 2, monkeypatch)
-    assert "pthread_create" in step.dump("llvm")
+    assert POOL_CALL in step.dump("llvm")
     rng = np.random.default_rng(6)
     feeds = [[rng.normal(size=1 << 19).astype(np.float32) for _ in range(4)] for _ in range(8)]
     expected = [step(*f) for f in feeds]
@@ -211,7 +218,8 @@ def test_aot_export_with_threads_runs_from_c(tmp_path, failing, monkeypatch):
     step = compiled(program, 2, monkeypatch)
     paths = gc.aot.export(step, tmp_path, name="chain")
     externals = aot.external_symbols(paths.object.read_bytes())
-    assert {"pthread_create", "pthread_join"} <= set(externals)
+    assert {"pthread_create", "pthread_detach", "syscall"} <= set(externals)
+    assert not any(name.startswith("graphc_pool") for name in externals)
     assert "-pthread" in paths.header.read_text()
     source = C_MAIN % {"n": n, "extra": FAILING_CREATE if failing else ""}
     (tmp_path / "main.c").write_text(source)
@@ -225,21 +233,74 @@ def test_aot_export_with_threads_runs_from_c(tmp_path, failing, monkeypatch):
     np.testing.assert_array_equal(np.fromfile(tmp_path / "out.bin", np.float32), step(*values))
 
 
-def test_kernels_wait_for_chunks_and_the_step_joins_the_threads(monkeypatch):
-    """A split kernel waits (sched_yield) until its chunks are done, not for its threads;
-    `<name>_step` joins every thread after its last kernel, so a thread that starts late
-    holds up the step once, not every kernel."""
+def test_kernels_in_one_step_share_the_pool(monkeypatch):
+    """Two split kernels in one step each hand their chunks to the pool; nothing is joined."""
     x = gc.input("x", (256, 256), "float64")
     w = gc.const(np.linspace(-1, 1, 256 * 256).reshape(256, 256) / 64)
     program = gc.Program([x], gc.tanh(x @ w) @ w, name="two_splits")  # two matmul kernels
     one, two = both(program, monkeypatch)
     ir_text = two.dump("llvm")
-    assert ir_text.count('call i32 @"pthread_create"') >= 2  # both kernels split
-    step = ir_text[ir_text.index('define void @"two_splits_step"') :]
-    step = step[: step.index("\n}")]
-    calls = [i for i, line in enumerate(step.splitlines()) if "call void @" in line]
-    joins = [i for i, line in enumerate(step.splitlines()) if "pthread_join" in line]
-    assert joins and min(joins) > max(calls)  # joined after every kernel ran
-    assert 'call i32 @"sched_yield"' in ir_text
+    assert ir_text.count(POOL_CALL) >= 2  # both kernels split
+    assert "pthread" not in ir_text  # the pool starts threads, not the program
     xv = np.linspace(-4, 4, 256 * 256).reshape(256, 256)
     np.testing.assert_allclose(two(xv), one(xv), rtol=1e-13, atol=1e-13)
+
+
+# ---- the pool itself ----
+
+
+def native_threads() -> int:
+    return len(os.listdir("/proc/self/task"))
+
+
+@pytest.fixture
+def pool_run():
+    """graphc_pool_run(chunk, context, chunks, threads) through ctypes (GIL released)."""
+    jit.load_pool()
+    address = llvm.address_of_symbol("graphc_pool_run")
+    assert address
+    return ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64)(
+        address
+    )
+
+
+CHUNK = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64)
+
+
+@pytest.mark.parametrize("chunks", [1, 2, 3, 64, 1000])
+def test_pool_runs_every_chunk_once(pool_run, chunks):
+    seen = []
+    chunk = CHUNK(lambda context, index: seen.append(index))
+    for _ in range(20):
+        seen.clear()
+        pool_run(chunk, None, chunks, 2)
+        assert sorted(seen) == list(range(chunks))
+
+
+def test_pool_starts_its_workers_once(pool_run, monkeypatch):
+    program, values = chain(10**6, "float32")
+    step = compiled(program, 3, monkeypatch)
+    step(*values)
+    before = native_threads()
+    for _ in range(30):
+        step(*values)
+    pool_run(CHUNK(lambda context, index: None), None, 8, 3)
+    assert native_threads() == before  # workers are reused, not started per call
+
+
+def test_pool_in_a_forked_child(monkeypatch, tmp_path):
+    """A forked child has no workers (threads are not copied); it resets the pool, starts
+    its own and computes the same result."""
+    program, values = chain(10**6, "float64")
+    step = compiled(program, 2, monkeypatch)
+    expected = step(*values)
+    pid = os.fork()
+    if pid == 0:  # the child: report through the exit status, never return into pytest
+        status = 1
+        try:
+            status = 0 if all(np.array_equal(step(*values), expected) for _ in range(5)) else 2
+        finally:
+            os._exit(status)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    np.testing.assert_array_equal(step(*values), expected)

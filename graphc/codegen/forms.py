@@ -22,9 +22,8 @@ from llvmlite import ir
 
 from graphc.codegen.emitter import MEMORY_TYPES, REGISTER_TYPES, Emitter, is_float_type
 from graphc.codegen.llvm import I64, INDEX_MAPS, affine_view, i64, keep_out_of_line, strides_of
-from graphc.codegen.matmul import Operand, define_matmul
+from graphc.codegen.matmul import Operand, define_matmul, tile_rows
 from graphc.codegen.parallel import (
-    MATMUL_ROWS,
     MATMUL_THRESHOLD_NS,
     Split,
     matmul_work,
@@ -346,8 +345,9 @@ def split_of(k) -> Split | None:
         return None  # an operand updated in place: a chunk would read rows another wrote
     m, inner = mm.inputs[0].shape
     work = matmul_work(m, mm.shape[1], inner, mm.dtype) + work_of(kernel, mm.shape)
-    # two chunks per thread: each chunk packs its own copy of B
-    return split_rows(m, work, threads, MATMUL_ROWS, per_thread=2, threshold=MATMUL_THRESHOLD_NS)
+    # two chunks per thread (each packs its own copy of B) of whole register tiles
+    unit = tile_rows(mm.shape[1], mm.dtype)
+    return split_rows(m, work, threads, unit, per_thread=2, threshold=MATMUL_THRESHOLD_NS)
 
 
 def after_join(k) -> None:

@@ -14,9 +14,9 @@ the kernels in schedule order and then writes the updates into the parameters, a
 `<name>_call(args)`, the same with all pointers in one array (one native call from
 Python with a single argument).
 
-Threads: a kernel whose work pays for them runs its outer loop in chunks on several
-threads, forked and joined inside the kernel (codegen/parallel.py); small kernels are
-emitted exactly as without.
+Threads: a kernel whose work pays for them runs its outer loop in chunks shared with the
+worker threads of a process-wide pool (codegen/parallel.py); small kernels are emitted
+exactly as without.
 
 Profiling: LLVM inlines every kernel into `<name>_step`. With the environment variable
 GRAPHC_NOINLINE=1 kernels and their matmuls are marked `noinline`, so a sampling profiler
@@ -166,11 +166,9 @@ class KernelEmitter:
                 self.places.append(place(node))
         from graphc.codegen import forms  # forms builds on this module: imported when used
 
-        # how this kernel splits between threads (None: it does not); a split kernel takes a
-        # pointer to its team (parallel.team_type) in the step's frame after its pointers
-        self.team_split = forms.split_of(self) if rows is None else None
-        arg_types = [PTR] * len(self.places)
-        arg_types += [I64, I64] if rows is not None else [PTR] * (self.team_split is not None)
+        # how this kernel splits between threads (None: it does not)
+        self.parallel = forms.split_of(self) if rows is None else None
+        arg_types = [PTR] * len(self.places) + [I64, I64] * (rows is not None)
         name = kernel.name if rows is None else f"{kernel.name}.rows"
         self.function = ir.Function(module, ir.FunctionType(ir.VoidType(), arg_types), name)
         self.function.linkage = "internal"
@@ -359,7 +357,7 @@ class KernelEmitter:
     def emit(self) -> ir.Function:
         from graphc.codegen import forms
 
-        split = self.team_split
+        split = self.parallel
         if split is None:
             self.hoist_scalars()
             getattr(forms, f"emit_{self.kernel.form}")(self)
@@ -369,8 +367,7 @@ class KernelEmitter:
             )
             rows.emit()
             self.hoist_scalars()
-            *args, team = self.function.args
-            parallel.fork(self.b, rows.function, args, split, self.threads, team)
+            parallel.dispatch(self.b, rows.function, self.function.args, split, self.threads)
             forms.after_join(self)
         self.b.ret_void()
         return self.function
@@ -554,19 +551,11 @@ def emit_program(
             return b.gep(arena, [i64(where.index)], inbounds=True, source_etype=ir.IntType(8))
         return bases[where.kind][where.index]
 
-    teams = []  # (emitter, its team in this frame): threads are joined at the end
     for emitter in functions:
         by_place = {}
         for n in (*emitter.external, *emitter.kernel.outputs):
             by_place.setdefault(place(n), n)
         arguments = [pointer(by_place[where]) for where in emitter.places]
-        if emitter.team_split is not None:
-            team_t = parallel.team_type(emitter.team_split, len(arguments), threads)
-            with b.goto_entry_block():
-                team = b.alloca(team_t, name=f"team{len(teams)}")
-            team.type = PTR  # opaque: llvmlite would check stores against the type
-            teams.append((emitter, len(arguments), team))
-            arguments.append(team)
         b.call(emitter.function, arguments)
 
     copy = module.declare_intrinsic("llvm.memcpy", [PTR, PTR, I64])
@@ -605,8 +594,6 @@ def emit_program(
             b.call(copy, [destination, staged[id(value)], i64(value.type.nbytes), false])
         else:
             copy_value(destination, value)
-    for emitter, pointers, team in teams:
-        parallel.join(b, emitter.team_split, pointers, threads, team)
     b.ret_void()
 
     call = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR]), f"{name}_call")

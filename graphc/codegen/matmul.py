@@ -104,6 +104,11 @@ class Tiling:
 _VECTORS_FOR_ROWS = {1: 7, 2: 5, 3: 3, 4: 3, 5: 2}
 
 
+def tile_rows(n: int, dtype: str) -> int:
+    """Rows of the register tile `choose_tiling` picks for C with n columns and >= 12 rows."""
+    return 12 if n <= _VECTOR_BYTES // _ITEMSIZE.get(dtype, 8) else 6
+
+
 def choose_tiling(
     m: int, n: int, k: int, dtype: str, a_strides: tuple[int, int], b_strides: tuple[int, int]
 ) -> Tiling:

@@ -1,39 +1,42 @@
-"""Threads for large kernels: split the outermost loop into chunks, run them on pthreads.
+"""Threads for large kernels: the outer loop cut into chunks, shared with a thread pool.
 
-A kernel whose estimated work pays for starting threads (`split_rows`) is emitted as:
+A kernel whose estimated work pays for it (`split_rows`) is emitted as:
 
     K.rows(ptr args..., i64 start, i64 end)   the kernel over outer rows [start, end)
-    K.rows.worker(ptr team)                   loop: i = atomic team.next++; stop when
-                                              i >= chunks; K.rows(args, chunk i);
-                                              atomic team.done++
-    K(ptr args..., ptr team)                  team = {args..., next = 0, done = 0}
-                                              pthread_create(T - 1 threads, K.rows.worker, team)
-                                              K.rows.worker(team)       on the calling thread
-                                              wait (sched_yield) until team.done == chunks
-    <name>_step                               a team per split kernel in its frame (no
-                                              globals, no heap); at the end, pthread_join
-                                              every thread any kernel created
+    K.rows.chunk(ptr context, i64 i)          K.rows(context's args, chunk i's rows)
+    K(ptr args...)                            context = {args...} (in its frame)
+                                              graphc_pool_run(K.rows.chunk, context,
+                                                              chunks, T)
 
-There are about four chunks per thread (two for a matmul), claimed one at a time: a thread
-that starts late because another process holds the other core (common on this shared host)
-or cannot start at all (pthread_create fails) just leaves its chunks to the caller. A kernel
-waits for its chunks, not for its threads: a thread that has not started yet, or is on its
-way out, is joined once at the end of the step, when everything it might still read (its
-team, in the step's frame) is done with. (Joining in each kernel made every split kernel wait
-for a time slice whenever a neighbour held the other core: W1-B on two threads went from
-3.8 ms to 6.1 ms next to one busy process; waiting for chunks instead, 4.1 ms.)
+`graphc_pool_run` (emitted by `emit_pool`, once per process for the JIT and into each AOT
+object) publishes the job; the calling thread and the pool's workers claim chunks one at a
+time until none is left, and the call returns when every chunk is done:
+
+    caller  take the slot ── publish job ── wake ── claim/run ... ── wait for done ── free
+    worker  (spinning, or asleep in futex_wait) ── claim/run ... ── spin ~50 us ── sleep
+
+A waiting caller spins ~100 us, then sleeps on `done` until the last chunk's worker wakes
+it: its core goes idle, so the kernel's scheduler moves a worker that another process
+preempted onto it instead of leaving it queued behind that process for a time slice.
+
+A caller waits for chunks, never for a thread: a worker that is slow to wake, descheduled
+by another process (common on this shared host), or never started (pthread_create failed)
+leaves its chunks to the caller, and a call that finds the slot taken (another thread's
+call) runs all its chunks itself. Workers are started by the first call that wants them
+and then live as long as the process, so a split costs a few cache-line transfers (or one
+futex wake) instead of a pthread_create and a join (~20 us each).
 
 Every element is computed by the same code as in the unsplit kernel (rows are independent:
 loop elements, reduction outputs, row-wise rows, matmul rows of C), so results are
 bit-identical to one thread; only the loop bounds become values instead of constants. Chunk
-boundaries are multiples of `unit` rows (64 elements for flat loops: whole vectors).
+boundaries are multiples of `unit` rows (64 elements for flat loops: whole vectors; a
+matmul's register tile rows). There are about four chunks per thread (two for a matmul, whose
+chunks each pack their own copy of B).
 
 The thread count T is fixed at compile time (`thread_count`: the CPUs this process may run
 on, at most MAX_THREADS, or $GRAPHC_THREADS; 1 turns threading off) and is part of the JIT
-cache key. No thread outlives the native call, so concurrent calls (several Python threads,
-or AOT callers on different memory blocks) each start and join their own.
-A kernel is split when its estimated time on one core reaches WORK_THRESHOLD_NS (1 ms;
-MATMUL_THRESHOLD_NS for a matmul): well above the ~20 us pthread_create cost.
+cache key. A kernel is split when its estimated time on one core reaches WORK_THRESHOLD_NS
+(MATMUL_THRESHOLD_NS for a matmul).
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ from graphc.ir.graph import Kernel
 I32 = ir.IntType(32)
 I64 = ir.IntType(64)
 PTR = ir.PointerType()
+VOID = ir.VoidType()
 MAX_THREADS = 8
 # Estimated cost per element of each op, in units (a plain add, load or store is 1): the
 # vectorized transcendentals of codegen/mathlib.py take 10-20 times as long.
@@ -60,17 +64,15 @@ FREE_OPS = {"const", "broadcast_to", "reshape", "transpose", "slice", "iota"}
 # for 10^6 elements) and a matmul's FLOP rate (its micro-kernel runs at the FMA peak).
 NS_PER_UNIT = {"float32": 0.1, "float64": 0.3}
 MATMUL_GFLOPS = {"float32": 36.0, "float64": 18.0}
-MATMUL_ROWS = 12  # matmul chunks are whole register tiles (6 or 12 rows) but the last
-# A kernel is split from this much work on one core. Starting and joining a thread costs
-# ~20 us on an idle machine, but when another process holds the other core the thread
-# waits for a time slice (measured ~0.5 ms here): from 1 ms of work a split is about 2x
-# faster on an idle machine and no slower on a busy one.
-WORK_THRESHOLD_NS = 1_000_000
-# A matmul from 400 us. Measured on two threads, with the step joining threads at its end
-# (graphc alone, medians): W1-B f32 3.59 -> 2.51 ms and W4 n = 256 f64 1.80 -> 1.10 ms on an
-# idle machine, 3.55 -> 3.83 ms and 1.76 -> 1.98 ms next to one busy process. (With a join in
-# every kernel, the busy case was 6.1 ms and 2.0-2.4 ms, hence a 4 ms threshold before.)
-MATMUL_THRESHOLD_NS = 400_000
+# A kernel is split from this much work on one core: with workers kept in a pool, a split
+# costs ~1-2 us (a futex wake if the worker sleeps; a worker still spinning from the last job
+# starts at once). Measured on two threads, medians, idle machine (next to one busy process),
+# thresholds 400/1000 us -> 30/60 us -> 10/20 us: W1-B f32 2.46 (3.02) -> 2.07 (2.67) ms,
+# W3 10^4 f64 68 (69) -> 37 (83) us, W4 n = 128 f32 94 (114) -> 54 (92) us, W4 n = 64 f32
+# 12.3 -> 12.3 -> 8.8 us. Below ~10 us of matmul the chunks' synchronisation eats the gain
+# (W2-A b256, whose 7 us matmul then splits: 12 -> 14 us).
+WORK_THRESHOLD_NS = 30_000
+MATMUL_THRESHOLD_NS = 12_000
 
 
 def thread_count() -> int:
@@ -141,7 +143,7 @@ def matmul_work(m: int, n: int, k: int, dtype: str) -> float:
     return 2 * m * n * k / MATMUL_GFLOPS.get(dtype, 4.0)
 
 
-# ---- emission ----
+# ---- emission: a kernel's chunks ----
 
 
 def _declare(module: ir.Module, name: str, type_: ir.FunctionType) -> ir.Function:
@@ -149,92 +151,297 @@ def _declare(module: ir.Module, name: str, type_: ir.FunctionType) -> ir.Functio
     return existing if existing is not None else ir.Function(module, type_, name)
 
 
-def team_type(split: Split, pointers: int, threads: int) -> ir.LiteralStructType:
-    """A split kernel's team: its pointer arguments, the chunk counters `next` and `done`, and
-    per helper thread its handle and whether it started."""
-    helpers = helper_count(split, threads)
-    return ir.LiteralStructType([PTR] * pointers + [I64, I64] + [I64] * (2 * helpers))
+CHUNK_TYPE = ir.FunctionType(VOID, [PTR, I64])  # chunk(context, index)
+RUN_TYPE = ir.FunctionType(VOID, [PTR, PTR, I64, I64])  # graphc_pool_run(chunk, context, n, T)
 
 
-def helper_count(split: Split, threads: int) -> int:
-    return min(threads, len(split.chunks)) - 1
-
-
-def _field(b: ir.IRBuilder, team, team_t: ir.LiteralStructType, i: int) -> ir.Value:
-    return b.gep(team, [I32(0), I32(i)], inbounds=True, source_etype=team_t)
-
-
-def worker(part: ir.Function, split: Split, team_t: ir.LiteralStructType) -> ir.Function:
-    """`ptr <part>.worker(ptr team)`: claim the next chunk from the team's counter and run
-    `part` on it, counting it done, until none is left. The caller and every thread run this
-    loop on one shared team."""
-    function = ir.Function(part.module, ir.FunctionType(PTR, [PTR]), f"{part.name}.worker")
+def chunk_function(part: ir.Function, split: Split) -> ir.Function:
+    """`void <part>.chunk(ptr context, i64 index)`: `part` on chunk `index` of `split`, its
+    pointer arguments read from `context` (an array of them)."""
+    function = ir.Function(part.module, CHUNK_TYPE, f"{part.name}.chunk")
     function.linkage = "internal"
-    team = function.args[0]
+    context, index = function.args
     b = ir.IRBuilder(function.append_basic_block("entry"))
-    count = len(part.args) - 2
-    pointers = [b.load(_field(b, team, team_t, i), typ=PTR) for i in range(count)]
-    claim = function.append_basic_block("claim")
-    run = function.append_basic_block("run")
-    done = function.append_basic_block("done")
-    b.branch(claim)
-    b.position_at_end(claim)
-    index = b.atomic_rmw("add", _field(b, team, team_t, count), I64(1), "monotonic")
-    b.cbranch(b.icmp_unsigned("<", index, I64(len(split.chunks))), run, done)
-    b.position_at_end(run)
+    pointers = [
+        b.load(b.gep(context, [I64(i)], inbounds=True, source_etype=PTR), typ=PTR)
+        for i in range(len(part.args) - 2)
+    ]
     start = b.mul(index, I64(split.size))
     end = b.add(start, I64(split.size))
     end = b.select(b.icmp_unsigned("<", end, I64(split.rows)), end, I64(split.rows))
     b.call(part, [*pointers, start, end])
-    # release: the chunk's stores are visible to whoever sees the count
-    b.atomic_rmw("add", _field(b, team, team_t, count + 1), I64(1), "release")
-    b.branch(claim)
-    b.position_at_end(done)
-    b.ret(ir.Constant(PTR, None))
+    b.ret_void()
     return function
 
 
-def fork(b: ir.IRBuilder, part: ir.Function, pointers: list, split: Split, threads: int, team):
+def dispatch(b: ir.IRBuilder, part: ir.Function, pointers: list, split: Split, threads: int):
     """Emit, at `b`: part(pointers..., start, end) for every chunk of `split`, on this thread
-    and up to `threads` - 1 new ones started on `team` (memory of `team_type`, owned by the
-    step), all chunks finished when the emitted code goes on; the threads are joined later,
-    by `join` at the end of the step."""
-    module = b.module
+    and the pool's workers (up to `threads` in all); every chunk is finished when the emitted
+    code goes on."""
+    assert len(split.chunks) < 1 << FIELD_BITS, "the pool's state counts chunks in 16 bits"
+    run = _declare(b.module, "graphc_pool_run", RUN_TYPE)
+    chunk = chunk_function(part, split)
+    with b.goto_entry_block():
+        context = b.alloca(ir.ArrayType(PTR, len(pointers)), name="chunk.context")
+    for i, pointer in enumerate(pointers):
+        b.store(pointer, b.gep(context, [I64(0), I64(i)], inbounds=True))
+    b.call(run, [chunk, context, I64(len(split.chunks)), I64(threads)])
+
+
+# ---- emission: the pool ----
+
+SPIN_CYCLES = 100_000  # ~50 us of time-stamp counter: an idle worker spins this long, then sleeps
+WAIT_SPIN_CYCLES = 200_000  # a caller waiting for chunks spins ~100 us, then sleeps
+SYS_FUTEX, FUTEX_WAIT_PRIVATE, FUTEX_WAKE_PRIVATE = 202, 128, 129
+FIELD_BITS = 16  # state = generation << 32 | chunks << 16 | next chunk
+POOL_SYMBOLS = ("graphc_pool_run", "graphc_pool_reset")
+
+
+class _Pool:
+    """The pool's globals (each on its own cache line) and its helpers, in one module."""
+
+    def __init__(self, module: ir.Module):
+        self.module = module
+        self.state = self._global("state", I64)  # generation | chunks | next chunk
+        self.done = self._global("done", I64)  # chunks of the current job finished
+        self.job = self._global("job", ir.LiteralStructType([PTR, PTR]))  # chunk fn, context
+        self.busy = self._global("busy", I32)  # a caller owns the job slot
+        self.workers = self._global("workers", I64)  # threads started (under `busy`)
+        self.wake = self._global("wake", I32)  # futex word: bumped for every job
+        self.sleepers = self._global("sleepers", I32)  # workers in (or entering) futex_wait
+        self.waiting = self._global("waiting", I32)  # the caller sleeps on `done`
+        void = ir.FunctionType(VOID, [])
+        self.pause = _declare(module, "llvm.x86.sse2.pause", void)
+        self.clock = _declare(module, "llvm.readcyclecounter", ir.FunctionType(I64, []))
+        self.syscall = _declare(module, "syscall", ir.FunctionType(I64, [I64], var_arg=True))
+
+    def _global(self, name: str, type_: ir.Type) -> ir.GlobalVariable:
+        variable = ir.GlobalVariable(self.module, type_, f"graphc_pool.{name}")
+        variable.linkage = "internal"
+        variable.initializer = ir.Constant(type_, None)
+        variable.align = 64
+        return variable
+
+    def job_field(self, b: ir.IRBuilder, i: int) -> ir.Value:
+        return b.gep(self.job, [I32(0), I32(i)], inbounds=True)
+
+    def claimable(self, b: ir.IRBuilder, state: ir.Value) -> ir.Value:
+        mask = I64((1 << FIELD_BITS) - 1)
+        chunks = b.and_(b.lshr(state, I64(FIELD_BITS)), mask)
+        return b.icmp_unsigned("<", b.and_(state, mask), chunks)
+
+    def run_chunks(self) -> ir.Function:
+        """`i64 run_chunks()`: claim chunks of the current job and run them until none is
+        left; returns how many this thread ran."""
+        function = ir.Function(self.module, ir.FunctionType(I64, []), "graphc_pool.run_chunks")
+        function.linkage = "internal"
+        b = ir.IRBuilder(function.append_basic_block("entry"))
+        entry = b.block
+        top, claim, run, out = map(function.append_basic_block, ("top", "claim", "run", "out"))
+        b.branch(top)
+        b.position_at_end(top)
+        ran = b.phi(I64)
+        ran.add_incoming(I64(0), entry)
+        state = b.load_atomic(self.state, "acquire", 8, typ=I64)
+        b.cbranch(self.claimable(b, state), claim, out)
+        b.position_at_end(claim)
+        # The claim names the job (generation) and its chunk count, so a stale claim fails:
+        # a worker can never run a chunk of a job other than the one it read.
+        swap = b.cmpxchg(self.state, state, b.add(state, I64(1)), "acquire", "monotonic")
+        ran.add_incoming(ran, claim)
+        b.cbranch(b.extract_value(swap, 1), run, top)
+        b.position_at_end(run)
+        # the job cannot finish (nor its slot be reused) before this chunk is counted done
+        chunk = chunk_as_function(b.load(self.job_field(b, 0), typ=PTR))
+        context = b.load(self.job_field(b, 1), typ=PTR)
+        b.call(chunk, [context, b.and_(state, I64((1 << FIELD_BITS) - 1))])
+        b.atomic_rmw("add", self.done, I64(1), "seq_cst")  # the chunk's stores go with it
+        waiting = b.load_atomic(self.waiting, "seq_cst", 4, typ=I32)
+        with b.if_then(b.icmp_unsigned("!=", waiting, I32(0)), likely=False):
+            self.futex(b, self.done, FUTEX_WAKE_PRIVATE, I64(1))
+        ran.add_incoming(b.add(ran, I64(1)), b.block)
+        b.branch(top)
+        b.position_at_end(out)
+        b.ret(ran)
+        return function
+
+    def futex(self, b: ir.IRBuilder, word, operation: int, value: ir.Value) -> None:
+        """futex(word, operation, value): wait while the 32-bit `word` is `value`, or wake
+        `value` waiters (a 64-bit counter's word is its low half: little-endian)."""
+        b.call(self.syscall, [I64(SYS_FUTEX), word, I64(operation), value, I64(0)])
+
+    def wait_until(self, b: ir.IRBuilder, ready, spin: int, idle) -> None:
+        """Emit: until ready(b) is true, `pause` for `spin` clock cycles, then idle(b) each turn."""
+        function = b.function
+        top, turn, out = map(function.append_basic_block, ("wait", "spin", "ready"))
+        start = b.call(self.clock, [])
+        b.branch(top)
+        b.position_at_end(top)
+        b.cbranch(ready(b), out, turn)
+        b.position_at_end(turn)
+        spinning = b.icmp_unsigned("<", b.sub(b.call(self.clock, []), start), I64(spin))
+        with b.if_else(spinning, likely=True) as (then, otherwise):
+            with then:
+                b.call(self.pause, [])
+            with otherwise:
+                idle(b)
+        b.branch(top)
+        b.position_at_end(out)
+
+
+def emit_pool(module: ir.Module) -> None:
+    """Define the thread pool in `module`: `graphc_pool_run`, `graphc_pool_reset`, a worker.
+
+        graphc_pool_run(chunk, context, chunks, threads)
+            chunk(context, i) for i < chunks, shared between the caller and the workers:
+            take the job slot (if another caller holds it, run every chunk here instead),
+            start workers up to threads - 1, publish the job in `state`, wake sleepers,
+            claim and run chunks, wait until every chunk is done (spin WAIT_SPIN_CYCLES,
+            then futex_wait on `done`), free the slot.
+        worker
+            claim and run chunks; with none to claim, spin SPIN_CYCLES, then futex_wait
+            until the next job bumps `wake`.
+        graphc_pool_reset()
+            in a forked child: no workers, no job, slot free (the threads were not copied).
+
+    Workers are process-wide and never exit (an idle one sleeps in the kernel). A caller
+    never waits for a worker, only for chunks a worker has claimed: a worker that starts late,
+    or never, leaves its chunks to the caller. No lost wake-up: a caller bumps `wake`, then
+    reads `sleepers`; a worker reads `wake`, counts itself in `sleepers`, re-reads `state`
+    and sleeps only while `wake` is unchanged (all sequentially consistent).
+    """
+    pool = _Pool(module)
+    run_chunks = pool.run_chunks()
     create = _declare(module, "pthread_create", ir.FunctionType(I32, [PTR, PTR, PTR, PTR]))
-    pause = _declare(module, "sched_yield", ir.FunctionType(I32, []))
-    team_t = team_type(split, len(pointers), threads)
-    loop = worker(part, split, team_t)
-    count = len(pointers)
-    for i, value in enumerate([*pointers, I64(0), I64(0)]):
-        b.store(value, _field(b, team, team_t, i))
-    for t in range(helper_count(split, threads)):
-        handle = _field(b, team, team_t, count + 2 + 2 * t)
-        status = b.call(create, [handle, ir.Constant(PTR, None), loop, team])
-        started = b.zext(b.icmp_signed("==", status, I32(0)), I64)
-        b.store(started, _field(b, team, team_t, count + 3 + 2 * t))
-    b.call(loop, [team])
+    detach = _declare(module, "pthread_detach", ir.FunctionType(I32, [I64]))
+
+    # the worker
+    worker = ir.Function(module, ir.FunctionType(PTR, [PTR]), "graphc_pool.worker")
+    worker.linkage = "internal"
+    b = ir.IRBuilder(worker.append_basic_block("entry"))
+    top = worker.append_basic_block("top")
+    b.branch(top)
+    b.position_at_end(top)
+    b.call(run_chunks, [])
+
+    def job_waiting(b):
+        return pool.claimable(b, b.load_atomic(pool.state, "acquire", 8, typ=I64))
+
+    def sleep(b):
+        wake = b.load_atomic(pool.wake, "seq_cst", 4, typ=I32)
+        b.atomic_rmw("add", pool.sleepers, I32(1), "seq_cst")
+        state = b.load_atomic(pool.state, "seq_cst", 8, typ=I64)
+        with b.if_then(b.not_(pool.claimable(b, state))):
+            pool.futex(b, pool.wake, FUTEX_WAIT_PRIVATE, b.zext(wake, I64))
+        b.atomic_rmw("sub", pool.sleepers, I32(1), "seq_cst")
+        b.branch(top)  # the spin budget starts again after every sleep
+        b.position_at_end(b.function.append_basic_block("unreachable"))
+
+    pool.wait_until(b, job_waiting, SPIN_CYCLES, sleep)
+    b.branch(top)
+
+    # the caller
+    run = _declare(module, "graphc_pool_run", RUN_TYPE)
+    chunk, context, chunks, threads = run.args
+    b = ir.IRBuilder(run.append_basic_block("entry"))
+    alone = run.append_basic_block("alone")
+    shared = b.or_(b.icmp_unsigned("<=", threads, I64(1)), b.icmp_unsigned("<=", chunks, I64(1)))
+    with b.if_then(b.not_(shared), likely=True):
+        taken = b.cmpxchg(pool.busy, I32(0), I32(1), "acquire", "monotonic")
+        with b.if_then(b.extract_value(taken, 1), likely=True):
+            _start_workers(b, pool, create, detach, worker, b.sub(threads, I64(1)))
+            b.store(chunk, pool.job_field(b, 0))
+            b.store(context, pool.job_field(b, 1))
+            b.store_atomic(I64(0), pool.done, "monotonic", 8)
+            generation = b.add(b.lshr(b.load(pool.state, typ=I64), I64(32)), I64(1))
+            state = b.or_(b.shl(generation, I64(32)), b.shl(chunks, I64(FIELD_BITS)))
+            b.store_atomic(state, pool.state, "seq_cst", 8)
+            b.atomic_rmw("add", pool.wake, I32(1), "seq_cst")
+            sleeping = b.load_atomic(pool.sleepers, "seq_cst", 4, typ=I32)
+            with b.if_then(b.icmp_unsigned("!=", sleeping, I32(0))):
+                pool.futex(b, pool.wake, FUTEX_WAKE_PRIVATE, I64(2**31 - 1))
+            b.call(run_chunks, [])
+
+            def finished(b):
+                done = b.load_atomic(pool.done, "acquire", 8, typ=I64)
+                return b.icmp_unsigned(">=", done, chunks)
+
+            def sleep(b):  # the core goes idle, so the scheduler can move a worker onto it
+                b.store_atomic(I32(1), pool.waiting, "seq_cst", 4)
+                done = b.load_atomic(pool.done, "seq_cst", 8, typ=I64)
+                with b.if_then(b.icmp_unsigned("<", done, chunks)):
+                    low = b.zext(b.trunc(done, I32), I64)
+                    pool.futex(b, pool.done, FUTEX_WAIT_PRIVATE, low)
+                b.store_atomic(I32(0), pool.waiting, "monotonic", 4)
+
+            pool.wait_until(b, finished, WAIT_SPIN_CYCLES, sleep)
+            b.store_atomic(I32(0), pool.busy, "release", 4)
+            b.ret_void()
+    b.branch(alone)
+    b.position_at_end(alone)  # one thread, one chunk, or the slot is taken: run them all here
+    _counted(b, chunks, lambda i: b.call(chunk_as_function(chunk), [context, i]))
+    b.ret_void()
+
+    # after fork(), in the child
+    reset = _declare(module, "graphc_pool_reset", ir.FunctionType(VOID, []))
+    b = ir.IRBuilder(reset.append_basic_block("entry"))
+    generation = b.add(b.lshr(b.load(pool.state, typ=I64), I64(32)), I64(1))
+    b.store(b.shl(generation, I64(32)), pool.state)  # no chunk left to claim
+    for variable, type_ in ((pool.done, I64), (pool.workers, I64)):
+        b.store(type_(0), variable)
+    for variable in (pool.busy, pool.sleepers, pool.waiting):
+        b.store(I32(0), variable)
+    b.ret_void()
+
+
+class chunk_as_function:
+    """A pointer to a chunk function as a call target (llvmlite reads a callee's type from
+    its pointee, which an opaque pointer does not have)."""
+
+    function_type = CHUNK_TYPE
+    type = PTR
+
+    def __init__(self, pointer: ir.Value):
+        self.pointer = pointer
+
+    def get_reference(self) -> str:
+        return self.pointer.get_reference()
+
+
+def _counted(b: ir.IRBuilder, count: ir.Value, body) -> None:
+    """Emit: for i in range(count): body(i)  (count >= 0)."""
     function = b.function
-    wait = function.append_basic_block("chunks.wait")
-    again = function.append_basic_block("chunks.yield")
-    finished = function.append_basic_block("chunks.done")
-    b.branch(wait)
-    b.position_at_end(wait)
-    # acquire: the other threads' chunks are visible once their count is seen
-    done = b.load_atomic(_field(b, team, team_t, count + 1), "acquire", 8, typ=I64)
-    b.cbranch(b.icmp_unsigned(">=", done, I64(len(split.chunks))), finished, again)
-    b.position_at_end(again)
-    b.call(pause, [])
-    b.branch(wait)
-    b.position_at_end(finished)
+    before = b.block
+    top, inside, out = map(function.append_basic_block, ("for", "for.body", "for.end"))
+    b.branch(top)
+    b.position_at_end(top)
+    i = b.phi(I64)
+    i.add_incoming(I64(0), before)
+    b.cbranch(b.icmp_unsigned("<", i, count), inside, out)
+    b.position_at_end(inside)
+    body(i)
+    i.add_incoming(b.add(i, I64(1)), b.block)
+    b.branch(top)
+    b.position_at_end(out)
 
 
-def join(b: ir.IRBuilder, split: Split, pointers: int, threads: int, team) -> None:
-    """Emit, at `b`: pthread_join every thread `fork` started on `team`."""
-    module = b.module
-    join_ = _declare(module, "pthread_join", ir.FunctionType(I32, [I64, PTR]))
-    team_t = team_type(split, pointers, threads)
-    for t in range(helper_count(split, threads)):
-        started = b.load(_field(b, team, team_t, pointers + 3 + 2 * t), typ=I64)
-        with b.if_then(b.icmp_unsigned("!=", started, I64(0)), likely=True):
-            handle = b.load(_field(b, team, team_t, pointers + 2 + 2 * t), typ=I64)
-            b.call(join_, [handle, ir.Constant(PTR, None)])
+def _start_workers(b, pool: _Pool, create, detach, worker, wanted: ir.Value) -> None:
+    """Emit: start workers until there are `wanted` (the caller holds the slot); stop at the
+    first pthread_create that fails."""
+    function = b.function
+    top, start, out = map(function.append_basic_block, ("workers", "workers.start", "workers.ok"))
+    with b.goto_entry_block():
+        handle = b.alloca(I64, name="worker.handle")
+    b.branch(top)
+    b.position_at_end(top)
+    started = b.load(pool.workers, typ=I64)
+    b.cbranch(b.icmp_unsigned("<", started, wanted), start, out)
+    b.position_at_end(start)
+    status = b.call(create, [handle, ir.Constant(PTR, None), worker, ir.Constant(PTR, None)])
+    with b.if_then(b.icmp_signed("==", status, I32(0)), likely=True):
+        b.call(detach, [b.load(handle, typ=I64)])
+        b.store(b.add(started, I64(1)), pool.workers)
+        b.branch(top)
+        b.position_at_end(function.append_basic_block("unreachable"))
+    b.branch(out)
+    b.position_at_end(out)

@@ -13,13 +13,15 @@ The memory block holds everything a step reads or writes besides its arguments:
     mem ─► [ param 0 | param 1 | ... (each 64-byte aligned) ][ arena (intermediates) ]
            ^ state block: initial values embedded as constants ^ plan.arena_bytes
 
-so two blocks are two independent models, the code allocates nothing and keeps no global
-state (reentrant). The JIT's `<name>_step` and `<name>_call` become internal symbols of the
-object: it exports only the C interface above, so several models link into one program.
-External references are `memcpy`/`memset` (libc), `pthread_create`/`pthread_join` and
-`sched_yield` when large kernels run on several threads (codegen/parallel.py: each call
-starts and joins its own, so the code stays reentrant) and, for a CPU baseline without the
-instruction, `fma`/`floor`/`rint` from libm; `external_symbols()` lists what an export needs.
+so two blocks are two independent models and the code allocates nothing. The JIT's
+`<name>_step` and `<name>_call` become internal symbols of the object: it exports only the C
+interface above, so several models link into one program. When large kernels run on several
+threads, the object carries its own copy of the thread pool (codegen/parallel.py), also
+internal; its only global state, it keeps calls reentrant (a call that finds the pool busy
+runs its chunks itself). External references are `memcpy`/`memset` (libc),
+`pthread_create`/`pthread_detach`/`syscall` (futex) for the pool and, for a
+CPU baseline without the instruction, `fma`/`floor`/`rint` from libm;
+`external_symbols()` lists what an export needs.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ import llvmlite.binding as llvm
 import numpy as np
 from llvmlite import ir
 
+from graphc.codegen import parallel
 from graphc.errors import CompileError
 from graphc.passes.memory import aligned
 from graphc.runtime import jit
@@ -53,7 +56,7 @@ C_TYPES = {
 }
 LIBC = ("memcpy", "memset")
 # in libc (pthread_* since glibc 2.34, else -lpthread)
-PTHREAD = ("pthread_create", "pthread_join", "sched_yield")
+PTHREAD = ("pthread_create", "pthread_detach", "syscall")
 LIBM = ("fma", "fmaf", "floor", "floorf", "rint", "rintf", "ceil", "ceilf", "trunc", "truncf")
 I64 = ir.IntType(64)
 I8 = ir.IntType(8)
@@ -183,8 +186,14 @@ def export_ir(executable, name: str) -> str:
         context = llvm.create_context()
         program = llvm.parse_assembly(executable.llvm_ir, context=context)
         program.link_in(llvm.parse_assembly(str(wrapper_module(executable, name)), context=context))
-        for suffix in ("step", "call"):
-            program.get_function(f"{executable.name}_{suffix}").linkage = "internal"
+        internal = [f"{executable.name}_step", f"{executable.name}_call"]
+        if any(f.name in parallel.POOL_SYMBOLS for f in program.functions):
+            pool = ir.Module("graphc_pool")
+            parallel.emit_pool(pool)
+            program.link_in(llvm.parse_assembly(str(pool), context=context))
+            internal += parallel.POOL_SYMBOLS
+        for function in internal:
+            program.get_function(function).linkage = "internal"
         program.verify()
         return str(program)
 
@@ -228,11 +237,14 @@ def header_text(executable, name: str, cpu: str, externals: list[str]) -> str:
     ]
     if any(s in PTHREAD for s in externals):
         lines += [
-            " * Large kernels run on several threads: a call starts them and joins them before",
-            " * it returns (pthread_create/pthread_join, in libc since glibc 2.34: -pthread or",
-            " * -lpthread for an older one; a kernel waiting for its threads' chunks calls",
-            " * sched_yield). A thread that cannot start leaves its share to the",
-            " * calling thread. Threads get the default stack size; a matmul uses up to 400 KiB.",
+            " * Large kernels share their chunks with worker threads that the first such call",
+            " * starts (pthread_create, in libc since glibc 2.34: -pthread or -lpthread for an",
+            " * older one) and that live as long as the process: an idle worker spins ~50 us,",
+            " * then sleeps (futex). A call that finds them busy with another call, or a worker",
+            " * that cannot start, leaves the chunks to the calling thread, so calls stay",
+            " * reentrant; a forked child computes on its calling thread alone. Do not dlclose",
+            " * the library after such a call: the workers run its code. Threads get the default",
+            " * stack size; a matmul uses up to 400 KiB.",
         ]
     lines += [
         " *",

@@ -64,8 +64,9 @@ from collections.abc import Callable, Iterable
 import llvmlite
 import llvmlite.binding as llvm
 import numpy as np
+from llvmlite import ir
 
-from graphc.codegen.parallel import thread_count
+from graphc.codegen import parallel
 from graphc.errors import CompileError
 
 _LOCK = threading.RLock()
@@ -221,7 +222,7 @@ def cache_key(text: str, opt: int) -> str:
         if name.startswith("GRAPHC_") and not name.startswith(_KEY_EXEMPT)
     )
     # the thread count is compiled in (codegen/parallel.py) and follows the CPU affinity
-    parts = [text, f"opt={opt}", f"threads={thread_count()}", *environment, _host_key()]
+    parts = [text, f"opt={opt}", f"threads={parallel.thread_count()}", *environment, _host_key()]
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()
 
 
@@ -312,9 +313,12 @@ class Engine:
         self.metadata = metadata or {}
         self.timings: dict[str, float] = {}
         self._optimized = optimized  # the optimized ModuleRef, or its text once printed
+        undefined = _undefined_symbols(obj)
+        if any(name in parallel.POOL_SYMBOLS for name in undefined):
+            load_pool()
         unresolved = [
             name
-            for name in _undefined_symbols(obj)
+            for name in undefined
             if name != "_GLOBAL_OFFSET_TABLE_" and not llvm.address_of_symbol(name)
         ]
         if unresolved:
@@ -447,6 +451,30 @@ def compile_ir(
     for name in required_symbols:
         engine.address(name)
     return engine
+
+
+_POOL: list[Engine] = []  # the thread pool's code, loaded once
+
+
+def load_pool() -> None:
+    """Load the thread pool (codegen/parallel.py `emit_pool`) into this process, once, and
+    make its entry points resolvable by the programs compiled after it.
+
+    Its workers run its code until the process ends, so its Engine is never freed: a
+    reference is leaked on purpose, or interpreter shutdown would unmap code a worker spins
+    in. A forked child gets no threads, so it resets the pool and starts its own."""
+    with _LOCK:
+        if _POOL:
+            return
+        module = ir.Module("graphc_pool")
+        parallel.emit_pool(module)
+        engine = compile_ir(str(module))
+        engine._finalizer.detach()
+        ctypes.pythonapi.Py_IncRef(ctypes.py_object(engine))
+        for name in parallel.POOL_SYMBOLS:
+            llvm.add_symbol(name, engine.address(name))
+        os.register_at_fork(after_in_child=function(engine, "graphc_pool_reset", None))
+        _POOL.append(engine)
 
 
 def function(engine: Engine, name: str, restype, *argtypes):
