@@ -161,28 +161,90 @@ def _documented_ulp(name: str, dtype) -> float:
     raise LookupError(name)
 
 
-@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
-@pytest.mark.parametrize("name", ["exp", "expm1", "tanh", "sigmoid"])
-def test_max_ulp_error_within_documented_bound(name, dtype):
-    """Errors in ulp against a wider reference (long double for f64, double for f32) over
-    the whole range, [-2, 2] and tiny magnitudes, at most what the docstring's table says."""
-    rng = np.random.default_rng(2)
+def _table_arguments(name: str, dtype, rng, size: int = 200_000) -> list[np.ndarray]:
+    """Arguments (pow: bases and exponents) over the domain of the docstring table's row."""
     f32 = dtype == np.float32
-    low, high = {
-        "exp": (-103.9, 88.7) if f32 else (-745.1, 709.78),
-        "expm1": (-20, 88.7) if f32 else (-40, 709.78),
-        "tanh": (-10, 10) if f32 else (-20, 20),
-        "sigmoid": (-103, 20) if f32 else (-745, 40),
-    }[name]
-    size = 200_000
     tiny = rng.choice([-1.0, 1.0], size) * 10.0 ** rng.uniform(-8, 0, size)
-    x = np.concatenate([rng.uniform(low, high, size), rng.uniform(-2, 2, size), tiny])
-    x = x.astype(dtype)
-    expected = REFERENCE[name](x.astype(np.float64 if f32 else np.longdouble))
-    actual = _compiled(name, dtype)(x)
-    ulp = np.abs(actual - expected) / np.spacing(np.abs(expected).astype(dtype))
+    if name in ("exp", "expm1", "tanh", "sigmoid"):  # the whole range, [-2, 2], tiny
+        low, high = {
+            "exp": (-103.9, 88.7) if f32 else (-745.1, 709.78),
+            "expm1": (-20, 88.7) if f32 else (-40, 709.78),
+            "tanh": (-10, 10) if f32 else (-20, 20),
+            "sigmoid": (-103, 20) if f32 else (-745, 40),
+        }[name]
+        return [np.concatenate([rng.uniform(low, high, size), rng.uniform(-2, 2, size), tiny])]
+    if name in ("sin", "cos"):  # |x| < 1e5 (f32: 1e4), [-4, 4], tiny
+        limit = 1e4 if f32 else 1e5
+        return [np.concatenate([rng.uniform(-limit, limit, size), rng.uniform(-4, 4, size), tiny])]
+    # every binade of the positive floats, subnormals included, and [0.5, 2]
+    top = 128 if f32 else 1024
+    binades = 2.0 ** rng.uniform(-149 if f32 else -1074, top, size)
+    positive = np.concatenate([binades, rng.uniform(0.5, 2, size)]).astype(dtype)
+    positive = positive[(positive > 0) & np.isfinite(positive)]
+    if name in ("log", "sqrt"):
+        return [positive]
+    if name == "log1p":  # tiny of both signs, (-1, 1), large
+        large = 2.0 ** rng.uniform(0, top - 1, size)
+        return [np.concatenate([tiny, rng.uniform(-1, 1, size), large])]
+    # pow: y log x uniform in [-700, 700] (f32: results from subnormal to near overflow)
+    base = positive[positive != 1]
+    low, high = (-100, 88) if f32 else (-700, 700)
+    return [base, rng.uniform(low, high, base.size) / np.log(base.astype(np.float64))]
+
+
+WIDE_LONG_DOUBLE = np.finfo(np.longdouble).nmant >= 63  # x87 extended: Linux, macOS on x86-64
+
+
+def _ulp_errors(name: str, dtype, args: list[np.ndarray], actual: np.ndarray) -> np.ndarray:
+    """|actual - f(args)| in ulp of the result, f evaluated in float64 for float32 and in x87
+    long double (64-bit mantissa; within 5e-4 ulp of mpmath, see the test below) for float64."""
+    if dtype == np.float64 and not WIDE_LONG_DOUBLE:
+        errors = np.zeros(actual.size)  # mpmath is slow: measure 20000 of them
+        every = slice(None, None, -(-actual.size // 20_000))
+        errors[every] = _exact_ulp_errors(name, [a[every] for a in args], actual[every])
+        return errors
+    wide = np.float64 if dtype == np.float32 else np.longdouble
+    expected = REFERENCE[name](*[a.astype(wide) for a in args])
+    return np.abs(actual - expected) / np.spacing(np.abs(expected).astype(dtype))
+
+
+def _exact_ulp_errors(name: str, args: list[np.ndarray], actual: np.ndarray) -> np.ndarray:
+    """|actual - f(args)| in ulp of the float64 result, f evaluated by mpmath in 113 bits."""
+    mpmath = pytest.importorskip(
+        "mpmath", reason="no reference wider than float64: long double is float64 here"
+    )
+    other_names = {"pow": mpmath.power, "sigmoid": lambda x: 1 / (1 + mpmath.exp(-x))}
+    function = other_names.get(name) or getattr(mpmath, name)
+    errors = np.empty(actual.size)
+    with mpmath.workprec(113):
+        for i, got in enumerate(actual.tolist()):
+            exact = function(*[mpmath.mpf(a[i].item()) for a in args])
+            errors[i] = abs(got - exact) / np.spacing(abs(float(exact)))  # mpf: no underflow
+    return errors
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("name", [*UNARY, "pow"])
+def test_max_ulp_error_within_documented_bound(name, dtype):
+    """Errors in ulp against a wider reference over the domain of each row of the docstring's
+    table, at most what the table says."""
+    args = [a.astype(dtype) for a in _table_arguments(name, dtype, np.random.default_rng(2))]
+    actual = _compiled(name, dtype, len(args))(*args)
+    ulp = _ulp_errors(name, dtype, args, actual)
     worst = np.argmax(ulp)
-    assert ulp[worst] <= _documented_ulp(name, dtype), f"x={x[worst]!r}: {ulp[worst]:.3f} ulp"
+    at = ", ".join(repr(a[worst]) for a in args)
+    assert ulp[worst] <= _documented_ulp(name, dtype), f"{name}({at}): {ulp[worst]:.3f} ulp"
+
+
+@pytest.mark.parametrize("name", [*UNARY, "pow"])
+def test_the_long_double_reference_agrees_with_mpmath(name):
+    """The float64 rows rest on long double: its errors are those mpmath measures, to 1e-3 ulp."""
+    if not WIDE_LONG_DOUBLE:
+        pytest.skip("long double is float64 here: the ulp test uses mpmath itself")
+    args = [a[::400] for a in _table_arguments(name, np.float64, np.random.default_rng(3))]
+    actual = _compiled(name, np.float64, len(args))(*args)
+    by_long_double = _ulp_errors(name, np.float64, args, actual)
+    np.testing.assert_allclose(by_long_double, _exact_ulp_errors(name, args, actual), atol=1e-3)
 
 
 def test_sin_cos_near_multiples_of_half_pi():
