@@ -50,14 +50,18 @@ sigmoid e = e^-|x| (with 2^k applied as 2^(k + c) 2^-c: rounded once, subnormal 
         8 more operations, 30% of its time.)
 sin/cos q = nearest integer to x 2/pi (a double-length product, so q is the true nearest
         integer), r = x - q pi/2 with pi/2 split into three floats and FMA: the first step
-        is exact, the rest is carried as a double-double r + r_low, so the reduction is
-        accurate to ~2^-100 relative to r, also next to the zeros of sin/cos, while |q| <
-        2^52 (f32: 2^23). Kernels on [-pi/4, pi/4] with the r_low tail: fdlibm/musl
-        ``__sin``/``__cos`` (degree 13/14) for f64, Cephes ``sinf``/``cosf`` for f32.
-        Quadrant from the low bits of q. Guaranteed range |x| <= 2^50 (f64, 1.1e15) and
-        |x| <= 2^22 (f32, 4.2e6), measured at the errors below up to those limits. Beyond
-        it the result is NaN, deliberately, instead of a silently wrong number (NumPy uses
-        Payne-Hanek reduction there; graphc does not).
+        is exact, the rest is carried as a double-double r + r_low: the reduction is good
+        to ~2^-100 (f32: ~2^-45) relative to r, plus |q| 2^-163 (f32: |q| 2^-76) from the
+        three-float pi/2, also next to the zeros of sin/cos (tested near k pi/2). Kernels on
+        [-pi/4, pi/4] with the r_low tail: fdlibm/musl ``__sin``/``__cos`` (degree 13/14)
+        for f64, Cephes ``sinf``/``cosf`` for f32. Quadrant from the low bits of
+        q + 1.5 2^52 (f32: 2^23), right for |q| < 2^51 (f32: 2^22). Domain: |x| <= 2^50 =
+        1125899906842624 (f64) and |x| <= 2^22 = 4194304 (f32), the limits included, at
+        the errors of the table below; every larger |x|, from the next float on, gives
+        NaN, deliberately, instead of a wrong number. Past about 2^53 (f32: 2^24) q is no
+        longer an integer float, so a wider domain needs Payne-Hanek reduction (2/pi to
+        ~1100 bits, a table lookup per lane), which in branch-free code every argument
+        would pay for; NumPy reduces that way.
 sqrt    ``llvm.sqrt`` (one vsqrtpd/vsqrtps, correctly rounded).
 pow     f64: exp(y log x) with log|x| as a double-double: s = f/(2+f) as a double-double
         quotient, log(1+f) = 2s + s^3 (2/3 + z T(z)), z = s^2, T the atanh series
@@ -107,11 +111,11 @@ arguments over the same domains:
     sqrt       0.50      0.50
     pow        0.76      0.50      (f64 with |y log x| up to 700)
 
-Special values (all exactly as NumPy): exp(+-0) = 1, exp(-inf) = 0, exp(inf) = inf,
-exp(x > 709.78) = inf (f32: x > 88.72), results below the normal range are subnormal
-then 0; log(+-0) = -inf, log(x < 0) = nan, log(inf) = inf; log1p(-1) = -inf,
-log1p(x < -1) = nan, log1p(+-0) = +-0; sin(+-0) = +-0, sin/cos(+-inf) = nan;
-tanh(+-0) = +-0, tanh(+-inf) = +-1, tanh(x) = +-1 exactly once |tanh| rounds to 1 (f64:
+Special values (all exactly as NumPy, except sin/cos past their domain: NaN): exp(+-0) = 1,
+exp(-inf) = 0, exp(inf) = inf, exp(x > 709.78) = inf (f32: x > 88.72), results below the
+normal range are subnormal then 0; log(+-0) = -inf, log(x < 0) = nan, log(inf) = inf;
+log1p(-1) = -inf, log1p(x < -1) = nan, log1p(+-0) = +-0; sin(+-0) = +-0, sin/cos(+-inf) =
+nan; tanh(+-0) = +-0, tanh(+-inf) = +-1, tanh(x) = +-1 exactly once |tanh| rounds to 1 (f64:
 within 1 ulp right at that boundary; f32: from |x| > 8.3178 on, 2 ulp early);
 sigmoid(-inf) = 0, sigmoid(inf) = 1; NaN in -> NaN out everywhere, except pow, which
 follows C99 Annex F: pow(x, +-0) = 1 and pow(1, y) = 1 even for NaN, pow(-1, +-inf) = 1,
