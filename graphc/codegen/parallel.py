@@ -194,6 +194,7 @@ SPIN_CYCLES = 100_000  # ~50 us of time-stamp counter: an idle worker spins this
 WAIT_SPIN_CYCLES = 200_000  # a caller waiting for chunks spins ~100 us, then sleeps
 SYS_FUTEX, FUTEX_WAIT_PRIVATE, FUTEX_WAKE_PRIVATE = 202, 128, 129
 FIELD_BITS = 16  # state = generation << 32 | chunks << 16 | next chunk
+FIELD_MASK = (1 << FIELD_BITS) - 1
 POOL_SYMBOLS = ("graphc_pool_run", "graphc_pool_reset")
 
 
@@ -226,9 +227,13 @@ class _Pool:
         return b.gep(self.job, [I32(0), I32(i)], inbounds=True)
 
     def claimable(self, b: ir.IRBuilder, state: ir.Value) -> ir.Value:
-        mask = I64((1 << FIELD_BITS) - 1)
-        chunks = b.and_(b.lshr(state, I64(FIELD_BITS)), mask)
-        return b.icmp_unsigned("<", b.and_(state, mask), chunks)
+        chunks = b.and_(b.lshr(state, I64(FIELD_BITS)), I64(FIELD_MASK))
+        return b.icmp_unsigned("<", b.and_(state, I64(FIELD_MASK)), chunks)
+
+    def next_generation(self, b: ir.IRBuilder) -> ir.Value:
+        """The state's generation field for a new job (the caller holds the slot)."""
+        generation = b.add(b.lshr(b.load(self.state, typ=I64), I64(32)), I64(1))
+        return b.shl(generation, I64(32))
 
     def run_chunks(self) -> ir.Function:
         """`i64 run_chunks()`: claim chunks of the current job and run them until none is
@@ -254,7 +259,7 @@ class _Pool:
         # the job cannot finish (nor its slot be reused) before this chunk is counted done
         chunk = chunk_as_function(b.load(self.job_field(b, 0), typ=PTR))
         context = b.load(self.job_field(b, 1), typ=PTR)
-        b.call(chunk, [context, b.and_(state, I64((1 << FIELD_BITS) - 1))])
+        b.call(chunk, [context, b.and_(state, I64(FIELD_MASK))])
         b.atomic_rmw("add", self.done, I64(1), "seq_cst")  # the chunk's stores go with it
         waiting = b.load_atomic(self.waiting, "seq_cst", 4, typ=I32)
         with b.if_then(b.icmp_unsigned("!=", waiting, I32(0)), likely=False):
@@ -287,6 +292,14 @@ class _Pool:
                 idle(b)
         b.branch(top)
         b.position_at_end(out)
+
+
+def pool_module() -> ir.Module:
+    """The thread pool as a module of its own: the JIT loads it once per process, an AOT
+    export links it into its object."""
+    module = ir.Module("graphc_pool")
+    emit_pool(module)
+    return module
 
 
 def emit_pool(module: ir.Module) -> None:
@@ -353,8 +366,7 @@ def emit_pool(module: ir.Module) -> None:
             b.store(chunk, pool.job_field(b, 0))
             b.store(context, pool.job_field(b, 1))
             b.store_atomic(I64(0), pool.done, "monotonic", 8)
-            generation = b.add(b.lshr(b.load(pool.state, typ=I64), I64(32)), I64(1))
-            state = b.or_(b.shl(generation, I64(32)), b.shl(chunks, I64(FIELD_BITS)))
+            state = b.or_(pool.next_generation(b), b.shl(chunks, I64(FIELD_BITS)))
             b.store_atomic(state, pool.state, "seq_cst", 8)
             b.atomic_rmw("add", pool.wake, I32(1), "seq_cst")
             sleeping = b.load_atomic(pool.sleepers, "seq_cst", 4, typ=I32)
@@ -385,8 +397,7 @@ def emit_pool(module: ir.Module) -> None:
     # after fork(), in the child
     reset = _declare(module, "graphc_pool_reset", ir.FunctionType(VOID, []))
     b = ir.IRBuilder(reset.append_basic_block("entry"))
-    generation = b.add(b.lshr(b.load(pool.state, typ=I64), I64(32)), I64(1))
-    b.store(b.shl(generation, I64(32)), pool.state)  # no chunk left to claim
+    b.store(pool.next_generation(b), pool.state)  # no chunk left to claim
     for variable, type_ in ((pool.done, I64), (pool.workers, I64)):
         b.store(type_(0), variable)
     for variable in (pool.busy, pool.sleepers, pool.waiting):

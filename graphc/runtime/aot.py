@@ -188,9 +188,8 @@ def export_ir(executable, name: str) -> str:
         program.link_in(llvm.parse_assembly(str(wrapper_module(executable, name)), context=context))
         internal = [f"{executable.name}_step", f"{executable.name}_call"]
         if any(f.name in parallel.POOL_SYMBOLS for f in program.functions):
-            pool = ir.Module("graphc_pool")
-            parallel.emit_pool(pool)
-            program.link_in(llvm.parse_assembly(str(pool), context=context))
+            pool = llvm.parse_assembly(str(parallel.pool_module()), context=context)
+            program.link_in(pool)
             internal += parallel.POOL_SYMBOLS
         for function in internal:
             program.get_function(function).linkage = "internal"

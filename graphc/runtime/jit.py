@@ -64,7 +64,6 @@ from collections.abc import Callable, Iterable
 import llvmlite
 import llvmlite.binding as llvm
 import numpy as np
-from llvmlite import ir
 
 from graphc.codegen import parallel
 from graphc.errors import CompileError
@@ -466,10 +465,8 @@ def load_pool() -> None:
     with _LOCK:
         if _POOL:
             return
-        module = ir.Module("graphc_pool")
-        parallel.emit_pool(module)
-        engine = compile_ir(str(module))
-        engine._finalizer.detach()
+        engine = compile_ir(str(parallel.pool_module()))
+        engine._finalizer.detach()  # a finalizer would still run at interpreter exit
         ctypes.pythonapi.Py_IncRef(ctypes.py_object(engine))
         for name in parallel.POOL_SYMBOLS:
             llvm.add_symbol(name, engine.address(name))
