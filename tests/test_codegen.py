@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from strategies import programs
 
 import graphc as gc
+from graphc.codegen import forms
 from graphc.frontend.tensor import Tensor
 from graphc.ir.graph import Graph, apply
 
@@ -271,6 +272,41 @@ def test_sum_and_max_over_every_axis_subset(dtype):
     if dtype in FLOATS:
         outputs += [x.mean(), x.mean(axis=(0, 2), keepdims=True)]
     check_compiled([x], outputs, {"x": values(dtype, (2, 3, 4), np.random.default_rng(9))})
+
+
+@pytest.mark.parametrize("dtype", NUMERIC)
+@pytest.mark.parametrize(
+    ("shape", "axes"),
+    [((300, 256), (0,)), ((3, 100, 40), (1,)), ((5, 6, 7, 16), (1, 2)), ((9, 1100), (0,))],
+)
+def test_reductions_over_leading_axes_add_whole_rows_in_order(dtype, shape, axes):
+    """A sum or max followed by kept axes runs row by row (forms.by_rows), in blocks of
+    ROW_BLOCK kept elements (1100 = 367 + 367 + 366): every output is its inputs summed in
+    order, so the result is NumPy's bit for bit (NumPy also adds whole rows over a non-last
+    axis); the input expression (x * 2, exact) and the epilogue (+ 1) are fused around it."""
+    x = gc.input("x", shape, dtype)
+    x2 = x * gc.const(2, dtype)
+    outputs = [x2.sum(axis=axes), x2.max(axis=axes, keepdims=True) + gc.const(1, dtype)]
+    value = values(dtype, shape, np.random.default_rng(12))
+    step = gc.compile(gc.Program([x], outputs))
+    total, top = step(value)
+    np.testing.assert_array_equal(total, (value * 2).sum(axis=axes))
+    np.testing.assert_array_equal(top, (value * 2).max(axis=axes, keepdims=True) + 1)
+
+
+def test_which_reductions_run_by_rows():
+    x = gc.input("x", (4, 5, 6, 8))
+
+    def pattern(y):
+        return forms.by_rows(y.node)
+
+    assert pattern(x.sum(axis=0)) == ([], [4], [5, 6, 8])
+    assert pattern(x.sum(axis=(1, 2))) == ([4], [5, 6], [8])
+    assert pattern(x.max(axis=1)) == ([4], [5], [6, 8])
+    assert pattern(x.sum(axis=3)) is None  # the last axis: row-wise
+    assert pattern(x.sum(axis=(0, 2))) is None  # not consecutive: one output at a time
+    assert pattern(x.argmax(axis=0)) is None
+    assert pattern(gc.input("y", (100, 7)).sum(axis=0)) is None  # too narrow to vectorize
 
 
 @pytest.mark.parametrize("dtype", NUMERIC)

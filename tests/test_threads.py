@@ -102,6 +102,22 @@ def test_rowwise_and_reductions_bit_identical(monkeypatch):
         np.testing.assert_array_equal(got, expected)
 
 
+def test_reductions_by_rows_split_bit_identical(monkeypatch):
+    """Row-order reductions (forms.by_rows) split over their outer axis, or without one over
+    their blocks of accumulators; every output still adds its inputs in order."""
+    x = gc.input("x", (64, 5000), dtype="float32")  # 10 blocks of 500 columns
+    y = gc.input("y", (40, 300, 64), dtype="float64")  # 40 outer rows
+    program = gc.Program([x, y], [gc.exp(x).sum(axis=0), (y * y).sum(axis=1)], name="by_rows")
+    one, two = both(program, monkeypatch)
+    assert two.dump("llvm").count(POOL_CALL) == 2
+    rng = np.random.default_rng(3)
+    value_x, value_y = rng.normal(size=x.shape).astype("float32"), rng.normal(size=y.shape)
+    for got, expected in zip(two(value_x, value_y), one(value_x, value_y)):
+        np.testing.assert_array_equal(got, expected)
+    # y * y + acc may contract to an FMA: to rounding, not bit for bit, NumPy's
+    np.testing.assert_allclose(two(value_x, value_y)[1], (value_y * value_y).sum(axis=1), 1e-14)
+
+
 @pytest.mark.parametrize(("dtype", "rtol"), [("float32", 1e-5), ("float64", 1e-12)])
 @pytest.mark.parametrize("shape", [(512, 512, 512), (601, 263, 517)])
 def test_matmul_split_equals_unsplit(dtype, rtol, shape, monkeypatch):

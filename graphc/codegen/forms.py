@@ -4,7 +4,9 @@
   after the other); all outputs of a nest are computed at an index before any is stored,
   so an output may overwrite an input that is read only at that index.
 - reduction: a loop over the kept axes around a loop over the reduced ones; the input
-  expression is evaluated inside (input fusion) and the epilogue after it.
+  expression is evaluated inside (input fusion) and the epilogue after it. A sum or max
+  over axes followed by kept ones (a bias gradient) runs row by row instead: a block of
+  accumulators, one whole contiguous row added at a time, then the epilogue over the block.
 - rowwise: one loop over rows; per row each reduction over the last axis runs in order,
   row-level values depending on it are computed once right after it, then the outputs of
   the row are stored (softmax, log-softmax + cross-entropy, layer norm: one pass).
@@ -64,6 +66,9 @@ def emit_reduction(k) -> None:
 
 def reduce_stage(k, reduce: Node, outputs) -> None:
     """One reduction (input expression evaluated inside) and the outputs computed from it."""
+    if by_rows(reduce) is not None:
+        _reduce_by_rows(k, reduce, outputs)
+        return
     x = reduce.inputs[0]
     axes, kept = _reduced_axes(reduce)
     reduced = [x.shape[a] for a in axes]
@@ -100,6 +105,104 @@ def reduce_stage(k, reduce: Node, outputs) -> None:
         del k.known[id(reduce)]
 
     k.nest(kept, per_output, outer=True)
+
+
+ROW_BLOCK = 512  # kept elements accumulated at once by a row-order reduction (4 KiB of f64)
+
+
+def by_rows(reduce: Node) -> tuple[list[int], list[int], list[int]] | None:
+    """(outer, reduced, inner) sizes if `reduce` is summed row by row, else None.
+
+    A sum or max whose reduced axes are consecutive and followed by kept ones (a bias
+    gradient: a sum over the batch axis of (batch, features)) is accumulated a whole
+    contiguous row at a time into a block of accumulators, instead of one strided column
+    at a time: the loads are contiguous and the adds vectorize across the kept elements.
+    Each output still adds its inputs in order, as NumPy does over a non-last axis."""
+    x = reduce.inputs[0]
+    axes, _ = _reduced_axes(reduce)
+    first, last = min(axes), max(axes)
+    if reduce.op == "argmax" or last - first + 1 != len(axes) or last == x.ndim - 1:
+        return None
+    inner = list(x.shape[last + 1 :])
+    if prod(inner) < 8:  # too narrow to vectorize across: columns are as good
+        return None
+    return list(x.shape[:first]), list(x.shape[first : last + 1]), inner
+
+
+def _row_blocks(size: int) -> int:
+    return -(-size // ROW_BLOCK)
+
+
+def outer_rows(reduce: Node) -> int:
+    """The trip count of a reduction's outer (split) loop: its first kept axis, or for a
+    row-order one without kept axes in front, its blocks of accumulators."""
+    layout = by_rows(reduce)
+    if layout is None or layout[0]:
+        return _reduced_axes(reduce)[1][0]
+    return _row_blocks(prod(layout[2]))
+
+
+def _reduce_by_rows(k, reduce: Node, outputs) -> None:
+    """for each outer index: for each block of inner elements: acc = identity; for each
+    reduced index: acc[j] op= x[outer, reduced, j]; then the outputs at each j."""
+    x = reduce.inputs[0]
+    outer, reduced, inner = by_rows(reduce)
+    size = prod(inner)
+    blocks = _row_blocks(size)
+    width = -(-size // blocks)  # blocks of equal width, the last one shorter if need be
+    b = k.b
+    t = REGISTER_TYPES[x.dtype]
+    with b.goto_entry_block():
+        accumulators = b.alloca(ir.ArrayType(t, width))
+        accumulators.align = 64
+    accumulators.type = ir.PointerType()  # llvmlite types allocas; the IR's pointers are opaque
+
+    def slot(j):
+        return b.gep(accumulators, [j], inbounds=True, source_etype=t)
+
+    def block(outer_values, start):
+        if size % width == 0:
+            over_block = lambda body: k.loop(width, body, "j")  # noqa: E731
+        else:
+            end = b.select(b.icmp_unsigned("<", b.add(start, i64(width)), i64(size)),
+                           i64(width), b.sub(i64(size), start))  # fmt: skip
+            over_block = lambda body: k.loop_until(end, body, "j", width)  # noqa: E731
+
+        def inner_values(j):
+            return _axis_values(k, inner, b.add(start, j))
+
+        def per_row(reduced_values):
+            def per_element(j):
+                full = [*outer_values, *reduced_values, *inner_values(j)]
+                v = k.value(x, k.index(x.shape, values=full))
+                acc = b.load(slot(j), typ=t)
+                combined = combine_sum(b, acc, v) if reduce.op == "sum" else k.e.maximum(acc, v)
+                b.store(combined, slot(j))
+
+            over_block(per_element)
+
+        def per_output(j):
+            kept = k.index([*outer, *inner], values=[*outer_values, *inner_values(j)])
+            k.known[id(reduce)] = b.load(slot(j), typ=t)
+            k.store_outputs(k.index(reduce.shape, flat=kept.flat), outputs)
+            del k.known[id(reduce)]
+
+        over_block(lambda j: b.store(identity(reduce, x.dtype), slot(j)))
+        k.nest(reduced, per_row)
+        over_block(per_output)
+
+    def blocks_of(outer_values):
+        k.loop(blocks, lambda i: block(outer_values, b.mul(i, i64(width))), "block")
+
+    if outer:
+        k.nest(outer, blocks_of, outer=True)
+    else:
+        k.outer_loop(blocks, lambda i: block([], b.mul(i, i64(width))), "block")
+
+
+def _axis_values(k, shape, flat) -> list:
+    """Per-axis index values of `flat` in `shape` (no division for one axis)."""
+    return [flat] if len(shape) == 1 else k.index(shape, flat=flat).values
 
 
 def identity(reduce: Node, dtype: str):
@@ -333,7 +436,7 @@ def split_of(k) -> Split | None:
         _, kept = _reduced_axes(reduce)
         if not kept:
             return None  # a total would need its partial sums reassociated
-        return split_rows(kept[0], work_of(kernel, reduce.inputs[0].shape), threads)
+        return split_rows(outer_rows(reduce), work_of(kernel, reduce.inputs[0].shape), threads)
     if kernel.form == "rowwise":
         x = next(n for n in kernel.nodes if n.op in REDUCTIONS).inputs[0]
         return split_rows(prod(x.shape[:-1]), work_of(kernel, x.shape), threads)

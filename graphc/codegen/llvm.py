@@ -199,6 +199,10 @@ class KernelEmitter:
             return
         self._counted_loop(i64(0), i64(count), body, name, count, may_be_empty=False)
 
+    def loop_until(self, end: ir.Value, body, name="i", at_most: int = 1):
+        """for i in range(end): body(i), for a run-time `end` in [1, at_most]."""
+        self._counted_loop(i64(0), end, body, name, at_most, may_be_empty=False)
+
     def outer_loop(self, count: int, body, name="i"):
         """The loop a kernel splits between threads: over [start, end) in a chunk's function,
         else over range(count)."""
