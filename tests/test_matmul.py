@@ -214,6 +214,21 @@ def test_explicit_tiling_with_tiny_blocks(pack):
     _check(_Jit(module).function("matmul"), spec, buffers, expected, scale)
 
 
+def test_packing_choices():
+    """A is packed when far apart in either direction and reused; B when scattered."""
+    from graphc.codegen.matmul import choose_tiling
+
+    def packs(n, dtype, a_strides, b_strides):
+        t = choose_tiling(n, n, n, dtype, a_strides, b_strides)
+        return t.pack_a, t.pack_b
+
+    assert packs(256, "float64", (256, 1), (256, 1)) == (False, True)  # 2 KiB rows of B
+    assert packs(256, "float64", (1, 256), (256, 1)) == (True, True)  # x^T: k steps of 2 KiB
+    assert packs(256, "float32", (1, 256), (256, 1)) == (False, False)  # 1 KiB: in place
+    assert packs(512, "float32", (1, 512), (1, 512)) == (True, True)  # B^T: a gather
+    assert packs(1024, "float32", (1024, 1), (1024, 1)) == (True, True)  # 4 KiB rows of A
+
+
 def test_float32_kernel_uses_ymm_fma():
     module = _new_module()
     row_major = Operand((64, 1))
