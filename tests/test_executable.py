@@ -594,6 +594,18 @@ def test_a_deep_copy_has_parameters_of_its_own_which_tensors_copied_with_it_name
         assert step2.dump(stage) == step.dump(stage)
 
 
+def test_a_tensor_deep_copies_deep_graphs_with_parameters_of_its_own():
+    w = gc.param("w", np.array([1.0, 2.0]))
+    x = gc.input("x", (2,), "float64")
+    y = x
+    for _ in range(5000):  # Node.__deepcopy__ walks the inputs without recursion
+        y = y + 1.0
+    y2 = copy.deepcopy(y * w)
+    w.value = np.array([3.0, 3.0])
+    np.testing.assert_array_equal(gc.evaluate(y2, {"x": np.zeros(2)}), [5000.0, 10000.0])
+    np.testing.assert_array_equal(gc.evaluate(y * w, {"x": np.zeros(2)}), [15000.0, 15000.0])
+
+
 def test_pickling_an_executable_is_refused_saying_what_to_do_instead():
     x = gc.input("x", (2,), "float64")
     step = gc.compile(inputs=[x], outputs=x * 2.0, name="tiny")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import copy
 import dataclasses
 import os
 import sys
@@ -67,6 +68,27 @@ class Node:
     def with_inputs(self, inputs) -> Node:
         """The same node over other inputs (of the same types)."""
         return dataclasses.replace(self, inputs=tuple(inputs))
+
+    def __deepcopy__(self, memo: dict) -> Node:
+        """The node and its ancestors copied inputs first, without recursion: deepcopy's own
+        follows `inputs` and reaches Python's recursion limit on deep graphs. Nodes already
+        in `memo` are used as they are; `attrs` (a param's Storage and array) are deep-copied."""
+        stack = [self]
+        while stack:
+            node = stack[-1]
+            if id(node) in memo:
+                stack.pop()
+                continue
+            waiting = [x for x in node.inputs if id(x) not in memo]
+            if waiting:
+                stack.extend(waiting)
+                continue
+            stack.pop()
+            inputs = tuple(memo[id(x)] for x in node.inputs)
+            attrs = copy.deepcopy(node.attrs, memo)
+            memo[id(node)] = dataclasses.replace(node, inputs=inputs, attrs=attrs)
+            memo.setdefault(id(memo), []).append(node)  # as deepcopy keeps originals alive
+        return memo[id(self)]
 
     def __repr__(self) -> str:
         label = self.name or self.op

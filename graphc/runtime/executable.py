@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import copy
 import ctypes
-import dataclasses
 import functools
 import re
 import threading
@@ -550,18 +549,11 @@ def _fallback(executable: Executable, given: tuple, rest: tuple, named: dict):
 
 
 def _copy_graph(graph: Graph, memo: dict) -> Graph:
-    """copy.deepcopy(graph, memo), node by node in topological order: deepcopy's own recursion
-    follows the inputs and reaches Python's recursion limit on deep graphs. Nodes already
-    copied into `memo` (by a Tensor copied before) are used as they are."""
-    for node in graph.nodes:
-        if id(node) not in memo:
-            inputs = tuple(memo[id(x)] for x in node.inputs)
-            attrs = copy.deepcopy(node.attrs, memo)  # a param's Storage and its array
-            memo[id(node)] = dataclasses.replace(node, inputs=inputs, attrs=attrs)
-            memo.setdefault(id(memo), []).append(node)  # as deepcopy keeps originals alive
+    """copy.deepcopy(graph, memo); nodes already copied into `memo` (by a Tensor copied
+    before) are used as they are."""
 
     def copied(nodes):
-        return [memo[id(n)] for n in nodes]
+        return [copy.deepcopy(n, memo) for n in nodes]
 
     updates = zip(copied(p for p, _ in graph.updates), copied(v for _, v in graph.updates))
     return Graph(copied(graph.outputs), updates, inputs=copied(graph.inputs), name=graph.name)
