@@ -448,9 +448,10 @@ def split_of(k) -> Split | None:
         return None  # an operand updated in place: a chunk would read rows another wrote
     m, inner = mm.inputs[0].shape
     work = matmul_work(m, mm.shape[1], inner, mm.dtype) + work_of(kernel, mm.shape)
-    # two chunks per thread (each packs its own copy of B) of whole register tiles
+    # one chunk per thread of whole register tiles: each chunk packs its own copy of B, and
+    # two per thread were slower, idle and next to a busy process alike (docs/performance.md)
     unit = tile_rows(mm.shape[1], mm.dtype)
-    return split_rows(m, work, threads, unit, per_thread=2, threshold=MATMUL_THRESHOLD_NS)
+    return split_rows(m, work, threads, unit, per_thread=1, threshold=MATMUL_THRESHOLD_NS)
 
 
 def after_join(k) -> None:

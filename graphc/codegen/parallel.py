@@ -30,8 +30,8 @@ Every element is computed by the same code as in the unsplit kernel (rows are in
 loop elements, reduction outputs, row-wise rows, matmul rows of C), so results are
 bit-identical to one thread; only the loop bounds become values instead of constants. Chunk
 boundaries are multiples of `unit` rows (64 elements for flat loops: whole vectors; a
-matmul's register tile rows). There are about four chunks per thread (two for a matmul, whose
-chunks each pack their own copy of B).
+matmul's register tile rows). There are about four chunks per thread, one for a matmul,
+whose chunks each pack their own copy of B.
 
 The thread count T is fixed at compile time (`thread_count`: the CPUs this process may run
 on, at most MAX_THREADS, or $GRAPHC_THREADS; 1 turns threading off) and is part of the JIT
