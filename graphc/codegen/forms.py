@@ -164,8 +164,8 @@ def _reduce_by_rows(k, reduce: Node, outputs) -> None:
         if size % width == 0:
             over_block = lambda body: k.loop(width, body, "j")  # noqa: E731
         else:
-            end = b.select(b.icmp_unsigned("<", b.add(start, i64(width)), i64(size)),
-                           i64(width), b.sub(i64(size), start))  # fmt: skip
+            rest = b.sub(i64(size), start)
+            end = b.select(b.icmp_unsigned("<", i64(width), rest), i64(width), rest)
             over_block = lambda body: k.loop_until(end, body, "j", width)  # noqa: E731
 
         def inner_values(j):
@@ -191,13 +191,13 @@ def _reduce_by_rows(k, reduce: Node, outputs) -> None:
         k.nest(reduced, per_row)
         over_block(per_output)
 
-    def blocks_of(outer_values):
-        k.loop(blocks, lambda i: block(outer_values, b.mul(i, i64(width))), "block")
+    def blocks_of(outer_values, loop=k.loop):
+        loop(blocks, lambda i: block(outer_values, b.mul(i, i64(width))), "block")
 
     if outer:
         k.nest(outer, blocks_of, outer=True)
-    else:
-        k.outer_loop(blocks, lambda i: block([], b.mul(i, i64(width))), "block")
+    else:  # the blocks are the loop a split divides
+        blocks_of([], k.outer_loop)
 
 
 def _axis_values(k, shape, flat) -> list:
