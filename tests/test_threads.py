@@ -338,3 +338,61 @@ def test_pool_in_a_forked_child():
         [sys.executable, "-c", FORK_CHILD], env=env, capture_output=True, text=True, timeout=300
     )
     assert result.returncode == 0 and result.stdout.split() == ["ok"], result.stderr
+
+
+STEERING_CHILD = r"""
+import os, time
+import numpy as np
+import graphc as gc
+
+first, second = sorted(os.sched_getaffinity(0))[:2]
+n = 400_000
+a, b, c, d = (gc.input(x, (n,), dtype="float64") for x in "abcd")
+step = gc.compile(gc.Program([a, b, c, d], gc.tanh(a * b + c) * gc.sigmoid(d) - 0.5 * a))
+assert "graphc_pool_run" in step.dump("llvm")
+values = [np.random.default_rng(i).normal(size=n) for i in range(4)]
+before = set(os.listdir("/proc/self/task"))
+expected = step(*values)  # starts the worker
+(worker,) = {int(t) for t in set(os.listdir("/proc/self/task")) - before}
+
+
+def last_cpu(tid):  # field 39 of stat, counted after the command name's parenthesis
+    with open(f"/proc/self/task/{tid}/stat") as stat:
+        return int(stat.read().rsplit(")", 1)[1].split()[36])
+
+
+def allowed(tid):
+    with open(f"/proc/self/task/{tid}/status") as status:
+        line = next(l for l in status if l.startswith("Cpus_allowed_list"))
+        return line.split()[1]
+
+
+os.sched_setaffinity(0, {first})  # this thread, the caller, on the first CPU
+os.sched_setaffinity(worker, {first})  # the worker made to sleep there too
+time.sleep(0.05)
+os.sched_setaffinity(worker, {first, second})
+cpus = []
+for _ in range(8):
+    time.sleep(0.02)  # the worker is asleep, last on the caller's CPU (then on its own)
+    assert np.array_equal(step(*values), expected)
+    time.sleep(0.02)
+    cpus.append(last_cpu(worker))
+assert os.sched_getaffinity(0) == {first}, "steering touched the caller"
+print(cpus.count(second), len(cpus), allowed(worker))
+"""
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs")
+def test_pool_wakes_workers_off_the_callers_cpu():
+    """A sleeping worker last run on the caller's CPU is woken elsewhere (steer_sleepers):
+    Linux would queue it behind the caller, which then computes every chunk alone. After
+    each call the worker has its whole affinity back. In a fresh process: it pins threads."""
+    env = dict(os.environ, GRAPHC_THREADS="2", PYTHONPATH=str(pathlib.Path(__file__).parents[1]))
+    result = subprocess.run(
+        [sys.executable, "-c", STEERING_CHILD], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    on_its_own, calls, allowed = result.stdout.split()
+    first, second = sorted(os.sched_getaffinity(0))[:2]
+    assert int(on_its_own) == int(calls)
+    assert allowed == f"{first}-{second}" if second == first + 1 else f"{first},{second}"

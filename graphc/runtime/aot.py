@@ -19,7 +19,8 @@ interface above, so several models link into one program. When large kernels run
 threads, the object carries its own copy of the thread pool (codegen/parallel.py), also
 internal; its only global state, it keeps calls reentrant (a call that finds the pool busy
 runs its chunks itself). External references are `memcpy`/`memset` (libc),
-`pthread_create`/`pthread_detach`/`syscall` (futex) for the pool and, for a
+`pthread_create`/`pthread_detach`/`syscall` (futex, getcpu, sched_setaffinity) for the
+pool and, for a
 CPU baseline without the instruction, `fma`/`floor`/`rint` from libm;
 `external_symbols()` lists what an export needs.
 """
@@ -239,7 +240,8 @@ def header_text(executable, name: str, cpu: str, externals: list[str]) -> str:
             " * Large kernels share their chunks with worker threads that the first such call",
             " * starts (pthread_create, in libc since glibc 2.34: -pthread or -lpthread for an",
             " * older one) and that live as long as the process: an idle worker spins ~50 us,",
-            " * then sleeps (futex). A call that finds them busy with another call, or a worker",
+            " * then sleeps (futex); a call that wakes it keeps it off its own CPU for the wake",
+            " * (sched_setaffinity). A call that finds them busy with another call, or a worker",
             " * that cannot start, leaves the chunks to the calling thread, so calls stay",
             " * reentrant; a forked child computes on its calling thread alone. Do not dlclose",
             " * the library after such a call: the workers run its code. Threads get the default",
