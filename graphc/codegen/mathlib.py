@@ -507,7 +507,10 @@ def sigmoid(b: ir.IRBuilder, x: ir.Value) -> ir.Value:
     offset = c["mant"] + 40
     scale = _power_of_two(b, t, n, offset)
     e = b.fmul(_fma(b, q, scale, scale), _const(t, 2.0**-offset))
-    numerator = b.select(_lt(b, x, _const(t, 0.0)), e, one)  # e^x / (1 + e^x) for x < 0
+    # e^x / (1 + e^x) for x < 0, also for -0 and a NaN (e is 1 and NaN there): the sign bit
+    # itself selects (vblendvps reads only that bit: no compare)
+    negative = b.icmp_signed("<", _int_bits(b, x), _iconst(t, 0))
+    numerator = b.select(negative, e, one)
     return b.fdiv(numerator, b.fadd(one, e))
 
 
