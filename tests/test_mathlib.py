@@ -379,10 +379,11 @@ def test_tanh_saturates_where_it_rounds_to_one():
 
 
 def test_tanh_float32_every_float_of_three_binades():
-    """The f32 rational, checked on every float of [2^-7, 2^-6), [1, 2) and [4, 8) (its
-    worst binades) against float64: the error table's 6.1 ulp, < 3.7e-7 relative."""
+    """The f32 rational, checked on every float of [2^-7, 2^-6), [1, 2) and [4, 8) (the
+    last is its worst binade) against float64: the error table's 5.6 ulp, < 3.4e-7
+    relative."""
     starts = [np.float32(v).view(np.int32) for v in (2.0**-7, 1.0, 4.0)]
     x = np.concatenate([np.arange(s, s + 2**23, dtype=np.int32) for s in starts]).view(np.float32)
     actual = _compiled("tanh", np.float32)(np.concatenate([x, -x])).astype(np.float64)
     expected = np.tanh(np.concatenate([x, -x]).astype(np.float64))
-    assert np.all(np.abs(actual - expected) <= 3.7e-7 * np.abs(expected))
+    assert np.all(np.abs(actual - expected) <= 3.4e-7 * np.abs(expected))

@@ -36,8 +36,9 @@ log     x = 2^k m with m in [sqrt(1/2), sqrt(2)), f = m - 1 (exact); log(1+f) as
 log1p   u = 1 + x rounded, c = the exact rounding error of that sum (Fast2Sum), then
         log(u) + c/u through the same kernel, c/u injected into the low-order sum.
 tanh    f32: x P(z)/Q(z), z = x^2, one division (the form of Eigen's/XLA's fast tanh, with
-        coefficients fitted here: minimax relative on |x| <= 9.02, P of degree 7 and Q of
-        degree 3 in z, P(0) = Q(0) = 1 so tiny x, subnormals and -0 come back unchanged);
+        coefficients fitted here, tools/fit_tanh_rational.py: minimax relative on |x| <=
+        8.32, P and Q of degree 4 in z, P(0) = Q(0) = 1 so tiny x, subnormals and -0 come
+        back unchanged; a 15/6 rational (P of degree 7, Q of 3) was 6.1 ulp and 5% slower);
         P and Q as 1 + z P1(z) so each rounds once near 1; the quotient is clamped to
         [-1, 1] and is +-1 for |x| > 8.3178, where tanh is within 2^-23 of 1. f64: |x|
         clamped to 20, past which e^(2|x|) swallows the +2 below; m/(m + 2) with m =
@@ -102,7 +103,7 @@ arguments over the same domains:
     expm1      1.29      1.48
     log        0.86      0.84
     log1p      0.86      0.84
-    tanh       2.64      6.09      (speed over accuracy: f64 < 3.7e-16, f32 < 3.7e-7 relative;
+    tanh       2.64      5.58      (speed over accuracy: f64 < 3.7e-16, f32 < 3.4e-7 relative;
                                    f64 also at 2e7 points of its worst stretch, [0.17, 0.26];
                                    f32 measured over every float in [2^-30, 9.5])
     sigmoid    2.31      2.35      (one plain division: speed over accuracy)
@@ -221,13 +222,13 @@ def _constants(bits: int) -> dict:
         # Cephes sinf.c / cosf.c.
         c["sin"] = [-1.6666654611e-1, 8.3321608736e-3, -1.9515295891e-4]
         c["cos"] = [4.166664568298827e-2, -1.388731625493765e-3, 2.443315711809948e-5]
-        # tanh(x) = x P(z) / Q(z), z = x^2, P(0) = Q(0) = 1: minimax relative fit on
-        # |x| <= 9.02 (by linear programming on the linearized error, then rounded to
-        # float32; the rounding costs < 0.1 ulp, evaluation in float32 the rest).
-        c["tanh_p"] = [1.0, 0.13082498924161207, 0.0031030411561301786, 1.1175973763902597e-05,
-                       -2.060744359168392e-08, 5.7671213962824244e-11, -1.206009740766064e-13,
-                       1.1025502760966137e-16]  # fmt: skip
-        c["tanh_q"] = [1.0, 0.46415830340832864, 0.024489264647183685, 0.0002546445225454037]
+        # tanh(x) = x P(z) / Q(z), z = x^2, P(0) = Q(0) = 1: tools/fit_tanh_rational.py 4 4
+        # 8.32 (minimax relative, 2.1e-8; 4.3e-8 once rounded to float32, 0.73 x 2^-24;
+        # evaluation in float32 the rest). Every coefficient is positive: nothing cancels.
+        c["tanh_p"] = [1.0, 0.1344199102803089, 0.003568058684903971, 2.1807119538863647e-05,
+                       1.5034995202396806e-08]  # fmt: skip
+        c["tanh_q"] = [1.0, 0.46775324314369965, 0.02615249764537031, 0.0003404340999896784,
+                       8.459335828577361e-07]  # fmt: skip
     for key in ("expm1", "log", "sin", "cos", "tanh_p", "tanh_q"):
         if key in c:
             c[key] = [_round(v, bits) for v in c[key]]
@@ -529,8 +530,8 @@ def _tanh32(b, x):
     t = x.type
     one = _const(t, 1.0)
     z = b.fmul(x, x)
-    # 1 + z P1(z) rounds once near 1 (Estrin on all of P would round twice there). (Even/odd
-    # halves instead of Estrin: 5.3 instead of 6.1 ulp, but W3 f32 4% slower in graphc bench.)
+    # 1 + z P1(z) rounds once near 1 (Estrin on all of P would round twice there). (Horner
+    # for P1 and Q1 saves the z^2 they share, but W3 f32 was 1% slower.)
     p = _fma(b, z, _poly(b, z, c["tanh_p"][1:]), one)
     q = _fma(b, z, _poly(b, z, c["tanh_q"][1:]), one)
     quotient = b.fdiv(b.fmul(x, p), q)
