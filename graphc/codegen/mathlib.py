@@ -21,11 +21,12 @@ exp     x = k ln2 + r, k = rint(x / ln2) (from the low bits of x/ln2 + 1.5*2^52,
         plain arithmetic. e^r = 1 + (r + r^2 P(r)), P = 1/2 + r P1(r) minimax relative to
         e^r - 1 (tools/fit_exp_polynomial.py: Remez, c0 kept at 1/2), degree 10 for f64
         (error 1.5e-18 once rounded, 0.014 x 2^-53; the Taylor series to r^13/13!, one
-        term more, was 0.11 x 2^-53), degree 5 for f32 (1.1e-9, 0.018 x 2^-24; Cephes
-        ``expf`` 0.13), evaluated as E(r^2) + r O(r^2). Overflow and underflow need no
-        selects: x is clamped to [-746, 710] (f32: [-110, 89]) and 2^k is applied in two
-        halves 2^floor(k/2) 2^ceil(k/2), so the product overflows to inf or is rounded once
-        to a subnormal, then 0.
+        term more, was 0.11 x 2^-53), degree 4 for f32 exp and sigmoid, which need the
+        error relative to e^r only (5.4e-9, 0.09 x 2^-24; degree 5, which expm1 keeps:
+        0.018 x 2^-24, but W3 f32 3% slower; Cephes ``expf`` 0.13), evaluated as E(r^2) +
+        r O(r^2). Overflow and underflow need no selects: x is clamped to [-746, 710]
+        (f32: [-110, 89]) and 2^k is applied in two halves 2^floor(k/2) 2^ceil(k/2), so the
+        product overflows to inf or is rounded once to a subnormal, then 0.
 expm1   x = k ln2 + r as above but with r kept as a double-double r + r_low (for pow too);
         2^k (expm1(r) + 1) - 1 = fma(2^k, expm1(r), 2^k - 1), exact for k = 0; where that
         cancels (ln2/2 < |x| < 0.45) h (h + 2) with h = expm1(x/2).
@@ -88,8 +89,8 @@ element on this host (2 GHz EPYC, one thread, N = 10^6, loop interleaved twice, 
 measures them against NumPy and JAX.
 
 Measured max errors in ulp, against float64 (f32) and np.longdouble (f64: x87's 64-bit
-mantissa, within 5e-4 ulp of mpmath) references. f32 log, log1p, sqrt, sin and cos: every
-float of the domain. Otherwise random arguments, so the f64 numbers are the largest seen,
+mantissa, within 5e-4 ulp of mpmath) references. f32 exp, log, log1p, sqrt, sin, cos and
+sigmoid: every float of the domain (exp: from -104 to overflow). Otherwise random arguments, so the f64 numbers are the largest seen,
 rounded up: exp, expm1, tanh, sigmoid 10 million over the whole range (exp/expm1 up to
 overflow), [-2, 2] and magnitudes 1e-8 to 10; log, log1p, sin, cos, pow at least 10
 million over the domain (log over all positive floats incl. subnormals, log1p over (-1, inf),
@@ -99,14 +100,14 @@ pow: |y log x| in [400, 700]). tests/test_mathlib.py checks every row on 400000 
 arguments over the same domains:
 
     function   float64   float32
-    exp        1.02      1.01
+    exp        1.02      1.09
     expm1      1.29      1.48
     log        0.86      0.84
     log1p      0.86      0.84
     tanh       2.64      5.58      (speed over accuracy: f64 < 3.7e-16, f32 < 3.4e-7 relative;
                                    f64 also at 2e7 points of its worst stretch, [0.17, 0.26];
                                    f32 measured over every float in [2^-30, 9.5])
-    sigmoid    2.31      2.35      (one plain division: speed over accuracy)
+    sigmoid    2.31      2.41      (one plain division: speed over accuracy)
     sin        0.82      0.85      (up to |x| = 2^50 / 2^22; NaN past it)
     cos        0.82      0.84
     sqrt       0.50      0.50
@@ -217,6 +218,9 @@ def _constants(bits: int) -> dict:
         # As for f64: tools/fit_exp_polynomial.py 5 (1.1e-9 after rounding; relative to e^r 4e-10).
         c["expm1"] = [0.5, 0.1666666567325592, 0.041666481643915176, 0.0083334194496274,
                       0.00139332446269691, 0.0001982412941288203]  # fmt: skip
+        # exp and sigmoid: tools/fit_exp_polynomial.py 4 (relative to e^r 5.4e-9 once rounded).
+        c["exp"] = [0.5, 0.16666548755263463, 0.04166685412560639, 0.008366034281737371,
+                    0.0013898223000105667]  # fmt: skip
         # musl logf.c Lg1..Lg4 (0xaaaaaa.0p-24, 0xccce13.0p-25, 0x91e9ee.0p-25, 0xf89e26.0p-26).
         c["log"] = [0xAAAAAA / 2**24, 0xCCCE13 / 2**25, 0x91E9EE / 2**25, 0xF89E26 / 2**26]
         # Cephes sinf.c / cosf.c.
@@ -229,9 +233,10 @@ def _constants(bits: int) -> dict:
                        1.5034995202396806e-08]  # fmt: skip
         c["tanh_q"] = [1.0, 0.46775324314369965, 0.02615249764537031, 0.0003404340999896784,
                        8.459335828577361e-07]  # fmt: skip
-    for key in ("expm1", "log", "sin", "cos", "tanh_p", "tanh_q"):
+    for key in ("expm1", "exp", "log", "sin", "cos", "tanh_p", "tanh_q"):
         if key in c:
             c[key] = [_round(v, bits) for v in c[key]]
+    c.setdefault("exp", c["expm1"])  # f64: tanh takes e^r - 1 from _exp_parts
     return c
 
 
@@ -433,7 +438,8 @@ def _exp_kernel(b, r, r_low):
 def _exp_parts(b, x):
     """(q, n): e^x = (1 + q) 2^k with q = e^r - 1, |r| <= ln2/2, n the integer bits of k + shifter.
 
-    The fast path of the exp family, in plain arithmetic; x must be clamped (|k| < 2^22)."""
+    The fast path of the exp family, in plain arithmetic; x must be clamped (|k| < 2^22).
+    q is good relative to e^r, and in f64 also relative to e^r - 1 (the "exp" polynomial)."""
     c = _C[_bits(x.type)]
     t = x.type
     shifter = _const(t, c["shifter"])
@@ -442,7 +448,7 @@ def _exp_parts(b, x):
     r = _fma(b, k, _const(t, -c["ln2"][0]), x)  # exact
     r = _fma(b, k, _const(t, -c["ln2"][1]), r)
     z = b.fmul(r, r)
-    return _fma(b, z, _poly_even_odd(b, r, z, c["expm1"]), r), _int_bits(b, shifted)
+    return _fma(b, z, _poly_even_odd(b, r, z, c["exp"]), r), _int_bits(b, shifted)
 
 
 def _power_of_two(b, t, n, offset: int = 0):
