@@ -85,7 +85,7 @@ polynomial is split into even and odd halves (as few FMAs as Horner's rule, half
 and the other polynomials use Estrin's scheme, and the fast functions (exp, tanh, sigmoid)
 avoid double-double steps and keep the special-value selects to a clamp or two. Per
 element on this host (2 GHz EPYC, one thread, N = 10^6, loop interleaved twice, ns): exp
-1.3 / 3.5, tanh 1.25 / 4.0, sigmoid 1.55 / 4.0 (f32 / f64); bench/mathlib_micro.py
+1.15 / 3.3, tanh 1.15 / 3.7, sigmoid 1.4 / 3.75 (f32 / f64); bench/mathlib_micro.py
 measures them against NumPy and JAX.
 
 Measured max errors in ulp, against float64 (f32) and np.longdouble (f64: x87's 64-bit
