@@ -90,14 +90,14 @@ measures them against NumPy and JAX.
 
 Measured max errors in ulp, against float64 (f32) and np.longdouble (f64: x87's 64-bit
 mantissa, within 5e-4 ulp of mpmath) references. f32 exp, log, log1p, sqrt, sin, cos and
-sigmoid: every float of the domain (exp: from -104 to overflow). Otherwise random
-arguments, so the f64 numbers are the largest seen, rounded up: exp, expm1, tanh, sigmoid
-10 million over the whole range (exp/expm1 up to overflow), [-2, 2] and magnitudes 1e-8
-to 10; log, log1p, sin, cos, pow at least 10 million over the domain (log over all positive floats incl. subnormals, log1p over (-1, inf),
-sin/cos over |x| < 1e5 (f32: 1e4) and up to the limits) plus 40 million where the worst
-errors sit (log and log1p: mantissas near sqrt(2) and sqrt(1/2); sin/cos: |r| near pi/4;
-pow: |y log x| in [400, 700]). tests/test_mathlib.py checks every row on 400000 to 600000
-arguments over the same domains:
+sigmoid: every float of the domain (exp: from -104 to overflow). Otherwise random arguments,
+so the f64 numbers are the largest seen, rounded up: exp, expm1, tanh, sigmoid 10 million
+over the whole range (exp/expm1 up to overflow), [-2, 2] and magnitudes 1e-8 to 10; log,
+log1p, sin, cos, pow at least 10 million over the domain (log over all positive floats incl.
+subnormals, log1p over (-1, inf), sin/cos over |x| < 1e5 (f32: 1e4) and up to the limits)
+plus 40 million where the worst errors sit (log and log1p: mantissas near sqrt(2) and
+sqrt(1/2); sin/cos: |r| near pi/4; pow: |y log x| in [400, 700]). tests/test_mathlib.py
+checks every row on 400000 to 600000 arguments over the same domains:
 
     function   float64   float32
     exp        1.02      1.09
