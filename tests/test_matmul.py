@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from llvmlite import ir
 
-from graphc.codegen.matmul import Operand, Tiling, define_matmul
+from graphc.codegen.matmul import Operand, Tiling, define_matmul, takes_row_count
 from graphc.errors import DTypeError, ShapeError
 
 llvm.initialize_native_target()
@@ -212,6 +212,53 @@ def test_explicit_tiling_with_tiny_blocks(pack):
     module = _new_module()
     define_matmul(module, "matmul", **spec, tiling=tiling)
     _check(_Jit(module).function("matmul"), spec, buffers, expected, scale)
+
+
+ROW_COUNT_CASES = [  # (dtype, row counts, n, k, transposed A, accumulate, tiling)
+    ("float32", (54, 46), 100, 300, False, False, None),  # W5's chunks: one block, 4-row tail
+    ("float64", (300, 290, 7), 40, 33, True, True, None),  # several MC blocks, each remainder
+    ("float32", (132, 124), 256, 256, False, False, None),  # W4 n = 256 on two threads
+    ("float64", (23, 20, 4, 1), 21, 19, True, True, Tiling(3, 8, 4, 5, 6, 16, True, True)),
+    ("float64", (23, 17), 21, 19, False, False, Tiling(3, 8, 4, 5, 6, 16, False, True)),
+]
+
+
+@pytest.mark.parametrize("dtype, rows, n, k, ta, accumulate, tiling", ROW_COUNT_CASES)
+def test_row_count_at_run_time(dtype, rows, n, k, ta, accumulate, tiling):
+    """One function for several row counts (a split product's chunks): each count computes
+    exactly its rows of C, and the rows below stay untouched."""
+    rng = np.random.default_rng(len(rows))
+    m = max(rows)
+    spec, buffers, expected, scale = _case(rng, dtype, m, n, k, ta=ta, accumulate=accumulate)
+    module = _new_module()
+    define_matmul(module, "matmul", **spec, tiling=tiling, rows=rows)
+    jit = _Jit(module)
+    kind = ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * 3, ctypes.c_int64)
+    function = kind(jit.engine.get_function_address("matmul"))
+    for count in rows:
+        c_flat, a_flat, b_flat = (buffer.copy() for buffer in buffers)
+        c_before = _result(c_flat, spec["c"], (m, n)).copy()
+        function(c_flat.ctypes.data, a_flat.ctypes.data, b_flat.ctypes.data, count)
+        got = _result(c_flat, spec["c"], (m, n))
+        bound = RTOL[dtype] * (scale[:count] + np.abs(scale).max() * 1e-3 + 1e-30)
+        assert np.all(np.abs(got[:count] - expected[:count]) <= bound), (count, spec)
+        np.testing.assert_array_equal(got[count:], c_before[count:])
+
+
+def test_row_count_only_where_supported():
+    two_d = Operand((4, 1))
+    assert takes_row_count(8, 16, 8, "float32", two_d, two_d)
+    assert not takes_row_count(8, 16, 8, "int32", two_d, two_d)  # the plain loop nest
+    assert not takes_row_count(8, 16, 8, "float32", two_d, two_d, batch=(2,))
+    assert not takes_row_count(8, 2, 8, "float32", two_d, Operand((1, 8)))  # dot products
+    assert not takes_row_count(8, 3, 8, "float32", two_d, two_d)  # computed transposed
+    module = _new_module()
+    with pytest.raises(ShapeError, match="rows"):
+        define_matmul(module, "x", m=8, n=3, k=8, dtype="float32", a=two_d, b=two_d, c=two_d,
+                      rows=(8, 5))  # fmt: skip
+    with pytest.raises(ShapeError, match="rows"):
+        define_matmul(module, "y", m=8, n=16, k=8, dtype="float32", a=two_d, b=two_d,
+                      c=two_d, rows=(6, 5))  # fmt: skip
 
 
 def test_packing_choices():

@@ -2,7 +2,9 @@
 
 `define_matmul` emits one LLVM function for one (batch, m, n, k, dtype, strides) contraction.
 Every shape is a compile-time constant, so the loop nest, the remainder tiles and the packing
-decisions are fixed in Python and no runtime shape check exists in the emitted code.
+decisions are fixed in Python and no runtime shape check exists in the emitted code. The one
+exception is the row count of a split product's chunks (`rows=`): there m is a run-time
+argument, one of a few known values, and each remainder tile they need is emitted once.
 
 Float kernels follow the BLIS/GotoBLAS structure::
 
@@ -66,7 +68,7 @@ from llvmlite import ir
 
 from graphc.errors import DTypeError, ShapeError
 
-__all__ = ["Operand", "Tiling", "choose_tiling", "define_matmul"]
+__all__ = ["Operand", "Tiling", "choose_tiling", "define_matmul", "takes_row_count"]
 
 _FLOAT_TYPES = {"float32": ir.FloatType(), "float64": ir.DoubleType()}
 _INT_TYPES = {"int32": ir.IntType(32), "int64": ir.IntType(64)}
@@ -98,6 +100,14 @@ class Tiling:
     nc: int
     pack_a: bool
     pack_b: bool
+
+
+@dataclass(frozen=True)
+class _Rows:
+    """A row count known only at run time: the i64 `value`, one of `possible`."""
+
+    value: ir.Value
+    possible: tuple[int, ...]
 
 
 # Accumulator vectors per row that fit the 16 ymm registers with mr rows (acc + B + broadcast).
@@ -155,12 +165,19 @@ def define_matmul(
     batch: tuple[int, ...] = (),
     accumulate: bool = False,
     tiling: Tiling | None = None,
+    rows: tuple[int, ...] | None = None,
 ) -> ir.Function:
     """Emit `void name(ptr noalias c, ptr noalias a, ptr noalias b)`: C (=|+=) A @ B per batch.
 
     A is (batch..., m, k), B (batch..., k, n), C (batch..., m, n); element [idx] of an operand
     lives at base + offset + sum(idx * strides) (elements; stride 0 broadcasts). `tiling`
     overrides `choose_tiling` for float dtypes. Reentrant; uses up to 400 KiB of stack.
+
+    With `rows` (where `takes_row_count` allows it), the function takes a fourth argument,
+    `i64 rows`, one of `rows`, and computes that many rows of C (m = max(rows) picks the
+    tiling): one function for the chunks of a split product, whose last chunk is shorter.
+    The row tiles then run in a loop of run-time length, and each remainder tile that some
+    row count needs is emitted once.
     """
     if dtype not in _ITEMSIZE:
         raise DTypeError(f"matmul {name}: unsupported dtype {dtype!r}")
@@ -172,9 +189,13 @@ def define_matmul(
                 f"matmul {name}: operand {label} has {len(operand.strides)} strides, "
                 f"expected {len(batch) + 2} for batch={batch}"
             )
+    if rows is not None:
+        if not takes_row_count(m, n, k, dtype, a, b, batch) or max(rows) != m or min(rows) < 1:
+            raise ShapeError(f"matmul {name}: rows={rows} not supported for m={m} n={n} k={k}")
     elem = _FLOAT_TYPES.get(dtype) or _INT_TYPES[dtype]
-    function = ir.Function(module, ir.FunctionType(ir.VoidType(), [_PTR] * 3), name)
-    for arg, arg_name in zip(function.args, ("c", "a", "b"), strict=True):
+    arguments = [_PTR] * 3 + ([_I64] if rows is not None else [])
+    function = ir.Function(module, ir.FunctionType(ir.VoidType(), arguments), name)
+    for arg, arg_name in zip(function.args, ("c", "a", "b"), strict=False):
         arg.name = arg_name
         arg.add_attribute("noalias")
     function.attributes.add("nounwind")
@@ -205,7 +226,8 @@ def define_matmul(
             emitter.dot_rows(m, n, k, a_view, b_view, c_view, accumulate)
         else:
             t = tiling or choose_tiling(m, n, k, dtype, a.strides[-2:], b.strides[-2:])
-            emitter.blocked(m, n, k, t, a_view, b_view, c_view, accumulate)
+            count = m if rows is None else _Rows(function.args[3], tuple(sorted(set(rows))))
+            emitter.blocked(count, n, k, t, a_view, b_view, c_view, accumulate)
 
     emitter.over_batch(
         batch,
@@ -214,6 +236,19 @@ def define_matmul(
     )
     builder.ret_void()
     return function
+
+
+def takes_row_count(
+    m: int, n: int, k: int, dtype: str, a: Operand, b: Operand, batch: tuple[int, ...] = ()
+) -> bool:
+    """Whether `define_matmul(..., rows=...)` can take its row count at run time: a float,
+    unbatched product on the blocked path (not the dot-product kernel, not computed
+    transposed, k > 0)."""
+    if dtype not in _FLOAT_TYPES or batch or k == 0 or m == 0 or n == 0:
+        return False
+    lanes = _VECTOR_BYTES // _ITEMSIZE[dtype]
+    dot = n <= 2 and k >= lanes and a.strides[-1] == 1 and b.strides[-2] == 1
+    return not dot and not (n < lanes and m > n)
 
 
 _SUFFIX = {4: "f32", 8: "f64"}
@@ -306,8 +341,37 @@ class _Emitter:
         self.b.position_at_end(done)
         return result
 
-    def segments(self, total: int, block: int, body) -> None:
-        """body(start, size) over blocks of `block`, full ones in one loop, then the rest."""
+    def loop_until(self, count: ir.Value, body) -> None:
+        """Emit `for i in range(count)` for an i64 `count` >= 0 known at run time."""
+        head = self.b.append_basic_block("loop")
+        done = self.b.append_basic_block("loop.end")
+        pre = self.b.block
+        self.b.cbranch(self.b.icmp_unsigned(">", count, ir.Constant(_I64, 0)), head, done)
+        self.b.position_at_end(head)
+        index = self.b.phi(_I64, "i")
+        index.add_incoming(ir.Constant(_I64, 0), pre)
+        body(index, [])
+        step = self.b.add(index, ir.Constant(_I64, 1))
+        index.add_incoming(step, self.b.block)
+        self.b.cbranch(self.b.icmp_unsigned("<", step, count), head, done)
+        self.b.position_at_end(done)
+
+    def segments(self, total: int | _Rows, block: int, body) -> None:
+        """body(start, size) over blocks of `block`, full ones in one loop, then the rest.
+
+        For a run-time `total` the loop runs total // block times and the rest takes one
+        branch per remainder some possible total leaves; `size` is a Python int either way."""
+        if isinstance(total, _Rows):
+            const = lambda value: ir.Constant(_I64, value)  # noqa: E731
+            full = self.b.udiv(total.value, const(block))
+            if max(total.possible) >= block:
+                self.loop_until(full, lambda i, _: body(self.linear([(i, block)]), block))
+            start = self.b.mul(full, const(block))
+            rest = self.b.sub(total.value, start)
+            for size in sorted({p % block for p in total.possible} - {0}):
+                with self.b.if_then(self.b.icmp_unsigned("==", rest, const(size))):
+                    body(start, size)
+            return
         full, rest = divmod(total, block)
         if full:
             self.loop(full, lambda i, _: body(self.linear([(i, block)]), block))
@@ -448,7 +512,7 @@ class _Emitter:
     def blocked(self, m, n, k, t: Tiling, a: _View, b: _View, c: _View, accumulate) -> None:
         self.use_vectors(t.lanes)
         nc = min(t.nc, -(-n // t.nr) * t.nr)
-        kc, mc = min(t.kc, k), min(t.mc, m)
+        kc, mc = min(t.kc, k), min(t.mc, max(m.possible) if isinstance(m, _Rows) else m)
         b_pack = self.scratch(kc * nc) if t.pack_b else None
         a_pack = self.scratch(mc * kc) if t.pack_a else None
 
@@ -491,7 +555,10 @@ class _Emitter:
 
                     self.segments(nc_size, t.nr, jr_block)
 
-                self.segments(m, mc, ic_block)
+                if isinstance(m, _Rows):  # one ic block body, its row count at run time
+                    self.row_blocks(m, mc, ic_block)
+                else:
+                    self.segments(m, mc, ic_block)
 
             # The first k block initialises C (unless accumulating); later ones add to it.
             pc_block(0, min(kc, k), accumulate)
@@ -503,6 +570,21 @@ class _Emitter:
                 )
 
         self.segments(n, nc, jc_block)
+
+    def row_blocks(self, m: _Rows, mc: int, body) -> None:
+        """body(ic, rows) for the blocks of mc rows of a run-time m, emitted once: rows is
+        min(mc, m - ic) at run time, with the possible values of any m."""
+        const = lambda value: ir.Constant(_I64, value)  # noqa: E731
+        blocks = self.b.udiv(self.b.add(m.value, const(mc - 1)), const(mc))
+        sizes = {size for p in m.possible for size in (min(p, mc), p % mc) if size}
+
+        def block(i, _):
+            ic = self.b.mul(i, const(mc))
+            left = self.b.sub(m.value, ic)
+            size = self.b.select(self.b.icmp_unsigned("<", left, const(mc)), left, const(mc))
+            body(ic, _Rows(size, tuple(sorted(sizes))))
+
+        self.loop_until(blocks, block)
 
     def pack_b(self, b: _View, pc, jc, kc, nc, nr, out) -> None:
         """Bp[p][kk][0:nr] = B[pc+kk, jc+p*nr : +nr], zero padded past nc."""
