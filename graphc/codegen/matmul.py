@@ -254,6 +254,10 @@ def takes_row_count(
 _SUFFIX = {4: "f32", 8: "f64"}
 
 
+def _i64(value: int) -> ir.Constant:
+    return ir.Constant(_I64, value)
+
+
 def _declare(module: ir.Module, name: str, vector: ir.Type, arity: int) -> ir.Function:
     """An overloaded vector intrinsic (llvmlite's declare_intrinsic knows only scalars)."""
     if name in module.globals:
@@ -346,12 +350,12 @@ class _Emitter:
         head = self.b.append_basic_block("loop")
         done = self.b.append_basic_block("loop.end")
         pre = self.b.block
-        self.b.cbranch(self.b.icmp_unsigned(">", count, ir.Constant(_I64, 0)), head, done)
+        self.b.cbranch(self.b.icmp_unsigned(">", count, _i64(0)), head, done)
         self.b.position_at_end(head)
         index = self.b.phi(_I64, "i")
-        index.add_incoming(ir.Constant(_I64, 0), pre)
+        index.add_incoming(_i64(0), pre)
         body(index, [])
-        step = self.b.add(index, ir.Constant(_I64, 1))
+        step = self.b.add(index, _i64(1))
         index.add_incoming(step, self.b.block)
         self.b.cbranch(self.b.icmp_unsigned("<", step, count), head, done)
         self.b.position_at_end(done)
@@ -362,14 +366,13 @@ class _Emitter:
         For a run-time `total` the loop runs total // block times and the rest takes one
         branch per remainder some possible total leaves; `size` is a Python int either way."""
         if isinstance(total, _Rows):
-            const = lambda value: ir.Constant(_I64, value)  # noqa: E731
-            full = self.b.udiv(total.value, const(block))
+            full = self.b.udiv(total.value, _i64(block))
             if max(total.possible) >= block:
                 self.loop_until(full, lambda i, _: body(self.linear([(i, block)]), block))
-            start = self.b.mul(full, const(block))
+            start = self.b.mul(full, _i64(block))
             rest = self.b.sub(total.value, start)
             for size in sorted({p % block for p in total.possible} - {0}):
-                with self.b.if_then(self.b.icmp_unsigned("==", rest, const(size))):
+                with self.b.if_then(self.b.icmp_unsigned("==", rest, _i64(size))):
                     body(start, size)
             return
         full, rest = divmod(total, block)
@@ -574,14 +577,13 @@ class _Emitter:
     def row_blocks(self, m: _Rows, mc: int, body) -> None:
         """body(ic, rows) for the blocks of mc rows of a run-time m, emitted once: rows is
         min(mc, m - ic) at run time, with the possible values of any m."""
-        const = lambda value: ir.Constant(_I64, value)  # noqa: E731
-        blocks = self.b.udiv(self.b.add(m.value, const(mc - 1)), const(mc))
+        blocks = self.b.udiv(self.b.add(m.value, _i64(mc - 1)), _i64(mc))
         sizes = {size for p in m.possible for size in (min(p, mc), p % mc) if size}
 
         def block(i, _):
-            ic = self.b.mul(i, const(mc))
+            ic = self.b.mul(i, _i64(mc))
             left = self.b.sub(m.value, ic)
-            size = self.b.select(self.b.icmp_unsigned("<", left, const(mc)), left, const(mc))
+            size = self.b.select(self.b.icmp_unsigned("<", left, _i64(mc)), left, _i64(mc))
             body(ic, _Rows(size, tuple(sorted(sizes))))
 
         self.loop_until(blocks, block)
