@@ -295,8 +295,10 @@ def test_pow_matches_numpy(dtype):
     _assert_close(actual, expected, dtype, base)
 
 
-SPECIAL = [0.0, -0.0, np.inf, -np.inf, np.nan, 1.0, -1.0, 0.5, -0.5, 2.0, -2.0, 3.0, -3.0, 1e-310,
-           -1e-310, 1e-30, 710.0, -710.0, 800.0, -800.0, 89.0, -89.0, 1e300, -1e300]  # fmt: skip
+# -nan: a NaN with its sign bit set (sigmoid selects its numerator by that bit)
+SPECIAL = [0.0, -0.0, np.inf, -np.inf, np.nan, -np.nan, 1.0, -1.0, 0.5, -0.5, 2.0, -2.0, 3.0,
+           -3.0, 1e-310, -1e-310, 1e-30, 710.0, -710.0, 800.0, -800.0, 89.0, -89.0, 1e300,
+           -1e300]  # fmt: skip
 
 
 def _assert_identical(actual, expected, x):
