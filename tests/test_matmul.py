@@ -214,6 +214,23 @@ def test_explicit_tiling_with_tiny_blocks(pack):
     _check(_Jit(module).function("matmul"), spec, buffers, expected, scale)
 
 
+def _check_row_counts(spec, buffers, expected, scale, rows, tiling=None) -> None:
+    module = _new_module()
+    define_matmul(module, "matmul", **spec, tiling=tiling, rows=rows)
+    jit = _Jit(module)
+    kind = ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * 3, ctypes.c_int64)
+    function = kind(jit.engine.get_function_address("matmul"))
+    m, n = spec["m"], spec["n"]
+    for count in rows:
+        c_flat, a_flat, b_flat = (buffer.copy() for buffer in buffers)
+        c_before = _result(c_flat, spec["c"], (m, n)).copy()
+        function(c_flat.ctypes.data, a_flat.ctypes.data, b_flat.ctypes.data, count)
+        got = _result(c_flat, spec["c"], (m, n))
+        bound = RTOL[spec["dtype"]] * (scale[:count] + np.abs(scale).max() * 1e-3 + 1e-30)
+        assert np.all(np.abs(got[:count] - expected[:count]) <= bound), (count, spec)
+        np.testing.assert_array_equal(got[count:], c_before[count:])
+
+
 ROW_COUNT_CASES = [  # (dtype, row counts, n, k, transposed A, accumulate, tiling)
     ("float32", (54, 46), 100, 300, False, False, None),  # W5's chunks: one block, 4-row tail
     ("float64", (300, 290, 7), 40, 33, True, True, None),  # several MC blocks, each remainder
@@ -228,21 +245,30 @@ def test_row_count_at_run_time(dtype, rows, n, k, ta, accumulate, tiling):
     """One function for several row counts (a split product's chunks): each count computes
     exactly its rows of C, and the rows below stay untouched."""
     rng = np.random.default_rng(len(rows))
-    m = max(rows)
-    spec, buffers, expected, scale = _case(rng, dtype, m, n, k, ta=ta, accumulate=accumulate)
-    module = _new_module()
-    define_matmul(module, "matmul", **spec, tiling=tiling, rows=rows)
-    jit = _Jit(module)
-    kind = ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * 3, ctypes.c_int64)
-    function = kind(jit.engine.get_function_address("matmul"))
-    for count in rows:
-        c_flat, a_flat, b_flat = (buffer.copy() for buffer in buffers)
-        c_before = _result(c_flat, spec["c"], (m, n)).copy()
-        function(c_flat.ctypes.data, a_flat.ctypes.data, b_flat.ctypes.data, count)
-        got = _result(c_flat, spec["c"], (m, n))
-        bound = RTOL[dtype] * (scale[:count] + np.abs(scale).max() * 1e-3 + 1e-30)
-        assert np.all(np.abs(got[:count] - expected[:count]) <= bound), (count, spec)
-        np.testing.assert_array_equal(got[count:], c_before[count:])
+    spec, buffers, expected, scale = _case(
+        rng, dtype, max(rows), n, k, ta=ta, accumulate=accumulate
+    )
+    _check_row_counts(spec, buffers, expected, scale, rows, tiling)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    dtype=st.sampled_from(["float32", "float64"]),
+    m=st.integers(1, 40),
+    n=st.integers(8, 40),
+    k=st.integers(1, 20),
+    fewer=st.lists(st.integers(1, 40), min_size=1, max_size=3),
+    flags=st.tuples(st.booleans(), st.booleans(), st.booleans(), st.booleans()),
+    seed=st.integers(0, 2**16),
+)
+def test_random_row_counts_match_numpy(dtype, m, n, k, fewer, flags, seed):
+    ta, tb, accumulate, tiny = flags
+    rng = np.random.default_rng(seed)
+    spec, buffers, expected, scale = _case(rng, dtype, m, n, k, ta=ta, tb=tb, accumulate=accumulate)
+    rows = tuple(sorted({m, *(min(r, m) for r in fewer)}))
+    lanes = 32 // np.dtype(dtype).itemsize
+    tiling = Tiling(3, 2 * lanes, lanes, 5, 6, 4 * lanes, True, True) if tiny else None
+    _check_row_counts(spec, buffers, expected, scale, rows, tiling)
 
 
 def test_row_count_only_where_supported():
