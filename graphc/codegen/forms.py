@@ -379,7 +379,7 @@ def emit_contraction(k) -> None:
     sources = [k.globals.get(id(v.source)) or k.pointers[id(v.source)] for v in views]
     if k.rows is None:
         k.b.call(_matmul(k, mm, views, mm.inputs[0].shape[-2]), [target, *sources])
-    else:  # rows [start, end) of C from the same rows of A: one matmul per chunk length
+    else:  # rows [start, end) of C from the same rows of A
         b, (start, end) = k.b, k.rows
         element = MEMORY_TYPES[mm.dtype]
         row_a = b.mul(start, ir.IntType(64)(views[0].strides[0]))
