@@ -205,12 +205,8 @@ def define_matmul(
         builder.ret_void()
         return function
 
-    lanes = _VECTOR_BYTES // _ITEMSIZE[dtype]
-    # Matrix-vector with A rows and B columns contiguous: dot products, vectors along k.
-    dot = dtype in _FLOAT_TYPES and tiling is None and n <= 2 and k >= lanes
-    dot = dot and a.strides[-1] == 1 and b.strides[-2] == 1
-    # Transposed problem C^T = B^T A^T when n is narrower than a vector and m is not.
-    if dtype in _FLOAT_TYPES and n < lanes and m > n and tiling is None and not dot:
+    path = _path(m, n, k, dtype, a, b, tiling)
+    if path == "transposed":
         m, n = n, m
         a, b = _swap_matrix_strides(b), _swap_matrix_strides(a)
         c = _swap_matrix_strides(c)
@@ -220,9 +216,9 @@ def define_matmul(
     c_arg = function.args[0]
 
     def body(a_view: _View, b_view: _View, c_view: _View) -> None:
-        if dtype in _INT_TYPES or k == 0:
+        if path == "loop":
             emitter.loop_nest(m, n, k, a_view, b_view, c_view, accumulate)
-        elif dot:
+        elif path == "dot":
             emitter.dot_rows(m, n, k, a_view, b_view, c_view, accumulate)
         else:
             t = tiling or choose_tiling(m, n, k, dtype, a.strides[-2:], b.strides[-2:])
@@ -238,17 +234,29 @@ def define_matmul(
     return function
 
 
+def _path(m: int, n: int, k: int, dtype: str, a: Operand, b: Operand, tiling) -> str:
+    """Which code computes the product: "loop" (integers, k = 0: a plain loop nest), "dot"
+    (matrix-vector with A rows and B columns contiguous: dot products, vectors along k),
+    "transposed" (C^T = B^T A^T, blocked: n is narrower than a vector and m is not), or
+    "blocked". An explicit `tiling` always means "blocked" for floats."""
+    if dtype in _INT_TYPES or k == 0:
+        return "loop"
+    if tiling is not None:
+        return "blocked"
+    lanes = _VECTOR_BYTES // _ITEMSIZE[dtype]
+    if n <= 2 and k >= lanes and a.strides[-1] == 1 and b.strides[-2] == 1:
+        return "dot"
+    return "transposed" if n < lanes and m > n else "blocked"
+
+
 def takes_row_count(
     m: int, n: int, k: int, dtype: str, a: Operand, b: Operand, batch: tuple[int, ...] = ()
 ) -> bool:
-    """Whether `define_matmul(..., rows=...)` can take its row count at run time: a float,
-    unbatched product on the blocked path (not the dot-product kernel, not computed
-    transposed, k > 0)."""
-    if dtype not in _FLOAT_TYPES or batch or k == 0 or m == 0 or n == 0:
+    """Whether `define_matmul(..., rows=...)` can take its row count at run time: an
+    unbatched, non-empty product on the blocked path."""
+    if batch or m == 0 or n == 0 or dtype not in _ITEMSIZE:
         return False
-    lanes = _VECTOR_BYTES // _ITEMSIZE[dtype]
-    dot = n <= 2 and k >= lanes and a.strides[-1] == 1 and b.strides[-2] == 1
-    return not dot and not (n < lanes and m > n)
+    return _path(m, n, k, dtype, a, b, None) == "blocked"
 
 
 _SUFFIX = {4: "f32", 8: "f64"}

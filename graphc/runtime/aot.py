@@ -20,8 +20,7 @@ threads, the object carries its own copy of the thread pool (codegen/parallel.py
 internal; its only global state, it keeps calls reentrant (a call that finds the pool busy
 runs its chunks itself). External references are `memcpy`/`memset` (libc),
 `pthread_create`/`pthread_detach`/`syscall` (futex, getcpu, sched_setaffinity) for the
-pool and, for a
-CPU baseline without the instruction, `fma`/`floor`/`rint` from libm;
+pool and, for a CPU baseline without the instruction, `fma`/`floor`/`rint` from libm;
 `external_symbols()` lists what an export needs.
 """
 
