@@ -521,8 +521,11 @@ def _shares_state(spans: list[tuple[int, int]], address: int, nbytes: int) -> bo
 
 
 def _forget_generated(cls: type) -> None:
-    """Drop an executable's generated methods (and the buffers they hold) when it dies."""
-    del cls.__call__, cls._call_python, cls._run
+    """Drop an executable's generated methods (and the buffers they hold) when it dies; a
+    build that failed part way may not have made them all."""
+    for name in ("__call__", "_call_python", "_run"):
+        if name in cls.__dict__:
+            delattr(cls, name)
 
 
 def _call_python(executable: weakref.ref, *args, **kwargs):
