@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 
 import graphc as gc
+from graphc.ir.graph import location
 from graphc.runtime.executable import LARGE_BYTES, NATIVE_ENTRY_MAX_BYTES, Executable
 
 
@@ -736,6 +737,39 @@ def test_a_cache_hit_skips_passes_and_emission_and_dumps_stay_the_same(tmp_path,
     for step in (fresh, cached, fresh):  # they share w, which each call halves
         want = gc.evaluate(program.outputs, {x: xv})[0]
         np.testing.assert_allclose(step(xv), want, rtol=1e-12)
+
+
+def test_the_same_model_from_other_source_lines_hits_the_cache(tmp_path, monkeypatch):
+    """Locations are not part of the cache key (no code depends on them): a model built on
+    other lines, as after an edit above it, loads the cached object; its dumps still show
+    its own lines."""
+    monkeypatch.setenv("GRAPHC_CACHE_DIR", str(tmp_path / "cache"))
+    first, _, _ = _scaled_program(2.0)
+    with location("model.py:10"):
+        moved, _, _ = _scaled_program(2.0)
+    assert "model.py:10" in str(moved.graph) and "model.py:10" not in str(first.graph)
+    fresh, cached = gc.compile(first), gc.compile(moved)
+    assert not fresh.engine.cached and cached.engine.cached
+    assert "model.py:10" in cached.dump("graph") and "model.py:10" in cached.dump("fused")
+    assert "model.py:10" not in fresh.dump("fused")
+    renamed, _, _ = _scaled_program(2.0, name="renamed")  # names do reach the code
+    assert not gc.compile(renamed).engine.cached
+
+
+def test_a_build_that_fails_part_way_leaves_no_error_behind(monkeypatch):
+    """An executable whose build raises after its class was made is collected quietly."""
+    x = gc.input("x", (3,), "float64")
+    unraisable = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+
+    def broken(self):
+        raise RuntimeError("native entry unavailable")
+
+    monkeypatch.setattr(Executable, "_native_entry", broken)
+    with pytest.raises(RuntimeError, match="native entry unavailable"):
+        gc.compile([x], gc.exp(x), cache=False)
+    python_gc.collect()
+    assert unraisable == []
 
 
 def test_a_cached_executable_exports_ahead_of_time(tmp_path, monkeypatch):

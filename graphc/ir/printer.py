@@ -126,8 +126,10 @@ def _equation(node: Node, label) -> str:
     return text
 
 
-def print_graph(graph: Graph, kernels=None) -> str:
-    """The text form of `graph`; with `kernels`, each kernel as an indented block."""
+def print_graph(graph: Graph, kernels=None, *, locations: bool = True) -> str:
+    """The text form of `graph`; with `kernels`, each kernel as an indented block; without
+    `locations`, no `# file:line` comments (what the compile cache keys on: no generated
+    code depends on them)."""
     kernels = list(kernels or ())
     in_kernel = {id(n) for k in kernels for n in k.nodes}
     top = [n for n in graph.nodes if n.op not in DECLARED and id(n) not in in_kernel]
@@ -152,6 +154,8 @@ def print_graph(graph: Graph, kernels=None) -> str:
         rows.append(("  return " + ", ".join(map(label, graph.outputs)), None))
     rows += [(f"  update {label(p)} <- {label(v)}", None) for p, v in graph.updates]
     rows.append(("}", None))
+    if not locations:
+        rows = [(t, None) for t, _ in rows]
     column = min(max((len(t) for t, loc in rows if loc), default=0), _LOC_COLUMN_MAX)
     lines = [t if loc is None else f"{t.ljust(column)}  # {loc}" for t, loc in rows]
     return "\n".join(lines) + "\n"

@@ -6,9 +6,11 @@
                                pointer ─► <name>_call(args) ─► outputs copied out (small) or
                                written straight into fresh arrays (large)
 
-The cache key is the printed input graph (plus the compiler's sources, host, versions: see
-jit.cache_key), so a cache hit runs no graph pass and builds no LLVM IR; the optimized graph,
-kernels, memory plan and IR of such an executable are computed on first use (dumps, AOT).
+The cache key is the printed input graph without its source locations (plus the compiler's
+sources, host, versions: see jit.cache_key), so a cache hit runs no graph pass and builds no
+LLVM IR, and a model built from other lines or another directory still hits; the optimized
+graph, kernels, memory plan and IR of such an executable are computed on first use (dumps,
+AOT), with its own locations.
 
 A call is one ctypes call with one pointer argument: the block of argument addresses
 [arena, params..., inputs..., outputs...] is bound once. An input or output of fewer than
@@ -177,7 +179,7 @@ class Executable:
         timings, engine, key = {}, None, None
         if cache:
             start = time.perf_counter()
-            key = jit.cache_key(print_graph(graph), opt)
+            key = jit.cache_key(print_graph(graph, locations=False), opt)
             timings["key"] = time.perf_counter() - start
             engine = jit.load_cached(
                 key, opt=opt, llvm_ir=_lazy_llvm_ir(lowering), required_symbols=entry

@@ -23,12 +23,13 @@ checksum does not match is never trusted: it is recompiled and rewritten. An unw
 directory just means no caching.
 
 Cache key: sha256 over a text that determines the machine code — the LLVM IR itself, or (for
-`compile`) the printed input graph, so that a hit skips the graph passes and IR emission too —
-plus everything else the code depends on: a hash of graphc's own compiler sources (ir, passes,
-codegen, runtime: an edited compiler never loads a stale object), the GRAPHC_* environment
-variables that are not known to leave code alone, the thread count large kernels are split
-into, host CPU name and features, opt level, llvmlite, LLVM and NumPy versions, graphc version
-and the entry format version.
+`compile`) the printed input graph without its source locations (no code depends on them),
+so that a hit skips the graph passes and IR emission too — plus everything else the code
+depends on: a hash of graphc's own compiler sources (ir, passes, codegen, runtime: an edited
+compiler never loads a stale object), the GRAPHC_* environment variables that are not known
+to leave code alone, the thread count large kernels are split into, host CPU name and
+features, opt level, llvmlite, LLVM and NumPy versions, graphc version and the entry format
+version.
 
 External symbols: MCJIT leaves an unresolved external as address 0 and the process segfaults
 when it is called. So every undefined symbol of the object file is looked up in the process
