@@ -360,7 +360,14 @@ ERRORS = {
     "concat": (lambda x: gc.concat([x, gc.input("z", (3, 5))]), ("concat", "[3,4]", "[3,5]")),
     "where": (lambda x: gc.where(x > 0, x, gc.input("z", (2,))), ("where", "[3,4]", "[2]")),
     "index": (lambda x: x[0, 7], ("7", "[3,4]")),
-    "axis": (lambda x: x.sum(axis=2), ("axis 2",)),
+    "axis": (lambda x: x.sum(axis=2), ("sum: axis 2", "rank 2")),
+    "max axis": (lambda x: x.max(axis=-3), ("max: axis -3",)),
+    "mean axis": (lambda x: x.mean(axis=(0, 5)), ("mean: axis 5",)),
+    "argmax axis": (lambda x: x.argmax(axis=2), ("argmax: axis 2",)),
+    "logsumexp axis": (lambda x: gc.logsumexp(x, axis=4), ("logsumexp: axis 4",)),
+    "softmax axis": (lambda x: gc.softmax(x, axis=-3), ("softmax: axis -3",)),
+    "log_softmax axis": (lambda x: gc.log_softmax(x, axis=2), ("log_softmax: axis 2",)),
+    "concat axis": (lambda x: gc.concat([x, x], axis=2), ("concat: axis 2",)),
 }
 
 

@@ -112,6 +112,7 @@ def _max_detached(x, axis):
 def softmax(x, axis=-1) -> Tensor:
     """exp(x) / sum(exp(x)) along `axis`, computed stably."""
     x = as_tensor(x)
+    normalize_axes(axis, x.ndim, "softmax")  # the error names the function called
     e = exp(x - _max_detached(x, axis))
     return e / e.sum(axis=axis, keepdims=True)
 
@@ -119,6 +120,7 @@ def softmax(x, axis=-1) -> Tensor:
 def log_softmax(x, axis=-1) -> Tensor:
     """x - logsumexp(x) along `axis`, computed stably."""
     x = as_tensor(x)
+    normalize_axes(axis, x.ndim, "log_softmax")  # the error names the function called
     shifted = x - _max_detached(x, axis)
     return shifted - log(exp(shifted).sum(axis=axis, keepdims=True))
 
@@ -126,13 +128,13 @@ def log_softmax(x, axis=-1) -> Tensor:
 def logsumexp(x, axis=None, keepdims=False) -> Tensor:
     """log(sum(exp(x))) computed stably."""
     x = as_tensor(x)
+    axes = normalize_axes(axis, x.ndim, "logsumexp")
     if x.dtype not in FLOATS:
         x = x.astype("float64")
     m = _max_detached(x, axis)
     result = m + log(exp(x - m).sum(axis=axis, keepdims=True))
     if keepdims:
         return result
-    axes = normalize_axes(axis, x.ndim)
     return result.reshape(tuple(d for i, d in enumerate(x.shape) if i not in axes))
 
 
@@ -168,7 +170,7 @@ def matmul(a, b) -> Tensor:
 def concat(tensors, axis=0) -> Tensor:
     """Join tensors along an existing axis."""
     tensors = promote(*tensors)
-    (axis,) = normalize_axes(axis, tensors[0].ndim)
+    (axis,) = normalize_axes(axis, tensors[0].ndim, "concat")
     if len(tensors) == 1:
         return tensors[0]
     return Tensor(apply("concat", *[t.node for t in tensors], axis=axis))

@@ -161,12 +161,12 @@ class Tensor:
 
     def mean(self, axis=None, keepdims=False) -> Tensor:
         x = self if self.dtype in FLOATS else self.astype("float64")
-        axes = normalize_axes(axis, self.ndim)
+        axes = normalize_axes(axis, self.ndim, "mean")
         count = int(np.prod([self.shape[a] for a in axes]))
         return x.sum(axes, keepdims) / count
 
     def argmax(self, axis=-1, keepdims=False) -> Tensor:
-        (axis,) = normalize_axes(axis, self.ndim)
+        (axis,) = normalize_axes(axis, self.ndim, "argmax")
         return Tensor(apply("argmax", self.node, axis=axis, keepdims=keepdims))
 
     def reshape(self, *shape) -> Tensor:
@@ -334,14 +334,17 @@ def power(base, exponent) -> Tensor:
     return binary("pow", base, exponent)
 
 
-def normalize_axes(axis, ndim: int) -> tuple[int, ...]:
-    """NumPy's `axis` argument (None, an int or a sequence, negatives allowed), sorted."""
+def normalize_axes(axis, ndim: int, op: str) -> tuple[int, ...]:
+    """NumPy's `axis` argument (None, an int or a sequence, negatives allowed) of `op` on a
+    tensor of rank `ndim`, sorted."""
     if axis is None:
         return tuple(range(ndim))
     axes = (axis,) if isinstance(axis, numbers.Integral) else tuple(axis)
     for a in axes:
         if not -ndim <= a < max(ndim, 1):
-            raise ShapeError(f"axis {a} is out of range for rank {ndim} (at {user_location()})")
+            raise ShapeError(
+                f"{op}: axis {a} is out of range for rank {ndim} (at {user_location()})"
+            )
     return tuple(sorted(a % max(ndim, 1) for a in axes))
 
 
@@ -350,7 +353,7 @@ def reduce(op: str, x: Tensor, axis, keepdims) -> Tensor:
     x = as_tensor(x)
     if x.dtype == "bool":
         x = x.astype("int64")
-    axes = normalize_axes(axis, x.ndim)
+    axes = normalize_axes(axis, x.ndim, op)
     if not axes and not keepdims:
         return x
     return Tensor(apply(op, x.node, axes=axes, keepdims=bool(keepdims)))
