@@ -392,3 +392,14 @@ def test_nodes_record_the_users_source_line():
     assert all(
         n.loc == f"{HERE}:{here + 1}" for n in topological_order([y.node]) if n is not x.node
     )
+
+
+def test_an_update_of_the_wrong_shape_names_both_lines():
+    here = line() + 1
+    w = gc.param("w", np.zeros((4, 2), np.float32))
+    x = gc.input("x", (3, 4))
+    with pytest.raises(gc.ShapeError) as error:
+        gc.Program([x], x.sum(), {w: x @ w})
+    message = str(error.value)
+    assert "update of w" in message and "f32[3,2]" in message and "f32[4,2]" in message
+    assert f"{HERE}:{here + 3}" in message and f"{HERE}:{here}" in message

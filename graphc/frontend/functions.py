@@ -347,7 +347,11 @@ class Program:
                 raise InputError(f"update targets must be params, got {target!r}")
             value = as_tensor(value, target)
             if value.shape != target.shape:
-                raise ShapeError(f"update of {target.name}: shape {value.shape} != {target.shape}")
+                raise ShapeError(
+                    f"update of {target.name}: the new value is {value.node.type} (computed at "
+                    f"{value.node.loc}), the param {target.node.type} (created at "
+                    f"{target.node.loc})"
+                )
             self.updates.append((target, value.astype(target.dtype)))
         self.name = name or "main"
         self.graph = Graph(
