@@ -126,6 +126,11 @@ def test_arguments_that_are_not_arrays_of_numbers_are_graphc_errors(affine):
             step(bad, NV)
     with pytest.raises(gc.DTypeError, match="'n'"):
         step(XV, np.array([True, False]).astype(np.float32))
+    # what was given, whatever its shape: not "expects shape (2, 3), got ()" for a string
+    with pytest.raises(gc.DTypeError, match=r"'x' is f\S+; got a str \(<U5\), not numbers"):
+        step("hello", NV)
+    with pytest.raises(gc.DTypeError, match=r"got an array of object, not numbers"):
+        step(np.full((2, 3), None), NV)
 
 
 def test_a_failed_call_leaves_parameters_untouched(affine):

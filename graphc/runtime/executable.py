@@ -399,6 +399,15 @@ class Executable:
                 array = value if isinstance(value, np.ndarray) else np.asarray(value)
             except (TypeError, ValueError) as error:  # e.g. a ragged nested list
                 raise InputError(f"{self.name}: input {node.name!r}: {error}") from None
+            if array.dtype.kind not in "biufc":  # strings, objects, dates: not numbers
+                given = (
+                    f"an array of {array.dtype}"
+                    if value is array
+                    else f"a {type(value).__name__} ({array.dtype})"
+                )
+                raise DTypeError(
+                    f"{self.name}: input {node.name!r} is {node.type}; got {given}, not numbers"
+                )
             if array.shape != node.shape:
                 raise InputError(f"{self._expects(node)}, got {array.shape}")
             if array.dtype != dtype and not np.can_cast(array.dtype, dtype, "same_kind"):
