@@ -10,8 +10,9 @@ from strategies import programs
 
 import graphc as gc
 from graphc.ir.interp import interpret
-from graphc.passes import optimize
+from graphc.passes import fusion, optimize
 from graphc.passes.fusion import fuse
+from graphc.passes.kernels import MAX_BODY_COST, op_cost
 
 
 def decisions(program) -> list[tuple[str, str, tuple[str, ...]]]:
@@ -217,3 +218,38 @@ def test_softmax_cross_entropy_forward_and_backward_share_one_rowwise_kernel():
     feed = feed_of(program)
     feed["labels"] %= 5
     run_both(program, feed, 1e-5)
+
+
+# ---- kernel size: bodies stay within MAX_BODY_COST -------------------------------------------
+
+
+def body_cost(kernel) -> int:
+    return sum(map(op_cost, kernel.nodes))
+
+
+@pytest.mark.parametrize("diamond", [False, True])
+def test_a_long_chain_is_cut_into_kernels_within_the_body_cost(diamond):
+    """LLVM's time grows with the square of a loop body: 1200 steps (2400 units) would be
+    one kernel; fusion stores the chain every MAX_BODY_COST units instead. The diamond
+    chain (each step reads the last one twice) has 2^1200 paths; fusion walks it in linear
+    time."""
+    x = gc.input("x", (40,), "float64")
+    y = x
+    for _ in range(1200):
+        y = (y * 1.0001 + y) * 0.5 if diamond else y * 1.0001 + 0.001
+    program = gc.Program([x], y.sum())
+    kernels = fuse(optimize(program.graph))
+    costs = [body_cost(k) for k in kernels]
+    assert len(kernels) >= 2400 // MAX_BODY_COST + 1 and max(costs) <= MAX_BODY_COST, costs
+    assert sum(costs) <= 2 * 1200 * (1.5 if diamond else 1) + len(kernels)  # nothing redone
+    run_both(program, {"x": np.linspace(-1, 1, 40)}, 1e-12)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@given(programs(max_ops=12))
+def test_random_programs_cut_to_a_small_body_cost_equal_the_interpreter(monkeypatch, case):
+    monkeypatch.setattr(fusion, "MAX_BODY_COST", 40)  # every op costs at most 30
+    program, feed = case
+    for kernel in fuse(optimize(program.graph)):
+        assert body_cost(kernel) <= 40, kernel
+    run_both(program, feed)

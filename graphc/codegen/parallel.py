@@ -52,17 +52,13 @@ from llvmlite import ir
 
 from graphc.errors import CompileError
 from graphc.ir.graph import Kernel
+from graphc.passes.kernels import op_cost
 
 I32 = ir.IntType(32)
 I64 = ir.IntType(64)
 PTR = ir.PointerType()
 VOID = ir.VoidType()
 MAX_THREADS = 8
-# Estimated cost per element of each op, in units (a plain add, load or store is 1): the
-# vectorized transcendentals of codegen/mathlib.py take 10-20 times as long.
-OP_COST = {"exp": 12, "log": 14, "log1p": 16, "tanh": 16, "sigmoid": 12, "sin": 20, "cos": 20}
-OP_COST |= {"pow": 30, "sqrt": 4, "div": 4}
-FREE_OPS = {"const", "broadcast_to", "reshape", "transpose", "slice", "iota"}
 # One core's time per unit (measured on W3: 39 units per element, 3.8 ms f32 and 15 ms f64
 # for 10^6 elements) and a matmul's FLOP rate (its micro-kernel runs at the FMA peak).
 NS_PER_UNIT = {"float32": 0.1, "float64": 0.3}
@@ -113,9 +109,9 @@ def chunks(rows: int, threads: int, unit: int = 1) -> tuple[tuple[int, int], ...
 
 
 def element_cost(kernel: Kernel) -> int:
-    """Estimated units per element of a kernel's body: its ops, plus one per input and output."""
-    ops = sum(OP_COST.get(n.op, 1) for n in kernel.nodes if n.op not in FREE_OPS)
-    return ops + len(kernel.inputs) + len(kernel.outputs)
+    """Estimated units per element of a kernel's body (passes/kernels.py OP_COST): its ops,
+    plus one per input and output."""
+    return sum(map(op_cost, kernel.nodes)) + len(kernel.inputs) + len(kernel.outputs)
 
 
 def split_rows(

@@ -52,12 +52,14 @@ from graphc.passes.kernels import (
     AFFINE,
     EXPENSIVE,
     LAYOUT,
+    MAX_BODY_COST,
     identity_step,
     is_anchor,
     is_elementwise,
     is_light,
     is_source,
     kernel_name,
+    op_cost,
     stage_reductions,
 )
 
@@ -101,9 +103,49 @@ def _forced(graph: Graph) -> set[int]:
     return stored
 
 
+def _capped(graph: Graph, stored: set[int]) -> set[int]:
+    """`stored` plus the values that keep every tree within MAX_BODY_COST: in topological
+    order, a value whose tree would cost more stores its inlined inputs (below index maps,
+    which are never stored), so its tree is itself plus index maps."""
+
+    def inlined(x: Node) -> bool:
+        return id(x) not in stored and not is_source(x)
+
+    def store_below(x: Node) -> None:
+        if not inlined(x):
+            return
+        if x.op in LAYOUT:
+            for y in x.inputs:
+                store_below(y)
+        else:
+            stored.add(id(x))
+
+    def fresh_body(v: Node) -> set[int]:  # v's tree after a cut: index maps down to leaves
+        body, stack = set(), [v]
+        while stack:
+            n = stack.pop()
+            if id(n) not in body:
+                body.add(id(n))
+                stack.extend(x for x in n.inputs if inlined(x))
+        return body
+
+    cost = {id(n): op_cost(n) for n in graph.nodes}
+    bodies: dict[int, set[int]] = {}  # a tree's nodes (an upper bound once values below are cut)
+    for v in graph.nodes:
+        if is_source(v):
+            continue
+        body = {id(v)}.union(*(bodies[id(x)] for x in v.inputs if inlined(x)))
+        if sum(map(cost.__getitem__, body)) > MAX_BODY_COST:
+            for x in v.inputs:
+                store_below(x)
+            body = fresh_body(v)
+        bodies[id(v)] = body
+    return stored
+
+
 def stored_values(graph: Graph) -> set[int]:
     """Ids of the values kept in memory (or at least computed once per kernel)."""
-    stored = _forced(graph)
+    stored = _capped(graph, _forced(graph))
     while True:
         owners: dict[int, set[int]] = {}
         expanded: set[int] = set()
@@ -151,18 +193,18 @@ class Group:
 
 def _paths_to(root: Node, targets: set[int], allowed, bodies) -> bool:
     """Whether every path inside `root`'s tree from `root` to a target passes `allowed` nodes."""
-    ok = True
-
-    def visit(node, clean):
-        nonlocal ok
+    seen: set[tuple[int, bool]] = set()  # (node, clean) pairs walked: a DAG has many paths
+    stack = [(root, allowed(root))]
+    while stack:
+        node, clean = stack.pop()
         for x in node.inputs:
             if id(x) in targets:
-                ok = ok and clean
-            elif id(x) in bodies:
-                visit(x, clean and allowed(x))
-
-    visit(root, allowed(root))
-    return ok
+                if not clean:
+                    return False
+            elif id(x) in bodies and (id(x), clean) not in seen:
+                seen.add((id(x), clean))
+                stack.append((x, clean and allowed(x)))
+    return True
 
 
 def _rowwise_shape(node: Node):
@@ -233,6 +275,11 @@ class _Grouping:
                         seen.add(id(h))
                         frontier.append(h)
         return True
+
+    def fits(self, a: Group, b: Group) -> bool:
+        """Whether a and b as one kernel keep its body within MAX_BODY_COST per element."""
+        body = {id(n): n for g in (a, b) for m in g.members for n in self.trees[id(m)][0]}
+        return sum(map(op_cost, body.values())) <= MAX_BODY_COST
 
     def merge(self, into: Group, other: Group) -> None:
         into.members = sorted(into.members + other.members, key=lambda n: self.position[id(n)])
@@ -366,7 +413,11 @@ class _Grouping:
                 if producer.form == "loop" and group.form != "loop":
                     continue
                 new_form = self.join_rule(m, producer)
-                if new_form is not None and self.mergeable(producer, group):
+                if (
+                    new_form is not None
+                    and self.fits(producer, group)
+                    and self.mergeable(producer, group)
+                ):
                     self.merge(producer, group)
                     producer.form = new_form
                     break
@@ -387,7 +438,7 @@ class _Grouping:
                         continue
                     if not all(self.join_rule(m, producer) == "rowwise" for m in group.members):
                         continue
-                    if self.mergeable(producer, group):
+                    if self.fits(producer, group) and self.mergeable(producer, group):
                         self.merge(producer, group)
                         changed = True
                         break
@@ -400,7 +451,7 @@ class _Grouping:
         merged: list[Group] = []
         for g in loops:
             for target in merged:
-                if self.mergeable(target, g):
+                if self.fits(target, g) and self.mergeable(target, g):
                     self.merge(target, g)
                     break
             else:

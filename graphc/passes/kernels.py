@@ -16,6 +16,24 @@ LAYOUT = ("broadcast_to", "reshape", "transpose", "slice", "pad", "concat", "iot
 AFFINE = ("broadcast_to", "transpose", "slice")
 REDUCTIONS = ("sum", "max", "argmax")
 EXPENSIVE = frozenset({"exp", "log", "log1p", "sin", "cos", "tanh", "sqrt", "sigmoid", "pow"})
+# Estimated cost per element of each op, in units (a plain add, load or store is 1): the
+# vectorized transcendentals of codegen/mathlib.py take 10-20 times as long. Index maps and
+# constants cost nothing.
+OP_COST = {"exp": 12, "log": 14, "log1p": 16, "tanh": 16, "sigmoid": 12, "sin": 20, "cos": 20}
+OP_COST |= {"pow": 30, "sqrt": 4, "div": 4}
+FREE_OPS = frozenset({"const", "broadcast_to", "reshape", "transpose", "slice", "iota"})
+# The most a kernel's body may cost per element (units above). LLVM's loop vectorizer, its
+# instruction selection and register allocation take time growing with the square of a loop
+# body's size: a chain of 1000 elementwise multiply-adds (3000 units) took 6.7 s to optimize
+# as one loop, 200 sin steps (4400 units) 8 s. Fusion stores a value rather than let a body
+# grow past this (measured: a body of ~500 units optimizes in ~0.3 s, and the store and
+# reload a cut adds cost ~2 units). The largest kernels of the benchmark cost 68.
+MAX_BODY_COST = 512
+
+
+def op_cost(node: Node) -> int:
+    """Estimated units per element of computing `node` from its inputs (see OP_COST)."""
+    return 0 if node.op in FREE_OPS else OP_COST.get(node.op, 1)
 
 
 def is_source(node: Node) -> bool:
