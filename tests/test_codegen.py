@@ -508,6 +508,23 @@ def test_a_fused_chain_deeper_than_the_recursion_limit_compiles(monkeypatch):
 
 
 @pytest.mark.parametrize("n, hinted", [(1000, True), (63, False)])
+def test_long_arithmetic_loops_are_interleaved_four_times(n, hinted):
+    """A body of LONG_BODY instructions or more without math calls gets four vectors in
+    flight (LLVM itself would run it one vector at a time); a short body gets no hint."""
+    x = gc.input("x", (n,), "float32")
+    y = x
+    for _ in range(8):
+        y = 0.5 * (y * 1.0001) + y
+    chain = gc.compile(inputs=[x], outputs=y, cache=False)
+    short = gc.compile(inputs=[x], outputs=x * 2.0 + 1.0, cache=False)
+    hint = '!{ !"llvm.loop.interleave.count", i32 4 }'
+    assert (hint in chain.llvm_ir) == hinted
+    assert "llvm.loop" not in short.llvm_ir
+    xv = np.linspace(-1, 1, n, dtype=np.float32)
+    np.testing.assert_allclose(chain(xv), gc.evaluate(y, {x: xv}), rtol=1e-6)
+
+
+@pytest.mark.parametrize("n, hinted", [(1000, True), (63, False)])
 def test_long_loops_over_math_calls_are_interleaved(n, hinted):
     """The W3 loop carries `llvm.loop.interleave.count 2`; a loop too short for two vectors
     per iteration and a loop without transcendentals carry no hint; results are unchanged."""
