@@ -507,6 +507,28 @@ def test_a_fused_chain_deeper_than_the_recursion_limit_compiles(monkeypatch):
     np.testing.assert_allclose(step(xv), gc.evaluate(y, {x: xv}), rtol=1e-12)
 
 
+def test_large_kernels_stay_out_of_line_small_ones_are_inlined():
+    """LLVM would inline every kernel into the step (each is called once): one function
+    growing with the model, whose machine code takes superlinear time."""
+    x = gc.input("x", (64,), "float32")
+    y = x
+    for _ in range(20):  # one kernel (440 units) of ~3000 instructions
+        y = 0.5 * gc.sin(y) + y
+
+    def kernels_out_of_line(step) -> list[bool]:
+        return [
+            "noinline" in line
+            for line in step.llvm_ir.splitlines()
+            if line.startswith('define internal void @"fused')
+        ]
+
+    large = gc.compile(inputs=[x], outputs=y, cache=False)
+    small = gc.compile(inputs=[x], outputs=x * 2.0 + 1.0, cache=False)
+    assert kernels_out_of_line(large) == [True] and kernels_out_of_line(small) == [False]
+    xv = np.linspace(-2, 2, 64, dtype=np.float32)
+    np.testing.assert_allclose(large(xv), gc.evaluate(y, {x: xv}), rtol=2e-6, atol=1e-6)
+
+
 @pytest.mark.parametrize("n, hinted", [(1000, True), (63, False)])
 def test_long_arithmetic_loops_are_interleaved_four_times(n, hinted):
     """A body of LONG_BODY instructions or more without math calls gets four vectors in
