@@ -399,7 +399,9 @@ class KernelEmitter:
             parallel.dispatch(self.b, rows.function, self.function.args, split, self.threads)
             forms.after_join(self)
         self.b.ret_void()
-        if sum(len(block.instructions) for block in self.function.blocks) >= OUT_OF_LINE_FROM:
+        # (a chunk's function is inlined into its one caller, which knows the chunk bounds)
+        size = sum(len(block.instructions) for block in self.function.blocks)
+        if self.rows is None and size >= OUT_OF_LINE_FROM:
             self.function.attributes.add("noinline")
         return self.function
 
