@@ -239,6 +239,7 @@ class KernelEmitter:
         loop scalar."""
         b = self.b
         before = b.block
+        first_block = len(self.function.blocks)  # this loop's blocks are appended from here
         header = b.append_basic_block(f"{name}.loop")
         after = b.append_basic_block(f"{name}.done")
         if may_be_empty:
@@ -257,7 +258,7 @@ class KernelEmitter:
         phi.add_incoming(following, b.block)
         latch = b.cbranch(b.icmp_unsigned("<", following, end), header, after)
         if innermost and count >= INTERLEAVE_FROM:
-            blocks = self.function.blocks[self.function.blocks.index(header) :]
+            blocks = self.function.blocks[first_block:]
             if self.e.math_calls > math_calls:
                 interleave = INTERLEAVE
             elif sum(len(block.instructions) for block in blocks) >= LONG_BODY:
