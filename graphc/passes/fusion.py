@@ -112,13 +112,14 @@ def _capped(graph: Graph, stored: set[int]) -> set[int]:
         return id(x) not in stored and not is_source(x)
 
     def store_below(x: Node) -> None:
-        if not inlined(x):
-            return
-        if x.op in LAYOUT:
-            for y in x.inputs:
-                store_below(y)
-        else:
-            stored.add(id(x))
+        stack = [x]
+        while stack:
+            n = stack.pop()
+            if inlined(n):
+                if n.op in LAYOUT:
+                    stack.extend(n.inputs)
+                else:
+                    stored.add(id(n))
 
     def fresh_body(v: Node) -> set[int]:  # v's tree after a cut: index maps down to leaves
         body, stack = set(), [v]
