@@ -403,3 +403,18 @@ def test_an_update_of_the_wrong_shape_names_both_lines():
     message = str(error.value)
     assert "update of w" in message and "f32[3,2]" in message and "f32[4,2]" in message
     assert f"{HERE}:{here + 3}" in message and f"{HERE}:{here}" in message
+
+
+@pytest.mark.parametrize(
+    "value, dtype, error",
+    [
+        ([[1.0, 2.0], [3.0]], None, gc.InputError),  # ragged
+        (["a", "b"], "float32", gc.InputError),
+        (np.zeros(2, np.float16), None, gc.DTypeError),
+    ],
+)
+def test_a_bad_param_value_names_the_param_and_the_line(value, dtype, error):
+    here = line() + 2
+    with pytest.raises(error) as raised:
+        gc.param("w", value, dtype)
+    assert "param 'w'" in str(raised.value) and f"{HERE}:{here}" in str(raised.value)

@@ -13,7 +13,7 @@ import operator
 
 import numpy as np
 
-from graphc.errors import DTypeError, GraphcError, ShapeError
+from graphc.errors import DTypeError, GraphcError, InputError, ShapeError
 from graphc.ir.graph import Node, Storage, apply, user_location
 from graphc.ir.types import DTYPES, FLOATS, canonical_dtype
 
@@ -214,8 +214,16 @@ def input(name: str, shape, dtype="float32") -> Tensor:  # noqa: A001 (the publi
 
 def param(name: str, value, dtype=None) -> Tensor:
     """Trainable state with an initial value; its `.value` is the live ndarray."""
-    array = np.array(value, dtype=canonical_dtype(dtype) if dtype else None, order="C", copy=True)
-    canonical_dtype(array.dtype)
+    try:
+        array = np.array(
+            value, dtype=canonical_dtype(dtype) if dtype else None, order="C", copy=True
+        )
+    except (TypeError, ValueError) as error:  # a ragged list, strings for a float dtype
+        raise InputError(f"param {name!r}: {error} (at {user_location()})") from None
+    try:
+        canonical_dtype(array.dtype)
+    except DTypeError as error:
+        raise DTypeError(f"param {name!r}: {error} (at {user_location()})") from None
     return Tensor(
         apply("param", name=name, shape=array.shape, dtype=array.dtype.name, storage=Storage(array))
     )
