@@ -79,6 +79,10 @@ def keep_out_of_line(function: ir.Function) -> None:
         function.attributes.add("noinline")
 
 
+def _instructions(blocks) -> int:
+    return sum(len(block.instructions) for block in blocks)
+
+
 def i64(value: int) -> ir.Constant:
     return ir.Constant(I64, int(value))
 
@@ -261,7 +265,7 @@ class KernelEmitter:
             blocks = self.function.blocks[first_block:]
             if self.e.math_calls > math_calls:
                 interleave = INTERLEAVE
-            elif sum(len(block.instructions) for block in blocks) >= LONG_BODY:
+            elif _instructions(blocks) >= LONG_BODY:
                 interleave = INTERLEAVE_LONG
             else:
                 interleave = None  # LLVM's own choice
@@ -401,8 +405,7 @@ class KernelEmitter:
             forms.after_join(self)
         self.b.ret_void()
         # (a chunk's function is inlined into its one caller, which knows the chunk bounds)
-        size = sum(len(block.instructions) for block in self.function.blocks)
-        if self.rows is None and size >= OUT_OF_LINE_FROM:
+        if self.rows is None and _instructions(self.function.blocks) >= OUT_OF_LINE_FROM:
             self.function.attributes.add("noinline")
         return self.function
 

@@ -121,15 +121,6 @@ def _capped(graph: Graph, stored: set[int]) -> set[int]:
                 else:
                     stored.add(id(n))
 
-    def fresh_body(v: Node) -> set[int]:  # v's tree after a cut: index maps down to leaves
-        body, stack = set(), [v]
-        while stack:
-            n = stack.pop()
-            if id(n) not in body:
-                body.add(id(n))
-                stack.extend(x for x in n.inputs if inlined(x))
-        return body
-
     cost = {id(n): op_cost(n) for n in graph.nodes}
     bodies: dict[int, set[int]] = {}  # a tree's nodes (an upper bound once values below are cut)
     for v in graph.nodes:
@@ -139,7 +130,7 @@ def _capped(graph: Graph, stored: set[int]) -> set[int]:
         if sum(map(cost.__getitem__, body)) > MAX_BODY_COST:
             for x in v.inputs:
                 store_below(x)
-            body = fresh_body(v)
+            body = {id(n) for n in tree(v, stored)[0]}  # v and index maps down to leaves
         bodies[id(v)] = body
     return stored
 
