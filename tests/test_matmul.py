@@ -1,4 +1,10 @@
-"""Generated matmul kernels against numpy: dtypes, edge shapes, strides, batches, accumulate."""
+"""Generated matmul kernels against numpy: dtypes, edge shapes, strides, batches, accumulate.
+
+Every kernel family is checked on this host: the tiles for AVX2 (x86-64-v3, 16 registers of
+32 bytes) and for AVX-512 (x86-64-v4, 32 registers of 64 bytes) are both emitted and run
+here; on a host without AVX-512, LLVM splits the 64-byte vectors in two, so the AVX-512
+family's tiling, remainders and packing are checked even where it cannot run natively.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from llvmlite import ir
 
+from graphc.codegen import target
 from graphc.codegen.matmul import Operand, Tiling, define_matmul, takes_row_count
 from graphc.errors import DTypeError, ShapeError
 
@@ -21,16 +28,23 @@ llvm.initialize_native_asmprinter()
 RTOL = {"float32": 1e-5, "float64": 1e-12, "int32": 0, "int64": 0}
 
 
-def _machine() -> llvm.TargetMachine:
-    target = llvm.Target.from_default_triple()
-    features = llvm.get_host_cpu_features().flatten()
-    return target.create_target_machine(cpu=llvm.get_host_cpu_name(), features=features, opt=3)
+# The kernel families: the JIT's own (the host, or $GRAPHC_CPU), AVX2's and AVX-512's.
+FAMILIES = ["jit", "x86-64-v3", "x86-64-v4"]
 
 
-def _optimized(module: ir.Module) -> llvm.ModuleRef:
+def _family(name: str) -> target.Target:
+    return target.host() if name == "jit" else target.for_cpu(name)
+
+
+def _machine(cpu: target.Target | None = None) -> llvm.TargetMachine:
+    """The JIT's target machine (what runs the kernels here), or `cpu`'s."""
+    return (cpu or target.host()).machine(opt=3)
+
+
+def _optimized(module: ir.Module, machine: llvm.TargetMachine | None = None) -> llvm.ModuleRef:
     parsed = llvm.parse_assembly(str(module))
     parsed.verify()
-    machine = _machine()
+    machine = machine or _machine()
     passes = llvm.create_pass_builder(machine, llvm.create_pipeline_tuning_options(speed_level=3))
     passes.getModulePassManager().run(parsed, passes)
     return parsed
@@ -150,36 +164,38 @@ def _seeded_cases(dtype: str, count: int, seed: int):
         yield _case(rng, dtype, m, n, k, batch=batch, **flags)
 
 
-def _check_all(cases) -> None:
+def _check_all(cases, family: str = "jit") -> None:
     """Compile every case into one module (one JIT) and check each against NumPy."""
     module = _new_module()
     for index, (spec, *_rest) in enumerate(cases):
-        define_matmul(module, f"case{index}", **spec)
+        define_matmul(module, f"case{index}", **spec, cpu=_family(family))
     jit = _Jit(module)
     for index, (spec, buffers, expected, scale) in enumerate(cases):
         _check(jit.function(f"case{index}"), spec, buffers, expected, scale)
 
 
+@pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("dtype", ["float32", "float64", "int32", "int64"])
-def test_seeded_shapes_match_numpy(dtype):
+def test_seeded_shapes_match_numpy(dtype, family):
     count = 36 if dtype.startswith("float") else 24
     cases = list(_seeded_cases(dtype, count, seed=list(RTOL).index(dtype)))
-    _check_all(cases)
+    _check_all(cases, family)
 
 
 # Matrix-vector (dot path, transposed problem), few rows (wide tiles), and an odd blocked shape.
 TRANSPOSE_SHAPES = [(37, 1, 45), (3, 2, 17), (200, 1, 70), (1, 37, 45), (3, 50, 9), (37, 45, 29)]
 
 
+@pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("transposes", [(False, False), (True, False), (False, True), (True, True)])
-def test_every_transpose_of_special_shapes(dtype, transposes):
+def test_every_transpose_of_special_shapes(dtype, transposes, family):
     rng = np.random.default_rng(1)
     cases = [
         _case(rng, dtype, *shape, ta=transposes[0], tb=transposes[1], accumulate=index % 2 == 1)
         for index, shape in enumerate(TRANSPOSE_SHAPES)
     ]
-    _check_all(cases)
+    _check_all(cases, family)
 
 
 @settings(max_examples=25, deadline=None)
@@ -191,15 +207,16 @@ def test_every_transpose_of_special_shapes(dtype, transposes):
     batch=st.lists(st.integers(1, 3), max_size=2).map(tuple),
     flags=st.tuples(st.booleans(), st.booleans(), st.booleans(), st.booleans()),
     seed=st.integers(0, 2**16),
+    family=st.sampled_from(FAMILIES),
 )
-def test_random_shapes_match_numpy(dtype, m, n, k, batch, flags, seed):
+def test_random_shapes_match_numpy(dtype, m, n, k, batch, flags, seed, family):
     ta, tb, tc, accumulate = flags
     rng = np.random.default_rng(seed)
     spec, buffers, expected, scale = _case(
         rng, dtype, m, n, k, batch=batch, ta=ta, tb=tb, tc=tc, accumulate=accumulate
     )
     module = _new_module()
-    define_matmul(module, "matmul", **spec)
+    define_matmul(module, "matmul", **spec, cpu=_family(family))
     _check(_Jit(module).function("matmul"), spec, buffers, expected, scale)
 
 
@@ -214,9 +231,9 @@ def test_explicit_tiling_with_tiny_blocks(pack):
     _check(_Jit(module).function("matmul"), spec, buffers, expected, scale)
 
 
-def _check_row_counts(spec, buffers, expected, scale, rows, tiling=None) -> None:
+def _check_row_counts(spec, buffers, expected, scale, rows, tiling=None, family="jit") -> None:
     module = _new_module()
-    define_matmul(module, "matmul", **spec, tiling=tiling, rows=rows)
+    define_matmul(module, "matmul", **spec, tiling=tiling, rows=rows, cpu=_family(family))
     jit = _Jit(module)
     kind = ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * 3, ctypes.c_int64)
     function = kind(jit.engine.get_function_address("matmul"))
@@ -240,15 +257,16 @@ ROW_COUNT_CASES = [  # (dtype, row counts, n, k, transposed A, accumulate, tilin
 ]
 
 
+@pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("dtype, rows, n, k, ta, accumulate, tiling", ROW_COUNT_CASES)
-def test_row_count_at_run_time(dtype, rows, n, k, ta, accumulate, tiling):
+def test_row_count_at_run_time(dtype, rows, n, k, ta, accumulate, tiling, family):
     """One function for several row counts (a split product's chunks): each count computes
     exactly its rows of C, and the rows below stay untouched."""
     rng = np.random.default_rng(len(rows))
     spec, buffers, expected, scale = _case(
         rng, dtype, max(rows), n, k, ta=ta, accumulate=accumulate
     )
-    _check_row_counts(spec, buffers, expected, scale, rows, tiling)
+    _check_row_counts(spec, buffers, expected, scale, rows, tiling, family)
 
 
 @settings(max_examples=25, deadline=None)
@@ -302,14 +320,47 @@ def test_packing_choices():
     assert packs(1024, "float32", (1024, 1), (1024, 1)) == (True, True)  # 4 KiB rows of A
 
 
-def test_float32_kernel_uses_ymm_fma():
+REGISTER_CLASS = {16: "xmm", 32: "ymm", 64: "zmm"}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_kernel_fmas_at_the_targets_vector_width(family, dtype):
+    """The micro-kernel's FMAs use the target's widest vectors (ymm on AVX2, zmm with
+    AVX-512, also where the target prefers 256-bit loops), and its tile keeps every
+    accumulator in a register: no stack reload feeds an FMA."""
+    cpu = _family(family)
     module = _new_module()
     row_major = Operand((64, 1))
     define_matmul(
-        module, "matmul", m=64, n=64, k=64, dtype="float32", a=row_major, b=row_major, c=row_major
-    )
-    assembly = _machine().emit_assembly(_optimized(module))
-    assert re.search(r"vfmadd\w+\s+[^\n]*%ymm", assembly)
+        module, "matmul", m=64, n=64, k=64, dtype=dtype, a=row_major, b=row_major, c=row_major,
+        cpu=cpu,
+    )  # fmt: skip
+    machine = _machine(cpu)
+    assembly = machine.emit_assembly(_optimized(module, machine))
+    register = REGISTER_CLASS[cpu.vector_bytes]
+    fmas = re.findall(r"vfmadd\w+\s+([^\n]*)", assembly)
+    assert fmas and all(f"%{register}" in operands for operands in fmas), fmas[:4]
+    assert not any("(%rsp)" in operands for operands in fmas), "an accumulator was spilled"
+
+
+def test_tiles_follow_the_registers():
+    """16 registers: 6 x 2 vectors (12 accumulators); 32 registers: 14 x 2 (28); a C one
+    vector wide takes registers - 4 rows; every tile leaves room for B and a broadcast."""
+    from graphc.codegen.matmul import choose_tiling
+
+    for name, rows in (("x86-64-v3", 6), ("x86-64-v4", 14)):
+        cpu = target.for_cpu(name)
+        for dtype, itemsize in (("float32", 4), ("float64", 8)):
+            lanes = cpu.vector_bytes // itemsize
+            wide = choose_tiling(256, 256, 256, dtype, (256, 1), (256, 1), cpu)
+            assert (wide.mr, wide.nr, wide.lanes) == (rows, 2 * lanes, lanes)
+            narrow = choose_tiling(256, lanes, 256, dtype, (256, 1), (lanes, 1), cpu)
+            assert (narrow.mr, narrow.nr) == (cpu.registers - 4, lanes)
+            for m in range(1, rows):
+                few = choose_tiling(m, 256, 256, dtype, (256, 1), (256, 1), cpu)
+                accumulators = few.mr * few.nr // lanes
+                assert accumulators + few.nr // lanes + 1 <= cpu.registers
 
 
 def test_bad_arguments_raise():

@@ -373,6 +373,7 @@ def _matmul(k, mm: Node, views, m: int, suffix: str = "", rows=None) -> ir.Funct
         c=Operand(strides_of(mm.shape), 0),
         batch=tuple(batch),
         rows=rows,
+        cpu=k.cpu,
     )
     function.linkage = "internal"
     keep_out_of_line(function)
@@ -395,7 +396,9 @@ def emit_contraction(k) -> None:
         inner = mm.inputs[0].shape[-1]
         if len(lengths) == 1:
             b.call(_matmul(k, mm, views, lengths[0], f".rows{lengths[0]}"), [c, a, sources[1]])
-        elif takes_row_count(lengths[0], mm.shape[-1], inner, mm.dtype, *_operands(views)):
+        elif takes_row_count(
+            lengths[0], mm.shape[-1], inner, mm.dtype, *_operands(views), cpu=k.cpu
+        ):
             # one function for every chunk, not one per length: W5 compiles cold on two
             # threads in 1.45 s instead of 1.94, W1-B f64 in 1.16 s instead of 1.55
             function = _matmul(k, mm, views, lengths[0], ".rows", rows=tuple(lengths))
@@ -464,7 +467,7 @@ def split_of(k) -> Split | None:
     work = matmul_work(m, mm.shape[1], inner, mm.dtype) + work_of(kernel, mm.shape)
     # one chunk per thread of whole register tiles: each chunk packs its own copy of B, and
     # two per thread were slower, idle and next to a busy process alike (docs/performance.md)
-    unit = tile_rows(mm.shape[1], mm.dtype)
+    unit = tile_rows(mm.shape[1], mm.dtype, k.cpu)
     return split_rows(m, work, threads, unit, per_thread=1, threshold=MATMUL_THRESHOLD_NS)
 
 

@@ -35,6 +35,7 @@ from llvmlite import ir
 from graphc.codegen import parallel
 from graphc.codegen.emitter import MEMORY_TYPES, REGISTER_TYPES, Emitter
 from graphc.codegen.parallel import Split
+from graphc.codegen.target import Target, host
 from graphc.errors import CompileError
 from graphc.ir.graph import Graph, Kernel, Node
 from graphc.ir.ops import OPS
@@ -158,6 +159,7 @@ class KernelEmitter:
         place=lambda node: id(node),
         threads: int = 1,
         rows: Split | None = None,
+        cpu: Target | None = None,
     ):
         """`place(node)` says where a value lives: values in the same place (an output
         written in place over an input) share one pointer argument, so every argument is
@@ -165,8 +167,9 @@ class KernelEmitter:
 
         `threads` > 1 lets a large kernel split its outer loop (codegen/parallel.py); the
         emitter of one chunk is made with `rows`, the split, and takes (start, end) after
-        its pointers."""
+        its pointers. `cpu` is the target the code is for (default: the JIT's)."""
         self.module = module
+        self.cpu = cpu or host()
         self.kernel = kernel
         self.globals = globals_
         self.place = place
@@ -397,7 +400,13 @@ class KernelEmitter:
             getattr(forms, f"emit_{self.kernel.form}")(self)
         else:  # chunks of the outer loop on threads, then what must follow them all
             rows = KernelEmitter(
-                self.module, self.kernel, self.globals, self.place, self.threads, rows=split
+                self.module,
+                self.kernel,
+                self.globals,
+                self.place,
+                self.threads,
+                rows=split,
+                cpu=self.cpu,
             )
             rows.emit()
             self.hoist_scalars()
@@ -552,11 +561,18 @@ def constant_global(module: ir.Module, node: Node, name: str) -> ir.GlobalVariab
 
 
 def emit_program(
-    graph: Graph, kernels: list[Kernel], plan: Plan, name: str, threads: int | None = None
+    graph: Graph,
+    kernels: list[Kernel],
+    plan: Plan,
+    name: str,
+    threads: int | None = None,
+    cpu: Target | None = None,
 ) -> ir.Module:
     """The LLVM module of a compiled program: kernels, constants and the exported entries.
-    Large kernels run on `threads` threads (default: `parallel.thread_count()`)."""
+    Large kernels run on `threads` threads (default: `parallel.thread_count()`); the code is
+    tuned for `cpu` (default: the JIT's target, `target.host()`)."""
     threads = parallel.thread_count() if threads is None else threads
+    cpu = cpu or host()
     module = ir.Module(name=name)
     globals_: dict[int, ir.GlobalVariable] = {}
     for node in graph.nodes:
@@ -568,7 +584,9 @@ def emit_program(
     def place(node: Node):
         return plan.locations.get(id(node)) or id(node)
 
-    functions = [KernelEmitter(module, kernel, globals_, place, threads) for kernel in kernels]
+    functions = [
+        KernelEmitter(module, kernel, globals_, place, threads, cpu=cpu) for kernel in kernels
+    ]
     for emitter in functions:
         emitter.emit()
 

@@ -17,11 +17,17 @@ Float kernels follow the BLIS/GotoBLAS structure::
             for ir in mc step MR:
               micro-kernel: C[ir:+MR, jr:+NR] (=|+=) Ap[ir] @ Bp[jr]
 
-    micro-kernel, f32 (MR = 6, NR = 16 = two ymm vectors; f64: NR = 8):
+    micro-kernel, AVX2 f32 (MR = 6, NR = 16 = two ymm vectors; f64: NR = 8):
                  Bp row kk:  [b0 .. b7][b8 .. b15]        two vector loads
         A[0,kk] broadcast -> acc00     acc01              fma  acc += a * b
         ...                  ...       ...
         A[5,kk] broadcast -> acc50     acc51              12 accumulators in registers
+
+The tile follows the target (codegen/target.py): NR is two of its widest vectors and MR the
+rows whose accumulators fit its vector registers beside two B vectors and a broadcast,
+MR = (registers - 4) / 2: 6 rows on AVX2 (16 ymm), 14 rows of two zmm vectors on AVX-512
+(32 zmm: 28 accumulators; BLIS's Skylake-X dgemm kernel is the same 14 x 16). A C narrower
+than one vector takes a single vector column of registers - 4 rows.
 
 The accumulators are loop-carried SSA values (phis), so they live in registers and C is
 touched once per tile and KC block. Remainder rows and columns get their own, narrower tile
@@ -66,6 +72,7 @@ from dataclasses import dataclass
 
 from llvmlite import ir
 
+from graphc.codegen.target import Target, host, keep_vectors_whole
 from graphc.errors import DTypeError, ShapeError
 
 __all__ = ["Operand", "Tiling", "choose_tiling", "define_matmul", "takes_row_count"]
@@ -75,7 +82,6 @@ _INT_TYPES = {"int32": ir.IntType(32), "int64": ir.IntType(64)}
 _ITEMSIZE = {"float32": 4, "float64": 8, "int32": 4, "int64": 8}
 _I64 = ir.IntType(64)
 _PTR = ir.PointerType()
-_VECTOR_BYTES = 32  # AVX2 ymm
 _L1_BYTES = 32 * 1024
 _K_UNROLL = 2  # micro-kernel k loop unroll: 1, 2, 4 within noise; 2 never lost
 
@@ -110,28 +116,41 @@ class _Rows:
     possible: tuple[int, ...]
 
 
-# Accumulator vectors per row that fit the 16 ymm registers with mr rows (acc + B + broadcast).
-_VECTORS_FOR_ROWS = {1: 7, 2: 5, 3: 3, 4: 3, 5: 2}
+def _vectors_per_row(rows: int, registers: int) -> int:
+    """Accumulator vectors per row that fit the registers with `rows` rows, one B vector per
+    column and a broadcast: 7, 5, 3, 3, 2 for 1-5 rows of 16 registers."""
+    return (registers - 1) // (rows + 1)
 
 
-def tile_rows(n: int, dtype: str) -> int:
-    """Rows of the register tile `choose_tiling` picks for C with n columns and >= 12 rows."""
-    return 12 if n <= _VECTOR_BYTES // _ITEMSIZE.get(dtype, 8) else 6
+def tile_rows(n: int, dtype: str, cpu: Target | None = None) -> int:
+    """Rows of the register tile `choose_tiling` picks for a C with n columns and many rows."""
+    cpu = cpu or host()
+    single_vector = n <= cpu.lanes(_ITEMSIZE.get(dtype, 8))
+    return cpu.registers - 4 if single_vector else (cpu.registers - 4) // 2
 
 
 def choose_tiling(
-    m: int, n: int, k: int, dtype: str, a_strides: tuple[int, int], b_strides: tuple[int, int]
+    m: int,
+    n: int,
+    k: int,
+    dtype: str,
+    a_strides: tuple[int, int],
+    b_strides: tuple[int, int],
+    cpu: Target | None = None,
 ) -> Tiling:
-    """The tile and blocking used for a float matmul of this shape and layout (tuned on AVX2)."""
+    """The tile and blocking used for a float matmul of this shape and layout on `cpu`
+    (default: the JIT's target; blocking tuned on AVX2)."""
+    cpu = cpu or host()
     itemsize = _ITEMSIZE[dtype]
-    lanes = min(_VECTOR_BYTES // itemsize, 1 << max(n - 1, 0).bit_length())
+    lanes = min(cpu.lanes(itemsize), 1 << max(n - 1, 0).bit_length())
     vectors = -(-n // lanes)
-    if m < 6:  # few rows: more vectors per row so that enough FMA chains run in parallel
-        mr, nv = m, min(vectors, _VECTORS_FOR_ROWS[m])
+    rows = tile_rows(n, dtype, cpu)
+    if m < rows:  # few rows: more vectors per row so that enough FMA chains run in parallel
+        mr, nv = m, min(vectors, _vectors_per_row(m, cpu.registers))
     elif vectors == 1:
-        mr, nv = min(m, 12), 1
+        mr, nv = rows, 1
     else:
-        mr, nv = 6, 2
+        mr, nv = rows, 2
     nr = nv * lanes
     kc = 256
     mc = max(mr, (144 if itemsize == 4 else 72) // mr * mr)
@@ -166,12 +185,14 @@ def define_matmul(
     accumulate: bool = False,
     tiling: Tiling | None = None,
     rows: tuple[int, ...] | None = None,
+    cpu: Target | None = None,
 ) -> ir.Function:
     """Emit `void name(ptr noalias c, ptr noalias a, ptr noalias b)`: C (=|+=) A @ B per batch.
 
     A is (batch..., m, k), B (batch..., k, n), C (batch..., m, n); element [idx] of an operand
     lives at base + offset + sum(idx * strides) (elements; stride 0 broadcasts). `tiling`
-    overrides `choose_tiling` for float dtypes. Reentrant; uses up to 400 KiB of stack.
+    overrides `choose_tiling` for float dtypes; vectors and tiles are `cpu`'s (default: the
+    JIT's target). Reentrant; uses up to 400 KiB of stack.
 
     With `rows` (where `takes_row_count` allows it), the function takes a fourth argument,
     `i64 rows`, one of `rows`, and computes that many rows of C (m = max(rows) picks the
@@ -189,8 +210,9 @@ def define_matmul(
                 f"matmul {name}: operand {label} has {len(operand.strides)} strides, "
                 f"expected {len(batch) + 2} for batch={batch}"
             )
+    cpu = cpu or host()
     if rows is not None:
-        if not takes_row_count(m, n, k, dtype, a, b, batch) or max(rows) != m or min(rows) < 1:
+        if not takes_row_count(m, n, k, dtype, a, b, batch, cpu) or max(rows) != m or min(rows) < 1:
             raise ShapeError(f"matmul {name}: rows={rows} not supported for m={m} n={n} k={k}")
     elem = _FLOAT_TYPES.get(dtype) or _INT_TYPES[dtype]
     arguments = [_PTR] * 3 + ([_I64] if rows is not None else [])
@@ -199,13 +221,15 @@ def define_matmul(
         arg.name = arg_name
         arg.add_attribute("noalias")
     function.attributes.add("nounwind")
+    if cpu.vector_bytes > 32:
+        keep_vectors_whole(function)
     builder = ir.IRBuilder(function.append_basic_block("entry"))
-    emitter = _Emitter(builder, elem)
+    emitter = _Emitter(builder, elem, cpu)
     if m == 0 or n == 0 or math.prod(batch) == 0:
         builder.ret_void()
         return function
 
-    path = _path(m, n, k, dtype, a, b, tiling)
+    path = _path(m, n, k, dtype, a, b, tiling, cpu)
     if path == "transposed":
         m, n = n, m
         a, b = _swap_matrix_strides(b), _swap_matrix_strides(a)
@@ -221,7 +245,7 @@ def define_matmul(
         elif path == "dot":
             emitter.dot_rows(m, n, k, a_view, b_view, c_view, accumulate)
         else:
-            t = tiling or choose_tiling(m, n, k, dtype, a.strides[-2:], b.strides[-2:])
+            t = tiling or choose_tiling(m, n, k, dtype, a.strides[-2:], b.strides[-2:], cpu)
             count = m if rows is None else _Rows(function.args[3], tuple(sorted(set(rows))))
             emitter.blocked(count, n, k, t, a_view, b_view, c_view, accumulate)
 
@@ -234,7 +258,7 @@ def define_matmul(
     return function
 
 
-def _path(m: int, n: int, k: int, dtype: str, a: Operand, b: Operand, tiling) -> str:
+def _path(m: int, n: int, k: int, dtype: str, a: Operand, b: Operand, tiling, cpu: Target) -> str:
     """Which code computes the product: "loop" (integers, k = 0: a plain loop nest), "dot"
     (matrix-vector with A rows and B columns contiguous: dot products, vectors along k),
     "transposed" (C^T = B^T A^T, blocked: n is narrower than a vector and m is not), or
@@ -243,20 +267,27 @@ def _path(m: int, n: int, k: int, dtype: str, a: Operand, b: Operand, tiling) ->
         return "loop"
     if tiling is not None:
         return "blocked"
-    lanes = _VECTOR_BYTES // _ITEMSIZE[dtype]
+    lanes = cpu.lanes(_ITEMSIZE[dtype])
     if n <= 2 and k >= lanes and a.strides[-1] == 1 and b.strides[-2] == 1:
         return "dot"
     return "transposed" if n < lanes and m > n else "blocked"
 
 
 def takes_row_count(
-    m: int, n: int, k: int, dtype: str, a: Operand, b: Operand, batch: tuple[int, ...] = ()
+    m: int,
+    n: int,
+    k: int,
+    dtype: str,
+    a: Operand,
+    b: Operand,
+    batch: tuple[int, ...] = (),
+    cpu: Target | None = None,
 ) -> bool:
     """Whether `define_matmul(..., rows=...)` can take its row count at run time: an
     unbatched, non-empty product on the blocked path."""
     if batch or m == 0 or n == 0 or dtype not in _ITEMSIZE:
         return False
-    return _path(m, n, k, dtype, a, b, None) == "blocked"
+    return _path(m, n, k, dtype, a, b, None, cpu or host()) == "blocked"
 
 
 _SUFFIX = {4: "f32", 8: "f64"}
@@ -290,8 +321,9 @@ class _View:
 class _Emitter:
     """Loop and tile emission on one IRBuilder; sizes and strides are Python ints."""
 
-    def __init__(self, builder: ir.IRBuilder, elem: ir.Type):
+    def __init__(self, builder: ir.IRBuilder, elem: ir.Type, cpu: Target):
         self.b = builder
+        self.cpu = cpu
         self.elem = elem
         self.is_float = isinstance(elem, (ir.FloatType, ir.DoubleType))
         self.entry = builder.block
@@ -456,7 +488,7 @@ class _Emitter:
 
     def dot_rows(self, m, n, k, a: _View, b: _View, c: _View, accumulate) -> None:
         """C[i, j] (=|+=) dot(A[i, :], B[:, j]) with vectors along k, 4 rows at a time."""
-        self.use_vectors(_VECTOR_BYTES // self.elem_bytes)
+        self.use_vectors(self.cpu.lanes(self.elem_bytes))
 
         def tile(i0, count):
             for j in range(n):

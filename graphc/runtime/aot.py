@@ -41,7 +41,7 @@ import llvmlite.binding as llvm
 import numpy as np
 from llvmlite import ir
 
-from graphc.codegen import parallel
+from graphc.codegen import parallel, target
 from graphc.errors import CompileError
 from graphc.passes.memory import aligned
 from graphc.runtime import jit
@@ -180,11 +180,14 @@ def wrapper_module(executable, name: str) -> ir.Module:
     return module
 
 
-def export_ir(executable, name: str) -> str:
-    """One LLVM module: the JIT's program (entries made internal) plus the C interface."""
+def export_ir(executable, name: str, cpu: str | None = None) -> str:
+    """One LLVM module: the program (entries made internal) plus the C interface. With
+    `cpu`, the program is emitted again with vectors and tiles for that CPU; else it is the
+    JIT's."""
+    program_ir = executable.llvm_ir if cpu is None else executable.llvm_ir_for(target.for_cpu(cpu))
     with jit._LOCK:
         context = llvm.create_context()
-        program = llvm.parse_assembly(executable.llvm_ir, context=context)
+        program = llvm.parse_assembly(program_ir, context=context)
         program.link_in(llvm.parse_assembly(str(wrapper_module(executable, name)), context=context))
         internal = [f"{executable.name}_step", f"{executable.name}_call"]
         if any(f.name in parallel.POOL_SYMBOLS for f in program.functions):
@@ -351,7 +354,7 @@ def export(executable, directory, name: str | None = None, cpu: str = "x86-64-v3
     directory.mkdir(parents=True, exist_ok=True)
     if [p.name for p in executable.optimized.params] != [p.name for p in executable.graph.params]:
         raise CompileError(f"{name}: the optimized program's state differs from the graph's")
-    obj = jit.emit_object(export_ir(executable, name), cpu=cpu, opt=executable.engine.opt)
+    obj = jit.emit_object(export_ir(executable, name, cpu), cpu=cpu, opt=executable.engine.opt)
     externals = external_symbols(obj)
     unknown = [s for s in externals if s not in LIBC + PTHREAD + LIBM]
     if unknown:

@@ -108,9 +108,13 @@ class Lowering:
 
     @functools.cached_property
     def llvm_ir(self) -> str:
+        return self.llvm_ir_for(None)
+
+    def llvm_ir_for(self, cpu) -> str:
+        """The LLVM IR of the program tuned for `cpu` (a codegen Target; None: the JIT's)."""
         from graphc.codegen.llvm import emit_program
 
-        return str(emit_program(*self.passes, self.name))
+        return str(emit_program(*self.passes, self.name, cpu=cpu))
 
     def metadata(self) -> dict:
         """What running the compiled code needs besides the code (stored in the cache entry)."""
@@ -474,6 +478,12 @@ class Executable:
     def llvm_ir(self) -> str:
         """The LLVM IR the program was compiled from (built on first use after a cache hit)."""
         return self.engine.llvm_ir
+
+    def llvm_ir_for(self, cpu) -> str:
+        """The LLVM IR of this program with its vectors and tiles chosen for `cpu` (a
+        `codegen.target.Target`), as an AOT build for another CPU needs it."""
+        self._lowered()  # checks the plan against the compiled one
+        return self._lowering.llvm_ir_for(cpu)
 
     def _lowered(self):
         optimized, kernels, plan = self._lowering.passes

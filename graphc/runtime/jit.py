@@ -57,7 +57,6 @@ import os
 import pathlib
 import struct
 import tempfile
-import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable
@@ -66,10 +65,10 @@ import llvmlite
 import llvmlite.binding as llvm
 import numpy as np
 
-from graphc.codegen import parallel
+from graphc.codegen import parallel, target
 from graphc.errors import CompileError
 
-_LOCK = threading.RLock()
+_LOCK = target.LLVM_LOCK
 _MAGIC = b"graphc-jit-object v2\n"
 _FORMAT_VERSION = "2"  # bump when the entry format or the JIT target machine settings change
 _HEADER_SIZE = len(_MAGIC) + 64 + 1 + 64 + 1
@@ -100,11 +99,6 @@ def _graphc_version() -> str:
         return "0.1.0"
 
 
-@functools.cache
-def _host_features() -> str:
-    return llvm.get_host_cpu_features().flatten()  # 0.25 ms per call, so asked once
-
-
 def target_machine(
     cpu: str | None = None,
     features: str | None = None,
@@ -113,17 +107,12 @@ def target_machine(
     opt: int = DEFAULT_OPT,
     jit: bool = False,
 ) -> llvm.TargetMachine:
-    """A target machine for `cpu` (None: the host CPU and its features)."""
-    if cpu is None:
-        cpu = llvm.get_host_cpu_name()
-        features = _host_features() if features is None else features
+    """A target machine for `cpu` (None: the JIT's target, codegen.target.host())."""
+    machine_target = target.host() if cpu is None else target.for_cpu(cpu, features)
     # The JIT needs the large code model: RuntimeDyld may place sections far apart.
     codemodel = "jitdefault" if jit else "default"
     with _LOCK:
-        target = llvm.Target.from_default_triple()
-        return target.create_target_machine(
-            cpu=cpu, features=features or "", opt=opt, reloc=reloc, codemodel=codemodel, jit=jit
-        )
+        return machine_target.machine(opt=opt, reloc=reloc, codemodel=codemodel, jit=jit)
 
 
 def optimize(module: llvm.ModuleRef, tm: llvm.TargetMachine, level: int = DEFAULT_OPT) -> None:
@@ -202,7 +191,7 @@ def _host_key() -> str:
     return "\0".join(
         [
             llvm.get_host_cpu_name(),
-            _host_features(),
+            target.for_cpu().features,
             f"llvmlite={llvmlite.__version__}",
             "llvm={}.{}.{}".format(*llvm.llvm_version_info),
             f"numpy={np.__version__}",
