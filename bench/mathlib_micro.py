@@ -12,26 +12,32 @@ leaves it to LLVM (not interleaved: latency then weighs more, operation count le
 new code are measured side by side. The peers of one row run interleaved, round by round,
 with the order rotated each round, and the table shows medians in ns/element; a burst of
 load from another process on this shared machine then hits every peer alike. The row
-`w3` is the W3 chain tanh(a*b + c)*sigmoid(d) - 0.5*a written as one loop.
+`w3` is the W3 chain tanh(a*b + c)*sigmoid(d) - 0.5*a written as one loop. NumPy loads its
+OpenBLAS in the environment `graphc bench` times it in (bench/host.py).
 """
 
 from __future__ import annotations
 
-import argparse
-import ctypes
-import importlib.util
 import pathlib
-import subprocess
 import sys
-import tempfile
-import time
-
-import numpy as np
-from llvmlite import binding as llvm
-from llvmlite import ir
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bench import host  # noqa: E402 (imports no NumPy)
+
+host.prepare_timed_process()  # before NumPy is imported
+
+import argparse  # noqa: E402
+import ctypes  # noqa: E402
+import importlib.util  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+from llvmlite import binding as llvm  # noqa: E402
+from llvmlite import ir  # noqa: E402
 
 from bench import peers  # noqa: E402
 from graphc.codegen import llvm as codegen  # noqa: E402

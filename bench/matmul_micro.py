@@ -7,26 +7,31 @@ Columns (GFLOP/s, higher is better; 2*m*n*k*batch flops per call):
   call   one ctypes call per matmul from Python (pointers pre-bound, like graphc's runtime)
   np1    numpy.matmul(a, b, out=c) with OPENBLAS_NUM_THREADS=1 (this process)
   npN    the same with OpenBLAS's default thread count (measured in a subprocess)
-  raw/np1, call/np1: ratios; the goals are >= 1.5 at n <= 64 and >= 0.8 at n >= 256.
+  raw/np1, call/np1: ratios; the targets are >= 1.5 at n <= 64 and >= 0.8 at n >= 256.
+NumPy loads its OpenBLAS in the environment `graphc bench` times it in (bench/host.py): idle
+pools asleep, OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE unset.
 """
 
 from __future__ import annotations
 
 import os
+import pathlib
 import sys
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+from bench import host  # noqa: E402 (imports no NumPy)
+
+host.prepare_timed_process()  # before NumPy is imported
 if "--numpy-default-threads" not in sys.argv:
-    os.environ["OPENBLAS_NUM_THREADS"] = "1"  # before numpy is imported
+    os.environ["OPENBLAS_NUM_THREADS"] = "1"
 
 import ctypes  # noqa: E402
 import json  # noqa: E402
-import pathlib  # noqa: E402
 import subprocess  # noqa: E402
 import time  # noqa: E402
 
 import numpy as np  # noqa: E402
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 # (label, m, n, k, dtype, transpose_a, transpose_b): A is (m,k), B is (k,n); a transposed
 # operand is stored as its transpose and read through strides.

@@ -4,7 +4,8 @@ For every case: build each peer (graphc compiles cold in a fresh GRAPHC_CACHE_DI
 warm), check that all peers agree numerically on their first two results, then time them
 side by side (timing.py). The table gives median and p10–p90 per call and graphc's speed-up
 over each peer (peer median / graphc median; > 1 means graphc is faster); W4 also in
-GFLOP/s; then compile times per phase and the issue-7 targets, met or not.
+GFLOP/s and as a share of the measured FMA peak; then compile times per phase and the targets,
+met or not. The header names the machine, NumPy's BLAS kernel and the FMA peak (host.py).
 
 Peers: graphc, hand-written NumPy (always), PyTorch eager and jax.jit when importable.
 `graphc bench --threads N` gives graphc and every peer the same N threads (default 1).
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -23,47 +23,11 @@ import time
 
 import numpy as np
 
-from . import peers, timing, workloads
+from . import host, peers, timing, workloads
 
 QUICK = {"sample_seconds": 1e-3, "warmup_seconds": 0.02, "budget_seconds": 0.4}
 FULL = {"sample_seconds": 2e-3, "warmup_seconds": 0.1, "budget_seconds": 2.0}
 TOLERANCE = {"float32": 2e-3, "float64": 1e-7}
-
-
-# ---- environment ----------------------------------------------------------------------------
-
-
-def machine_info(versions: dict) -> dict:
-    """CPU, core count and the versions of everything measured."""
-    import llvmlite
-    import llvmlite.binding as llvm
-
-    cpu = platform.processor() or "?"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
-    except (OSError, StopIteration):
-        pass
-    blas_threads = None
-    try:
-        from threadpoolctl import threadpool_info
-
-        blas_threads = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
-    except ImportError:
-        pass
-    return {
-        "cpu": cpu,
-        "llvm_cpu": llvm.get_host_cpu_name(),
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "llvmlite": llvmlite.__version__,
-        "llvm": ".".join(map(str, llvm.llvm_version_info)),
-        "torch": versions.get("torch"),
-        "jax": versions.get("jax"),
-        "blas_threads_default": blas_threads,
-        "peer_threads": peers.PEER_THREADS or "library defaults",
-    }
 
 
 # ---- one case -------------------------------------------------------------------------------
@@ -145,7 +109,7 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def evaluate_targets(results: list[dict]) -> list[dict]:
-    """Every issue-7 target whose case and peer were measured, with the measured ratio."""
+    """Every target whose case and peer were measured, with the measured ratio."""
     by_id = {r["id"]: r for r in results}
     out = []
     for t in workloads.TARGETS:
@@ -164,10 +128,13 @@ def render(results: list[dict], machine: dict, notes: list[str]) -> str:
         f"graphc bench — {machine['cpu']} ({machine['llvm_cpu']}), {machine['cores']} cores; "
         f"Python {machine['python']}, NumPy {machine['numpy']}, llvmlite {machine['llvmlite']} "
         f"(LLVM {machine['llvm']}), torch {machine['torch'] or '-'}, jax {machine['jax'] or '-'}",
+        host.describe_blas(machine.get("blas")),
+        *([host.describe_peaks(machine["fma_peak"])] if machine.get("fma_peak") else []),
         "times per call: median (p10–p90); ×peer = peer median / graphc median (> 1: graphc "
         "faster)",
         *notes,
     ]
+    peak = host.best_peak(machine["fma_peak"]) if machine.get("fma_peak") else None
     for group, title in workloads.GROUPS.items():
         rows = [r for r in results if r["group"] == group]
         if not rows:
@@ -187,7 +154,13 @@ def render(results: list[dict], machine: dict, notes: list[str]) -> str:
                 [r["id"], *[f"{r['gflops'][n]:.1f}" if n in r["gflops"] else "-" for n in names]]
                 for r in rows
             ]
-            lines += ["  GFLOP/s (median):", *_table(["case", *names], gflops)]
+            header = ["case", *names]
+            if peak:  # float64 FMAs do half the float32 flops
+                header.append("graphc % of peak")
+                for r, cells in zip(rows, gflops):
+                    share = r["gflops"]["graphc"] / (peak / 2 if r["dtype"] == "float64" else peak)
+                    cells.append(f"{share:.0%}")
+            lines += ["  GFLOP/s (median):", *_table(header, gflops)]
         lines += [f"  note {r['id']}: {n}" for r in rows for n in r["notes"]]
         lines += [
             f"  MISMATCH {r['id']}: relative errors {r['errors']}" for r in rows if r["mismatched"]
@@ -207,7 +180,7 @@ def render(results: list[dict], machine: dict, notes: list[str]) -> str:
     lines += _table(header, table)
     targets = evaluate_targets(results)
     if targets:
-        lines += ["", "issue-7 targets (graphc speed-up, measured in this run):"]
+        lines += ["", "targets (graphc speed-up, measured in this run):"]
         lines += _table(
             ["case", "vs", "target", "measured", ""],
             [[t["case"], t["peer"], f"≥ {t['target']:g}", f"{t['ratio']:.2f}",
@@ -269,20 +242,18 @@ def main(quick: bool = False, json_path: str | None = None, only=None) -> int:
     if peers.PEER_THREADS:
         notes.append(f"graphc and peers held to {peers.PEER_THREADS} thread(s) (graphc bench "
                      "--threads N)")  # fmt: skip
-        try:
-            import threadpoolctl  # noqa: F401
-        except ImportError:
-            notes.append("note: threadpoolctl is not installed; NumPy's BLAS uses its default")
     quiet = [f"{k}={os.environ[k]}" for k in ("OMP_WAIT_POLICY", "OPENBLAS_THREAD_TIMEOUT")
              if k in os.environ]  # fmt: skip
     if quiet:
         notes.append(f"idle peer threads sleep instead of spinning: {' '.join(quiet)}")
-    machine = machine_info(versions)
-    cases = workloads.all_cases(names, quick=quick)
-    cases = select(cases, only)
+    cases = select(workloads.all_cases(names, quick=quick), only)
     if not cases:
         print(f"graphc bench: no case id starts with {' or '.join(only)}", file=sys.stderr)
         return 2
+    machine = host.machine_info(versions, peers.PEER_THREADS)
+    overrides = " ".join(f"{k}={v}" for k, v in machine["blas_overrides"].items())
+    if overrides:
+        notes.append(f"note: NumPy's OpenBLAS loaded with {overrides} (`graphc bench` drops them)")
     progress = lambda case_id: print(f"  {case_id} ...", file=sys.stderr, flush=True)
     results = run(cases, QUICK if quick else FULL, progress)
     print(render(results, machine, notes))
@@ -293,5 +264,7 @@ def main(quick: bool = False, json_path: str | None = None, only=None) -> int:
     return 1 if any(r["mismatched"] for r in results) else 0
 
 
-if __name__ == "__main__":
-    sys.exit(main(quick="--quick" in sys.argv))
+if __name__ == "__main__":  # through the command, which starts the timed process
+    from graphc.cli import main as command
+
+    sys.exit(command(["bench", *sys.argv[1:]]))

@@ -42,31 +42,35 @@ def _reporting_errors(command: str, run, args) -> int:
         return 2
 
 
-# A peer's idle worker threads must not spin on the cores the next peer is timed on (the
-# suite alternates peers round by round): PyTorch's OpenMP workers and NumPy's OpenBLAS
-# threads sleep at once with these, which they read when they load.
-QUIET_POOLS = {"OMP_WAIT_POLICY": "PASSIVE", "OPENBLAS_THREAD_TIMEOUT": "4"}
+def _bench_module(name: str):
+    """bench/<name>.py: installed, bench/ is packaged as graphc.bench; in a checkout it is also
+    importable as `bench`."""
+    import importlib
+
+    try:
+        return importlib.import_module(f"graphc.bench.{name}")
+    except ModuleNotFoundError as error:
+        if error.name not in ("graphc.bench", f"graphc.bench.{name}"):
+            raise
+        return importlib.import_module(f"bench.{name}")
 
 
 def _bench(args) -> int:
-    missing = {k: v for k, v in QUIET_POOLS.items() if k not in os.environ}
-    if missing:  # NumPy is loaded already: run the suite in a process that has them
+    # NumPy and its OpenBLAS are loaded already, and OpenBLAS read its environment as it
+    # loaded: the timed process is a new one with quiet worker pools and OpenBLAS's own kernel
+    # choice (bench/host.py says why).
+    environment = _bench_module("host").timed_environment(os.environ)
+    if environment != dict(os.environ):
         import subprocess
 
         argv = ["bench", "--threads", str(args.threads), *["--quick"] * args.quick]
         argv += [*(["--json", args.json] if args.json else [])]
         argv += [word for prefix in args.only or () for word in ("--only", prefix)]
         command = [sys.executable, "-m", "graphc.cli", *argv]
-        return subprocess.call(command, env={**os.environ, **missing})
+        return subprocess.call(command, env=environment)
     # one thread count for everyone: graphc's large kernels and every peer's pool
     os.environ["GRAPHC_THREADS"] = os.environ["GRAPHC_BENCH_PEER_THREADS"] = str(args.threads)
-    try:  # installed: bench/ is packaged as graphc.bench; in a checkout it is also `bench`
-        from graphc.bench.suite import main as bench
-    except ModuleNotFoundError as error:
-        if error.name not in ("graphc.bench", "graphc.bench.suite"):
-            raise
-        from bench.suite import main as bench
-
+    bench = _bench_module("suite").main
     return bench(quick=args.quick, json_path=args.json, only=args.only)
 
 

@@ -12,7 +12,7 @@ import pytest
 import tomllib
 
 bench = pytest.importorskip("bench.suite", reason="bench/ is not importable")
-from bench import peers, workloads  # noqa: E402
+from bench import host, peers, workloads  # noqa: E402
 
 TINY = {"sample_seconds": 1e-4, "warmup_seconds": 0.0, "budget_seconds": 0.0,
         "min_rounds": 3, "max_rounds": 3}  # fmt: skip
@@ -61,13 +61,16 @@ def test_stats_and_compile_times_are_complete(results):
 
 
 def test_table_and_json_render(results):
-    machine = bench.machine_info(peers.available())
+    machine = host.machine_info(peers.available(), 1)
     text = bench.render(results, machine, ["a note"])
     for r in results:
         assert r["id"] in text
     assert "×numpy" in text and "compile time" in text and "a note" in text
+    assert "NumPy's BLAS: " in text and "FMA peak" in text and "% of peak" in text
     data = json.loads(json.dumps(bench.to_json(results, machine)))
     assert [c["id"] for c in data["cases"]] == [r["id"] for r in results]
+    assert data["machine"]["fma_peak"]["ymm"]["per_thread"] > 0
+    assert "blas" in data["machine"] and "blas_overrides" in data["machine"]
 
 
 def test_targets_name_measured_cases():
@@ -95,12 +98,32 @@ def test_only_selects_cases_by_id_prefix(capsys):
     assert "no case id starts with W9" in capsys.readouterr().err
 
 
+def test_the_timed_environment_has_quiet_pools_and_openblas_own_kernel():
+    preset = {"OPENBLAS_CORETYPE": "Prescott", "OPENBLAS_L2_SIZE": "262144", "PATH": "/bin"}
+    assert host.timed_environment(preset) == {**host.QUIET_POOLS, "PATH": "/bin"}
+    mine = {"OMP_WAIT_POLICY": "ACTIVE", "OPENBLAS_THREAD_TIMEOUT": "4"}
+    assert host.timed_environment(mine) == mine  # a pool setting given by the user stays
+
+
 def test_the_cli_runs_the_suite_with_quiet_worker_pools(monkeypatch, capfd):
     """`graphc bench` re-runs itself with OMP_WAIT_POLICY / OPENBLAS_THREAD_TIMEOUT set, so no
     peer's idle threads spin while another is timed; the child's exit code is returned."""
     from graphc import cli
 
-    for name in cli.QUIET_POOLS:
+    for name in host.QUIET_POOLS:
         monkeypatch.delenv(name, raising=False)
     assert cli.main(["bench", "--only", "W9"]) == 2
     assert "no case id starts with W9" in capfd.readouterr().err
+
+
+def test_fma_peak_is_measured_for_ymm_and_zmm_only_with_avx512():
+    assert host.fma_peak(256, seconds=0.005) > 0
+    text = host._fma_loop_ir(16)  # compiled and run only on a host with AVX-512
+    assert '"min-legal-vector-width"="512"' in text and "@llvm.fma.v16f32" in text
+    llvm = pytest.importorskip("llvmlite.binding")
+    llvm.parse_assembly(text).verify()
+    line = host.describe_peaks({"threads": 2, "ymm": {"per_thread": 1.0, "all_threads": 2.0},
+                                "zmm": None})  # fmt: skip
+    assert "1.0 per thread, 2.0 on 2 thread(s)" in line and host.NO_AVX512 in line
+    assert host.best_peak({"ymm": {"all_threads": 2.0}, "zmm": None}) == 2.0
+    assert "threadpoolctl is not installed" in host.describe_blas(None)
