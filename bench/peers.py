@@ -12,11 +12,12 @@ with JAX_PLATFORMS=cpu and x64 enabled, so float64 cases really run in float64).
 
 Threads: `graphc bench --threads N` (default 1) sets GRAPHC_THREADS for graphc and
 GRAPHC_BENCH_PEER_THREADS for the peers (OpenBLAS through threadpoolctl,
-torch.set_num_threads, XLA's Eigen pool off at 1) — the same-thread-count comparison issue 7
-asks for; one thread also keeps spinning worker pools from wrecking the timings on a loaded
-2-core machine. Caveat, measured: jax 0.10's CPU runtime still uses both cores for large
-matmuls and elementwise loops with those flags, so a 1-thread table understates graphc
-against jax.jit; GRAPHC_BENCH_PEER_THREADS=0 leaves each library its default.
+torch.set_num_threads, XLA's Eigen pool off at 1), so that every library is compared on the
+same number of threads; one thread also keeps spinning worker pools from wrecking the
+timings on a loaded 2-core machine. Caveat, measured: jax 0.10's CPU runtime still uses both
+cores for large matmuls and elementwise loops with those flags, so a 1-thread table
+understates graphc against jax.jit; GRAPHC_BENCH_PEER_THREADS=0 leaves each library its
+default.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The workloads of issue 7, as cases: one graphc program plus the same step in every peer.
+"""The workloads, as cases: one graphc program plus the same step in every peer.
 
     W1  training step (forward + backward + Adam), ReLU MLP, MSE:
         A = 5-32-16-1 at batch 32 (float32); B = 64-256-256-1 at batch 256 (float32, float64)
@@ -171,7 +171,7 @@ MLP_A, MLP_B = (5, 32, 16, 1), (64, 256, 256, 1)
 
 
 def all_cases(peer_names, quick: bool = False) -> list[Case]:
-    """Every case of issue 7, or with `quick` a subset that runs in well under a minute."""
+    """Every case, or with `quick` a subset that runs in well under a minute."""
     p = peer_names
     if quick:
         return [
@@ -200,7 +200,7 @@ def all_cases(peer_names, quick: bool = False) -> list[Case]:
 
 @dataclass
 class Target:
-    """An issue-7 target: graphc at least `ratio` times faster than `peer` on `case_id`."""
+    """A target: graphc at least `ratio` times faster than `peer` on `case_id`."""
 
     case_id: str
     peer: str
