@@ -177,10 +177,10 @@ def describe_peaks(peaks: dict) -> str:
         if peak is None:
             cells.append(f"{bits}-bit ({name}) {NO_AVX512}")
             continue
-        cells.append(
-            f"{bits}-bit ({name}) {peak['per_thread']:.1f} per thread, "
-            f"{peak['all_threads']:.1f} on {peaks['threads']} thread(s)"
-        )
+        cell = f"{bits}-bit ({name}) {peak['per_thread']:.1f} per thread"
+        if peaks["threads"] > 1:
+            cell += f", {peak['all_threads']:.1f} on {peaks['threads']} threads"
+        cells.append(cell)
     return "FMA peak, float32 GFLOP/s (float64: half), measured: " + "; ".join(cells)
 
 
