@@ -119,10 +119,11 @@ def has_avx512() -> bool:
     return bool(llvm.get_host_cpu_features().get("avx512f", False))
 
 
-def fma_peak(bits: int = 256, threads: int = 1, seconds: float = 0.05) -> float:
+def fma_peak(bits: int = 256, threads: int = 1, seconds: float = 0.02, runs: int = 7) -> float:
     """Measured float32 GFLOP/s of `threads` threads each running `bits`-wide FMA chains (the
-    best of three runs of about `seconds`). float64 is half. Never call it with bits=512 where
-    `has_avx512()` is false: the instructions do not exist there."""
+    best of `runs` runs of about `seconds`: on a shared machine, the least disturbed). float64
+    is half. Never call it with bits=512 where `has_avx512()` is false: the instructions do
+    not exist there."""
     from graphc.runtime import jit
 
     lanes = bits // 32
@@ -151,7 +152,7 @@ def fma_peak(bits: int = 256, threads: int = 1, seconds: float = 0.05) -> float:
     while (elapsed := run(iterations)) < seconds / 4:
         iterations *= 4
     iterations = max(1, int(iterations * seconds / elapsed))
-    best = min(run(iterations) for _ in range(3))
+    best = min(run(iterations) for _ in range(runs))
     return flops_per_iteration * iterations * threads / best / 1e9
 
 
@@ -185,8 +186,10 @@ def describe_peaks(peaks: dict) -> str:
 
 
 def best_peak(peaks: dict) -> float | None:
-    """The highest measured float32 GFLOP/s over the bench's threads (widest vector)."""
-    found = [p["all_threads"] for p in (peaks.get("ymm"), peaks.get("zmm")) if p]
+    """Float32 GFLOP/s of the widest FMA on the bench's threads: the per-thread peak times the
+    thread count (FMA units are per core; the measured total drops whenever another process
+    takes a core, which on a shared machine says more about the other process)."""
+    found = [p["per_thread"] * peaks["threads"] for p in (peaks.get("ymm"), peaks.get("zmm")) if p]
     return max(found, default=None)
 
 

@@ -125,5 +125,5 @@ def test_fma_peak_is_measured_for_ymm_and_zmm_only_with_avx512():
     line = host.describe_peaks({"threads": 2, "ymm": {"per_thread": 1.0, "all_threads": 2.0},
                                 "zmm": None})  # fmt: skip
     assert "1.0 per thread, 2.0 on 2 threads" in line and host.NO_AVX512 in line
-    assert host.best_peak({"ymm": {"all_threads": 2.0}, "zmm": None}) == 2.0
+    assert host.best_peak({"threads": 2, "ymm": {"per_thread": 1.5}, "zmm": None}) == 3.0
     assert "threadpoolctl is not installed" in host.describe_blas(None)
