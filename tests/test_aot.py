@@ -9,6 +9,7 @@ from __future__ import annotations
 import ctypes
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -17,7 +18,8 @@ import numpy as np
 import pytest
 
 import graphc as gc
-from graphc.runtime import aot
+from graphc.codegen import target
+from graphc.runtime import aot, jit
 
 GCC = shutil.which("gcc")
 pytestmark = pytest.mark.skipif(GCC is None, reason="gcc is not installed (AOT tests build C)")
@@ -167,6 +169,50 @@ def test_inference_for_baseline_cpu(tmp_path):
     source += "    free(mem);\n    return 0;\n}\n"
     (line,) = build_and_run(tmp_path, source, [paths.object])
     np.testing.assert_allclose(line, expected.ravel(), rtol=1e-12)
+
+
+# ---- each CPU level gets its own vectors and tiles ----
+
+
+def dense_program(name: str):
+    """A float32 SGD step of a 64-64 Dense layer: its matmuls take the register-tiled path."""
+    x = gc.input("x", (32, 64))
+    y = gc.input("y", (32, 64))
+    model = gc.nn.Dense(64, "tanh", seed=1, name="dense")
+    loss = gc.nn.mse_loss(model(x), y)
+    return gc.Program([x, y], loss, gc.optim.SGD(model.params(), lr=0.1).updates(loss), name=name)
+
+
+@pytest.mark.parametrize("cpu", ["x86-64-v3", "x86-64-v4"])
+def test_each_cpu_level_gets_its_vectors_and_runs_from_c(tmp_path, cpu):
+    """`export(cpu=...)` emits the program again for that CPU: zmm FMAs for x86-64-v4 (the
+    AVX-512 tiles), ymm for x86-64-v3, whatever the host. The C program runs where the host
+    can execute the code, and reproduces the JIT's steps."""
+    step = gc.compile(dense_program(f"dense_{cpu[-2:]}"))
+    name = step.name
+    assembly = jit.emit_assembly(aot.export_ir(step, name, cpu), cpu=cpu)
+    register = {"x86-64-v3": "ymm", "x86-64-v4": "zmm"}[cpu]
+    assert re.search(rf"vfmadd\w+\s+[^\n]*%{register}", assembly)
+    if target.for_cpu(cpu).vector_bytes > target.for_cpu().vector_bytes:
+        pytest.skip(f"this host cannot run {cpu} code (its assembly was checked)")
+    paths = gc.aot.export(step, tmp_path, cpu=cpu)
+    rng = np.random.default_rng(4)
+    data = [(rng.uniform(-1, 1, (32, 64)), rng.uniform(-1, 1, (32, 64))) for _ in range(2)]
+    data = [(x.astype(np.float32), y.astype(np.float32)) for x, y in data]
+    expected = [float(step(x, y)) for x, y in data]
+
+    source = PRELUDE + f'#include "{name}.h"\n'
+    for i, (x, y) in enumerate(data):
+        for label, array in (("x", x), ("y", y)):
+            values = ", ".join(f"{float(v)!r}f" for v in array.ravel())
+            source += f"static const float {label}{i}[] = {{{values}}};\n"
+    source += f"int main(void) {{\n    void *mem = aligned_alloc(64, {name}_mem_size());\n"
+    source += f"    {name}_init(mem);\n    float loss;\n"
+    for i in range(2):
+        source += f'    {name}_run(mem, x{i}, y{i}, &loss);\n    printf("%.9g\\n", loss);\n'
+    source += "    free(mem);\n    return 0;\n}\n"
+    lines = build_and_run(tmp_path, source, [paths.object])
+    np.testing.assert_allclose([line[0] for line in lines], expected, rtol=1e-5)
 
 
 # ---- the artifacts ----

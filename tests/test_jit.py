@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+from targets import assert_vectorized_at_target_width, widest_vector_bytes
 
 from graphc.errors import CompileError
 from graphc.runtime import jit
@@ -40,7 +41,7 @@ exit:
 }
 """
 
-# c[i] += a[i] * b[i] over 1024 floats: vectorizes to ymm registers with AVX2.
+# c[i] += a[i] * b[i] over 1024 floats: vectorizes (ymm with AVX2, zmm on Zen 4/5).
 FMA_LOOP = """
 define void @fma(ptr noalias %a, ptr noalias %b, ptr noalias %c) {
 entry:
@@ -219,8 +220,8 @@ def test_emit_object_is_elf(cpu):
     assert jit.emit_object(ADD + SUM, cpu=cpu).startswith(b"\x7fELF")
 
 
-def test_emit_assembly_vectorizes_for_host():
-    assert "ymm" in jit.emit_assembly(FMA_LOOP)
+def test_emit_assembly_vectorizes_for_the_target():
+    assert_vectorized_at_target_width(jit.emit_assembly(FMA_LOOP))
 
 
 def test_cache_key_depends_on_ir_and_opt():
@@ -275,3 +276,37 @@ def test_executables_in_reference_cycles_are_freed_without_crashing():
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split() == ["survived"]
+
+
+# ---- GRAPHC_CPU: the JIT's target ----
+
+
+def test_graphc_cpu_makes_the_jit_target_another_cpu(monkeypatch):
+    """GRAPHC_CPU=x86-64 (SSE2, runnable on every x86-64 host) gives 16-byte vectors only,
+    and a compiled program still computes the right values."""
+    import graphc as gc
+    from graphc.codegen import target
+
+    monkeypatch.setenv("GRAPHC_CPU", "x86-64")
+    assert target.host() == target.Target("x86-64")
+    assert widest_vector_bytes(jit.emit_assembly(FMA_LOOP)) == 16
+    x = gc.input("x", (256,), "float32")
+    step = gc.compile(inputs=[x], outputs=gc.exp(x) * 2.0 + x @ x)
+    assert widest_vector_bytes(step.dump("asm")) == 16
+    xv = np.linspace(-1, 1, 256, dtype=np.float32)
+    np.testing.assert_allclose(step(xv), np.exp(xv) * 2 + xv @ xv, rtol=1e-5)
+    monkeypatch.delenv("GRAPHC_CPU")
+    assert target.host() == target.for_cpu()
+
+
+def test_graphc_cpu_that_the_host_cannot_run_is_a_compile_error(monkeypatch):
+    from graphc.codegen import target
+
+    monkeypatch.setenv("GRAPHC_CPU", "no-such-cpu")
+    with pytest.raises(CompileError, match="GRAPHC_CPU=no-such-cpu: unknown CPU"):
+        target.host()
+    if target.for_cpu().vector_bytes == 64:
+        pytest.skip("this host runs AVX-512: every x86-64 level is executable here")
+    monkeypatch.setenv("GRAPHC_CPU", "x86-64-v4")
+    with pytest.raises(CompileError, match="x86-64-v4: its 64-byte vectors need instructions"):
+        target.host()

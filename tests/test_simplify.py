@@ -35,9 +35,18 @@ def feed_for(graph: Graph, seed=0) -> dict:
     }
 
 
+# NumPy computes these through SIMD or scalar paths that differ by a few ulp from each other
+# (an array vs a scalar after folding, AVX2 vs AVX-512 loops), so a rewrite that changes
+# which path runs changes their last bits; every other op is correctly rounded in NumPy.
+PATH_DEPENDENT = {"exp", "log", "log1p", "sin", "cos", "tanh", "sigmoid", "pow"}
+
+
 def assert_same_values(before: Graph, after: Graph, feed=None, exact=True):
-    """Interpreter before == after: bitwise (NaN == NaN, -0.0 != 0.0) or allclose."""
+    """Interpreter before == after: bitwise (NaN == NaN, -0.0 != 0.0), or allclose where
+    `exact` is off or the graph computes a transcendental (whose NumPy result depends on the
+    CPU's and the array's SIMD path, not on graphc)."""
     feed = feed_for(before) if feed is None else feed
+    exact = exact and not any(n.op in PATH_DEPENDENT for n in before.nodes)
     for old, new in zip(*(sum(interpret(g, feed), []) for g in (before, after))):
         assert old.dtype == new.dtype and old.shape == new.shape
         if exact:

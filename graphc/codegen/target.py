@@ -23,6 +23,8 @@ from __future__ import annotations
 import functools
 import os
 import re
+import subprocess
+import sys
 import threading
 from dataclasses import dataclass
 
@@ -31,7 +33,7 @@ from llvmlite import ir
 
 from graphc.errors import CompileError
 
-__all__ = ["Target", "host", "for_cpu", "keep_vectors_whole"]
+__all__ = ["Target", "check_cpu", "for_cpu", "host", "keep_vectors_whole"]
 
 # LLVM splits vectors wider than the target's preferred width unless a function asks for
 # them: a matmul written with 64-byte vectors carries this attribute.
@@ -151,6 +153,35 @@ def _host_features() -> str:
     return llvm.get_host_cpu_features().flatten()  # 0.25 ms per call, so asked once
 
 
+_CHECK_CPU = """
+import sys
+import llvmlite.binding as llvm
+llvm.initialize_native_target()
+llvm.initialize_native_asmprinter()
+target = llvm.Target.from_default_triple()
+machine = target.create_target_machine(cpu=sys.argv[1], reloc="pic")
+module = llvm.parse_assembly("define void @f() {\\n  ret void\\n}\\n")
+module.triple = machine.triple
+machine.emit_object(module)
+"""
+KNOWN_CPUS = {"x86-64", "x86-64-v2", "x86-64-v3", "x86-64-v4"}
+
+
+@functools.cache
+def check_cpu(cpu: str) -> None:
+    """Reject a CPU name LLVM does not know, in a child process: LLVM may abort on one."""
+    if cpu in KNOWN_CPUS or cpu == llvm.get_host_cpu_name():
+        return
+    result = subprocess.run(
+        [sys.executable, "-c", _CHECK_CPU, cpu], capture_output=True, text=True, timeout=120
+    )
+    if result.returncode != 0 or "not a recognized processor" in result.stderr:
+        raise CompileError(
+            f"unknown CPU {cpu!r} for {llvm.get_default_triple()} "
+            f"(e.g. x86-64, x86-64-v3, haswell, znver3)"
+        )
+
+
 def for_cpu(cpu: str | None = None, features: str | None = None) -> Target:
     """The target for CPU `cpu` (None: the host's CPU and features)."""
     if cpu is None:
@@ -168,6 +199,10 @@ def host() -> Target:
 
 @functools.cache
 def _checked(name: str) -> Target:
+    try:
+        check_cpu(name)
+    except CompileError as error:
+        raise CompileError(f"GRAPHC_CPU={name}: {error}") from None
     target = Target(name)
     native = for_cpu()
     if target.vector_bytes > native.vector_bytes:

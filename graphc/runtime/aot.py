@@ -26,14 +26,12 @@ pool and, for a CPU baseline without the instruction, `fma`/`floor`/`rint` from 
 
 from __future__ import annotations
 
-import functools
 import os
 import pathlib
 import re
 import shlex
 import shutil
 import subprocess
-import sys
 import textwrap
 from typing import NamedTuple
 
@@ -317,39 +315,10 @@ def _version() -> str:
     return jit._graphc_version()
 
 
-_CHECK_CPU = """
-import sys
-import llvmlite.binding as llvm
-llvm.initialize_native_target()
-llvm.initialize_native_asmprinter()
-target = llvm.Target.from_default_triple()
-machine = target.create_target_machine(cpu=sys.argv[1], reloc="pic")
-module = llvm.parse_assembly("define void @f() {\\n  ret void\\n}\\n")
-module.triple = machine.triple
-machine.emit_object(module)
-"""
-KNOWN_CPUS = {"x86-64", "x86-64-v2", "x86-64-v3", "x86-64-v4"}
-
-
-@functools.cache
-def check_cpu(cpu: str) -> None:
-    """Reject a CPU name LLVM does not know, in a child process: LLVM may abort on one."""
-    if cpu in KNOWN_CPUS or cpu == llvm.get_host_cpu_name():
-        return
-    result = subprocess.run(
-        [sys.executable, "-c", _CHECK_CPU, cpu], capture_output=True, text=True, timeout=120
-    )
-    if result.returncode != 0 or "not a recognized processor" in result.stderr:
-        raise CompileError(
-            f"unknown CPU {cpu!r} for {llvm.get_default_triple()} "
-            f"(e.g. x86-64, x86-64-v3, haswell, znver3)"
-        )
-
-
 def export(executable, directory, name: str | None = None, cpu: str = "x86-64-v3") -> Artifacts:
     """Write `<name>.o`, `lib<name>.so` and `<name>.h` for `executable` into `directory`."""
     name = symbol_name(name or executable.name)
-    check_cpu(cpu)
+    target.check_cpu(cpu)
     directory = pathlib.Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     if [p.name for p in executable.optimized.params] != [p.name for p in executable.graph.params]:
