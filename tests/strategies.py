@@ -15,14 +15,15 @@ float32 and float64, comparisons through `where`, consts and params. Shapes stay
 from __future__ import annotations
 
 import dataclasses
-import operator
 
 import numpy as np
 from hypothesis import strategies as st
+from optable import FLOATS, SPECS, Spec, is_elementwise
 
 import graphc as gc
 from graphc.frontend.tensor import Tensor
 from graphc.ir.graph import apply
+from graphc.ir.ops import OPS
 
 DIMS = st.integers(1, 4)
 # Names that exercise the printer: dots, parentheses, digits, collisions, spaces, quotes.
@@ -43,30 +44,56 @@ def _pick(draw, pool, want=None):
 # ---- one generator per family of ops: (draw, pool, ctx) -> Tensor or None --------------------
 
 
-UNARY = {
-    "neg": lambda x: -x,
-    "abs": abs,
-    "sign": gc.sign,
-    "tanh": gc.tanh,
-    "sigmoid": gc.sigmoid,
-    "sin": gc.sin,
-    "cos": gc.cos,
+# The elementwise ops come from the op table (tests/optable.py), by primitive name: an op
+# added there is drawn here too. Inputs are moved into the op's domain (`INTO_DOMAIN`;
+# kinks are fine here, only finite differences avoid them), or by a wrapper of its own
+# (`UNARY_WRAPPERS`, `BINARY_WRAPPERS`) that keeps values small.
+INTO_DOMAIN = {
+    "real": lambda x: x,
+    "nonzero": lambda x: x,
+    "ties": lambda x: x,
+    "positive": lambda x: abs(x) + 0.5,
+}
+UNARY_WRAPPERS = {
     "exp": lambda x: gc.exp(gc.tanh(x)),  # a bounded argument
     "log": lambda x: gc.log(x * x + 1),  # a positive argument
     "log1p": lambda x: gc.log1p(abs(x)),
-    "sqrt": lambda x: gc.sqrt(abs(x) + 0.5),
-    "relu": gc.relu,
-    "stop_gradient": gc.stop_gradient,
 }
-BINARY = {
-    "add": operator.add,
-    "sub": operator.sub,
-    "mul": operator.mul,
+BINARY_WRAPPERS = {
     "div": lambda a, b: a / (abs(b) + 1),
     "pow": lambda a, b: (gc.sigmoid(a) + 1) ** (gc.tanh(b) if isinstance(b, Tensor) else b),
-    "maximum": gc.maximum,
-    "minimum": gc.minimum,
 }
+
+
+def _float_elementwise(arity: int) -> dict[str, Spec]:
+    """Specs of the table's elementwise primitives of `arity` float inputs, by op name:
+    casts have a family of their own (`_cast`), comparisons go through `where` (`_select`),
+    so of two-input ops only the differentiable (arithmetic) ones are drawn here."""
+    found = {}
+    for spec in SPECS:
+        if (
+            is_elementwise(spec)
+            and len(spec.domains) == arity
+            and not spec.fixed
+            and set(FLOATS) <= set(spec.dtypes)
+            and spec.op != "cast"
+            and (arity == 1 or OPS[spec.op].differentiable)
+        ):
+            found.setdefault(spec.op, spec)
+    return found
+
+
+def _in_domain(spec: Spec):
+    """`spec.fn` on inputs moved into its domains (a domain missing from INTO_DOMAIN fails
+    when drawn; tests/test_optable.py checks there is none)."""
+    return lambda *xs: spec.fn(
+        *(INTO_DOMAIN[domain](x) for domain, x in zip(spec.domains, xs, strict=True))
+    )
+
+
+UNARY = {op: _in_domain(spec) for op, spec in _float_elementwise(1).items()}
+UNARY |= UNARY_WRAPPERS | {"relu": gc.relu}
+BINARY = {op: _in_domain(spec) for op, spec in _float_elementwise(2).items()} | BINARY_WRAPPERS
 
 
 def _unary(draw, pool, ctx):

@@ -17,12 +17,14 @@ import itertools
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
+from optable import SPECS, build, is_elementwise, specs_of
 from strategies import programs
 
 import graphc as gc
 from graphc.codegen import forms
 from graphc.frontend.tensor import Tensor
 from graphc.ir.graph import Graph, apply
+from graphc.ir.ops import OPS
 from graphc.passes import fusion
 
 FLOATS = ("float32", "float64")
@@ -77,21 +79,17 @@ def values(dtype, shape, rng, special=False):
 
 # ---- elementwise ----------------------------------------------------------------------------
 
+# every unary elementwise primitive of the op table (tests/optable.py) whose NaN, ±Inf and ±0
+# results NumPy defines, and relu
 FLOAT_UNARY = {
-    "neg": lambda x: -x,
-    "abs": abs,
-    "sign": gc.sign,
-    "exp": gc.exp,
-    "log": gc.log,
-    "log1p": gc.log1p,
-    "sin": gc.sin,
-    "cos": gc.cos,
-    "tanh": gc.tanh,
-    "sqrt": gc.sqrt,
-    "sigmoid": gc.sigmoid,
-    "relu": gc.relu,
-    "stop_gradient": gc.stop_gradient,
-}
+    spec.name: spec.fn
+    for spec in SPECS
+    if is_elementwise(spec)
+    and len(spec.domains) == 1
+    and not spec.fixed
+    and spec.nonfinite
+    and set(FLOATS) <= set(spec.dtypes)
+} | {"relu": gc.relu}
 
 
 @pytest.mark.parametrize("dtype", FLOATS)
@@ -436,6 +434,31 @@ def test_composites_on_all_minus_inf_rows():
     x = gc.input("x", (2, 3), "float64")
     feed = {"x": np.array([[-np.inf] * 3, [0.0, 1.0, -np.inf]])}
     check_compiled([x], [gc.softmax(x), gc.log_softmax(x), gc.logsumexp(x, axis=1)], feed)
+
+
+# ---- every primitive of the op table ---------------------------------------------------------
+
+TABLE_CASES = [
+    pytest.param(op, dtype, id=f"{op or 'composites'}-{dtype}")
+    for op in [*sorted(OPS), None]
+    for dtype in sorted({dtype for spec in specs_of(op) for dtype in spec.dtypes})
+]
+
+
+@pytest.mark.parametrize(("op", "dtype"), TABLE_CASES)
+def test_op_table_compiled_equals_interpreted(op, dtype):
+    """Every spec of tests/optable.py that exercises `op` (None: the composites), on all its
+    shapes, as one program per op and dtype."""
+    inputs, outputs, feed = [], [], {}
+    for spec in specs_of(op):
+        if dtype not in spec.dtypes:
+            continue
+        for j, shapes in enumerate(spec.shapes):
+            xs, y, xvalues, _ = build(spec, shapes, dtype, prefix=f"{spec.name}{j}_x")
+            inputs += xs
+            outputs.append(y)
+            feed.update((x.name, v) for x, v in zip(xs, xvalues, strict=True))
+    check_compiled(inputs, outputs, feed)
 
 
 # ---- random programs ----------------------------------------------------------------------------
