@@ -12,6 +12,7 @@ from __future__ import annotations
 from llvmlite import ir
 
 from graphc.codegen import mathlib
+from graphc.ir.ops import OPS
 
 FLAGS = ("contract",)
 
@@ -23,6 +24,22 @@ REGISTER_TYPES = {
     "bool": ir.IntType(1),
 }
 MEMORY_TYPES = {**REGISTER_TYPES, "bool": ir.IntType(8)}
+
+
+def _routines() -> dict:
+    """Every op's math routine (`OpDef.math`), looked up when codegen is imported: an op
+    naming a routine mathlib lacks fails here, not in the middle of a compile."""
+    missing = sorted(
+        f"{op.name} (math={op.math!r})"
+        for op in OPS.values()
+        if op.math is not None and not callable(getattr(mathlib, op.math, None))
+    )
+    if missing:
+        raise ImportError(f"graphc.codegen.mathlib has no routine for: {', '.join(missing)}")
+    return {op.math: getattr(mathlib, op.math) for op in OPS.values() if op.math is not None}
+
+
+ROUTINES = _routines()
 
 
 def is_float_type(t: ir.Type) -> bool:
@@ -110,13 +127,30 @@ class Emitter:
     def select(self, c, x, y):
         return self.b.select(c, x, y)
 
+    # ---- reductions (the `combine` / `better` rules of ir/ops.py's Reduction) ----
+    def accumulate(self, acc, v):
+        """acc + v; float sums may be reassociated (DESIGN §5's fast-math policy)."""
+        if is_float_type(v.type):
+            return self.b.fadd(acc, v, flags=("reassoc", "contract"))
+        return self.b.add(acc, v)
+
+    def first_greater(self, v, acc):
+        """Whether v replaces acc in NumPy's argmax: the first maximum wins; the first NaN
+        wins over everything."""
+        b = self.b
+        if is_float_type(v.type):
+            greater = b.fcmp_ordered(">", v, acc)
+            v_nan = b.fcmp_unordered("uno", v, v)
+            acc_nan = b.fcmp_unordered("uno", acc, acc)
+            return b.or_(greater, b.and_(v_nan, b.not_(acc_nan)))
+        return b.icmp_signed(">", v, acc)
+
     # ---- math ----
     def math(self, name: str, *args):
         """A transcendental from the vectorizable math library (no libm calls)."""
-        if name == "sqrt":
-            return self.intrinsic("llvm.sqrt", *args)
-        self.math_calls += 1
-        return getattr(mathlib, name)(self.b, *args)
+        if name not in mathlib.SINGLE_INSTRUCTION:
+            self.math_calls += 1
+        return ROUTINES[name](self.b, *args)
 
     # ---- conversions ----
     def cast(self, x, dtype: str):

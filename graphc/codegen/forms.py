@@ -19,11 +19,17 @@ from __future__ import annotations
 
 from math import prod
 
-import numpy as np
 from llvmlite import ir
 
-from graphc.codegen.emitter import MEMORY_TYPES, REGISTER_TYPES, Emitter, is_float_type
-from graphc.codegen.llvm import I64, INDEX_MAPS, affine_view, i64, keep_out_of_line, strides_of
+from graphc.codegen.emitter import MEMORY_TYPES, REGISTER_TYPES
+from graphc.codegen.llvm import (
+    I64,
+    affine_view,
+    i64,
+    immediate_value,
+    keep_out_of_line,
+    strides_of,
+)
 from graphc.codegen.matmul import Operand, define_matmul, takes_row_count, tile_rows
 from graphc.codegen.parallel import (
     MATMUL_THRESHOLD_NS,
@@ -34,7 +40,14 @@ from graphc.codegen.parallel import (
 )
 from graphc.errors import CompileError
 from graphc.ir.graph import Node
-from graphc.passes.kernels import REDUCTIONS, product_host, segments, stage_reductions
+from graphc.ir.ops import opdef
+from graphc.passes.kernels import (
+    is_reduction,
+    product_host,
+    product_of,
+    segments,
+    stage_reductions,
+)
 
 SCRATCH_BYTES = 32 * 1024  # a contraction's product up to this size is kept on the stack
 
@@ -47,7 +60,7 @@ def emit_loop(k) -> None:
 
 def _needs_axes(kernel) -> bool:
     """Whether a loop kernel indexes by axes (an index map other than reshape), not flat."""
-    return any(n.op in INDEX_MAPS and n.op != "reshape" for n in kernel.nodes)
+    return any(opdef(n).index_map is not None and not opdef(n).flat for n in kernel.nodes)
 
 
 def _over(k, shape, outputs) -> None:
@@ -60,7 +73,7 @@ def _over(k, shape, outputs) -> None:
 
 
 def emit_reduction(k) -> None:
-    (reduce,) = [n for n in k.kernel.nodes if n.op in REDUCTIONS]
+    (reduce,) = [n for n in k.kernel.nodes if is_reduction(n)]
     reduce_stage(k, reduce, list(k.kernel.outputs))
 
 
@@ -72,12 +85,13 @@ def reduce_stage(k, reduce: Node, outputs) -> None:
     x = reduce.inputs[0]
     axes, kept = _reduced_axes(reduce)
     reduced = [x.shape[a] for a in axes]
+    rule = opdef(reduce).reduction
     b = k.b
 
     def per_output(out_values):
         with b.goto_entry_block():
             accumulator = b.alloca(REGISTER_TYPES[x.dtype])
-            position = b.alloca(I64) if reduce.op == "argmax" else None
+            position = b.alloca(I64) if rule.positional else None
         b.store(identity(reduce, x.dtype), accumulator)
         if position is not None:
             b.store(i64(0), position)
@@ -88,12 +102,10 @@ def reduce_stage(k, reduce: Node, outputs) -> None:
                 full.append(next(red_iter) if i in axes else next(kept_iter))
             v = k.value(x, k.index(x.shape, values=full))
             acc = b.load(accumulator)
-            if reduce.op == "sum":
-                b.store(combine_sum(b, acc, v), accumulator)
-            elif reduce.op == "max":
-                b.store(k.e.maximum(acc, v), accumulator)
+            if not rule.positional:
+                b.store(rule.combine(k.e, acc, v), accumulator)
             else:
-                better = argmax_better(k.e, v, acc)
+                better = rule.better(k.e, v, acc)
                 b.store(b.select(better, v, acc), accumulator)
                 flat = k.index(reduced, values=red_values).flat
                 b.store(b.select(better, flat, b.load(position)), position)
@@ -121,7 +133,8 @@ def by_rows(reduce: Node) -> tuple[list[int], list[int], list[int]] | None:
     x = reduce.inputs[0]
     axes, _ = _reduced_axes(reduce)
     first, last = min(axes), max(axes)
-    if reduce.op == "argmax" or last - first + 1 != len(axes) or last == x.ndim - 1:
+    positional = opdef(reduce).reduction.positional
+    if positional or last - first + 1 != len(axes) or last == x.ndim - 1:
         return None
     inner = list(x.shape[last + 1 :])
     if prod(inner) < 8:  # too narrow to vectorize across: columns are as good
@@ -176,8 +189,7 @@ def _reduce_by_rows(k, reduce: Node, outputs) -> None:
                 full = [*outer_values, *reduced_values, *inner_values(j)]
                 v = k.value(x, k.index(x.shape, values=full))
                 acc = b.load(slot(j), typ=t)
-                combined = combine_sum(b, acc, v) if reduce.op == "sum" else k.e.maximum(acc, v)
-                b.store(combined, slot(j))
+                b.store(opdef(reduce).reduction.combine(k.e, acc, v), slot(j))
 
             over_block(per_element)
 
@@ -206,30 +218,8 @@ def _axis_values(k, shape, flat) -> list:
 
 
 def identity(reduce: Node, dtype: str):
-    """The starting value of a sum, max or argmax accumulator."""
-    t = REGISTER_TYPES[dtype]
-    if reduce.op == "sum":
-        return t(0)
-    if dtype in ("float32", "float64"):
-        return t(float("-inf"))
-    return t(int(np.iinfo(dtype).min))
-
-
-def combine_sum(b, acc, v):
-    """acc + v; float sums may be reassociated (DESIGN §5's fast-math policy)."""
-    if is_float_type(v.type):
-        return b.fadd(acc, v, flags=("reassoc", "contract"))  # reductions may reassociate
-    return b.add(acc, v)
-
-
-def argmax_better(e: Emitter, v, acc):
-    """NumPy argmax: the first maximum wins; the first NaN wins over everything."""
-    if is_float_type(v.type):
-        greater = e.b.fcmp_ordered(">", v, acc)
-        v_nan = e.b.fcmp_unordered("uno", v, v)
-        acc_nan = e.b.fcmp_unordered("uno", acc, acc)
-        return e.b.or_(greater, e.b.and_(v_nan, e.b.not_(acc_nan)))
-    return e.b.icmp_signed(">", v, acc)
+    """The starting value of a reduction's accumulator (its op's `Reduction.identity`)."""
+    return immediate_value(opdef(reduce).reduction.identity(dtype), dtype)
 
 
 def _reduced_axes(reduce: Node) -> tuple[tuple[int, ...], list[int]]:
@@ -241,7 +231,7 @@ def _reduced_axes(reduce: Node) -> tuple[tuple[int, ...], list[int]]:
 
 def emit_rowwise(k) -> None:
     body = {id(n): n for n in k.kernel.nodes}
-    reductions = [n for n in k.kernel.nodes if n.op in REDUCTIONS]
+    reductions = [n for n in k.kernel.nodes if is_reduction(n)]
     x0 = reductions[0].inputs[0]
     rows, length = x0.shape[:-1], x0.shape[-1]
     size = prod(rows)
@@ -250,14 +240,12 @@ def emit_rowwise(k) -> None:
             raise CompileError(f"rowwise kernel {k.kernel.name}: {r.op} is not over the row axis")
     depends: dict[int, set[int]] = {}  # body node -> the reductions it is computed from
     for n in k.kernel.nodes:
-        found = {id(n)} if n.op in REDUCTIONS else set()
+        found = {id(n)} if is_reduction(n) else set()
         for x in n.inputs:
             found |= depends.get(id(x), set()) if id(x) in body else set()
         depends[id(n)] = found
     row_level = [
-        n
-        for n in k.kernel.nodes
-        if n.type.size == size and depends[id(n)] and n.op not in REDUCTIONS
+        n for n in k.kernel.nodes if n.type.size == size and depends[id(n)] and not is_reduction(n)
     ]
     full_outputs = [o for o in k.kernel.outputs if o.type.size == size * length]
     row_outputs = [o for o in k.kernel.outputs if o.type.size != size * length]
@@ -281,8 +269,7 @@ def emit_rowwise(k) -> None:
             def per_element(j, reduce=reduce, accumulator=accumulator):
                 v = k.value(reduce.inputs[0], k.index(x0.shape, values=[*row_values, j]))
                 acc = b.load(accumulator)
-                combined = combine_sum(b, acc, v) if reduce.op == "sum" else k.e.maximum(acc, v)
-                b.store(combined, accumulator)
+                b.store(opdef(reduce).reduction.combine(k.e, acc, v), accumulator)
 
             k.loop(length, per_element, "j")
             k.known[id(reduce)] = b.load(accumulator)
@@ -305,7 +292,7 @@ def _contraction(k):
     """A contraction kernel's matmul, its operands as affine views, its elementwise epilogue
     outputs and its reduction stages (reduction id -> the outputs computed from it)."""
     kernel = k.kernel
-    (mm,) = [n for n in kernel.nodes if n.op == "matmul"]
+    mm = product_of(kernel)
     sources = {id(n) for n in kernel.inputs}
     views = [affine_view(operand, sources) for operand in mm.inputs]
     if None in views:
@@ -449,13 +436,13 @@ def split_of(k) -> Split | None:
             return split_rows(shape[0] if shape else 1, work, threads)
         return split_rows(prod(shape), work, threads, unit=64)  # whole vectors
     if kernel.form == "reduction":
-        (reduce,) = [n for n in kernel.nodes if n.op in REDUCTIONS]
+        (reduce,) = [n for n in kernel.nodes if is_reduction(n)]
         _, kept = _reduced_axes(reduce)
         if not kept:
             return None  # a total would need its partial sums reassociated
         return split_rows(outer_rows(reduce), work_of(kernel, reduce.inputs[0].shape), threads)
     if kernel.form == "rowwise":
-        x = next(n for n in kernel.nodes if n.op in REDUCTIONS).inputs[0]
+        x = next(n for n in kernel.nodes if is_reduction(n)).inputs[0]
         return split_rows(prod(x.shape[:-1]), work_of(kernel, x.shape), threads)
     mm, views, _, stages = _contraction(k)
     if mm.ndim != 2 or (stages and _on_stack(mm, kernel)):

@@ -38,7 +38,7 @@ from graphc.codegen.parallel import Split
 from graphc.codegen.target import Target, host
 from graphc.errors import CompileError
 from graphc.ir.graph import Graph, Kernel, Node
-from graphc.ir.ops import OPS
+from graphc.ir.ops import is_const, opdef
 from graphc.passes.memory import Location, Plan
 
 I32 = ir.IntType(32)
@@ -125,27 +125,18 @@ class View:
 
 
 def affine_view(node: Node, sources: set[int]) -> View | None:
-    """`node` as a strided view of a stored value, if its layout chain is affine."""
+    """`node` as a strided view of a stored value, if its layout chain is affine (each op's
+    `view` rule maps its input's offset and strides to its own)."""
     if id(node) in sources:
         return View(node, 0, strides_of(node.shape))
-    if node.op not in ("broadcast_to", "transpose", "slice"):
+    rule = opdef(node).view
+    if rule is None:
         return None
     inner = affine_view(node.inputs[0], sources)
     if inner is None:
         return None
-    if node.op == "transpose":
-        return View(inner.source, inner.offset, tuple(inner.strides[p] for p in node.attrs["perm"]))
-    if node.op == "slice":
-        offset = inner.offset + sum(s * st for s, st in zip(node.attrs["starts"], inner.strides))
-        steps = node.attrs["steps"]
-        return View(inner.source, offset, tuple(st * k for st, k in zip(inner.strides, steps)))
-    lead = len(node.shape) - len(inner.strides)
-    in_shape = node.inputs[0].shape
-    strides = [0] * lead + [
-        0 if d == 1 and n != 1 else st
-        for d, n, st in zip(in_shape, node.shape[lead:], inner.strides)
-    ]
-    return View(inner.source, inner.offset, tuple(strides))
+    offset, strides = rule(node, inner.offset, inner.strides)
+    return View(inner.source, offset, tuple(strides))
 
 
 class KernelEmitter:
@@ -348,7 +339,7 @@ class KernelEmitter:
             and id(node) not in self.materialized
             and id(node) not in self.known
             and id(node) not in self.invariant
-            and node.op not in INDEX_MAPS
+            and opdef(node).index_map is None
             and not _is_immediate(node)
         )
 
@@ -361,13 +352,13 @@ class KernelEmitter:
             return self.invariant[id(node)]
         if id(node) not in self.inside or id(node) in self.materialized:
             return self.load(node, index.flat)
-        if node.op in INDEX_MAPS:
-            return INDEX_MAPS[node.op](self, node, index)
-        opdef = OPS[node.op]
-        if opdef.scalar is None:
+        op = opdef(node)
+        if op.index_map is not None:
+            return op.index_map(self, node, index)
+        if op.scalar is None:
             raise CompileError(f"no scalar emitter for {node.op} in kernel {self.kernel.name}")
         args = [self.value(x, index) for x in node.inputs]
-        return opdef.scalar(self.e, *args, **node.attrs)
+        return op.scalar(self.e, *args, **node.attrs)
 
     def hoist_scalars(self) -> None:
         """Compute the one-element values that depend only on kernel inputs once, before any
@@ -375,7 +366,7 @@ class KernelEmitter:
         prove them invariant, and a row-wise loop would recompute them per row."""
         hoisted: set[int] = set()
         for node in self.kernel.nodes:
-            if node.type.size != 1 or node.op in ("sum", "max", "argmax", "matmul"):
+            if node.type.size != 1 or opdef(node).anchor:
                 continue
             if _is_immediate(node) or id(node) in self.globals:
                 continue
@@ -389,6 +380,15 @@ class KernelEmitter:
 
     def index(self, shape, values=None, flat=None) -> Index:
         return Index(self.b, shape, values, flat)
+
+    # ---- for the ops' index maps (ir/ops.py) ----
+    def i64(self, value: int) -> ir.Constant:
+        """An i64 index constant."""
+        return i64(value)
+
+    def immediate(self, value, dtype: str):
+        """A constant of `dtype` in registers."""
+        return immediate_value(value, dtype)
 
     # ---- forms (codegen/forms.py) ----
     def emit(self) -> ir.Function:
@@ -431,100 +431,11 @@ class KernelEmitter:
             self.store(out, index.flat, value)
 
 
-# ---- index maps: the value of a layout node at an index is its input's value elsewhere ----
-
-
-def _map_broadcast(k: KernelEmitter, node: Node, index: Index):
-    x = node.inputs[0]
-    lead = node.type.ndim - x.type.ndim
-    values = [i64(0) if d == 1 else v for d, v in zip(x.shape, index.values[lead:])]
-    return k.value(x, k.index(x.shape, values=values))
-
-
-def _map_reshape(k: KernelEmitter, node: Node, index: Index):
-    x = node.inputs[0]
-    return k.value(x, k.index(x.shape, flat=index.flat))
-
-
-def _map_transpose(k: KernelEmitter, node: Node, index: Index):
-    x = node.inputs[0]
-    values = [None] * x.type.ndim
-    for out_axis, in_axis in enumerate(node.attrs["perm"]):
-        values[in_axis] = index.values[out_axis]
-    return k.value(x, k.index(x.shape, values=values))
-
-
-def _map_slice(k: KernelEmitter, node: Node, index: Index):
-    x, b = node.inputs[0], k.b
-    values = [
-        b.add(i64(start), b.mul(v, i64(step)))
-        for v, start, step in zip(index.values, node.attrs["starts"], node.attrs["steps"])
-    ]
-    return k.value(x, k.index(x.shape, values=values))
-
-
-def _map_pad(k: KernelEmitter, node: Node, index: Index):
-    x, b = node.inputs[0], k.b
-    inside, values = None, []
-    for v, d, (low, _, interior) in zip(index.values, x.shape, node.attrs["widths"]):
-        shifted = b.sub(v, i64(low))
-        step = interior + 1
-        source = b.sdiv(shifted, i64(step)) if step > 1 else shifted
-        ok = b.and_(b.icmp_signed(">=", shifted, i64(0)), b.icmp_signed("<", source, i64(d)))
-        if step > 1:
-            ok = b.and_(ok, b.icmp_signed("==", b.srem(shifted, i64(step)), i64(0)))
-        inside = ok if inside is None else b.and_(inside, ok)
-        values.append(b.select(ok, source, i64(0)))  # clamp: the load stays in bounds
-    value = k.value(x, k.index(x.shape, values=values))
-    fill = immediate_value(node.attrs["value"], node.dtype)
-    return b.select(inside, value, fill) if inside is not None else value
-
-
-def _map_concat(k: KernelEmitter, node: Node, index: Index):
-    axis, b = node.attrs["axis"], k.b
-    position = index.values[axis]
-    result, start = None, 0
-    for x in node.inputs:
-        size = x.shape[axis]
-        local = b.sub(position, i64(start))
-        clamped = b.select(b.icmp_unsigned("<", local, i64(size)), local, i64(0))
-        values = list(index.values)
-        values[axis] = clamped
-        v = k.value(x, k.index(x.shape, values=values))
-        result = (
-            v if result is None else b.select(b.icmp_unsigned("<", position, i64(start)), result, v)
-        )
-        start += size
-    return result
-
-
-def _map_iota(k: KernelEmitter, node: Node, index: Index):
-    return (
-        k.e.cast(index.values[node.attrs["axis"]], node.dtype)
-        if node.dtype != "int64"
-        else index.values[node.attrs["axis"]]
-    )
-
-
-INDEX_MAPS = {
-    "broadcast_to": _map_broadcast,
-    "reshape": _map_reshape,
-    "transpose": _map_transpose,
-    "slice": _map_slice,
-    "pad": _map_pad,
-    "concat": _map_concat,
-    "iota": _map_iota,
-}
-
-
-# ---- reductions ----
-
-
 # ---- constants ----
 
 
 def _is_immediate(node: Node) -> bool:
-    return node.op == "const" and node.type.size == 1
+    return is_const(node) and node.type.size == 1
 
 
 def immediate_value(value, dtype: str):
@@ -578,7 +489,7 @@ def emit_program(
     for node in graph.nodes:
         # scalars too: loops use them as immediates, but a matmul reads a broadcast scalar
         # through memory (unused globals are dropped by the optimizer)
-        if node.op == "const":
+        if is_const(node):
             globals_[id(node)] = constant_global(module, node, f"const.{len(globals_)}")
 
     def place(node: Node):

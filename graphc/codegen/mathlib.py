@@ -694,6 +694,11 @@ def sqrt(b: ir.IRBuilder, x: ir.Value) -> ir.Value:
     return _intrinsic(b, "sqrt", x)
 
 
+# Routines that are one instruction, not a polynomial: loops calling them need no extra
+# interleaving (codegen/llvm.py counts the others).
+SINGLE_INSTRUCTION = frozenset({"sqrt"})
+
+
 # --- pow --------------------------------------------------------------------------------
 
 

@@ -109,7 +109,7 @@ def chunks(rows: int, threads: int, unit: int = 1) -> tuple[tuple[int, int], ...
 
 
 def element_cost(kernel: Kernel) -> int:
-    """Estimated units per element of a kernel's body (passes/kernels.py OP_COST): its ops,
+    """Estimated units per element of a kernel's body (`OpDef.cost`): its ops,
     plus one per input and output."""
     return sum(map(op_cost, kernel.nodes)) + len(kernel.inputs) + len(kernel.outputs)
 

@@ -5,9 +5,26 @@ Each `OpDef` holds the op's name, its fusion kind, type inference (raising `Shap
 construction: `vjp(node, g) -> one adjoint per input (None = zero)`; `jvp(node, tangents)
 -> tangent of the output`. Elementwise ops give `partials(node) -> one ∂out/∂input node
 per input` instead, from which both are derived; linear ops (`linear=True`) take their
-tangent by applying themselves to the input tangents. `scalar` is the emitter fusion and
-codegen use for elementwise ops: `scalar(e, *values)` with `e` the codegen's emitter
-(duck-typed: `ir` never imports llvmlite). Adding an op touches one stanza.
+tangent by applying themselves to the input tangents.
+
+What passes and code generation need is a trait of the stanza too, so that no pass or
+emitter ever tests an op's name (tests/test_layering.py checks):
+- `cost`: units per element of computing it inside a loop (an add is 1; index maps and
+  constants 0), read by fusion's kernel size limit.
+- `math`: the name of its vectorizable routine in codegen/mathlib.py (exp, tanh ...); the
+  op is then a transcendental (`expensive`), and its `scalar` emitter calls the routine.
+  codegen checks when it is imported that every named routine exists.
+- `scalar(e, *values, **attrs)`: the elementwise emitter, with `e` the codegen's `Emitter`
+  (duck-typed: `ir` never imports llvmlite).
+- `index_map(k, node, index)`: a layout op's value at `index` as its inputs' values
+  elsewhere, on the codegen's kernel emitter `k` (`k.b` an IRBuilder, `k.value(x, index)`,
+  `k.index(shape, values= | flat=)`, `k.i64(n)` an i64 constant, `k.immediate(value,
+  dtype)`, `k.e` the Emitter). `view(node, offset, strides) -> (offset, strides)` when the
+  map is affine (a strided view of its input: a matmul reads such operands in place);
+  `flat=True` when it reads its input at the output's own flat index (reshape).
+- `reduction`: the identity, combine and (argmax) position rule of a reduction.
+- `fuses_inputs=False`: an anchor whose inputs are never computed inside its kernel.
+Adding an op touches one stanza (and, for a new transcendental, its math routine).
 """
 
 from __future__ import annotations
@@ -36,6 +53,22 @@ class Kind(IntEnum):
 
 
 @dataclass(frozen=True)
+class Reduction:
+    """How a reduction accumulates, on the codegen's Emitter `e`: `identity(dtype)` is the
+    accumulator's start (a Python number), `combine(e, acc, v)` the next accumulator; with
+    `better(e, v, acc)` (argmax) the accumulator is replaced where it is true, and the
+    position of the value that replaced it is the result."""
+
+    identity: Callable[[str], float | int]
+    combine: Callable | None = None
+    better: Callable | None = None
+
+    @property
+    def positional(self) -> bool:
+        return self.better is not None
+
+
+@dataclass(frozen=True)
 class OpDef:
     """One primitive's stanza (the module docstring describes each field)."""
 
@@ -50,6 +83,30 @@ class OpDef:
     linear: bool = False
     differentiable: bool = True
     scalar: Callable | None = None
+    cost: int = 1
+    math: str | None = None
+    index_map: Callable | None = None
+    view: Callable | None = None
+    flat: bool = False
+    reduction: Reduction | None = None
+    fuses_inputs: bool = True
+    memory: bool = False  # a source whose values are read from memory (input, param, const)
+    in_names: bool = True  # shown in the names of the kernels computing it (cast: not)
+
+    def __post_init__(self):
+        if self.math is not None and self.scalar is None:
+            routine = self.math
+            object.__setattr__(self, "scalar", lambda e, *xs: e.math(routine, *xs))
+
+    @property
+    def expensive(self) -> bool:
+        """A transcendental: worth storing rather than computing twice."""
+        return self.math is not None
+
+    @property
+    def anchor(self) -> bool:
+        """A reduction or contraction: a kernel is built around it."""
+        return self.kind in (Kind.REDUCE, Kind.CONTRACTION)
 
 
 OPS: dict[str, OpDef] = {}
@@ -59,6 +116,45 @@ def register(opdef: OpDef) -> OpDef:
     """Add `opdef` to the registry OPS."""
     OPS[opdef.name] = opdef
     return opdef
+
+
+def opdef(node: Node) -> OpDef:
+    """The stanza of `node`'s op."""
+    return OPS[node.op]
+
+
+def is_input(node: Node) -> bool:
+    return node.op == "input"
+
+
+def is_param(node: Node) -> bool:
+    return node.op == "param"
+
+
+def is_const(node: Node) -> bool:
+    return node.op == "const"
+
+
+def is_variable(node: Node) -> bool:
+    """An input or a param: a value fed from outside the graph."""
+    return node.op in ("input", "param")
+
+
+def relu_input(node: Node) -> Node | None:
+    """`x` when `node` is relu(x) as the frontend builds it, where(x > 0, x, 0); else None.
+    (Kernel names say "relu" rather than "where_gt".)"""
+    if node.op != "where":
+        return None
+    cond, a, b = node.inputs
+    if cond.op == "gt" and cond.inputs[0] is a and cond.inputs[1] is b and _is_zero(b):
+        return a
+    return None
+
+
+def _is_zero(node: Node) -> bool:
+    while node.op == "broadcast_to":
+        node = node.inputs[0]
+    return node.op == "const" and node.type.size == 1 and float(node.attrs["value"].item()) == 0
 
 
 # ---- helpers for building adjoint graphs ----------------------------------------------------
@@ -217,20 +313,19 @@ _unary(
 )
 _unary("abs", np.abs, lambda x, y: apply("sign", x), allowed=NUMERIC, scalar=lambda e, x: e.abs(x))
 _unary("sign", np.sign, allowed=NUMERIC, scalar=lambda e, x: e.sign(x))
-_unary("exp", np.exp, lambda x, y: y, scalar=lambda e, x: e.math("exp", x))
-_unary("log", np.log, lambda x, y: div(full(1, x), x), scalar=lambda e, x: e.math("log", x))
+_unary("exp", np.exp, lambda x, y: y, math="exp", cost=12)
+_unary("log", np.log, lambda x, y: div(full(1, x), x), math="log", cost=14)
 _unary(
     "log1p",
     np.log1p,
     lambda x, y: div(full(1, x), add(full(1, x), x)),
-    scalar=lambda e, x: e.math("log1p", x),
+    math="log1p",
+    cost=16,
 )
-_unary("sin", np.sin, lambda x, y: apply("cos", x), scalar=lambda e, x: e.math("sin", x))
-_unary("cos", np.cos, lambda x, y: neg(apply("sin", x)), scalar=lambda e, x: e.math("cos", x))
-_unary(
-    "tanh", np.tanh, lambda x, y: sub(full(1, y), mul(y, y)), scalar=lambda e, x: e.math("tanh", x)
-)
-_unary("sqrt", np.sqrt, lambda x, y: div(full(0.5, y), y), scalar=lambda e, x: e.math("sqrt", x))
+_unary("sin", np.sin, lambda x, y: apply("cos", x), math="sin", cost=20)
+_unary("cos", np.cos, lambda x, y: neg(apply("sin", x)), math="cos", cost=20)
+_unary("tanh", np.tanh, lambda x, y: sub(full(1, y), mul(y, y)), math="tanh", cost=16)
+_unary("sqrt", np.sqrt, lambda x, y: div(full(0.5, y), y), math="sqrt", cost=4)
 
 
 def _sigmoid_ref(x):
@@ -242,7 +337,8 @@ _unary(
     "sigmoid",
     _sigmoid_ref,
     lambda x, y: mul(y, sub(full(1, y), y)),
-    scalar=lambda e, x: e.math("sigmoid", x),
+    math="sigmoid",
+    cost=12,
 )
 _unary("logical_not", np.logical_not, allowed=("bool",), scalar=lambda e, x: e.logical_not(x))
 
@@ -295,8 +391,9 @@ _binary(
     lambda n: [div(full(1, n), n.inputs[1]), neg(div(n, n.inputs[1]))],
     allowed=FLOATS,
     scalar=lambda e, x, y: e.div(x, y),
+    cost=4,
 )
-_binary("pow", _pow_ref, _pow_partials, allowed=FLOATS, scalar=lambda e, x, y: e.math("pow", x, y))
+_binary("pow", _pow_ref, _pow_partials, allowed=FLOATS, math="pow", cost=30)
 _binary("maximum", np.maximum, _extremum_partials("gt"), scalar=lambda e, x, y: e.maximum(x, y))
 _binary("minimum", np.minimum, _extremum_partials("lt"), scalar=lambda e, x, y: e.minimum(x, y))
 for _name, _ref, _symbol in [
@@ -369,6 +466,7 @@ register(
         vjp=_cast_vjp,
         scalar=lambda e, x, dtype: e.cast(x, dtype),  # attrs arrive as keywords
         jvp=lambda n, t: cast(t[0], n.dtype) if n.dtype in FLOATS else None,
+        in_names=False,
     )
 )
 register(
@@ -396,6 +494,22 @@ def _infer_broadcast_to(types, attrs):
     return x.with_shape(shape)
 
 
+def _map_broadcast(k, node, index):
+    x = node.inputs[0]
+    lead = node.ndim - x.ndim
+    values = [k.i64(0) if d == 1 else v for d, v in zip(x.shape, index.values[lead:])]
+    return k.value(x, k.index(x.shape, values=values))
+
+
+def _view_broadcast(node, offset, strides):
+    in_shape = node.inputs[0].shape
+    lead = node.ndim - len(in_shape)
+    kept = [
+        0 if d == 1 and n != 1 else st for d, n, st in zip(in_shape, node.shape[lead:], strides)
+    ]
+    return offset, (0,) * lead + tuple(kept)
+
+
 register(
     OpDef(
         "broadcast_to",
@@ -405,6 +519,9 @@ register(
         arity=1,
         vjp=lambda n, g: [sum_to(g, n.inputs[0].shape)],
         linear=True,
+        cost=0,
+        index_map=_map_broadcast,
+        view=_view_broadcast,
     )
 )
 
@@ -426,6 +543,11 @@ register(
         arity=1,
         vjp=lambda n, g: [reshape(g, n.inputs[0].shape)],
         linear=True,
+        cost=0,
+        index_map=lambda k, node, index: k.value(
+            node.inputs[0], k.index(node.inputs[0].shape, flat=index.flat)
+        ),
+        flat=True,
     )
 )
 
@@ -438,6 +560,14 @@ def _infer_transpose(types, attrs):
     return x.with_shape([x.shape[p] for p in perm])
 
 
+def _map_transpose(k, node, index):
+    x = node.inputs[0]
+    values = [None] * x.ndim
+    for out_axis, in_axis in enumerate(node.attrs["perm"]):
+        values[in_axis] = index.values[out_axis]
+    return k.value(x, k.index(x.shape, values=values))
+
+
 register(
     OpDef(
         "transpose",
@@ -447,6 +577,9 @@ register(
         arity=1,
         vjp=lambda n, g: [apply("transpose", g, perm=tuple(np.argsort(n.attrs["perm"]).tolist()))],
         linear=True,
+        cost=0,
+        index_map=_map_transpose,
+        view=lambda node, offset, strides: (offset, tuple(strides[p] for p in node.attrs["perm"])),
     )
 )
 
@@ -480,8 +613,33 @@ def _slice_vjp(n, g):
     return [apply("pad", g, widths=tuple(widths), value=0.0)]
 
 
+def _map_slice(k, node, index):
+    x, b = node.inputs[0], k.b
+    values = [
+        b.add(k.i64(start), b.mul(v, k.i64(step)))
+        for v, start, step in zip(index.values, node.attrs["starts"], node.attrs["steps"])
+    ]
+    return k.value(x, k.index(x.shape, values=values))
+
+
+def _view_slice(node, offset, strides):
+    offset += sum(start * stride for start, stride in zip(node.attrs["starts"], strides))
+    return offset, tuple(stride * step for stride, step in zip(strides, node.attrs["steps"]))
+
+
 register(
-    OpDef("slice", Kind.INJECTIVE, _infer_slice, _slice_ref, arity=1, vjp=_slice_vjp, linear=True)
+    OpDef(
+        "slice",
+        Kind.INJECTIVE,
+        _infer_slice,
+        _slice_ref,
+        arity=1,
+        vjp=_slice_vjp,
+        linear=True,
+        cost=0,
+        index_map=_map_slice,
+        view=_view_slice,
+    )
 )
 
 
@@ -521,6 +679,23 @@ def _pad_jvp(n, t):
     return apply("pad", t[0], widths=n.attrs["widths"], value=0.0)
 
 
+def _map_pad(k, node, index):
+    x, b = node.inputs[0], k.b
+    inside, values = None, []
+    for v, d, (low, _, interior) in zip(index.values, x.shape, node.attrs["widths"]):
+        shifted = b.sub(v, k.i64(low))
+        step = interior + 1
+        source = b.sdiv(shifted, k.i64(step)) if step > 1 else shifted
+        ok = b.and_(b.icmp_signed(">=", shifted, k.i64(0)), b.icmp_signed("<", source, k.i64(d)))
+        if step > 1:
+            ok = b.and_(ok, b.icmp_signed("==", b.srem(shifted, k.i64(step)), k.i64(0)))
+        inside = ok if inside is None else b.and_(inside, ok)
+        values.append(b.select(ok, source, k.i64(0)))  # clamp: the load stays in bounds
+    value = k.value(x, k.index(x.shape, values=values))
+    fill = k.immediate(node.attrs["value"], node.dtype)
+    return b.select(inside, value, fill) if inside is not None else value
+
+
 register(
     OpDef(
         "pad",
@@ -531,6 +706,7 @@ register(
         vjp=_pad_vjp,
         jvp=_pad_jvp,
         linear=True,
+        index_map=_map_pad,
     )
 )
 
@@ -566,6 +742,23 @@ def _concat_vjp(n, g):
     return grads
 
 
+def _map_concat(k, node, index):
+    axis, b = node.attrs["axis"], k.b
+    position = index.values[axis]
+    result, start = None, 0
+    for x in node.inputs:
+        size = x.shape[axis]
+        local = b.sub(position, k.i64(start))
+        clamped = b.select(b.icmp_unsigned("<", local, k.i64(size)), local, k.i64(0))
+        values = list(index.values)
+        values[axis] = clamped
+        v = k.value(x, k.index(x.shape, values=values))
+        before = b.icmp_unsigned("<", position, k.i64(start))
+        result = v if result is None else b.select(before, result, v)
+        start += size
+    return result
+
+
 register(
     OpDef(
         "concat",
@@ -574,6 +767,7 @@ register(
         lambda xs, attrs: np.concatenate(xs, axis=attrs["axis"]),
         vjp=_concat_vjp,
         linear=True,
+        index_map=_map_concat,
     )
 )
 
@@ -628,6 +822,11 @@ def _max_ref(xs, attrs):
     return np.max(x, axis=tuple(attrs["axes"]), keepdims=attrs["keepdims"])
 
 
+def _lowest(dtype: str) -> float | int:
+    """The identity of max: -inf, or the smallest integer of `dtype`."""
+    return float("-inf") if dtype in FLOATS else int(np.iinfo(dtype).min)
+
+
 register(
     OpDef(
         "sum",
@@ -637,6 +836,9 @@ register(
         arity=1,
         vjp=lambda n, g: [_expand_back(g, n.inputs[0], n.attrs["axes"])],
         linear=True,
+        reduction=Reduction(
+            identity=lambda dtype: 0, combine=lambda e, acc, v: e.accumulate(acc, v)
+        ),
     )
 )
 register(
@@ -650,6 +852,7 @@ register(
         jvp=lambda n, t: apply(
             "sum", mul(t[0], _max_mask(n)), axes=n.attrs["axes"], keepdims=n.attrs["keepdims"]
         ),
+        reduction=Reduction(identity=_lowest, combine=lambda e, acc, v: e.maximum(acc, v)),
     )
 )
 
@@ -670,6 +873,8 @@ register(
         lambda xs, attrs: np.argmax(xs[0], axis=attrs["axis"], keepdims=attrs["keepdims"]),
         arity=1,
         differentiable=False,
+        reduction=Reduction(identity=_lowest, better=lambda e, v, acc: e.first_greater(v, acc)),
+        fuses_inputs=False,
     )
 )
 
@@ -704,6 +909,7 @@ register(
                 apply("matmul", n.inputs[0], t[1]) if t[1] is not None else None,
             ]
         ),
+        fuses_inputs=False,
     )
 )
 
@@ -721,8 +927,12 @@ def _no_ref(xs, attrs):
     raise GraphcError("sources are fed by the interpreter, not computed")
 
 
-register(OpDef("input", Kind.OPAQUE, _infer_source, _no_ref, arity=0, differentiable=False))
-register(OpDef("param", Kind.OPAQUE, _infer_source, _no_ref, arity=0, differentiable=False))
+for _name in ("input", "param"):
+    register(
+        OpDef(
+            _name, Kind.OPAQUE, _infer_source, _no_ref, arity=0, differentiable=False, memory=True
+        )
+    )
 register(
     OpDef(
         "const",
@@ -731,6 +941,8 @@ register(
         lambda xs, attrs: attrs["value"],
         arity=0,
         differentiable=False,
+        cost=0,
+        memory=True,
     )
 )
 
@@ -749,4 +961,20 @@ def _infer_iota(types, attrs):
     return _infer_source(types, attrs)
 
 
-register(OpDef("iota", Kind.INJECTIVE, _infer_iota, _iota_ref, arity=0, differentiable=False))
+def _map_iota(k, node, index):
+    position = index.values[node.attrs["axis"]]
+    return position if node.dtype == "int64" else k.e.cast(position, node.dtype)
+
+
+register(
+    OpDef(
+        "iota",
+        Kind.INJECTIVE,
+        _infer_iota,
+        _iota_ref,
+        arity=0,
+        differentiable=False,
+        cost=0,
+        index_map=_map_iota,
+    )
+)

@@ -18,7 +18,7 @@ import dataclasses
 
 from graphc.errors import DTypeError, GraphcError, ShapeError
 from graphc.ir.graph import Node, apply, location, topological_order
-from graphc.ir.ops import OPS, add_all, full, mul
+from graphc.ir.ops import OPS, add_all, full, is_variable, mul
 from graphc.ir.types import FLOATS
 
 
@@ -35,7 +35,7 @@ def _check_differentiable(node: Node, role: str):
 
 
 def _named(node: Node, name: str) -> Node:
-    if node.op in ("input", "param"):
+    if is_variable(node):
         return node
     return dataclasses.replace(node, name=name)
 

@@ -48,14 +48,18 @@ from dataclasses import dataclass, field
 from math import prod
 
 from graphc.ir.graph import Graph, Kernel, Node
+from graphc.ir.ops import opdef
 from graphc.passes.kernels import (
-    AFFINE,
-    EXPENSIVE,
-    LAYOUT,
     MAX_BODY_COST,
+    accumulates,
     identity_step,
+    is_affine,
     is_anchor,
+    is_broadcast,
+    is_contraction,
     is_elementwise,
+    is_expensive,
+    is_layout,
     is_light,
     is_source,
     kernel_name,
@@ -93,13 +97,13 @@ def _forced(graph: Graph) -> set[int]:
     for node in graph.nodes:
         if is_anchor(node):
             stored.add(id(node))
-        if node.op == "matmul":
+        if is_contraction(node):
             for operand in node.inputs:
                 base = operand
-                while base.op in AFFINE:
+                while is_affine(base):
                     base = base.inputs[0]
                 if not is_source(base):
-                    stored.add(id(base) if base.op not in LAYOUT else id(operand))
+                    stored.add(id(base) if not is_layout(base) else id(operand))
     return stored
 
 
@@ -116,7 +120,7 @@ def _capped(graph: Graph, stored: set[int]) -> set[int]:
         while stack:
             n = stack.pop()
             if inlined(n):
-                if n.op in LAYOUT:
+                if is_layout(n):
                     stack.extend(n.inputs)
                 else:
                     stored.add(id(n))
@@ -147,19 +151,19 @@ def stored_values(graph: Graph) -> set[int]:
             body, _ = tree(node, stored)
             for n in body:
                 owners.setdefault(id(n), set()).add(id(node))
-                if n.op == "broadcast_to" and n.type.size >= 4 * n.inputs[0].type.size:
+                if is_broadcast(n) and n.type.size >= 4 * n.inputs[0].type.size:
                     expanded.add(id(n.inputs[0]))
         chosen = None  # the last candidate: the cut nearest the consumers (a bool mask, not
         for node in reversed(graph.nodes):  # the pre-activation it is computed from)
-            if id(node) in stored or not is_light(node) or node.op in LAYOUT:
+            if id(node) in stored or not is_light(node) or is_layout(node):
                 continue
             shared = len(owners.get(id(node), ())) >= 2
             if not shared and id(node) not in expanded:
                 continue  # cheap test first: the tree walk below makes this loop quadratic
             body, leaves = tree(node, stored)
             anchored = any(is_anchor(x) for x in leaves)
-            costly = anchored or any(n.op in EXPENSIVE for n in body)
-            if (shared and (node.op in EXPENSIVE or anchored)) or (
+            costly = anchored or any(is_expensive(n) for n in body)
+            if (shared and (is_expensive(node) or anchored)) or (
                 id(node) in expanded and node.type.size > 1 and costly
             ):
                 chosen = node
@@ -201,7 +205,7 @@ def _paths_to(root: Node, targets: set[int], allowed, bodies) -> bool:
 
 def _rowwise_shape(node: Node):
     """(rows, length) when `node` reduces the last axis only, of length > 1."""
-    if node.op not in ("sum", "max"):
+    if not accumulates(node):
         return None
     x = node.inputs[0]
     if tuple(node.attrs["axes"]) != (x.ndim - 1,) or x.shape[-1] < 2:
@@ -213,11 +217,11 @@ def _row_preserving(rows, length):
     full, size = (*rows, length), prod(rows)
 
     def allowed(node: Node) -> bool:
-        if node.op in ("sum", "max"):
+        if accumulates(node):
             return _rowwise_shape(node) == (rows, length)
-        if node.op == "broadcast_to":
+        if is_broadcast(node):
             return node.inputs[0].shape == (*rows, 1) and node.shape == full
-        if node.op == "reshape":
+        if opdef(node).flat:
             return node.type.size == size and node.inputs[0].type.size == size
         return is_elementwise(node) and (node.shape == full or node.type.size == size)
 
@@ -321,7 +325,7 @@ class _Grouping:
                 if m.type.size == r.type.size and self.reduction_epilogue(m, r, p):
                     return True
         # a reduction over the product's rows belongs to a row-wise kernel (softmax)
-        if m.op in ("sum", "max") and m.inputs[0].shape == product.shape and not _rowwise_shape(m):
+        if accumulates(m) and m.inputs[0].shape == product.shape and not _rowwise_shape(m):
             x = m.inputs[0]
             direct = id(x) in stage or (
                 id(x) in bodies and _paths_to(x, stage, identity_step, bodies)
@@ -392,11 +396,11 @@ class _Grouping:
     # -- the walk --
     def run(self) -> list[Group]:
         for m in self.members:
-            form = {"matmul": "contraction"}.get(m.op, "reduction" if is_anchor(m) else "loop")
+            form = "contraction" if is_contraction(m) else "reduction" if is_anchor(m) else "loop"
             group = Group([m], form, [m] if is_anchor(m) else [])
             self.group_of[id(m)] = group
             self.groups.append(group)
-            if m.op in ("matmul", "argmax"):
+            if not opdef(m).fuses_inputs:
                 continue
             candidates = sorted(
                 self.preds(group), key=lambda g: -max(self.position[id(x)] for x in g.members)

@@ -9,60 +9,89 @@ from __future__ import annotations
 from math import prod
 
 from graphc.ir.graph import Kernel, Node
-from graphc.ir.ops import OPS, Kind
+from graphc.ir.ops import Kind, is_input, is_param, opdef, relu_input
 
-MEMORY_SOURCES = ("input", "param", "const")  # iota is computed at an index: see LAYOUT
-LAYOUT = ("broadcast_to", "reshape", "transpose", "slice", "pad", "concat", "iota")
-AFFINE = ("broadcast_to", "transpose", "slice")
-REDUCTIONS = ("sum", "max", "argmax")
-EXPENSIVE = frozenset({"exp", "log", "log1p", "sin", "cos", "tanh", "sqrt", "sigmoid", "pow"})
-# Estimated cost per element of each op, in units (a plain add, load or store is 1): the
-# vectorized transcendentals of codegen/mathlib.py take 10-20 times as long. Index maps and
-# constants cost nothing.
-OP_COST = {"exp": 12, "log": 14, "log1p": 16, "tanh": 16, "sigmoid": 12, "sin": 20, "cos": 20}
-OP_COST |= {"pow": 30, "sqrt": 4, "div": 4}
-FREE_OPS = frozenset({"const", "broadcast_to", "reshape", "transpose", "slice", "iota"})
-# The most a kernel's body may cost per element (units above). LLVM's loop vectorizer, its
-# instruction selection and register allocation take time growing with the square of a loop
-# body's size: a chain of 1000 elementwise multiply-adds (3000 units) took 6.7 s to optimize
-# as one loop, 200 sin steps (4400 units) 8 s. Fusion stores a value rather than let a body
-# grow past this (measured: a body of ~500 units optimizes in ~0.3 s, and the store and
-# reload a cut adds cost ~2 units). The largest kernels of the benchmark cost 68.
+# The most a kernel's body may cost per element (units of `OpDef.cost`: an add, a load or a
+# store is 1, a vectorized transcendental of codegen/mathlib.py 4-30, index maps and
+# constants 0). LLVM's loop vectorizer, instruction selection and register allocation take
+# time growing with the square of a loop body's size, so fusion stores a value rather than
+# let a body grow past this (a body of ~500 units optimizes in ~0.3 s; the store and reload
+# of a cut cost ~2 units; the largest kernels of the benchmark cost 68). Measurements:
+# docs/performance.md, "compile time of long chains".
 MAX_BODY_COST = 512
 
 
 def op_cost(node: Node) -> int:
-    """Estimated units per element of computing `node` from its inputs (see OP_COST)."""
-    return 0 if node.op in FREE_OPS else OP_COST.get(node.op, 1)
+    """Estimated units per element of computing `node` from its inputs (`OpDef.cost`)."""
+    return opdef(node).cost
 
 
 def is_source(node: Node) -> bool:
-    return node.op in MEMORY_SOURCES
+    """A value read from memory without computing it (input, param, const)."""
+    return opdef(node).memory
 
 
 def is_light(node: Node) -> bool:
-    return not is_source(node) and OPS[node.op].kind <= Kind.INJECTIVE
+    return not is_source(node) and opdef(node).kind <= Kind.INJECTIVE
 
 
 def is_anchor(node: Node) -> bool:
-    return node.op in REDUCTIONS or node.op == "matmul"
+    return opdef(node).anchor
+
+
+def is_contraction(node: Node) -> bool:
+    return opdef(node).kind == Kind.CONTRACTION
+
+
+def is_reduction(node: Node) -> bool:
+    return opdef(node).reduction is not None
+
+
+def accumulates(node: Node) -> bool:
+    """A reduction that combines the values themselves (sum, max; not argmax)."""
+    reduction = opdef(node).reduction
+    return reduction is not None and not reduction.positional
+
+
+def is_layout(node: Node) -> bool:
+    """A layout op: its value is its inputs' values at a mapped index (never a copy)."""
+    return opdef(node).index_map is not None
+
+
+def is_affine(node: Node) -> bool:
+    """A layout op that is a strided view of its input."""
+    return opdef(node).view is not None
+
+
+def is_expensive(node: Node) -> bool:
+    return opdef(node).expensive
+
+
+def is_broadcast(node: Node) -> bool:
+    return opdef(node).kind == Kind.BROADCAST
 
 
 def is_elementwise(node: Node) -> bool:
-    return OPS[node.op].kind == Kind.ELEMWISE and not is_source(node)
+    return opdef(node).kind == Kind.ELEMWISE and not is_source(node)
 
 
 def identity_step(node: Node) -> bool:
-    """An op that reads its input at its own index (elementwise or reshape)."""
-    return is_elementwise(node) or node.op == "reshape"
+    """An op that reads its input at its own index (elementwise, or a reshape)."""
+    return is_elementwise(node) or opdef(node).flat
 
 
 # ---- kernel queries (memory planning, codegen) ----------------------------------------------
 
 
+def product_of(kernel: Kernel) -> Node:
+    """A contraction kernel's product (its one contraction node)."""
+    (product,) = [n for n in kernel.nodes if is_contraction(n)]
+    return product
+
+
 def product_host(kernel: Kernel) -> Node | None:
     """The output whose buffer receives a contraction's product (None: the product itself)."""
-    (mm,) = [n for n in kernel.nodes if n.op == "matmul"]
+    mm = product_of(kernel)
     if mm in kernel.outputs:
         return None
     body = {id(n): n for n in kernel.nodes}
@@ -81,7 +110,7 @@ def stage_reductions(node: Node, body: dict[int, Node]) -> list[Node]:
         if id(n) in seen or id(n) not in body:
             continue
         seen.add(id(n))
-        if n.op in REDUCTIONS:
+        if is_reduction(n):
             found.append(n)
             continue
         stack.extend(n.inputs)
@@ -104,13 +133,13 @@ def loop_stages(kernel: Kernel) -> list[tuple[tuple[int, ...], list[Node]]]:
     if kernel.form != "contraction":
         return []
     body = {id(n): n for n in kernel.nodes}
-    (mm,) = [n for n in kernel.nodes if n.op == "matmul"]
+    mm = product_of(kernel)
     stages: dict[int, list[Node]] = {id(mm): []}
     for o in kernel.outputs:
         if o is not mm:
             found = stage_reductions(o, body)
             stages.setdefault(id(found[0]) if found else id(mm), []).append(o)
-    anchors = [mm, *(n for n in kernel.nodes if n.op in REDUCTIONS and id(n) in stages)]
+    anchors = [mm, *(n for n in kernel.nodes if is_reduction(n) and id(n) in stages)]
     return [(a.shape, stages[id(a)]) for a in anchors]  # in the order codegen emits them
 
 
@@ -120,7 +149,7 @@ def identity_reads(kernel: Kernel) -> dict[int, tuple[int, bool]]:
     earlier ones from memory."""
     inside = {id(n) for n in kernel.nodes}
     result: dict[int, tuple[int, bool]] = {}
-    stored: set[int] = {id(n) for n in kernel.nodes if n.op == "matmul"}
+    stored: set[int] = {id(n) for n in kernel.nodes if is_contraction(n)}
     for s, (shape, outputs) in enumerate(loop_stages(kernel)):
         stack = [(o, True) for o in outputs]
         seen = set()
@@ -146,27 +175,14 @@ def identity_reads(kernel: Kernel) -> dict[int, tuple[int, bool]]:
 # ---- names --------------------------------------------------------------------------------------
 
 
-def _is_relu(node: Node) -> bool:
-    if node.op != "where":
-        return False
-    cond, a, b = node.inputs
-    return cond.op == "gt" and cond.inputs[0] is a and cond.inputs[1] is b and _is_zero(b)
-
-
-def _is_zero(node: Node) -> bool:
-    while node.op == "broadcast_to":
-        node = node.inputs[0]
-    return node.op == "const" and node.type.size == 1 and float(node.attrs["value"].item()) == 0
-
-
 def kernel_name(form: str, nodes, inputs, outputs) -> str:
     """`fused_<ops>[<user names>]`: what the kernel computes and whose values it touches."""
     ops: list[str] = []
-    hidden = {id(n.inputs[0]) for n in nodes if _is_relu(n)}
+    hidden = {id(n.inputs[0]) for n in nodes if relu_input(n) is not None}  # its x > 0
     for n in nodes:
-        if n.op in LAYOUT or is_source(n) or id(n) in hidden or n.op == "cast":
+        if is_layout(n) or is_source(n) or id(n) in hidden or not opdef(n).in_names:
             continue
-        op = "relu" if _is_relu(n) else n.op
+        op = "relu" if relu_input(n) is not None else n.op
         if op not in ops:
             ops.append(op)
     if not ops:
@@ -174,12 +190,12 @@ def kernel_name(form: str, nodes, inputs, outputs) -> str:
     text = "_".join(ops[:4]) + ("_etc" if len(ops) > 4 else "")
     label = f"fused_{text}" if len(ops) > 1 else text
     names: list[str] = []
-    for n in [*outputs, *(x for x in inputs if x.op == "param")]:
-        name = _layer(n.name) if n.op == "param" else n.name
+    for n in [*outputs, *(x for x in inputs if is_param(x))]:
+        name = _layer(n.name) if is_param(n) else n.name
         if name and name not in names:
             names.append(name)
     if not names:
-        names = [x.name for x in inputs if x.op == "input" and x.name]
+        names = [x.name for x in inputs if is_input(x) and x.name]
     if names:
         label += "[" + ",".join(names[:3]) + (",..." if len(names) > 3 else "") + "]"
     return label

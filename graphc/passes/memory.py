@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from graphc.ir.graph import Graph, Kernel, Node
+from graphc.ir.ops import is_const
 from graphc.passes.kernels import identity_reads, loop_stages, product_host, segments
 
 ALIGN = 64
@@ -88,7 +89,7 @@ def plan_memory(graph: Graph, kernels: list[Kernel]) -> Plan:
     for i, node in enumerate(graph.params):
         locations[id(node)] = Location("param", i)
     for node in graph.nodes:
-        if node.op == "const":
+        if is_const(node):
             locations[id(node)] = Location("const", 0)
     produced = {id(n): k for k, kernel in enumerate(kernels) for n in kernel.outputs}
     for i, node in enumerate(graph.outputs):

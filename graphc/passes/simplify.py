@@ -40,12 +40,11 @@ from collections.abc import Callable
 import numpy as np
 
 from graphc.ir.graph import Graph, Node, apply, location
-from graphc.ir.ops import OPS, SOURCES, Kind
+from graphc.ir.ops import Kind, is_const, is_variable, opdef
 from graphc.ir.types import INTS, TensorType
 
 FOLD_LIMIT = 4096  # fold only when the result and every input have at most this many elements
 MAX_SWEEPS = 100
-SPLAT_LAYOUT = frozenset({"broadcast_to", "reshape", "transpose", "slice"})  # splat in, splat out
 
 
 def simplify(graph: Graph) -> Graph:
@@ -72,13 +71,13 @@ def _sweep(graph: Graph, renames: dict) -> tuple[Graph, bool, dict]:
             new = dataclasses.replace(node, inputs=inputs, name=renames[id(node)][1])
         elif any(a is not b for a, b in zip(inputs, node.inputs)):
             new = node.with_inputs(inputs)
-        if node.op not in ("input", "param"):
+        if not is_variable(node):
             with location(node.loc):
                 result = _rewrite(new)
             if result is not None and result.type == new.type:
                 new = result
             new = seen.setdefault(_key(new), new)
-        if node.name and new is not node and new.name is None and new.op not in SOURCES:
+        if node.name and new is not node and new.name is None and not _is_leaf(new):
             next_renames.setdefault(id(new), (new, node.name))
         changed |= new is not node
         memo[id(node)] = new
@@ -89,7 +88,7 @@ def _sweep(graph: Graph, renames: dict) -> tuple[Graph, bool, dict]:
 
 def _rewrite(node: Node) -> Node | None:
     """A node computing the same value as `node`, or None."""
-    if node.op == "const":
+    if is_const(node):
         # a uniform constant -> broadcast_to(const scalar)
         value = _value(node)
         return _splat(value, node.type) if value is not None and node.type.size > 1 else None
@@ -105,9 +104,9 @@ def _rewrite(node: Node) -> Node | None:
 
 def _value(node: Node) -> np.ndarray | None:
     """The one value (a 0-d array) of a splat: a uniform const or broadcast_to(const scalar)."""
-    if node.op == "broadcast_to" and node.inputs[0].op == "const":
+    if _is_broadcast(node) and is_const(node.inputs[0]):
         node = node.inputs[0]
-    if node.op != "const" or node.type.size == 0:
+    if not is_const(node) or node.type.size == 0:
         return None
     flat = node.attrs["value"].reshape(-1)
     if flat[1:].tobytes() != flat[:1].tobytes() * (flat.size - 1):
@@ -125,8 +124,24 @@ def _is(node: Node, number, negative_zero: bool = False) -> bool:
     return bool(np.signbit(value)) == negative_zero
 
 
+def _is_leaf(node: Node) -> bool:
+    """A source: an op without inputs (input, param, const, iota)."""
+    return opdef(node).arity == 0
+
+
+def _is_broadcast(node: Node) -> bool:
+    return opdef(node).kind == Kind.BROADCAST
+
+
+def _moves_values(node: Node) -> bool:
+    """A layout op whose every output element is an input element (splat in, splat out):
+    a strided view or a reshape; not pad (its fill) or concat (several inputs)."""
+    op = opdef(node)
+    return op.view is not None or op.flat
+
+
 def _array(node: Node) -> np.ndarray | None:
-    if node.op == "const":
+    if is_const(node):
         return node.attrs["value"]
     value = _value(node)
     return None if value is None else np.broadcast_to(value, node.shape)
@@ -145,21 +160,21 @@ def _splat(value: np.ndarray, type: TensorType) -> Node:
 
 def _fold(node: Node) -> Node | None:
     """`node` computed now, when its inputs are constants: all splats give a splat."""
-    if node.op in SOURCES or (node.op == "broadcast_to" and node.inputs[0].shape == ()):
+    if _is_leaf(node) or (_is_broadcast(node) and node.inputs[0].shape == ()):
         return None  # already canonical
     values = [_value(x) for x in node.inputs]
-    opdef = OPS[node.op]
-    splat_in_splat_out = opdef.kind == Kind.ELEMWISE or node.op in SPLAT_LAYOUT
-    if splat_in_splat_out and all(v is not None for v in values):
+    op = opdef(node)
+    moves = _moves_values(node)
+    if (op.kind == Kind.ELEMWISE or moves) and all(v is not None for v in values):
         with np.errstate(all="ignore"):
-            result = values[0] if node.op in SPLAT_LAYOUT else opdef.ref(values, node.attrs)
+            result = values[0] if moves else op.ref(values, node.attrs)
         result = np.asarray(result)
         return _splat(result, node.type) if result.dtype == node.type.np_dtype else None
     arrays = [_array(x) for x in node.inputs]
     if any(a is None or a.size > FOLD_LIMIT for a in arrays) or node.type.size > FOLD_LIMIT:
         return None
     with np.errstate(all="ignore"):
-        result = np.asarray(opdef.ref(arrays, node.attrs))
+        result = np.asarray(op.ref(arrays, node.attrs))
     if result.dtype != node.type.np_dtype or result.shape != node.shape:
         return None
     return _const(result)
@@ -170,7 +185,7 @@ def _fold(node: Node) -> Node | None:
 
 def _key(node: Node) -> tuple:
     """Equal for nodes that compute the same value: same op, inputs and attrs."""
-    if node.op in ("input", "param"):
+    if is_variable(node):
         return ("source", id(node))
     attrs = tuple(sorted((name, _attr_key(value)) for name, value in node.attrs.items()))
     return (node.op, tuple(id(x) for x in node.inputs), attrs, node.type)
