@@ -6,7 +6,7 @@ Run: python bench/mathlib_micro.py [--quick] [--baseline REV] [--functions exp,t
 Each function and dtype is a JIT-compiled loop (O3, host CPU, as graphc builds kernels) over
 N = 10^6 elements, timed against NumPy and jax.numpy (jax.jit, one thread) when importable.
 Like graphc's own loops over math-library calls, the loop carries the hint to interleave
-it graphc.codegen.llvm.INTERLEAVE times (two vector iterations in flight); `--interleave 1`
+it graphc.codegen.kernel.INTERLEAVE times (two vector iterations in flight); `--interleave 1`
 leaves it to LLVM (not interleaved: latency then weighs more, operation count less).
 `--baseline REV` also builds the loops from the mathlib.py of git revision REV, so old and
 new code are measured side by side. The peers of one row run interleaved, round by round,
@@ -40,7 +40,7 @@ from llvmlite import binding as llvm  # noqa: E402
 from llvmlite import ir  # noqa: E402
 
 from bench import peers  # noqa: E402
-from graphc.codegen import llvm as codegen  # noqa: E402
+from graphc.codegen import kernel as codegen  # noqa: E402
 from graphc.codegen import mathlib  # noqa: E402
 
 N = 10**6

@@ -22,7 +22,7 @@ from math import prod
 from llvmlite import ir
 
 from graphc.codegen.emitter import MEMORY_TYPES, REGISTER_TYPES
-from graphc.codegen.llvm import (
+from graphc.codegen.kernel import (
     I64,
     affine_view,
     i64,
@@ -55,7 +55,7 @@ SCRATCH_BYTES = 32 * 1024  # a contraction's product up to this size is kept on 
 def emit_loop(k) -> None:
     for shape, outputs in segments(k.kernel):
         _over(k, shape, outputs)
-        k.materialized.update(id(o) for o in outputs)  # later nests read them back
+        k.stored(outputs)  # later nests read them back
 
 
 def _needs_axes(kernel) -> bool:
@@ -111,10 +111,10 @@ def reduce_stage(k, reduce: Node, outputs) -> None:
                 b.store(b.select(better, flat, b.load(position)), position)
 
         k.nest(reduced, per_element)
-        k.known[id(reduce)] = b.load(position if position is not None else accumulator)
+        result = b.load(position if position is not None else accumulator)
         out_index = k.index(reduce.shape, flat=k.index(kept, values=out_values).flat)
-        k.store_outputs(out_index, outputs)
-        del k.known[id(reduce)]
+        with k.knowing({reduce: result}):
+            k.store_outputs(out_index, outputs)
 
     k.nest(kept, per_output, outer=True)
 
@@ -195,9 +195,8 @@ def _reduce_by_rows(k, reduce: Node, outputs) -> None:
 
         def per_output(j):
             kept = k.index([*outer, *inner], values=[*outer_values, *inner_values(j)])
-            k.known[id(reduce)] = b.load(slot(j), typ=t)
-            k.store_outputs(k.index(reduce.shape, flat=kept.flat), outputs)
-            del k.known[id(reduce)]
+            with k.knowing({reduce: b.load(slot(j), typ=t)}):
+                k.store_outputs(k.index(reduce.shape, flat=kept.flat), outputs)
 
         over_block(lambda j: b.store(identity(reduce, x.dtype), slot(j)))
         k.nest(reduced, per_row)
@@ -252,14 +251,17 @@ def emit_rowwise(k) -> None:
     b = k.b
 
     def per_row(r):
-        k.known = {}
+        with k.knowing():
+            row(r)
+
+    def row(r):
         row_values = k.index(rows, flat=r).values if rows else []
         done: set[int] = set()
 
         def settle():
             for n in row_level:
-                if id(n) not in k.known and depends[id(n)] <= done:
-                    k.known[id(n)] = k._compute(n, k.index(n.shape, flat=r))
+                if not k.knows(n) and depends[id(n)] <= done:
+                    k.know(n, k.compute(n, k.index(n.shape, flat=r)))
 
         for reduce in reductions:
             with b.goto_entry_block():
@@ -272,7 +274,7 @@ def emit_rowwise(k) -> None:
                 b.store(opdef(reduce).reduction.combine(k.e, acc, v), accumulator)
 
             k.loop(length, per_element, "j")
-            k.known[id(reduce)] = b.load(accumulator)
+            k.know(reduce, b.load(accumulator))
             done.add(id(reduce))
             settle()
         for o in row_outputs:
@@ -283,7 +285,6 @@ def emit_rowwise(k) -> None:
                 lambda j: k.store_outputs(k.index(x0.shape, values=[*row_values, j]), full_outputs),
                 "j",
             )
-        k.known = {}
 
     k.outer_loop(size, per_row, "row")
 
@@ -398,11 +399,11 @@ def emit_contraction(k) -> None:
                     b.call(functions[lengths[0]], [c, a, sources[1]])
                 with otherwise:
                     b.call(functions[lengths[1]], [c, a, sources[1]])
-    k.materialized.add(id(mm))
+    k.stored([mm])
     if epilogue:
         store = lambda values: k.store_outputs(k.index(mm.shape, values=values), epilogue)  # noqa: E731
         k.nest(mm.shape, store, outer=True)
-    k.materialized.update(id(o) for o in epilogue)
+    k.stored(epilogue)
     if k.rows is None:
         _stages(k, stages)
 
@@ -415,6 +416,19 @@ def _stages(k, stages) -> None:
 
 
 # ---- threads (codegen/parallel.py) ----
+
+
+def emit(k) -> None:
+    """Emit the body of `k`'s kernel (or of one chunk of it) by its form."""
+    EMITTERS[k.kernel.form](k)
+
+
+EMITTERS = {
+    "loop": emit_loop,
+    "reduction": emit_reduction,
+    "rowwise": emit_rowwise,
+    "contraction": emit_contraction,
+}
 
 
 def split_of(k) -> Split | None:
@@ -465,6 +479,5 @@ def after_join(k) -> None:
     mm, _, epilogue, stages = _contraction(k)
     if stages:
         _product_target(k, mm)  # not on the stack: split_of keeps those whole
-        k.materialized.add(id(mm))
-        k.materialized.update(id(o) for o in epilogue)
+        k.stored([mm, *epilogue])
         _stages(k, stages)

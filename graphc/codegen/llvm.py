@@ -1,471 +1,63 @@
 """Kernels + memory plan -> one LLVM module: one function per kernel, one entry.
 
-Every kernel is a loop nest over a static domain. Values inside a kernel are computed
-*at an index*: `value(node, index)` evaluates an elementwise node by its op's scalar
-rule on its inputs' values at the same index, and a layout node (broadcast, transpose,
-reshape, slice, pad, concat, iota) by mapping the index to its input's index — layout
-ops are index maps and never copy. Loads read kernel inputs from their buffers; results
-are stored to the kernel's output buffers. Reductions nest a loop over the reduced axes
-inside the loop over the output; contractions call a generated matmul (codegen/matmul.py)
-with operands read in place through affine (strided) views.
-
 The module exports `<name>_step(arena, params..., inputs..., outputs...)`, which runs
 the kernels in schedule order and then writes the updates into the parameters, and
 `<name>_call(args)`, the same with all pointers in one array (one native call from
-Python with a single argument).
+Python with a single argument). Each kernel is emitted by its form (codegen/forms.py) on
+a `KernelEmitter` (codegen/kernel.py):
+
+    kernel.py (emission primitives, values at an index)  <-  forms.py  <-  llvm.py (program)
 
 Threads: a kernel whose work pays for them runs its outer loop in chunks shared with the
 worker threads of a process-wide pool (codegen/parallel.py); small kernels are emitted
 exactly as without.
-
-Profiling: LLVM inlines every kernel of fewer than OUT_OF_LINE_FROM instructions into
-`<name>_step`. With the environment variable GRAPHC_NOINLINE=1 all kernels and their
-matmuls are marked `noinline`, so a sampling profiler (`perf record`) attributes time to
-each kernel; the code is otherwise the same.
 """
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
-
-import numpy as np
 from llvmlite import ir
 
-from graphc.codegen import parallel
-from graphc.codegen.emitter import MEMORY_TYPES, REGISTER_TYPES, Emitter
-from graphc.codegen.parallel import Split
+from graphc.codegen import forms, parallel
+from graphc.codegen.emitter import MEMORY_TYPES
+from graphc.codegen.kernel import (
+    I64,
+    OUT_OF_LINE_FROM,
+    PTR,
+    KernelEmitter,
+    constant_global,
+    i64,
+    immediate,
+    instruction_count,
+    is_immediate,
+)
 from graphc.codegen.target import Target, host
-from graphc.errors import CompileError
 from graphc.ir.graph import Graph, Kernel, Node
-from graphc.ir.ops import is_const, opdef
+from graphc.ir.ops import is_const
 from graphc.passes.memory import Location, Plan
 
-I32 = ir.IntType(32)
-I64 = ir.IntType(64)
-PTR = ir.PointerType()
-# How many vector iterations an innermost loop runs at once (KernelEmitter._counted_loop):
-# INTERLEAVE for a body calling the math library, INTERLEAVE_LONG for any other body of at
-# least LONG_BODY instructions, from INTERLEAVE_FROM iterations.
-INTERLEAVE, INTERLEAVE_LONG, LONG_BODY, INTERLEAVE_FROM = 2, 4, 20, 64
-# A kernel of this many instructions or more stays out of line, a call from `<name>_step`:
-# LLVM inlines every kernel (each is called once), and instruction selection and register
-# allocation of one function take time growing faster than its size. A call costs
-# nanoseconds; 300 sin steps compiled in 5.6 s inlined, 1000 in 33 s (18 s of machine code).
-OUT_OF_LINE_FROM = 1000
 
-
-class LoopID(ir.values.MDValue):
-    """A loop's `!llvm.loop` node. LLVM requires it to be distinct and to name itself as its
-    first operand, which llvmlite's `Module.add_metadata` cannot express."""
-
-    def descr(self, buf):
-        operands = ", ".join([self.get_reference(), *(op.get_reference() for op in self.operands)])
-        buf += (f"distinct !{{{operands}}}", "\n")
-
-
-def loop_id(module: ir.Module, **hints: int) -> LoopID:
-    """A loop ID carrying transformation hints: interleave_count=2 is
-    `llvm.loop.interleave.count` 2 (LLVM's TransformMetadata names, `_` for `.`)."""
-    properties = [
-        module.add_metadata([f"llvm.loop.{key.replace('_', '.')}", ir.Constant(I32, value)])
-        for key, value in hints.items()
-    ]
-    return LoopID(module, properties, name=str(len(module.metadata)))
-
-
-def keep_out_of_line(function: ir.Function) -> None:
-    """Mark a kernel function `noinline` when GRAPHC_NOINLINE is set (for profiling)."""
-    if os.environ.get("GRAPHC_NOINLINE", "") not in ("", "0"):
-        function.attributes.add("noinline")
-
-
-def _instructions(blocks) -> int:
-    return sum(len(block.instructions) for block in blocks)
-
-
-def i64(value: int) -> ir.Constant:
-    return ir.Constant(I64, int(value))
-
-
-def strides_of(shape) -> tuple[int, ...]:
-    """Row-major element strides."""
-    strides, step = [], 1
-    for d in reversed(shape):
-        strides.append(step)
-        step *= d
-    return tuple(reversed(strides))
-
-
-class Index:
-    """A position in a shape, as per-axis i64 values and the row-major linear offset."""
-
-    def __init__(self, b: ir.IRBuilder, shape, values=None, flat=None):
-        self.shape = tuple(shape)
-        if values is None:
-            values, rest = [], flat
-            for d, stride in zip(self.shape, strides_of(self.shape)):
-                values.append(b.urem(b.udiv(rest, i64(stride)), i64(d)) if d > 1 else i64(0))
-        if flat is None:
-            flat = i64(0)
-            for v, stride, d in zip(values, strides_of(self.shape), self.shape):
-                if d > 1:
-                    flat = b.add(flat, b.mul(v, i64(stride)))
-        self.values = list(values)
-        self.flat = flat
-
-
-@dataclass(frozen=True)
-class View:
-    """An affine view of a buffer: element offset and per-axis strides (0 = broadcast)."""
-
-    source: Node
-    offset: int
-    strides: tuple[int, ...]
-
-
-def affine_view(node: Node, sources: set[int]) -> View | None:
-    """`node` as a strided view of a stored value, if its layout chain is affine (each op's
-    `view` rule maps its input's offset and strides to its own)."""
-    if id(node) in sources:
-        return View(node, 0, strides_of(node.shape))
-    rule = opdef(node).view
-    if rule is None:
-        return None
-    inner = affine_view(node.inputs[0], sources)
-    if inner is None:
-        return None
-    offset, strides = rule(node, inner.offset, inner.strides)
-    return View(inner.source, offset, tuple(strides))
-
-
-class KernelEmitter:
-    """Emits one kernel as an LLVM function over pointers to its inputs and outputs."""
-
-    def __init__(
-        self,
-        module: ir.Module,
-        kernel: Kernel,
-        globals_: dict[int, ir.GlobalVariable],
-        place=lambda node: id(node),
-        threads: int = 1,
-        rows: Split | None = None,
-        cpu: Target | None = None,
-    ):
-        """`place(node)` says where a value lives: values in the same place (an output
-        written in place over an input) share one pointer argument, so every argument is
-        `noalias` and LLVM vectorizes without run-time overlap checks.
-
-        `threads` > 1 lets a large kernel split its outer loop (codegen/parallel.py); the
-        emitter of one chunk is made with `rows`, the split, and takes (start, end) after
-        its pointers. `cpu` is the target the code is for (default: the JIT's)."""
-        self.module = module
-        self.cpu = cpu or host()
-        self.kernel = kernel
-        self.globals = globals_
-        self.place = place
-        self.threads = threads
-        self.split = rows
-        self.external = [n for n in kernel.inputs if not _is_immediate(n) and id(n) not in globals_]
-        self.places: list = []  # one argument per place, inputs first
-        for node in (*self.external, *kernel.outputs):
-            if place(node) not in self.places:
-                self.places.append(place(node))
-        from graphc.codegen import forms  # forms builds on this module: imported when used
-
-        # how this kernel splits between threads (None: it does not)
-        self.parallel = forms.split_of(self) if rows is None else None
-        arg_types = [PTR] * len(self.places) + [I64, I64] * (rows is not None)
-        name = kernel.name if rows is None else f"{kernel.name}.rows"
-        self.function = ir.Function(module, ir.FunctionType(ir.VoidType(), arg_types), name)
-        self.function.linkage = "internal"
-        keep_out_of_line(self.function)
-        for arg in self.function.args[: len(self.places)]:
-            arg.add_attribute("noalias")
-        # the outer loop's range in a chunk's function, else None (the whole loop)
-        self.rows = tuple(self.function.args[-2:]) if rows is not None else None
-        self.pointers: dict[int, ir.Value] = {}
-        for node in (*self.external, *kernel.outputs):
-            self.pointers[id(node)] = self.function.args[self.places.index(place(node))]
-        self.inside = {id(n) for n in kernel.nodes}
-        self.b = ir.IRBuilder(self.function.append_basic_block("entry"))
-        self.e = Emitter(self.b)
-        self.scopes: list[dict] = [{}]
-        self.contains_loop = False  # whether the loop being emitted has an inner loop
-        self.materialized: set[int] = set()  # body nodes stored to memory and read back
-        self.known: dict[int, ir.Value] = {}  # reduced / row values valid in the current loop
-        self.invariant: dict[int, ir.Value] = {}  # one-element values computed at the entry
-
-    # ---- loops ----
-    def loop(self, count: int, body, name="i"):
-        """for i in range(count): body(i) — a canonical counted loop."""
-        if count == 0:  # a zero-size axis: no iterations
-            return
-        if count == 1:
-            body(i64(0))
-            return
-        self._counted_loop(i64(0), i64(count), body, name, count, may_be_empty=False)
-
-    def loop_until(self, end: ir.Value, body, name="i", at_most: int = 1):
-        """for i in range(end): body(i), for a run-time `end` in [1, at_most]."""
-        self._counted_loop(i64(0), end, body, name, at_most, may_be_empty=False)
-
-    def outer_loop(self, count: int, body, name="i"):
-        """The loop a kernel splits between threads: over [start, end) in a chunk's function,
-        else over range(count)."""
-        if self.rows is None:
-            return self.loop(count, body, name)
-        self._counted_loop(*self.rows, body, name, count, may_be_empty=True)
-
-    def _counted_loop(self, start, end, body, name, count, may_be_empty):
-        """for i in range(start, end): body(i), as a header block that is also the latch.
-
-        LLVM's vectorizer interleaves a loop only while its body is small (below 20
-        instructions) or when it has a reduction, so a long elementwise body ran one vector
-        at a time, along its dependency chains. An innermost loop that calls the math
-        library is marked to be interleaved twice: such a body is ~100 ymm operations per
-        vector, too long for the out-of-order window to overlap iterations by itself.
-        Measured (N = 10^6, one thread, the same IR with the count 1 / 2 / 4, ms): f64 W3
-        8.70 / 8.25 / 8.08, pow 19.1 / 15.8 / 19.6, sin cos + exp log 27.0 / 25.9 / 25.4;
-        f32 W3 3.01 / 2.89 / 2.89, pow 20.8 / 20.1 / 21.8. Any other body of LONG_BODY
-        instructions or more is interleaved four times: chains of multiplies and adds wait
-        on the FMA latency (5 cycles, one issue per cycle). Measured (N = 10^5 f32, one
-        thread, count 1 / 2 / 4, µs): 600 steps of h = 0.5 (1.0001 h) + h 22900 / 11900 /
-        7580, 100 steps 3690 / 1970 / 1250, 10 steps 183 / 158 / 125; 50 steps of a
-        quadratic 1720 (2) / 1190 (4); the benchmark workloads unchanged. Only from
-        INTERLEAVE_FROM iterations: two 8-wide vectors per iteration would leave a shorter
-        loop scalar."""
-        b = self.b
-        before = b.block
-        first_block = len(self.function.blocks)  # this loop's blocks are appended from here
-        header = b.append_basic_block(f"{name}.loop")
-        after = b.append_basic_block(f"{name}.done")
-        if may_be_empty:
-            b.cbranch(b.icmp_unsigned("<", start, end), header, after)
-        else:
-            b.branch(header)
-        b.position_at_end(header)
-        phi = b.phi(I64, name=name)
-        phi.add_incoming(start, before)
-        self.scopes.append({})
-        math_calls, self.contains_loop = self.e.math_calls, False
-        body(phi)
-        innermost, self.contains_loop = not self.contains_loop, True
-        self.scopes.pop()
-        following = b.add(phi, i64(1), flags=("nuw", "nsw"))
-        phi.add_incoming(following, b.block)
-        latch = b.cbranch(b.icmp_unsigned("<", following, end), header, after)
-        if innermost and count >= INTERLEAVE_FROM:
-            blocks = self.function.blocks[first_block:]
-            if self.e.math_calls > math_calls:
-                interleave = INTERLEAVE
-            elif _instructions(blocks) >= LONG_BODY:
-                interleave = INTERLEAVE_LONG
-            else:
-                interleave = None  # LLVM's own choice
-            if interleave is not None:
-                latch.set_metadata("llvm.loop", loop_id(self.module, interleave_count=interleave))
-        b.position_at_end(after)
-
-    def nest(self, shape, body, depth=0, values=(), outer=False):
-        """Nested loops over `shape` (row-major), calling body(list of index values); with
-        `outer`, the first is the `outer_loop`."""
-        if depth == len(shape):
-            body(list(values))
-            return
-        loop = self.outer_loop if outer and depth == 0 else self.loop
-        loop(shape[depth], lambda v: self.nest(shape, body, depth + 1, (*values, v)), f"i{depth}")
-
-    # ---- memory ----
-    def address(self, node: Node, flat) -> ir.Value:
-        if id(node) in self.globals:
-            base = self.globals[id(node)]
-        else:
-            base = self.pointers[id(node)]
-        return self.b.gep(base, [flat], inbounds=True, source_etype=MEMORY_TYPES[node.dtype])
-
-    def load(self, node: Node, flat):
-        value = self.b.load(self.address(node, flat), typ=MEMORY_TYPES[node.dtype])
-        if node.dtype == "bool":
-            return self.b.trunc(value, REGISTER_TYPES["bool"])
-        return value
-
-    def store(self, node: Node, flat, value):
-        if node.dtype == "bool":
-            value = self.b.zext(value, MEMORY_TYPES["bool"])
-        self.b.store(value, self.address(node, flat))
-
-    # ---- values at an index ----
-    def value(self, node: Node, index: Index):
-        cached = self._cached(node, index)
-        if cached is not None:
-            return cached
-        # Elementwise inputs at the same index first, deepest first, with an explicit stack:
-        # a fused chain may be thousands of ops long, deeper than Python's recursion limit.
-        pending = [node]
-        while pending:
-            top = pending[-1]
-            if self._cached(top, index) is not None:
-                pending.pop()
-                continue
-            waiting = (
-                [
-                    x
-                    for x in top.inputs
-                    if self._elementwise_here(x) and self._cached(x, index) is None
-                ]
-                if self._elementwise_here(top)
-                else []
-            )
-            if waiting:
-                pending.extend(waiting)
-                continue
-            pending.pop()
-            # the entry holds `index` alive: a freed Index's id could be reused by another one
-            self.scopes[-1][(id(top), id(index))] = (self._compute(top, index), index)
-        return self._cached(node, index)
-
-    def _cached(self, node: Node, index: Index):
-        key = (id(node), id(index))
-        for scope in reversed(self.scopes):
-            if key in scope:
-                return scope[key][0]
-        return None
-
-    def _elementwise_here(self, node: Node) -> bool:
-        """Whether `node` is computed in this kernel from its inputs at the same index."""
-        return (
-            id(node) in self.inside
-            and id(node) not in self.materialized
-            and id(node) not in self.known
-            and id(node) not in self.invariant
-            and opdef(node).index_map is None
-            and not _is_immediate(node)
-        )
-
-    def _compute(self, node: Node, index: Index):
-        if _is_immediate(node):
-            return immediate(node)
-        if id(node) in self.known:
-            return self.known[id(node)]
-        if id(node) in self.invariant:
-            return self.invariant[id(node)]
-        if id(node) not in self.inside or id(node) in self.materialized:
-            return self.load(node, index.flat)
-        op = opdef(node)
-        if op.index_map is not None:
-            return op.index_map(self, node, index)
-        if op.scalar is None:
-            raise CompileError(f"no scalar emitter for {node.op} in kernel {self.kernel.name}")
-        args = [self.value(x, index) for x in node.inputs]
-        return op.scalar(self.e, *args, **node.attrs)
-
-    def hoist_scalars(self) -> None:
-        """Compute the one-element values that depend only on kernel inputs once, before any
-        loop (Adam's bias corrections `1 - beta**t`): a loop that writes in place could not
-        prove them invariant, and a row-wise loop would recompute them per row."""
-        hoisted: set[int] = set()
-        for node in self.kernel.nodes:
-            if node.type.size != 1 or opdef(node).anchor:
-                continue
-            if _is_immediate(node) or id(node) in self.globals:
-                continue
-            inputs_ready = all(
-                id(x) not in self.inside or id(x) in hoisted or _is_immediate(x)
-                for x in node.inputs
-            )
-            if inputs_ready:
-                self.invariant[id(node)] = self._compute(node, self.index(node.shape, flat=i64(0)))
-                hoisted.add(id(node))
-
-    def index(self, shape, values=None, flat=None) -> Index:
-        return Index(self.b, shape, values, flat)
-
-    # ---- for the ops' index maps (ir/ops.py) ----
-    def i64(self, value: int) -> ir.Constant:
-        """An i64 index constant."""
-        return i64(value)
-
-    def immediate(self, value, dtype: str):
-        """A constant of `dtype` in registers."""
-        return immediate_value(value, dtype)
-
-    # ---- forms (codegen/forms.py) ----
-    def emit(self) -> ir.Function:
-        from graphc.codegen import forms
-
-        split = self.parallel
-        if split is None:
-            self.hoist_scalars()
-            getattr(forms, f"emit_{self.kernel.form}")(self)
-        else:  # chunks of the outer loop on threads, then what must follow them all
-            rows = KernelEmitter(
-                self.module,
-                self.kernel,
-                self.globals,
-                self.place,
-                self.threads,
-                rows=split,
-                cpu=self.cpu,
-            )
-            rows.emit()
-            self.hoist_scalars()
-            parallel.dispatch(self.b, rows.function, self.function.args, split, self.threads)
-            forms.after_join(self)
-        self.b.ret_void()
-        # (a chunk's function is inlined into its one caller, which knows the chunk bounds)
-        if self.rows is None and _instructions(self.function.blocks) >= OUT_OF_LINE_FROM:
-            self.function.attributes.add("noinline")
-        return self.function
-
-    def store_outputs(self, index: Index, outputs=None):
-        """Compute every output at `index`, then store them (an output may overwrite an input)."""
-        outputs = outputs or self.kernel.outputs
-        values = [
-            self.value(
-                out, index if out.shape == index.shape else self.index(out.shape, flat=index.flat)
-            )
-            for out in outputs
-        ]
-        for out, value in zip(outputs, values):
-            self.store(out, index.flat, value)
-
-
-# ---- constants ----
-
-
-def _is_immediate(node: Node) -> bool:
-    return is_const(node) and node.type.size == 1
-
-
-def immediate_value(value, dtype: str):
-    t = REGISTER_TYPES[dtype]
-    if dtype == "bool":
-        return t(int(bool(value)))
-    if dtype in ("float32", "float64"):
-        return t(float(np.asarray(value, dtype=dtype)))
-    return t(int(value))
-
-
-def immediate(node: Node):
-    return immediate_value(node.attrs["value"].reshape(()).item(), node.dtype)
-
-
-def constant_global(module: ir.Module, node: Node, name: str) -> ir.GlobalVariable:
-    array = np.ascontiguousarray(node.attrs["value"]).reshape(-1)
-    if node.dtype == "bool":
-        array = array.astype(np.uint8)
-    # the raw bytes as an i8 array: llvmlite prints a bytearray initializer as c"..." (i8s);
-    # kernels address the global through typed GEPs, so its declared type is only its size
-    array_type = ir.ArrayType(ir.IntType(8), array.nbytes)
-    initializer = ir.Constant(array_type, bytearray(array.tobytes()))
-    variable = ir.GlobalVariable(module, array_type, name)
-    variable.global_constant = True
-    variable.linkage = "private"
-    variable.unnamed_addr = True
-    variable.align = 64
-    variable.initializer = initializer
-    return variable
+def emit_kernel(
+    module: ir.Module, kernel: Kernel, globals_, place, threads: int, cpu: Target
+) -> KernelEmitter:
+    """Emit `kernel` as a function of `module` by its form; a kernel whose work pays for
+    threads runs its outer loop in chunks on the pool, then what must follow them all."""
+    k = KernelEmitter(module, kernel, globals_, place, threads, cpu=cpu)
+    split = forms.split_of(k)
+    if split is None:
+        k.hoist_scalars()
+        forms.emit(k)
+    else:
+        chunk = KernelEmitter(module, kernel, globals_, place, threads, rows=split, cpu=cpu)
+        chunk.hoist_scalars()
+        forms.emit(chunk)
+        chunk.b.ret_void()  # (inlined into its one caller, which knows the chunk bounds)
+        k.hoist_scalars()
+        parallel.dispatch(k.b, chunk.function, k.function.args, split, threads)
+        forms.after_join(k)
+    k.b.ret_void()
+    if instruction_count(k.function.blocks) >= OUT_OF_LINE_FROM:
+        k.function.attributes.add("noinline")
+    return k
 
 
 # ---- the program ----
@@ -495,11 +87,7 @@ def emit_program(
     def place(node: Node):
         return plan.locations.get(id(node)) or id(node)
 
-    functions = [
-        KernelEmitter(module, kernel, globals_, place, threads, cpu=cpu) for kernel in kernels
-    ]
-    for emitter in functions:
-        emitter.emit()
+    functions = [emit_kernel(module, kernel, globals_, place, threads, cpu) for kernel in kernels]
 
     params, inputs, outputs = graph.params, graph.inputs, graph.outputs
     arg_count = 1 + len(params) + len(inputs) + len(outputs)
@@ -528,7 +116,7 @@ def emit_program(
     false = ir.IntType(1)(0)
 
     def copy_value(destination, node):
-        if _is_immediate(node):
+        if is_immediate(node):
             b.store(
                 b.zext(immediate(node), MEMORY_TYPES["bool"])
                 if node.dtype == "bool"
