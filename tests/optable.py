@@ -25,8 +25,7 @@ import numpy as np
 
 import graphc as gc
 from graphc.frontend.tensor import Tensor
-from graphc.ir.graph import apply
-from graphc.ir.ops import OPS, Kind
+from graphc.ir.ops import OPS, Kind, apply
 
 FLOATS = ("float32", "float64")
 INTS = ("int32", "int64")

@@ -22,8 +22,7 @@ from optable import FLOATS, SPECS, Spec, is_elementwise
 
 import graphc as gc
 from graphc.frontend.tensor import Tensor
-from graphc.ir.graph import apply
-from graphc.ir.ops import OPS
+from graphc.ir.ops import OPS, apply
 
 DIMS = st.integers(1, 4)
 # Names that exercise the printer: dots, parentheses, digits, collisions, spaces, quotes.

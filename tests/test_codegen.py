@@ -23,8 +23,8 @@ from strategies import programs
 import graphc as gc
 from graphc.codegen import forms
 from graphc.frontend.tensor import Tensor
-from graphc.ir.graph import Graph, apply
-from graphc.ir.ops import OPS
+from graphc.ir.graph import Graph
+from graphc.ir.ops import OPS, apply
 from graphc.passes import fusion
 
 FLOATS = ("float32", "float64")

@@ -26,10 +26,10 @@ from strategies import programs
 
 import graphc as gc
 from graphc.frontend.tensor import Tensor
-from graphc.ir.graph import apply
 from graphc.ir.interp import interpret
-from graphc.ir.ops import OPS
-from graphc.ir.printer import parse, print_graph
+from graphc.ir.ops import OPS, apply
+from graphc.ir.parser import parse
+from graphc.ir.printer import print_graph
 from graphc.passes import fusion, optimize
 from graphc.passes.fusion import fuse
 from graphc.passes.kernels import MAX_BODY_COST, op_cost

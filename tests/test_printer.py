@@ -13,9 +13,11 @@ from strategies import programs
 
 import graphc as gc
 from graphc.errors import GraphcError, ParseError
-from graphc.ir.graph import Graph, Kernel, apply, location
+from graphc.ir.graph import Graph, Kernel, location
 from graphc.ir.interp import interpret
-from graphc.ir.printer import format_array, parse, parse_graph, print_graph
+from graphc.ir.ops import apply
+from graphc.ir.parser import parse, parse_graph
+from graphc.ir.printer import format_array, print_graph
 from graphc.ir.verify import verify
 
 

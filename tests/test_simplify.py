@@ -9,8 +9,9 @@ from hypothesis import HealthCheck, given, settings
 from strategies import programs
 
 import graphc as gc
-from graphc.ir.graph import Graph, apply
+from graphc.ir.graph import Graph
 from graphc.ir.interp import interpret
+from graphc.ir.ops import apply
 from graphc.passes import PIPELINE, optimize
 from graphc.passes.simplify import FOLD_LIMIT, simplify
 

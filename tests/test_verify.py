@@ -11,7 +11,8 @@ from strategies import programs
 
 import graphc as gc
 from graphc.errors import CompileError, VerifyError
-from graphc.ir.graph import Graph, Kernel, Node, apply, location
+from graphc.ir.graph import Graph, Kernel, Node, location
+from graphc.ir.ops import apply
 from graphc.ir.types import TensorType
 from graphc.ir.verify import verify
 

@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 
-from graphc.errors import GraphcError
 from graphc.ir.types import TensorType
 
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -118,26 +117,6 @@ def location(loc: str | None):
         yield
     finally:
         _location_override.reset(token)
-
-
-def apply(op: str, *inputs: Node, name: str | None = None, **attrs) -> Node:
-    """Create a node of primitive `op`, inferring its type (errors name op, shapes, line)."""
-    from graphc.ir.ops import OPS
-
-    loc = user_location()
-    where = f" (at {loc})" if loc else ""
-    opdef = OPS.get(op)
-    if opdef is None:
-        raise GraphcError(f"unknown op {op!r}{where}")
-    if opdef.arity is not None and len(inputs) != opdef.arity:
-        raise GraphcError(f"{op} takes {opdef.arity} inputs, got {len(inputs)}{where}")
-    try:
-        node_type = opdef.infer([x.type for x in inputs], attrs)
-    except GraphcError as error:
-        raise type(error)(f"{op}: {error}{where}") from None
-    except KeyError as error:
-        raise GraphcError(f"{op}: missing attribute {error}{where}") from None
-    return Node(op, tuple(inputs), attrs, node_type, name, loc)
 
 
 def topological_order(roots) -> list[Node]:

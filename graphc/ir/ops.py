@@ -37,7 +37,7 @@ from math import prod
 import numpy as np
 
 from graphc.errors import DTypeError, GraphcError, ShapeError
-from graphc.ir.graph import Node, apply
+from graphc.ir.graph import Node, user_location
 from graphc.ir.types import DTYPES, FLOATS, INTS, TensorType
 
 
@@ -155,6 +155,24 @@ def _is_zero(node: Node) -> bool:
     while node.op == "broadcast_to":
         node = node.inputs[0]
     return node.op == "const" and node.type.size == 1 and float(node.attrs["value"].item()) == 0
+
+
+def apply(op: str, *inputs: Node, name: str | None = None, **attrs) -> Node:
+    """Create a node of primitive `op`, inferring its type (errors name op, shapes, line)."""
+    loc = user_location()
+    where = f" (at {loc})" if loc else ""
+    opdef = OPS.get(op)
+    if opdef is None:
+        raise GraphcError(f"unknown op {op!r}{where}")
+    if opdef.arity is not None and len(inputs) != opdef.arity:
+        raise GraphcError(f"{op} takes {opdef.arity} inputs, got {len(inputs)}{where}")
+    try:
+        node_type = opdef.infer([x.type for x in inputs], attrs)
+    except GraphcError as error:
+        raise type(error)(f"{op}: {error}{where}") from None
+    except KeyError as error:
+        raise GraphcError(f"{op}: missing attribute {error}{where}") from None
+    return Node(op, tuple(inputs), attrs, node_type, name, loc)
 
 
 # ---- helpers for building adjoint graphs ----------------------------------------------------

@@ -17,8 +17,8 @@ from __future__ import annotations
 import dataclasses
 
 from graphc.errors import DTypeError, GraphcError, ShapeError
-from graphc.ir.graph import Node, apply, location, topological_order
-from graphc.ir.ops import OPS, add_all, full, is_variable, mul
+from graphc.ir.graph import Node, location, topological_order
+from graphc.ir.ops import OPS, add_all, apply, full, is_variable, mul
 from graphc.ir.types import FLOATS
 
 

@@ -39,8 +39,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from graphc.ir.graph import Graph, Node, apply, location
-from graphc.ir.ops import Kind, is_const, is_variable, opdef
+from graphc.ir.graph import Graph, Node, location
+from graphc.ir.ops import Kind, apply, is_const, is_variable, opdef
 from graphc.ir.types import INTS, TensorType
 
 FOLD_LIMIT = 4096  # fold only when the result and every input have at most this many elements
