@@ -17,7 +17,7 @@ llvm.initialize_native_target()
 llvm.initialize_native_asmprinter()
 
 DTYPES = {np.float64: ir.DoubleType(), np.float32: ir.FloatType()}
-UNARY = ["exp", "expm1", "log", "log1p", "tanh", "sigmoid", "sin", "cos", "sqrt"]
+UNARY = ["exp", "expm1", "log", "log1p", "tanh", "sigmoid", "sin", "cos", "atan", "sqrt"]
 TOLERANCE = {np.float64: 1e-13, np.float32: 1e-6}
 
 
@@ -181,6 +181,9 @@ def _table_arguments(name: str, dtype, rng, size: int = 200_000) -> list[np.ndar
     positive = positive[(positive > 0) & np.isfinite(positive)]
     if name in ("log", "sqrt"):
         return [positive]
+    if name == "atan":  # every binade of both signs, [-4, 4] (the reduction's thresholds), tiny
+        signs = rng.choice([-1.0, 1.0], positive.size)
+        return [np.concatenate([signs * positive, rng.uniform(-4, 4, size), tiny])]
     if name == "log1p":  # tiny of both signs, (-1, 1), large
         large = 2.0 ** rng.uniform(0, top - 1, size)
         return [np.concatenate([tiny, rng.uniform(-1, 1, size), large])]
