@@ -25,6 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from strategies import programs
 
 import graphc as gc
+from graphc.errors import ParseError
 from graphc.frontend.tensor import Tensor
 from graphc.ir.interp import interpret
 from graphc.ir.ops import OPS, apply
@@ -472,19 +473,21 @@ def test_fused_dump_is_the_golden_text_on_any_thread_count(monkeypatch, threads)
 
 # a value recomputed in two kernels prints under one label in both, which the parser reads
 # as a second definition (graphc/ir/printer.py)
-RECOMPUTES = {"digits_train", "max_of_five_train", "recomputed_in_two_kernels"}
-
-
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(name, marks=pytest.mark.xfail(reason="parser: duplicate definition"))
-        if name in RECOMPUTES
-        else name
-        for name in sorted(GOLDEN)
-    ],
-)
+@pytest.mark.parametrize("name", sorted(GOLDEN))
 def test_golden_text_parses_back_to_itself(name):
+    """A value recomputed in two kernels is printed in both and read back as one node."""
     text = (GOLDEN_DIR / f"{name}.gir").read_text()
     graph, kernels = parse(text, f"{name}.gir")
     assert print_graph(graph, kernels, locations=False) == text
+
+
+def test_a_value_defined_twice_differently_is_refused():
+    """Only the same equation in another kernel is a recomputation: `%3` as an add in the
+    second kernel, where the first computes a mul, is a duplicate definition."""
+    text = (GOLDEN_DIR / "recomputed_in_two_kernels.gir").read_text()
+    line = "%3: f64[5,4] = mul %x, %2"
+    assert text.count(line) == 2
+    first = text.index(line) + len(line)
+    changed = text[:first] + text[first:].replace(line, line.replace("mul", "add"), 1)
+    with pytest.raises(ParseError, match="duplicate definition of %3"):
+        parse(changed, "changed.gir")

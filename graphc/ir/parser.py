@@ -55,6 +55,9 @@ class Parser:
         self.pos = 0
         self.env: dict[str, Node] = {}
         self.defined_at: dict[str, int] = {}
+        self.defined_in: dict[str, int | None] = {}  # the kernel block of each equation
+        self.block: int | None = None  # the kernel block being read (None: top level)
+        self.blocks = 0  # kernel blocks begun
 
     def _tokenize(self, text: str):
         line, line_start, pos = 1, 0, 0
@@ -260,8 +263,32 @@ class Parser:
         if node.type != node_type:
             self.fail(f"{token.text} is declared {node_type} but {op} gives {node.type}", token)
         node = dataclasses.replace(node, loc=loc)
+        earlier = self.env.get(key)
+        if earlier is not None and self.recomputed(key, earlier, node):
+            return earlier  # one value computed again in this kernel: the same node
         self.define(token, key, node)
+        self.defined_in[key] = self.block
         return node
+
+    def recomputed(self, key: str, earlier: Node, node: Node) -> bool:
+        """Whether `node` repeats, inside another kernel block, the equation that defined
+        `earlier` inside a kernel (fusion recomputes a cheap value in each kernel using it)."""
+        block = self.defined_in.get(key)
+        if self.block is None or block is None or block == self.block:
+            return False
+        same_attrs = earlier.attrs.keys() == node.attrs.keys() and all(
+            np.array_equal(earlier.attrs[k], node.attrs[k], equal_nan=True)
+            if isinstance(node.attrs[k], np.ndarray)
+            else earlier.attrs[k] == node.attrs[k]
+            for k in node.attrs
+        )
+        return (
+            earlier.op == node.op
+            and earlier.type == node.type
+            and len(earlier.inputs) == len(node.inputs)
+            and all(a is b for a, b in zip(earlier.inputs, node.inputs))
+            and same_attrs
+        )
 
     def attribute(self) -> tuple[str, object]:
         key = self.expect_kind("word", "an attribute name").text
@@ -287,8 +314,10 @@ class Parser:
         self.comma_list(self.label, ")")
         self.expect("{")
         nodes = []
+        self.block, self.blocks = self.blocks, self.blocks + 1
         while not self.at("}"):
             nodes.append(self.equation())
+        self.block = None
         self.next()
         resume, self.pos = self.pos, output_tokens
         outputs = self.comma_list(self.use, ")")
