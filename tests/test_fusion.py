@@ -491,3 +491,15 @@ def test_a_value_defined_twice_differently_is_refused():
     changed = text[:first] + text[first:].replace(line, line.replace("mul", "add"), 1)
     with pytest.raises(ParseError, match="duplicate definition of %3"):
         parse(changed, "changed.gir")
+
+
+def test_every_kernel_form_has_a_join_rule_an_emission_and_a_name_the_ir_knows():
+    """One object per form: fusion's join rule and codegen's emission are registered under
+    it, and the IR (printer, parser, verifier) knows exactly these names."""
+    from graphc.codegen.forms import EMISSIONS
+    from graphc.ir.graph import FORMS as IR_FORMS
+    from graphc.passes.fusion import JOINS
+    from graphc.passes.kernels import FORMS
+
+    assert set(JOINS) == set(EMISSIONS) == set(FORMS.values())
+    assert set(FORMS) == set(IR_FORMS)

@@ -17,6 +17,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from math import prod
 
 from llvmlite import ir
@@ -42,6 +44,11 @@ from graphc.errors import CompileError
 from graphc.ir.graph import Node
 from graphc.ir.ops import opdef
 from graphc.passes.kernels import (
+    CONTRACTION,
+    LOOP,
+    REDUCTION,
+    ROWWISE,
+    form_of,
     is_reduction,
     product_host,
     product_of,
@@ -418,46 +425,34 @@ def _stages(k, stages) -> None:
 # ---- threads (codegen/parallel.py) ----
 
 
-def emit(k) -> None:
-    """Emit the body of `k`'s kernel (or of one chunk of it) by its form."""
-    EMITTERS[k.kernel.form](k)
+def _split_loop(k) -> Split | None:
+    kernel = k.kernel
+    parts = segments(kernel)
+    if len(parts) != 1:
+        return None  # a later nest reads back what an earlier one stored, at any index
+    shape = parts[0][0]
+    work = work_of(kernel, shape)
+    if _needs_axes(kernel):
+        return split_rows(shape[0] if shape else 1, work, k.threads)
+    return split_rows(prod(shape), work, k.threads, unit=64)  # whole vectors
 
 
-EMITTERS = {
-    "loop": emit_loop,
-    "reduction": emit_reduction,
-    "rowwise": emit_rowwise,
-    "contraction": emit_contraction,
-}
+def _split_reduction(k) -> Split | None:
+    (reduce,) = [n for n in k.kernel.nodes if is_reduction(n)]
+    _, kept = _reduced_axes(reduce)
+    if not kept:
+        return None  # a total would need its partial sums reassociated
+    work = work_of(k.kernel, reduce.inputs[0].shape)
+    return split_rows(outer_rows(reduce), work, k.threads)
 
 
-def split_of(k) -> Split | None:
-    """How kernel `k` splits its outer loop between `k.threads` threads (None: it does not).
+def _split_rowwise(k) -> Split | None:
+    x = next(n for n in k.kernel.nodes if is_reduction(n)).inputs[0]
+    return split_rows(prod(x.shape[:-1]), work_of(k.kernel, x.shape), k.threads)
 
-    The outer loop is the one whose iterations write disjoint outputs: the elements (or
-    first axis) of a loop, the first kept axis of a reduction, the rows of a row-wise kernel
-    or of a 2-d contraction's product (the reduction stages run after the join)."""
-    kernel, threads = k.kernel, k.threads
-    if threads <= 1:
-        return None
-    if kernel.form == "loop":
-        parts = segments(kernel)
-        if len(parts) != 1:
-            return None  # a later nest reads back what an earlier one stored, at any index
-        shape = parts[0][0]
-        work = work_of(kernel, shape)
-        if _needs_axes(kernel):
-            return split_rows(shape[0] if shape else 1, work, threads)
-        return split_rows(prod(shape), work, threads, unit=64)  # whole vectors
-    if kernel.form == "reduction":
-        (reduce,) = [n for n in kernel.nodes if is_reduction(n)]
-        _, kept = _reduced_axes(reduce)
-        if not kept:
-            return None  # a total would need its partial sums reassociated
-        return split_rows(outer_rows(reduce), work_of(kernel, reduce.inputs[0].shape), threads)
-    if kernel.form == "rowwise":
-        x = next(n for n in kernel.nodes if is_reduction(n)).inputs[0]
-        return split_rows(prod(x.shape[:-1]), work_of(kernel, x.shape), threads)
+
+def _split_contraction(k) -> Split | None:
+    kernel = k.kernel
     mm, views, _, stages = _contraction(k)
     if mm.ndim != 2 or (stages and _on_stack(mm, kernel)):
         return None
@@ -469,15 +464,52 @@ def split_of(k) -> Split | None:
     # one chunk per thread of whole register tiles: each chunk packs its own copy of B, and
     # two per thread were slower, idle and next to a busy process alike (docs/performance.md)
     unit = tile_rows(mm.shape[1], mm.dtype, k.cpu)
-    return split_rows(m, work, threads, unit, per_thread=1, threshold=MATMUL_THRESHOLD_NS)
+    return split_rows(m, work, k.threads, unit, per_thread=1, threshold=MATMUL_THRESHOLD_NS)
 
 
-def after_join(k) -> None:
-    """What a split kernel runs after its chunks: a contraction's reduction stages."""
-    if k.kernel.form != "contraction":
-        return
+def _after_contraction(k) -> None:
+    """A split contraction's reduction stages, after its chunks."""
     mm, _, epilogue, stages = _contraction(k)
     if stages:
         _product_target(k, mm)  # not on the stack: split_of keeps those whole
         k.stored([mm, *epilogue])
         _stages(k, stages)
+
+
+@dataclass(frozen=True)
+class Emission:
+    """How a kernel form is emitted: its body (or one chunk's, on `k.rows`), how its outer
+    loop splits between threads (None: it does not), and what runs after the chunks."""
+
+    emit: Callable
+    split: Callable
+    after_join: Callable = lambda k: None
+
+
+EMISSIONS = {
+    LOOP: Emission(emit_loop, _split_loop),
+    REDUCTION: Emission(emit_reduction, _split_reduction),
+    ROWWISE: Emission(emit_rowwise, _split_rowwise),
+    CONTRACTION: Emission(emit_contraction, _split_contraction, _after_contraction),
+}
+
+
+def emit(k) -> None:
+    """Emit the body of `k`'s kernel (or of one chunk of it) by its form."""
+    EMISSIONS[form_of(k.kernel)].emit(k)
+
+
+def split_of(k) -> Split | None:
+    """How kernel `k` splits its outer loop between `k.threads` threads (None: it does not).
+
+    The outer loop is the one whose iterations write disjoint outputs: the elements (or
+    first axis) of a loop, the first kept axis of a reduction, the rows of a row-wise kernel
+    or of a 2-d contraction's product (the reduction stages run after the join)."""
+    if k.threads <= 1:
+        return None
+    return EMISSIONS[form_of(k.kernel)].split(k)
+
+
+def after_join(k) -> None:
+    """What a split kernel runs after its chunks (a contraction's reduction stages)."""
+    EMISSIONS[form_of(k.kernel)].after_join(k)

@@ -50,7 +50,12 @@ from math import prod
 from graphc.ir.graph import Graph, Kernel, Node
 from graphc.ir.ops import opdef
 from graphc.passes.kernels import (
+    CONTRACTION,
+    LOOP,
     MAX_BODY_COST,
+    REDUCTION,
+    ROWWISE,
+    KernelForm,
     accumulates,
     identity_step,
     is_affine,
@@ -179,12 +184,12 @@ def stored_values(graph: Graph) -> set[int]:
 @dataclass(eq=False)
 class Group:
     members: list[Node]
-    form: str
+    form: KernelForm
     anchors: list[Node] = field(default_factory=list)  # matmul first, then reductions
 
     @property
     def product(self) -> Node | None:
-        return self.anchors[0] if self.form == "contraction" else None
+        return self.anchors[0] if self.form.has_product else None
 
 
 def _paths_to(root: Node, targets: set[int], allowed, bodies) -> bool:
@@ -288,17 +293,9 @@ class _Grouping:
     def body_ids(self, m: Node) -> set[int]:
         return {id(n) for n in self.trees[id(m)][0]}
 
-    def join_rule(self, m: Node, p: Group) -> str | None:
+    def join_rule(self, m: Node, p: Group) -> KernelForm | None:
         """The form `p` takes when `m` joins it, or None when they do not fuse."""
-        if p.form == "loop":
-            return "loop" if self.joins_loop(m, p) else None
-        if p.form == "contraction":
-            return "contraction" if self.joins_contraction(m, p) else None
-        if p.form == "reduction":
-            (r,) = p.anchors
-            if is_light(m) and m.type.size == r.type.size and self.reduction_epilogue(m, r, p):
-                return "reduction"
-        return "rowwise" if self.joins_rowwise(m, p) else None
+        return JOINS[p.form](self, m, p)
 
     def joins_loop(self, m: Node, p: Group) -> bool:
         """m is light, reads p's members at its own index and only through elementwise ops."""
@@ -396,7 +393,7 @@ class _Grouping:
     # -- the walk --
     def run(self) -> list[Group]:
         for m in self.members:
-            form = "contraction" if is_contraction(m) else "reduction" if is_anchor(m) else "loop"
+            form = CONTRACTION if is_contraction(m) else REDUCTION if is_anchor(m) else LOOP
             group = Group([m], form, [m] if is_anchor(m) else [])
             self.group_of[id(m)] = group
             self.groups.append(group)
@@ -406,7 +403,7 @@ class _Grouping:
                 self.preds(group), key=lambda g: -max(self.position[id(x)] for x in g.members)
             )
             for producer in candidates:
-                if producer.form == "loop" and group.form != "loop":
+                if producer.form is LOOP and group.form is not LOOP:
                     continue
                 new_form = self.join_rule(m, producer)
                 if (
@@ -427,12 +424,12 @@ class _Grouping:
         changed = True
         while changed:
             changed = False
-            for group in [g for g in self.groups if g.form == "rowwise"]:
+            for group in [g for g in self.groups if g.form is ROWWISE]:
                 shape = _rowwise_shape(group.anchors[0])
                 for producer in self.preds(group):
-                    if producer.form != "rowwise" or _rowwise_shape(producer.anchors[0]) != shape:
+                    if producer.form is not ROWWISE or _rowwise_shape(producer.anchors[0]) != shape:
                         continue
-                    if not all(self.join_rule(m, producer) == "rowwise" for m in group.members):
+                    if not all(self.join_rule(m, producer) is ROWWISE for m in group.members):
                         continue
                     if self.fits(producer, group) and self.mergeable(producer, group):
                         self.merge(producer, group)
@@ -443,7 +440,7 @@ class _Grouping:
 
     def horizontal(self) -> None:
         """Loop groups with no path between them through another group become one kernel."""
-        loops = [g for g in self.groups if g.form == "loop"]
+        loops = [g for g in self.groups if g.form is LOOP]
         merged: list[Group] = []
         for g in loops:
             for target in merged:
@@ -452,6 +449,36 @@ class _Grouping:
                     break
             else:
                 merged.append(g)
+
+
+# ---- the join rule of each form: the form a group takes when a node joins it ------------------
+
+
+def _join_loop(grouping: _Grouping, m: Node, p: Group) -> KernelForm | None:
+    return LOOP if grouping.joins_loop(m, p) else None
+
+
+def _join_contraction(grouping: _Grouping, m: Node, p: Group) -> KernelForm | None:
+    return CONTRACTION if grouping.joins_contraction(m, p) else None
+
+
+def _join_reduction(grouping: _Grouping, m: Node, p: Group) -> KernelForm | None:
+    (r,) = p.anchors
+    if is_light(m) and m.type.size == r.type.size and grouping.reduction_epilogue(m, r, p):
+        return REDUCTION  # an epilogue of the reduced value
+    return _join_rowwise(grouping, m, p)
+
+
+def _join_rowwise(grouping: _Grouping, m: Node, p: Group) -> KernelForm | None:
+    return ROWWISE if grouping.joins_rowwise(m, p) else None
+
+
+JOINS = {
+    LOOP: _join_loop,
+    REDUCTION: _join_reduction,
+    ROWWISE: _join_rowwise,
+    CONTRACTION: _join_contraction,
+}
 
 
 # ---- kernels: the groups in schedule order, with bodies, inputs and outputs ---------------------
@@ -494,15 +521,15 @@ def fuse(graph: Graph) -> list[Kernel]:
             id(x): x for m in g.members for x in grouping.trees[id(m)][1] if id(x) not in member_ids
         }
         outputs = [m for m in g.members if id(m) in needed]
-        if g.form == "contraction":
+        if g.form.has_product:
             outputs = _contraction_outputs(g, outputs, body)
         nodes = sorted(body.values(), key=lambda n: pos[id(n)])
         inputs = sorted(leaves.values(), key=lambda n: pos.get(id(n), -1))
-        label = kernel_name(g.form, nodes, inputs, outputs)
+        label = kernel_name(g.form.name, nodes, inputs, outputs)
         count = names.get(label, 0)
         names[label] = count + 1
         name = label if count == 0 else f"{label}.{count}"
-        kernels.append(Kernel(name, g.form, tuple(nodes), tuple(inputs), tuple(outputs)))
+        kernels.append(Kernel(name, g.form.name, tuple(nodes), tuple(inputs), tuple(outputs)))
     return kernels
 
 

@@ -6,6 +6,8 @@ names built from what a kernel computes and the user's names.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from math import prod
 
 from graphc.ir.graph import Kernel, Node
@@ -125,13 +127,9 @@ def segments(kernel: Kernel) -> list[tuple[tuple[int, ...], list[Node]]]:
     return list(result.items())
 
 
-def loop_stages(kernel: Kernel) -> list[tuple[tuple[int, ...], list[Node]]]:
-    """The loops of a kernel that store outputs at their own index: a loop kernel's
-    segments, or a contraction's elementwise epilogue followed by its reduction stages."""
-    if kernel.form == "loop":
-        return segments(kernel)
-    if kernel.form != "contraction":
-        return []
+def _contraction_stages(kernel: Kernel) -> list[tuple[tuple[int, ...], list[Node]]]:
+    """A contraction's elementwise epilogue at the product's index, then its reduction
+    stages, in the order codegen emits them."""
     body = {id(n): n for n in kernel.nodes}
     mm = product_of(kernel)
     stages: dict[int, list[Node]] = {id(mm): []}
@@ -140,7 +138,45 @@ def loop_stages(kernel: Kernel) -> list[tuple[tuple[int, ...], list[Node]]]:
             found = stage_reductions(o, body)
             stages.setdefault(id(found[0]) if found else id(mm), []).append(o)
     anchors = [mm, *(n for n in kernel.nodes if is_reduction(n) and id(n) in stages)]
-    return [(a.shape, stages[id(a)]) for a in anchors]  # in the order codegen emits them
+    return [(a.shape, stages[id(a)]) for a in anchors]
+
+
+@dataclass(frozen=True, eq=False)
+class KernelForm:
+    """One kernel form of DESIGN §4, and what memory planning asks of it.
+
+    `stages(kernel)` lists the loops that store outputs at their own index (what in-place
+    writes are judged by); `overwrites_inputs`: an output may take the buffer of an input
+    that dies in the kernel; `updates_params`: a param's update may be written into the
+    param by the kernel; `has_product`: the kernel is built around a contraction whose
+    generated loop nest writes a product before the epilogue. Fusion's join rule
+    (passes/fusion.py JOINS) and the emission (codegen/forms.py EMISSIONS) are registered
+    under the same object; tests check every form has both. Kernels name their form."""
+
+    name: str
+    stages: Callable[[Kernel], list[tuple[tuple[int, ...], list[Node]]]]
+    overwrites_inputs: bool = False
+    updates_params: bool = False
+    has_product: bool = False
+
+    def __repr__(self) -> str:
+        return f"<KernelForm {self.name}>"
+
+
+LOOP = KernelForm("loop", segments, overwrites_inputs=True, updates_params=True)
+REDUCTION = KernelForm("reduction", lambda kernel: [])
+ROWWISE = KernelForm("rowwise", lambda kernel: [])
+CONTRACTION = KernelForm("contraction", _contraction_stages, updates_params=True, has_product=True)
+FORMS = {form.name: form for form in (LOOP, REDUCTION, ROWWISE, CONTRACTION)}
+
+
+def form_of(kernel: Kernel) -> KernelForm:
+    return FORMS[kernel.form]
+
+
+def loop_stages(kernel: Kernel) -> list[tuple[tuple[int, ...], list[Node]]]:
+    """The loops of a kernel that store outputs at their own index (its form's stages)."""
+    return form_of(kernel).stages(kernel)
 
 
 def identity_reads(kernel: Kernel) -> dict[int, tuple[int, bool]]:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from graphc.ir.graph import Graph, Kernel, Node
 from graphc.ir.ops import is_const
-from graphc.passes.kernels import identity_reads, loop_stages, product_host, segments
+from graphc.passes.kernels import form_of, identity_reads, loop_stages, product_host, segments
 
 ALIGN = 64
 
@@ -163,7 +163,7 @@ def plan_memory(graph: Graph, kernels: list[Kernel]) -> Plan:
 def _in_place_host(kernel, node, reads, k, last_use, buffer_of, claimed):
     """An arena input of loop kernel `k` that `node` may overwrite: same size, dies at k,
     read only at the loop index and by no later loop of the kernel."""
-    if kernel.form != "loop":
+    if not form_of(kernel).overwrites_inputs:
         return None
     segment = next(i for i, (_, outs) in enumerate(segments(kernel)) if node in outs)
     for x in kernel.inputs:
@@ -193,9 +193,10 @@ def _update_in_place(graph, kernels, produced, last_use, reads, locations) -> No
             continue
         if target in kernels[k].inputs:
             kernel = kernels[k]
-            if kernel.form not in ("loop", "contraction"):
+            form = form_of(kernel)
+            if not form.updates_params:
                 continue
-            if kernel.form == "contraction" and value is product_host(kernel):
+            if form.has_product and value is product_host(kernel):
                 continue  # the matmul writes the product there before the epilogue reads
             stages = loop_stages(kernel)
             segment = next((i for i, (_, outs) in enumerate(stages) if value in outs), None)
