@@ -120,12 +120,12 @@ exp(-inf) = 0, exp(inf) = inf, exp(x > 709.78) = inf (f32: x > 88.72), results b
 normal range are subnormal then 0; log(+-0) = -inf, log(x < 0) = nan, log(inf) = inf;
 log1p(-1) = -inf, log1p(x < -1) = nan, log1p(+-0) = +-0; sin(+-0) = +-0, sin/cos(+-inf) =
 nan; tanh(+-0) = +-0, tanh(+-inf) = +-1, tanh(x) = +-1 exactly once |tanh| rounds to 1 (f64:
-within 1 ulp right at that boundary; f32: from |x| > 8.3178 on, 2 ulp early);
-sigmoid(-inf) = 0, sigmoid(inf) = 1; atan(+-0) = +-0, atan(+-inf) = +-pi/2; NaN in -> NaN out everywhere, except pow, which
-follows C99 Annex F: pow(x, +-0) = 1 and pow(1, y) = 1 even for NaN, pow(-1, +-inf) = 1,
-pow(+-0, y<0) = +-inf (sign only for odd integer y), pow(x<0, non-integer y) = nan, a
-negative base with integer y gives the sign of (-1)^y, pow(x, +-inf) and pow(+-inf, y)
-as in C99.
+within 1 ulp right at that boundary; f32: from |x| > 8.3178 on, 2 ulp early); sigmoid(-inf)
+= 0, sigmoid(inf) = 1; atan(+-0) = +-0, atan(+-inf) = +-pi/2; NaN in -> NaN out everywhere,
+except pow, which follows C99 Annex F: pow(x, +-0) = 1 and pow(1, y) = 1 even for NaN,
+pow(-1, +-inf) = 1, pow(+-0, y<0) = +-inf (sign only for odd integer y), pow(x<0, non-
+integer y) = nan, a negative base with integer y gives the sign of (-1)^y, pow(x, +-inf) and
+pow(+-inf, y) as in C99.
 """
 
 from __future__ import annotations
