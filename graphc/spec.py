@@ -37,7 +37,7 @@ class SpecError(GraphcError):
 def load_spec(spec: str) -> Executable:
     """The compiled program a SPEC names (`path.py:function` or a `.gir` file)."""
     if spec.endswith(".gir"):
-        from graphc.ir.printer import parse_graph
+        from graphc.ir.parser import parse_graph
 
         path = pathlib.Path(spec)
         return Executable.build(parse_graph(_read(path), filename=str(path)))

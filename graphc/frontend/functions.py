@@ -16,8 +16,9 @@ from graphc.frontend.tensor import (
     promote,
     unary,
 )
-from graphc.ir.graph import Graph, apply, user_location
+from graphc.ir.graph import Graph, user_location
 from graphc.ir.interp import run_nodes
+from graphc.ir.ops import apply
 from graphc.ir.types import FLOATS, INTS, canonical_dtype
 from graphc.passes import autodiff
 

@@ -14,7 +14,8 @@ import operator
 import numpy as np
 
 from graphc.errors import DTypeError, GraphcError, InputError, ShapeError
-from graphc.ir.graph import Node, Storage, apply, user_location
+from graphc.ir.graph import Node, Storage, user_location
+from graphc.ir.ops import apply
 from graphc.ir.types import DTYPES, FLOATS, canonical_dtype
 
 
