@@ -3,6 +3,7 @@
 from graphc.errors import CompileError, DTypeError, GraphcError, InputError, ShapeError
 from graphc.frontend import init as random
 from graphc.frontend import nn, optim
+from graphc.frontend.composites import log_softmax, logsumexp, one_hot, relu, softmax
 from graphc.frontend.functions import (
     Program,
     abs,
@@ -16,24 +17,18 @@ from graphc.frontend.functions import (
     jvp,
     log,
     log1p,
-    log_softmax,
-    logsumexp,
-    matmul,
     maximum,
     minimum,
-    one_hot,
-    relu,
     sigmoid,
     sign,
     sin,
-    softmax,
     sqrt,
     stop_gradient,
     tanh,
     where,
 )
 from graphc.frontend.nn import load, save
-from graphc.frontend.tensor import Tensor, const, input, param
+from graphc.frontend.tensor import Tensor, const, input, matmul, param
 from graphc.runtime import aot
 
 __version__ = "0.1.0"

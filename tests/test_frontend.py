@@ -1,5 +1,6 @@
 """The symbolic Tensor follows NumPy: promotion (NEP 50), broadcasting as explicit nodes,
-basic indexing, methods; params, feeds, Programs and the errors a user can cause.
+basic indexing, methods; params, feeds, Programs and the errors a user can cause; the
+frontend's modules import each other in one direction.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import os
 
 import numpy as np
 import pytest
+from test_layering import PACKAGE, imported_modules
 
 import graphc as gc
 from graphc.ir.graph import topological_order
@@ -418,3 +420,18 @@ def test_a_bad_param_value_names_the_param_and_the_line(value, dtype, error):
     with pytest.raises(error) as raised:
         gc.param("w", value, dtype)
     assert "param 'w'" in str(raised.value) and f"{HERE}:{here}" in str(raised.value)
+
+
+# ---- the frontend's layers ------------------------------------------------------------------
+
+# each frontend module imports only those before it (composites.py says why)
+FRONTEND_ORDER = ("init", "tensor", "functions", "composites", "optim", "nn")
+
+
+def test_frontend_modules_import_in_one_direction():
+    modules = sorted(p.stem for p in (PACKAGE / "frontend").glob("*.py") if p.stem != "__init__")
+    assert modules == sorted(FRONTEND_ORDER), "place a new frontend module in FRONTEND_ORDER"
+    for i, name in enumerate(FRONTEND_ORDER):
+        later = {f"graphc.frontend.{m}" for m in FRONTEND_ORDER[i + 1 :]}
+        imported = imported_modules(PACKAGE / "frontend" / f"{name}.py")
+        assert not imported & later, f"frontend/{name}.py imports {sorted(imported & later)}"

@@ -1,4 +1,10 @@
-"""Functions of the public API: math, composites, differentiation, evaluation, Program."""
+"""Functions of the public API: primitives, differentiation, evaluation, Program, compile.
+
+The math here applies one primitive each (`exp`, `maximum`, `where`, `concat` ...), with
+NumPy's promotion, broadcasting and casts around it. Functions built from several
+primitives (`relu`, `softmax`, `one_hot` ...) are in composites.py, which builds on this
+module; `matmul` sits with the Tensor operators in tensor.py.
+"""
 
 from __future__ import annotations
 
@@ -10,16 +16,14 @@ from graphc.frontend.tensor import (
     as_tensor,
     binary,
     broadcast,
-    broadcast_to,
     float_unary,
     normalize_axes,
     promote,
     unary,
 )
-from graphc.ir.graph import Graph, user_location
+from graphc.ir.graph import Graph
 from graphc.ir.interp import run_nodes
 from graphc.ir.ops import apply
-from graphc.ir.types import FLOATS, INTS, canonical_dtype
 from graphc.passes import autodiff
 
 
@@ -98,76 +102,6 @@ def where(cond, a, b) -> Tensor:
     return Tensor(apply("where", cond.node, a.node, b.node))
 
 
-def relu(x) -> Tensor:
-    """max(x, 0) with gradient 0 at 0 (as PyTorch and JAX)."""
-    x = as_tensor(x)
-    return where(x > 0, x, 0)
-
-
-def _max_detached(x, axis):
-    m = stop_gradient(x.max(axis=axis, keepdims=True))
-    # an all -inf (or +inf) row would give inf - inf = nan: shift by 0 there instead
-    return where(abs(m) < np.inf, m, 0)
-
-
-def softmax(x, axis=-1) -> Tensor:
-    """exp(x) / sum(exp(x)) along `axis`, computed stably."""
-    x = as_tensor(x)
-    normalize_axes(axis, x.ndim, "softmax")  # the error names the function called
-    e = exp(x - _max_detached(x, axis))
-    return e / e.sum(axis=axis, keepdims=True)
-
-
-def log_softmax(x, axis=-1) -> Tensor:
-    """x - logsumexp(x) along `axis`, computed stably."""
-    x = as_tensor(x)
-    normalize_axes(axis, x.ndim, "log_softmax")  # the error names the function called
-    shifted = x - _max_detached(x, axis)
-    return shifted - log(exp(shifted).sum(axis=axis, keepdims=True))
-
-
-def logsumexp(x, axis=None, keepdims=False) -> Tensor:
-    """log(sum(exp(x))) computed stably."""
-    x = as_tensor(x)
-    axes = normalize_axes(axis, x.ndim, "logsumexp")
-    if x.dtype not in FLOATS:
-        x = x.astype("float64")
-    m = _max_detached(x, axis)
-    result = m + log(exp(x - m).sum(axis=axis, keepdims=True))
-    if keepdims:
-        return result
-    return result.reshape(tuple(d for i, d in enumerate(x.shape) if i not in axes))
-
-
-def matmul(a, b) -> Tensor:
-    """NumPy matmul: 1-D operands are promoted and squeezed, batch dims broadcast."""
-    a, b = promote(a, b)
-    if a.ndim == 0 or b.ndim == 0:
-        raise ShapeError(f"matmul: scalar operand ({a.type}, {b.type}) (at {user_location()})")
-    a2 = a.reshape(1, a.shape[0]) if a.ndim == 1 else a
-    b2 = b.reshape(b.shape[0], 1) if b.ndim == 1 else b
-    if a2.shape[-1] != b2.shape[-2]:
-        raise ShapeError(
-            f"matmul: inner dimensions of {a.type} and {b.type} differ "
-            f"({a2.shape[-1]} != {b2.shape[-2]}) (at {user_location()})"
-        )
-    try:
-        batch = np.broadcast_shapes(a2.shape[:-2], b2.shape[:-2])
-    except ValueError:
-        raise ShapeError(
-            f"matmul: batch dims of {a.type} and {b.type} do not broadcast (at {user_location()})"
-        ) from None
-    a2 = broadcast_to(a2, batch + a2.shape[-2:])
-    b2 = broadcast_to(b2, batch + b2.shape[-2:])
-    result = Tensor(apply("matmul", a2.node, b2.node))
-    shape = result.shape
-    if a.ndim == 1:
-        shape = shape[:-2] + shape[-1:]
-    if b.ndim == 1:
-        shape = shape[:-1]
-    return result.reshape(shape)
-
-
 def concat(tensors, axis=0) -> Tensor:
     """Join tensors along an existing axis."""
     tensors = promote(*tensors)
@@ -175,17 +109,6 @@ def concat(tensors, axis=0) -> Tensor:
     if len(tensors) == 1:
         return tensors[0]
     return Tensor(apply("concat", *[t.node for t in tensors], axis=axis))
-
-
-def one_hot(labels, depth: int, dtype="float32") -> Tensor:
-    """`labels[..., None] == arange(depth)` as `dtype`."""
-    labels = as_tensor(labels)
-    if labels.dtype not in INTS:
-        raise DTypeError(f"one_hot: labels must be integers, got {labels.type}")
-    shape = labels.shape + (int(depth),)
-    iota = Tensor(apply("iota", shape=shape, axis=len(shape) - 1, dtype=labels.dtype))
-    expanded = broadcast_to(labels.reshape(labels.shape + (1,)), shape)
-    return (expanded == iota).astype(canonical_dtype(dtype))
 
 
 # ---- differentiation ------------------------------------------------------------------------

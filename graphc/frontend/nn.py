@@ -18,7 +18,6 @@ it is first called. Parameters are `<layer>.w` and `<layer>.b`.
 from __future__ import annotations
 
 import itertools
-import math
 import os
 import zipfile
 from collections.abc import Callable
@@ -27,18 +26,12 @@ import numpy as np
 
 from graphc.errors import DTypeError, GraphcError, InputError, ShapeError
 from graphc.frontend import init
-from graphc.frontend.functions import log_softmax, one_hot, relu, sigmoid, tanh
+from graphc.frontend.composites import gelu, log_softmax, one_hot, relu
+from graphc.frontend.functions import sigmoid, tanh
 from graphc.frontend.tensor import Tensor, as_tensor, const, param
 from graphc.ir.types import FLOATS, INTS, canonical_dtype
 
 # ---- activations ----------------------------------------------------------------------------
-
-
-def gelu(x):
-    """GELU, tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x³)))."""
-    x = as_tensor(x)
-    inner = math.sqrt(2.0 / math.pi) * (x + 0.044715 * (x * x * x))
-    return 0.5 * x * (1.0 + tanh(inner))
 
 
 def _identity(x):

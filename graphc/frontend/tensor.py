@@ -4,12 +4,19 @@ A Tensor wraps one IR node. Operators follow NumPy: broadcasting becomes explici
 `broadcast_to` nodes, and dtypes promote by NumPy 2's rules (NEP 50: Python scalars are
 weak and take the tensor's dtype; float32 with float64 gives float64). Every node
 records the user's `file:line`, so errors and dumps point at the user's code.
+
+This is the frontend's lowest layer: the Tensor with its operators and the methods that
+apply one primitive, the sources (`input`, `param`, `const`) and the helpers that apply a
+primitive NumPy's way (`binary`, `reduce`, `getitem`, `matmul` ...). It imports nothing
+from the rest of the frontend; functions.py and composites.py build on it, and Tensor
+methods that are composites (`mean`) are bound by composites.py.
 """
 
 from __future__ import annotations
 
 import numbers
 import operator
+from collections.abc import Callable
 
 import numpy as np
 
@@ -103,13 +110,9 @@ class Tensor:
         return power(other, self)
 
     def __matmul__(self, other):
-        from graphc.frontend.functions import matmul
-
         return matmul(self, other)
 
     def __rmatmul__(self, other):
-        from graphc.frontend.functions import matmul
-
         return matmul(other, self)
 
     def __neg__(self):
@@ -160,11 +163,7 @@ class Tensor:
     def max(self, axis=None, keepdims=False) -> Tensor:
         return reduce("max", self, axis, keepdims)
 
-    def mean(self, axis=None, keepdims=False) -> Tensor:
-        x = self if self.dtype in FLOATS else self.astype("float64")
-        axes = normalize_axes(axis, self.ndim, "mean")
-        count = int(np.prod([self.shape[a] for a in axes]))
-        return x.sum(axes, keepdims) / count
+    mean: Callable[..., Tensor]  # a composite, bound by composites.py
 
     def argmax(self, axis=-1, keepdims=False) -> Tensor:
         (axis,) = normalize_axes(axis, self.ndim, "argmax")
@@ -341,6 +340,35 @@ def power(base, exponent) -> Tensor:
             result = result * base
         return result
     return binary("pow", base, exponent)
+
+
+def matmul(a, b) -> Tensor:
+    """NumPy matmul: 1-D operands are promoted and squeezed, batch dims broadcast."""
+    a, b = promote(a, b)
+    if a.ndim == 0 or b.ndim == 0:
+        raise ShapeError(f"matmul: scalar operand ({a.type}, {b.type}) (at {user_location()})")
+    a2 = a.reshape(1, a.shape[0]) if a.ndim == 1 else a
+    b2 = b.reshape(b.shape[0], 1) if b.ndim == 1 else b
+    if a2.shape[-1] != b2.shape[-2]:
+        raise ShapeError(
+            f"matmul: inner dimensions of {a.type} and {b.type} differ "
+            f"({a2.shape[-1]} != {b2.shape[-2]}) (at {user_location()})"
+        )
+    try:
+        batch = np.broadcast_shapes(a2.shape[:-2], b2.shape[:-2])
+    except ValueError:
+        raise ShapeError(
+            f"matmul: batch dims of {a.type} and {b.type} do not broadcast (at {user_location()})"
+        ) from None
+    a2 = broadcast_to(a2, batch + a2.shape[-2:])
+    b2 = broadcast_to(b2, batch + b2.shape[-2:])
+    result = Tensor(apply("matmul", a2.node, b2.node))
+    shape = result.shape
+    if a.ndim == 1:
+        shape = shape[:-2] + shape[-1:]
+    if b.ndim == 1:
+        shape = shape[:-1]
+    return result.reshape(shape)
 
 
 def normalize_axes(axis, ndim: int, op: str) -> tuple[int, ...]:
