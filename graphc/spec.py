@@ -24,7 +24,10 @@ import sys
 import traceback
 
 from graphc.errors import GraphcError
+from graphc.frontend.functions import Program
+from graphc.frontend.functions import compile as compile_program
 from graphc.ir.graph import Graph, Kernel
+from graphc.ir.parser import parse_graph
 from graphc.runtime.executable import STAGES, Executable
 
 _modules = itertools.count()
@@ -37,8 +40,6 @@ class SpecError(GraphcError):
 def load_spec(spec: str) -> Executable:
     """The compiled program a SPEC names (`path.py:function` or a `.gir` file)."""
     if spec.endswith(".gir"):
-        from graphc.ir.parser import parse_graph
-
         path = pathlib.Path(spec)
         return Executable.build(parse_graph(_read(path), filename=str(path)))
     path_text, colon, function_name = spec.rpartition(":")
@@ -56,9 +57,6 @@ def load_spec(spec: str) -> Executable:
 
 def as_executable(result, origin: str) -> Executable:
     """An Executable from what a spec function returned (a Program is compiled)."""
-    from graphc.frontend.functions import Program
-    from graphc.frontend.functions import compile as compile_program
-
     if isinstance(result, Executable):
         return result
     if isinstance(result, Program):

@@ -25,6 +25,7 @@ from graphc.ir.graph import Graph
 from graphc.ir.interp import run_nodes
 from graphc.ir.ops import apply
 from graphc.passes import autodiff
+from graphc.runtime.executable import Executable
 
 
 def exp(x) -> Tensor:
@@ -298,8 +299,6 @@ class Program:
 
 def compile(inputs=None, outputs=None, updates=None, *, name=None, opt=None, cache=True):  # noqa: A001
     """JIT-compile one step: `gc.compile(inputs=[x], outputs=y, updates={w: w2})` or a Program."""
-    from graphc.runtime.executable import Executable
-
     program = (
         inputs if isinstance(inputs, Program) else Program(inputs or [], outputs, updates, name)
     )

@@ -63,9 +63,10 @@ import numpy as np
 from graphc.codegen.python_entry import Signature
 from graphc.errors import CompileError, DTypeError, InputError
 from graphc.ir.graph import Graph
+from graphc.ir.printer import print_graph
 from graphc.passes import lower
-from graphc.passes.memory import ALIGN
-from graphc.runtime import python_entry
+from graphc.passes.memory import ALIGN, format_plan
+from graphc.runtime import jit, python_entry
 
 STAGES = ("graph", "optimized", "fused", "memory", "llvm", "asm")
 # Arguments of at least this many bytes are passed by address instead of copied. Measured:
@@ -112,6 +113,7 @@ class Lowering:
 
     def llvm_ir_for(self, cpu) -> str:
         """The LLVM IR of the program tuned for `cpu` (a codegen Target; None: the JIT's)."""
+        # imported on first use: a cache hit emits no IR, and `import graphc` need not load codegen
         from graphc.codegen.llvm import emit_program
 
         return str(emit_program(*self.passes, self.name, cpu=cpu))
@@ -173,9 +175,6 @@ class Executable:
     # ---- construction ----
     @classmethod
     def build(cls, graph: Graph, *, single_output=False, opt=None, cache=True) -> Executable:
-        from graphc.ir.printer import print_graph
-        from graphc.runtime import jit
-
         opt = jit.DEFAULT_OPT if opt is None else opt
         name = symbol_name(graph.name)
         lowering = Lowering(graph, name)
@@ -509,9 +508,6 @@ class Executable:
 
     def dump(self, stage: str = "graph") -> str:
         """The program at one stage: graph, optimized, fused, memory, llvm or asm."""
-        from graphc.ir.printer import print_graph
-        from graphc.passes.memory import format_plan
-
         if stage == "graph":
             return print_graph(self.graph)
         if stage == "optimized":
