@@ -113,8 +113,8 @@ def _quote(text: str) -> str:
 
 def to_dot(graph: Graph, kernels: list[Kernel] | None = None) -> str:
     """Graphviz DOT text of `graph`; with `kernels`, each kernel is a cluster."""
-    ids = {id(node): f"n{i}" for i, node in enumerate(graph.nodes)}
-    outputs = {id(n) for n in graph.outputs}
+    ids = {node: f"n{i}" for i, node in enumerate(graph.nodes)}
+    outputs = set(graph.outputs)
     lines = [
         f"digraph {_quote(graph.name)} {{",
         "  rankdir=TB;",
@@ -128,9 +128,9 @@ def to_dot(graph: Graph, kernels: list[Kernel] | None = None) -> str:
         label = '"' + "\\n".join(_quote(part)[1:-1] for part in parts) + '"'
         shape = {"input": "ellipse", "param": "cylinder", "const": "plaintext"}.get(node.op)
         extras = [f"shape={shape}"] if shape else []
-        if id(node) in outputs:
+        if node in outputs:
             extras.append("peripheries=2")
-        return f"{indent}{ids[id(node)]} [label={label}{''.join(', ' + e for e in extras)}];"
+        return f"{indent}{ids[node]} [label={label}{''.join(', ' + e for e in extras)}];"
 
     clustered = set()
     for k, kernel in enumerate(kernels or []):
@@ -139,17 +139,17 @@ def to_dot(graph: Graph, kernels: list[Kernel] | None = None) -> str:
         lines.append('    style="dashed"; fontname="Helvetica"; fontsize=10;')
         for node in kernel.nodes:
             lines.append(node_line(node, "    "))
-            clustered.add(id(node))
+            clustered.add(node)
         lines.append("  }")
     for node in graph.nodes:
-        if id(node) not in clustered:
+        if node not in clustered:
             lines.append(node_line(node))
     for node in graph.nodes:
         for x in node.inputs:
-            lines.append(f"  {ids[id(x)]} -> {ids[id(node)]};")
+            lines.append(f"  {ids[x]} -> {ids[node]};")
     for target, value in graph.updates:
         if value is not target:
-            lines.append(f'  {ids[id(value)]} -> {ids[id(target)]} [style=dashed, label="update"];')
+            lines.append(f'  {ids[value]} -> {ids[target]} [style=dashed, label="update"];')
     lines.append("}")
     return "\n".join(lines) + "\n"
 

@@ -21,7 +21,7 @@ from graphc.frontend.tensor import (
     promote,
     unary,
 )
-from graphc.ir.graph import Graph
+from graphc.ir.graph import Graph, topological_order
 from graphc.ir.interp import run_nodes
 from graphc.ir.ops import apply
 from graphc.passes import autodiff
@@ -187,7 +187,7 @@ def evaluate(outputs, feed=None):
     """Run `outputs` on the reference interpreter (array for a Tensor, list for a list)."""
     single, items = _tensor_list(outputs)
     nodes = [t.node for t in items]
-    inputs = [n for n in Graph(nodes).nodes if n.op == "input"]
+    inputs = [n for n in topological_order(nodes) if n.op == "input"]
     env = run_nodes(nodes, resolve_feed(feed, inputs))
     values = [np.array(env[n]) for n in nodes]
     return values[0] if single else values
@@ -285,9 +285,9 @@ class Program:
             inputs=[x.node for x in self.inputs],
             name=self.name,
         )
-        listed = {id(x.node) for x in self.inputs}
+        listed = {x.node for x in self.inputs}
         for node in self.graph.nodes:
-            if node.op == "input" and id(node) not in listed:
+            if node.op == "input" and node not in listed:
                 raise InputError(
                     f"the program reads input {node.name!r} ({node.type}, created at {node.loc}) "
                     f"which is not among its inputs {[x.name for x in self.inputs]}"

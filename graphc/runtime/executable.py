@@ -141,8 +141,8 @@ class Executable:
         self._arena = aligned_empty((max(self._metadata["arena_bytes"], 1),), np.uint8)
         self._params = [n.attrs["storage"] for n in graph.params]
         self._bound_params = [None] * len(self._params)
-        updated = {id(p) for p, _ in graph.updates}
-        self._updated = [i for i, p in enumerate(graph.params) if id(p) in updated]
+        updated = {p for p, _ in graph.updates}
+        self._updated = [i for i, p in enumerate(graph.params) if p in updated]
         self._state_spans: list[tuple[int, int]] = []  # address ranges of updated params
         self._input_names = tuple(n.name for n in graph.inputs)
         self._names = {name: i for i, name in enumerate(self._input_names)}

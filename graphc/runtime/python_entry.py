@@ -4,12 +4,13 @@
     entry.function(x, y)     # a builtin: the interpreter calls the machine code directly
 
 The entry's machine code depends only on the signature, so it is compiled once per signature
-and process (and comes from the object cache after that). What differs per executable lives
-in its context, a uint64 array the builtin holds as its `self`: the addresses of CPython's
-call functions, of the ndarray type and dtype objects, of the output allocators, of the
-compiled step and its arena, of every parameter's Storage, bound array and data. The context
-also keeps alive everything those addresses point to, and the method definition the builtin
-is made from, so the builtin stays valid as long as anyone holds it.
+and process (and comes from the object cache after that). What differs per executable lives in
+its context, a uint64 array the builtin holds as its `self`: the addresses of CPython's call
+functions, of the ndarray type and dtype objects, of the output allocators, of the compiled
+step and its arena, of every parameter's Storage, bound array and data (an object's address is
+its `id()`: CPython's, which `supported()` requires). The context also keeps alive everything
+those addresses point to, and the method definition the builtin is made from, so the builtin
+stays valid as long as anyone holds it.
 
 Before any entry is made, `supported()` checks the layout the code assumes against the running
 interpreter and NumPy (PyArrayObject field offsets, where a Storage keeps its value); if they
@@ -71,6 +72,7 @@ def _api(name: str) -> int:
 
 
 def _words(obj, count: int) -> list[int]:
+    """`count` 64-bit words of `obj`'s memory, from its address (its id() in CPython)."""
     return list((ctypes.c_uint64 * count).from_address(id(obj)))
 
 
