@@ -79,7 +79,7 @@ def train(net: MaxOfFive, steps: int, rng: np.random.Generator, on_step=None) ->
     `on_step(step, loss)` is called after every step (for progress bars and reports).
     """
     batch = net.train.graph.inputs[0].shape[0]
-    chunk = 1000  # draw the data for 1000 steps at once: the step itself takes ~75 µs
+    chunk = 1000  # draw the data for 1000 steps at once: a draw per step costs more than the step
     losses = []
     for start in range(0, steps, chunk):
         xs = rng.standard_normal((min(chunk, steps - start), batch, WIDTHS[0]), dtype=np.float32)

@@ -15,7 +15,7 @@ AOT), with its own locations.
 A call is one ctypes call with one pointer argument: the block of argument addresses
 [arena, params..., inputs..., outputs...] is bound once. An input or output of fewer than
 LARGE_BYTES goes through a buffer bound at build time (a copy costs less than looking up an
-array's address from Python, ~1.5 µs); a larger one is passed by address — the caller's
+array's address from Python); a larger one is passed by address — the caller's
 array itself if it is C-contiguous, of the exact dtype, aligned to its itemsize and not
 overlapping a parameter the step updates (kernels only write the arena, outputs and updated
 parameters), and a fresh np.empty result for an output. Parameters are read and updated in
@@ -69,9 +69,8 @@ from graphc.passes.memory import ALIGN, format_plan
 from graphc.runtime import jit, python_entry
 
 STAGES = ("graph", "optimized", "fused", "memory", "llvm", "asm")
-# Arguments of at least this many bytes are passed by address instead of copied. Measured:
-# taking the address of a contiguous array and binding it costs ~1.3 µs (a fresh output
-# ~2 µs), copying 32 KiB in ~1.3 µs and out ~1.7 µs, 64 KiB ~2.1 / 2.5 µs.
+# Arguments of at least this many bytes are passed by address instead of copied: binding an
+# array's address costs as much as copying 32 KiB (~1.3 µs; docs/performance.md).
 LARGE_BYTES = 32 * 1024
 # Steps touching at most this many bytes (arena, parameters, arguments: up to ~1 ms of work,
 # a fifth of Python's thread switch interval) are called through a native entry that holds
@@ -156,7 +155,7 @@ class Executable:
         self._native = None
         small = self._touched_bytes() <= NATIVE_ENTRY_MAX_BYTES and python_entry.supported()
         # No argtypes: ctypes then passes the argument block by reference, the cheapest
-        # conversion (measured 0.40 µs a call, 0.47 µs with argtypes=[c_void_p] and an int)
+        # conversion (docs/performance.md)
         prototype = ctypes.PYFUNCTYPE(None) if small else ctypes.CFUNCTYPE(None)
         self._call = prototype(engine.address(f"{name}_call"))
         self._call.argtypes = None
@@ -524,8 +523,8 @@ class Executable:
 
 
 def _address_of(array: np.ndarray) -> int:
-    """The data address of a C-contiguous array: 0.7 µs through the buffer protocol when it
-    is writable, else `array.ctypes.data` (3 µs)."""
+    """The data address of a C-contiguous array: through the buffer protocol when it is
+    writable (a quarter of the cost, docs/performance.md), else `array.ctypes.data`."""
     try:
         return ctypes.addressof(ctypes.c_char.from_buffer(array))
     except TypeError:  # read-only
