@@ -122,17 +122,17 @@ def location(loc: str | None):
 def topological_order(roots) -> list[Node]:
     """All nodes reachable from `roots`, inputs before users, deterministic."""
     order: list[Node] = []
-    seen: set[int] = set()
+    seen: set[Node] = set()
     for root in roots:
-        if id(root) in seen:
+        if root in seen:
             continue
         stack = [(root, iter(root.inputs))]
-        seen.add(id(root))
+        seen.add(root)
         while stack:
             node, pending = stack[-1]
             for child in pending:
-                if id(child) not in seen:
-                    seen.add(id(child))
+                if child not in seen:
+                    seen.add(child)
                     stack.append((child, iter(child.inputs)))
                     break
             else:
@@ -156,13 +156,13 @@ class Graph:
         self.inputs: tuple[Node, ...] = tuple(inputs) if inputs is not None else tuple(found)
         self.params: tuple[Node, ...] = tuple(n for n in self.nodes if n.op == "param")
 
-    def users(self) -> dict[int, list[Node]]:
-        """id(node) -> the nodes that read it, in topological order."""
-        result: dict[int, list[Node]] = {id(n): [] for n in self.nodes}
+    def users(self) -> dict[Node, list[Node]]:
+        """node -> the nodes that read it, in topological order."""
+        result: dict[Node, list[Node]] = {n: [] for n in self.nodes}
         for node in self.nodes:
             for x in node.inputs:
-                if not result[id(x)] or result[id(x)][-1] is not node:
-                    result[id(x)].append(node)
+                if not result[x] or result[x][-1] is not node:
+                    result[x].append(node)
         return result
 
     def to_networkx(self):

@@ -54,15 +54,15 @@ class Namer:
     """Unique labels for nodes: `%name`, `%name.1` on collision, `%N` for unnamed nodes."""
 
     def __init__(self):
-        self.labels: dict[int, str] = {}
+        self.labels: dict[Node, str] = {}
         self.taken: set[str] = set()
         self.count = 0
 
     def __call__(self, node: Node) -> str:
-        label = self.labels.get(id(node))
+        label = self.labels.get(node)
         if label is None:
             label = self._fresh(node.name)
-            self.labels[id(node)] = label
+            self.labels[node] = label
             self.taken.add(label)
         return label
 
@@ -128,8 +128,8 @@ def print_graph(graph: Graph, kernels=None, *, locations: bool = True) -> str:
     `locations`, no `# file:line` comments (what the compile cache keys on: no generated
     code depends on them)."""
     kernels = list(kernels or ())
-    in_kernel = {id(n) for k in kernels for n in k.nodes}
-    top = [n for n in graph.nodes if n.op not in DECLARED and id(n) not in in_kernel]
+    in_kernel = {n for k in kernels for n in k.nodes}
+    top = [n for n in graph.nodes if n.op not in DECLARED and n not in in_kernel]
     label = Namer()
     for node in [*graph.inputs, *graph.params, *top, *(n for k in kernels for n in k.nodes)]:
         label(node)

@@ -34,31 +34,31 @@ class _Checker:
 
     def check_acyclic(self):
         """Depth-first search from every node; a back edge is a cycle (named in the error)."""
-        state: dict[int, int] = {}  # 1: on the current path, 2: finished
+        state: dict[Node, int] = {}  # 1: on the current path, 2: finished
         roots = [*self.graph.nodes, *self.graph.outputs, *(v for _, v in self.graph.updates)]
         for root in roots:
-            if id(root) in state:
+            if root in state:
                 continue
             path, stack = [root], [iter(root.inputs)]
-            state[id(root)] = 1
+            state[root] = 1
             while stack:
                 child = next(stack[-1], None)
                 if child is None:
-                    state[id(path.pop())] = 2
+                    state[path.pop()] = 2
                     stack.pop()
-                elif state.get(id(child)) == 1:
+                elif state.get(child) == 1:
                     cycle = path[path.index(child) :] + [child]
                     names = " -> ".join(self.label(n) for n in reversed(cycle))
                     self.fail(f"cycle {names}", child)
-                elif id(child) not in state:
-                    state[id(child)] = 1
+                elif child not in state:
+                    state[child] = 1
                     path.append(child)
                     stack.append(iter(child.inputs))
 
     def check_nodes(self):
-        defined: set[int] = set()
+        defined: set[Node] = set()
         for node in self.graph.nodes:
-            if id(node) in defined:
+            if node in defined:
                 self.fail("listed twice in the graph's nodes", node)
             opdef = OPS.get(node.op)
             if opdef is None:
@@ -66,7 +66,7 @@ class _Checker:
             if opdef.arity is not None and len(node.inputs) != opdef.arity:
                 self.fail(f"{node.op} takes {opdef.arity} inputs, got {len(node.inputs)}", node)
             for x in node.inputs:
-                if id(x) not in defined:
+                if x not in defined:
                     self.fail(f"input {self.describe(x)} is not defined before its use", node)
             try:
                 inferred = opdef.infer([x.type for x in node.inputs], node.attrs)
@@ -79,7 +79,7 @@ class _Checker:
                 )
             if node.op == "param":
                 self.check_param(node)
-            defined.add(id(node))
+            defined.add(node)
         return defined
 
     def check_param(self, node: Node):
@@ -89,7 +89,7 @@ class _Checker:
             found = "none" if value is None else f"{value.dtype} {value.shape}"
             self.fail(f"param storage ({found}) does not match its type", node)
 
-    def check_interface(self, defined: set[int]):
+    def check_interface(self, defined: set[Node]):
         graph = self.graph
         names = set()
         for x in graph.inputs:
@@ -98,22 +98,22 @@ class _Checker:
             if x.name in names:
                 self.fail(f"duplicate input name {x.name!r}", x)
             names.add(x.name)
-        listed = {id(x) for x in graph.inputs}
+        listed = {x for x in graph.inputs}
         for node in graph.nodes:
-            if node.op == "input" and id(node) not in listed:
+            if node.op == "input" and node not in listed:
                 self.fail("input read by the graph but not among its inputs", node)
         for node in graph.outputs:
-            if id(node) not in defined:
+            if node not in defined:
                 self.fail("output is not a node of the graph", node)
-        targets: set[int] = set()
+        targets: set[Node] = set()
         for target, value in graph.updates:
             if target.op != "param":
                 self.fail("update target is not a param", target)
-            if id(target) in targets:
+            if target in targets:
                 self.fail("param updated twice", target)
-            targets.add(id(target))
+            targets.add(target)
             for node in (target, value):
-                if id(node) not in defined:
+                if node not in defined:
                     self.fail(f"update of {self.label(target)} refers outside the graph", node)
             if value.type != target.type:
                 self.fail(
@@ -123,55 +123,55 @@ class _Checker:
     def check_kernels(self, kernels):
         """Kernels may recompute a cheap value in several bodies, but store each value once,
         and read only sources and values stored by kernels scheduled before them."""
-        producer: dict[int, int] = {}  # id(node) -> index of the kernel that stores it
-        computed: set[int] = set()
+        producer: dict[Node, int] = {}  # node -> index of the kernel that stores it
+        computed: set[Node] = set()
         for index, kernel in enumerate(kernels):
             if kernel.form not in FORMS:
                 self.fail(f"kernel {kernel.name}: unknown form {kernel.form!r}; forms: {FORMS}")
-            computed.update(id(n) for n in kernel.nodes)
+            computed.update(n for n in kernel.nodes)
             for node in kernel.outputs:
-                if id(node) in producer:
-                    other = kernels[producer[id(node)]].name
+                if node in producer:
+                    other = kernels[producer[node]].name
                     self.fail(f"stored by both kernel {other} and kernel {kernel.name}", node)
-                producer[id(node)] = index
+                producer[node] = index
         for node in self.graph.nodes:
-            if node.op not in SOURCES and id(node) not in computed:
+            if node.op not in SOURCES and node not in computed:
                 self.fail("computed node in no kernel", node)
         for node in [*self.graph.outputs, *(v for _, v in self.graph.updates)]:
-            if node.op not in SOURCES and id(node) not in producer:
+            if node.op not in SOURCES and node not in producer:
                 self.fail("program result stored by no kernel", node)
-        in_graph = {id(n) for n in self.graph.nodes}
+        in_graph = {n for n in self.graph.nodes}
         for index in range(len(kernels)):
             self.check_kernel(kernels, index, producer, in_graph)
 
     def check_kernel(self, kernels, index, producer, in_graph):
         kernel = kernels[index]
         title = f"kernel {kernel.name}"
-        body = {id(n) for n in kernel.nodes}
-        inputs = {id(x) for x in kernel.inputs}
+        body = {n for n in kernel.nodes}
+        inputs = {x for x in kernel.inputs}
         for x in kernel.inputs:
-            if id(x) in body:
+            if x in body:
                 self.fail(f"{title}: lists its own body node as an input", x)
             if x.op not in SOURCES:
-                if id(x) not in producer:
+                if x not in producer:
                     self.fail(f"{title}: reads a value no kernel stores", x)
-                elif producer[id(x)] >= index:
-                    later = kernels[producer[id(x)]].name
+                elif producer[x] >= index:
+                    later = kernels[producer[x]].name
                     self.fail(f"{title}: reads a value of kernel {later}, not scheduled before", x)
-        seen: set[int] = set()
+        seen: set[Node] = set()
         for node in kernel.nodes:
-            if id(node) not in in_graph:
+            if node not in in_graph:
                 self.fail(f"{title}: body node is not in the graph", node)
             for x in node.inputs:
-                if id(x) in body and id(x) not in seen:
+                if x in body and x not in seen:
                     self.fail(f"{title}: body is not in dependency order", node)
-                if id(x) not in body and id(x) not in inputs:
+                if x not in body and x not in inputs:
                     self.fail(
                         f"{title}: reads {self.label(x)}, neither in its body nor inputs", node
                     )
-            seen.add(id(node))
+            seen.add(node)
         for x in kernel.outputs:
-            if id(x) not in body:
+            if x not in body:
                 self.fail(f"{title}: output is not a body node", x)
 
 
