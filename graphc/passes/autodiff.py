@@ -65,29 +65,29 @@ def differentiate(y: Node, wrt: list[Node], seed: Node | None = None) -> list[No
         raise ShapeError(f"grad: seed {seed.type} does not match output {y.type}")
 
     order = topological_order([y])
-    wanted = {id(w) for w in wrt}
+    wanted = set(wrt)
     on_path = set(wanted)  # nodes that depend on some wrt
     for node in order:
-        if any(id(x) in on_path for x in node.inputs):
-            on_path.add(id(node))
+        if any(x in on_path for x in node.inputs):
+            on_path.add(node)
 
-    partial: dict[int, list[Node]] = {id(y): [seed]}
-    adjoint: dict[int, Node] = {}
+    partial: dict[Node, list[Node]] = {y: [seed]}
+    adjoint: dict[Node, Node] = {}
     for node in reversed(order):
-        terms = partial.pop(id(node), None)
-        if terms is None or id(node) not in on_path:
+        terms = partial.pop(node, None)
+        if terms is None or node not in on_path:
             continue
         with location(node.loc):
             g = add_all(terms)
-            if id(node) in wanted:
+            if node in wanted:
                 g = _named(g, f"grad({_label(node)})")
-                adjoint[id(node)] = g
+                adjoint[node] = g
             if not OPS[node.op].differentiable or not node.inputs:
                 continue
             for x, gx in zip(node.inputs, input_adjoints(node, g)):
-                if gx is not None and id(x) in on_path and x.dtype in FLOATS:
-                    partial.setdefault(id(x), []).append(gx)
-    return [adjoint[id(w)] if id(w) in adjoint else full(0.0, w) for w in wrt]
+                if gx is not None and x in on_path and x.dtype in FLOATS:
+                    partial.setdefault(x, []).append(gx)
+    return [adjoint[w] if w in adjoint else full(0.0, w) for w in wrt]
 
 
 def tangent_of(node: Node, tangents: list[Node | None]) -> Node | None:
@@ -112,15 +112,15 @@ def forward_tangents(ys: list[Node], seeds: dict[Node, Node]) -> list[Node]:
         _check_differentiable(x, "argument")
         if t.shape != x.shape:
             raise ShapeError(f"jvp: tangent {t.type} does not match {_label(x)} {x.type}")
-    tangent: dict[int, Node] = {id(x): t for x, t in seeds.items()}
+    tangent: dict[Node, Node] = dict(seeds)
     for node in topological_order(ys):
-        if id(node) in tangent or not node.inputs:
+        if node in tangent or not node.inputs:
             continue
-        inputs = [tangent.get(id(x)) for x in node.inputs]
+        inputs = [tangent.get(x) for x in node.inputs]
         if all(t is None for t in inputs):
             continue
         with location(node.loc):
             t = tangent_of(node, inputs)
         if t is not None:
-            tangent[id(node)] = t
-    return [tangent.get(id(y)) or full(0.0, y) for y in ys]
+            tangent[node] = t
+    return [tangent.get(y) or full(0.0, y) for y in ys]

@@ -1,6 +1,6 @@
 """simplify: constant folding, CSE, algebraic identities and dead-code elimination.
 
-One sweep walks the graph in topological order with a memo `id(old node) -> new node`.
+One sweep walks the graph in topological order with a memo `old node -> new node`.
 Each node is first rebuilt over its inputs' new nodes (`with_inputs`), then rewritten,
 then merged with an earlier structurally equal node (CSE):
 
@@ -49,7 +49,7 @@ MAX_SWEEPS = 100
 
 def simplify(graph: Graph) -> Graph:
     """The same computation with constants folded, duplicates merged and identities applied."""
-    renames: dict[int, tuple[Node, str]] = {}
+    renames: dict[Node, str] = {}
     for _ in range(MAX_SWEEPS):
         graph, changed, renames = _sweep(graph, renames)
         if not changed:
@@ -60,15 +60,15 @@ def simplify(graph: Graph) -> Graph:
 def _sweep(graph: Graph, renames: dict) -> tuple[Graph, bool, dict]:
     """One pass over the nodes; returns the new graph, whether anything changed, and the
     names to give (in the next sweep) to nodes that replaced named ones."""
-    memo: dict[int, Node] = {}
+    memo: dict[Node, Node] = {}
     seen: dict[tuple, Node] = {}  # structural key -> first node with it
-    next_renames: dict[int, tuple[Node, str]] = {}
+    next_renames: dict[Node, str] = {}
     changed = False
     for node in graph.nodes:
-        inputs = tuple(memo[id(x)] for x in node.inputs)
+        inputs = tuple(memo[x] for x in node.inputs)
         new = node
-        if id(node) in renames and renames[id(node)][0] is node:
-            new = dataclasses.replace(node, inputs=inputs, name=renames[id(node)][1])
+        if node in renames:
+            new = dataclasses.replace(node, inputs=inputs, name=renames[node])
         elif any(a is not b for a, b in zip(inputs, node.inputs)):
             new = node.with_inputs(inputs)
         if not is_variable(node):
@@ -78,11 +78,11 @@ def _sweep(graph: Graph, renames: dict) -> tuple[Graph, bool, dict]:
                 new = result
             new = seen.setdefault(_key(new), new)
         if node.name and new is not node and new.name is None and not _is_leaf(new):
-            next_renames.setdefault(id(new), (new, node.name))
+            next_renames.setdefault(new, node.name)
         changed |= new is not node
-        memo[id(node)] = new
-    outputs = [memo[id(n)] for n in graph.outputs]
-    updates = [(memo[id(p)], memo[id(v)]) for p, v in graph.updates]
+        memo[node] = new
+    outputs = [memo[n] for n in graph.outputs]
+    updates = [(memo[p], memo[v]) for p, v in graph.updates]
     return graph.rebuild(outputs, updates), changed or bool(next_renames), next_renames
 
 
@@ -186,9 +186,9 @@ def _fold(node: Node) -> Node | None:
 def _key(node: Node) -> tuple:
     """Equal for nodes that compute the same value: same op, inputs and attrs."""
     if is_variable(node):
-        return ("source", id(node))
+        return ("source", node)
     attrs = tuple(sorted((name, _attr_key(value)) for name, value in node.attrs.items()))
-    return (node.op, tuple(id(x) for x in node.inputs), attrs, node.type)
+    return (node.op, node.inputs, attrs, node.type)
 
 
 def _attr_key(value) -> tuple:
