@@ -236,7 +236,7 @@ def _reduced_axes(reduce: Node) -> tuple[tuple[int, ...], list[int]]:
 
 
 def emit_rowwise(k) -> None:
-    body = {id(n): n for n in k.kernel.nodes}
+    body = set(k.kernel.nodes)
     reductions = [n for n in k.kernel.nodes if is_reduction(n)]
     x0 = reductions[0].inputs[0]
     rows, length = x0.shape[:-1], x0.shape[-1]
@@ -244,14 +244,14 @@ def emit_rowwise(k) -> None:
     for r in reductions:
         if r.inputs[0].shape != x0.shape or tuple(r.attrs["axes"]) != (x0.ndim - 1,):
             raise CompileError(f"rowwise kernel {k.kernel.name}: {r.op} is not over the row axis")
-    depends: dict[int, set[int]] = {}  # body node -> the reductions it is computed from
+    depends: dict[Node, set[Node]] = {}  # body node -> the reductions it is computed from
     for n in k.kernel.nodes:
-        found = {id(n)} if is_reduction(n) else set()
+        found = {n} if is_reduction(n) else set()
         for x in n.inputs:
-            found |= depends.get(id(x), set()) if id(x) in body else set()
-        depends[id(n)] = found
+            found |= depends.get(x, set()) if x in body else set()
+        depends[n] = found
     row_level = [
-        n for n in k.kernel.nodes if n.type.size == size and depends[id(n)] and not is_reduction(n)
+        n for n in k.kernel.nodes if n.type.size == size and depends[n] and not is_reduction(n)
     ]
     full_outputs = [o for o in k.kernel.outputs if o.type.size == size * length]
     row_outputs = [o for o in k.kernel.outputs if o.type.size != size * length]
@@ -263,11 +263,11 @@ def emit_rowwise(k) -> None:
 
     def row(r):
         row_values = k.index(rows, flat=r).values if rows else []
-        done: set[int] = set()
+        done: set[Node] = set()
 
         def settle():
             for n in row_level:
-                if not k.knows(n) and depends[id(n)] <= done:
+                if not k.knows(n) and depends[n] <= done:
                     k.know(n, k.compute(n, k.index(n.shape, flat=r)))
 
         for reduce in reductions:
@@ -282,7 +282,7 @@ def emit_rowwise(k) -> None:
 
             k.loop(length, per_element, "j")
             k.know(reduce, b.load(accumulator))
-            done.add(id(reduce))
+            done.add(reduce)
             settle()
         for o in row_outputs:
             k.store(o, r, k.value(o, k.index(o.shape, flat=r)))
@@ -301,19 +301,19 @@ def _contraction(k):
     outputs and its reduction stages (reduction id -> the outputs computed from it)."""
     kernel = k.kernel
     mm = product_of(kernel)
-    sources = {id(n) for n in kernel.inputs}
+    sources = set(kernel.inputs)
     views = [affine_view(operand, sources) for operand in mm.inputs]
     if None in views:
         raise CompileError(f"kernel {kernel.name}: matmul operand is not an affine view")
-    body = {id(n): n for n in kernel.nodes}
-    stages: dict[int, list[Node]] = {}
+    body = set(kernel.nodes)
+    stages: dict[Node, list[Node]] = {}
     epilogue = []
     for out in kernel.outputs:
         if out is mm:
             continue
         found = stage_reductions(out, body)
         if found:
-            stages.setdefault(id(found[0]), []).append(out)
+            stages.setdefault(found[0], []).append(out)
         else:
             epilogue.append(out)
     return mm, views, epilogue, stages
@@ -328,7 +328,7 @@ def _product_target(k, mm: Node):
     """Where the matmul writes the product (and record it as the product's pointer)."""
     kernel = k.kernel
     if mm in kernel.outputs:
-        return k.pointers[id(mm)]
+        return k.pointers[mm]
     if _on_stack(mm, kernel):
         # a small product goes to the stack: the epilogue then reads it and writes its
         # outputs, instead of rewriting the product in place (where `where(mask, x, 0)` over
@@ -340,8 +340,8 @@ def _product_target(k, mm: Node):
         host = product_host(kernel)
         if host is None:
             raise CompileError(f"kernel {kernel.name}: no buffer for the matmul product")
-        target = k.pointers[id(host)]  # the epilogue then runs in place over it
-    k.pointers[id(mm)] = target
+        target = k.pointers[host]  # the epilogue then runs in place over it
+    k.pointers[mm] = target
     return target
 
 
@@ -378,7 +378,7 @@ def _matmul(k, mm: Node, views, m: int, suffix: str = "", rows=None) -> ir.Funct
 def emit_contraction(k) -> None:
     mm, views, epilogue, stages = _contraction(k)
     target = _product_target(k, mm)
-    sources = [k.globals.get(id(v.source)) or k.pointers[id(v.source)] for v in views]
+    sources = [k.globals.get(v.source) or k.pointers[v.source] for v in views]
     if k.rows is None:
         k.b.call(_matmul(k, mm, views, mm.inputs[0].shape[-2]), [target, *sources])
     else:  # rows [start, end) of C from the same rows of A
@@ -418,8 +418,8 @@ def emit_contraction(k) -> None:
 def _stages(k, stages) -> None:
     """A contraction's reduction stages, over the stored product and epilogue."""
     for n in k.kernel.nodes:
-        if id(n) in stages:
-            reduce_stage(k, n, stages[id(n)])
+        if n in stages:
+            reduce_stage(k, n, stages[n])
 
 
 # ---- threads (codegen/parallel.py) ----
@@ -456,7 +456,7 @@ def _split_contraction(k) -> Split | None:
     mm, views, _, stages = _contraction(k)
     if mm.ndim != 2 or (stages and _on_stack(mm, kernel)):
         return None
-    operands = {k.place(v.source) for v in views if id(v.source) not in k.globals}
+    operands = {k.place(v.source) for v in views if v.source not in k.globals}
     if any(k.place(o) in operands for o in kernel.outputs):
         return None  # an operand updated in place: a chunk would read rows another wrote
     m, inner = mm.inputs[0].shape

@@ -113,10 +113,10 @@ class View:
     strides: tuple[int, ...]
 
 
-def affine_view(node: Node, sources: set[int]) -> View | None:
+def affine_view(node: Node, sources: set[Node]) -> View | None:
     """`node` as a strided view of a stored value, if its layout chain is affine (each op's
     `view` rule maps its input's offset and strides to its own)."""
-    if id(node) in sources:
+    if node in sources:
         return View(node, 0, strides_of(node.shape))
     rule = opdef(node).view
     if rule is None:
@@ -135,8 +135,8 @@ class KernelEmitter:
         self,
         module: ir.Module,
         kernel: Kernel,
-        globals_: dict[int, ir.GlobalVariable],
-        place=lambda node: id(node),
+        globals_: dict[Node, ir.GlobalVariable],
+        place=lambda node: node,
         threads: int = 1,
         rows: Split | None = None,
         cpu: Target | None = None,
@@ -155,7 +155,7 @@ class KernelEmitter:
         self.place = place
         self.threads = threads
         self.split = rows
-        self.external = [n for n in kernel.inputs if not is_immediate(n) and id(n) not in globals_]
+        self.external = [n for n in kernel.inputs if not is_immediate(n) and n not in globals_]
         self.places: list = []  # one argument per place, inputs first
         for node in (*self.external, *kernel.outputs):
             if place(node) not in self.places:
@@ -169,17 +169,17 @@ class KernelEmitter:
             arg.add_attribute("noalias")
         # the outer loop's range in a chunk's function, else None (the whole loop)
         self.rows = tuple(self.function.args[-2:]) if rows is not None else None
-        self.pointers: dict[int, ir.Value] = {}
+        self.pointers: dict[Node, ir.Value] = {}
         for node in (*self.external, *kernel.outputs):
-            self.pointers[id(node)] = self.function.args[self.places.index(place(node))]
-        self.inside = {id(n) for n in kernel.nodes}
+            self.pointers[node] = self.function.args[self.places.index(place(node))]
+        self.inside = set(kernel.nodes)
         self.b = ir.IRBuilder(self.function.append_basic_block("entry"))
         self.e = Emitter(self.b)
         self.scopes: list[dict] = [{}]
         self.contains_loop = False  # whether the loop being emitted has an inner loop
-        self.materialized: set[int] = set()  # body nodes stored to memory and read back
-        self.known: dict[int, ir.Value] = {}  # reduced / row values valid in the current loop
-        self.invariant: dict[int, ir.Value] = {}  # one-element values computed at the entry
+        self.materialized: set[Node] = set()  # body nodes stored to memory and read back
+        self.known: dict[Node, ir.Value] = {}  # reduced / row values valid in the current loop
+        self.invariant: dict[Node, ir.Value] = {}  # one-element values computed at the entry
 
     # ---- loops ----
     def loop(self, count: int, body, name="i"):
@@ -263,10 +263,10 @@ class KernelEmitter:
 
     # ---- memory ----
     def address(self, node: Node, flat) -> ir.Value:
-        if id(node) in self.globals:
-            base = self.globals[id(node)]
+        if node in self.globals:
+            base = self.globals[node]
         else:
-            base = self.pointers[id(node)]
+            base = self.pointers[node]
         return self.b.gep(base, [flat], inbounds=True, source_etype=MEMORY_TYPES[node.dtype])
 
     def load(self, node: Node, flat):
@@ -306,24 +306,22 @@ class KernelEmitter:
                 pending.extend(waiting)
                 continue
             pending.pop()
-            # the entry holds `index` alive: a freed Index's id could be reused by another one
-            self.scopes[-1][(id(top), id(index))] = (self.compute(top, index), index)
+            self.scopes[-1][top, index] = self.compute(top, index)
         return self._cached(node, index)
 
     def _cached(self, node: Node, index: Index):
-        key = (id(node), id(index))
         for scope in reversed(self.scopes):
-            if key in scope:
-                return scope[key][0]
+            if (node, index) in scope:
+                return scope[node, index]
         return None
 
     def _elementwise_here(self, node: Node) -> bool:
         """Whether `node` is computed in this kernel from its inputs at the same index."""
         return (
-            id(node) in self.inside
-            and id(node) not in self.materialized
-            and id(node) not in self.known
-            and id(node) not in self.invariant
+            node in self.inside
+            and node not in self.materialized
+            and node not in self.known
+            and node not in self.invariant
             and opdef(node).index_map is None
             and not is_immediate(node)
         )
@@ -332,11 +330,11 @@ class KernelEmitter:
         """`node`'s value at `index` from its inputs' values (or its known or stored value)."""
         if is_immediate(node):
             return immediate(node)
-        if id(node) in self.known:
-            return self.known[id(node)]
-        if id(node) in self.invariant:
-            return self.invariant[id(node)]
-        if id(node) not in self.inside or id(node) in self.materialized:
+        if node in self.known:
+            return self.known[node]
+        if node in self.invariant:
+            return self.invariant[node]
+        if node not in self.inside or node in self.materialized:
             return self.load(node, index.flat)
         op = opdef(node)
         if op.index_map is not None:
@@ -350,18 +348,18 @@ class KernelEmitter:
         """Compute the one-element values that depend only on kernel inputs once, before any
         loop (Adam's bias corrections `1 - beta**t`): a loop that writes in place could not
         prove them invariant, and a row-wise loop would recompute them per row."""
-        hoisted: set[int] = set()
+        hoisted: set[Node] = set()
         for node in self.kernel.nodes:
             if node.type.size != 1 or opdef(node).anchor:
                 continue
-            if is_immediate(node) or id(node) in self.globals:
+            if is_immediate(node) or node in self.globals:
                 continue
             inputs_ready = all(
-                id(x) not in self.inside or id(x) in hoisted or is_immediate(x) for x in node.inputs
+                x not in self.inside or x in hoisted or is_immediate(x) for x in node.inputs
             )
             if inputs_ready:
-                self.invariant[id(node)] = self.compute(node, self.index(node.shape, flat=i64(0)))
-                hoisted.add(id(node))
+                self.invariant[node] = self.compute(node, self.index(node.shape, flat=i64(0)))
+                hoisted.add(node)
 
     def index(self, shape, values=None, flat=None) -> Index:
         return Index(self.b, shape, values, flat)
@@ -378,14 +376,14 @@ class KernelEmitter:
     # ---- what the forms tell the emitter ----
     def stored(self, nodes) -> None:
         """From here on these body values are read back from their buffers, not computed."""
-        self.materialized.update(id(n) for n in nodes)
+        self.materialized.update(nodes)
 
     @contextlib.contextmanager
     def knowing(self, values=()):
         """A scope in which body values have known LLVM values (`values`, then `know`): a
         reduction's result in its epilogue, a row's values in a row-wise kernel."""
         saved = dict(self.known)
-        self.known.update({id(n): v for n, v in dict(values).items()})
+        self.known.update(values)
         try:
             yield
         finally:
@@ -393,10 +391,10 @@ class KernelEmitter:
 
     def know(self, node: Node, value) -> None:
         """`node` is `value` until the enclosing `knowing` scope ends."""
-        self.known[id(node)] = value
+        self.known[node] = value
 
     def knows(self, node: Node) -> bool:
-        return id(node) in self.known
+        return node in self.known
 
     def store_outputs(self, index: Index, outputs=None):
         """Compute every output at `index`, then store them (an output may overwrite an input)."""

@@ -77,15 +77,15 @@ def emit_program(
     threads = parallel.thread_count() if threads is None else threads
     cpu = cpu or host()
     module = ir.Module(name=name)
-    globals_: dict[int, ir.GlobalVariable] = {}
+    globals_: dict[Node, ir.GlobalVariable] = {}
     for node in graph.nodes:
         # scalars too: loops use them as immediates, but a matmul reads a broadcast scalar
         # through memory (unused globals are dropped by the optimizer)
         if is_const(node):
-            globals_[id(node)] = constant_global(module, node, f"const.{len(globals_)}")
+            globals_[node] = constant_global(module, node, f"const.{len(globals_)}")
 
     def place(node: Node):
-        return plan.locations.get(id(node)) or id(node)
+        return plan.locations.get(node) or node
 
     functions = [emit_kernel(module, kernel, globals_, place, threads, cpu) for kernel in kernels]
 
@@ -98,8 +98,8 @@ def emit_program(
     bases["output"] = args[len(params) + len(inputs) :]
 
     def pointer(node: Node) -> ir.Value:
-        if id(node) in globals_:
-            return globals_[id(node)]
+        if node in globals_:
+            return globals_[node]
         where = plan.location(node)
         if where.kind == "arena":
             return b.gep(arena, [i64(where.index)], inbounds=True, source_etype=ir.IntType(8))
@@ -127,25 +127,23 @@ def emit_program(
             b.call(copy, [destination, pointer(node), i64(node.type.nbytes), false])
 
     for i, node in enumerate(outputs):
-        where = plan.locations.get(id(node))
+        where = plan.locations.get(node)
         if where is None or where.kind != "output" or where.index != i:
             copy_value(bases["output"][i], node)
-    param_index = {id(p): i for i, p in enumerate(params)}
+    param_index = {p: i for i, p in enumerate(params)}
     # updates are simultaneous: a parameter read by another's update is copied aside first
     staged = {}
     for _, value in graph.updates:
-        if id(value) in plan.staging and id(value) not in staged:
-            offset = i64(plan.staging[id(value)])
-            staged[id(value)] = b.gep(arena, [offset], inbounds=True, source_etype=ir.IntType(8))
-            copy_value(staged[id(value)], value)
+        if value in plan.staging and value not in staged:
+            offset = i64(plan.staging[value])
+            staged[value] = b.gep(arena, [offset], inbounds=True, source_etype=ir.IntType(8))
+            copy_value(staged[value], value)
     for target, value in graph.updates:
-        if value is target or plan.locations.get(id(value)) == Location(
-            "param", param_index[id(target)]
-        ):
+        if value is target or plan.locations.get(value) == Location("param", param_index[target]):
             continue  # computed straight into the parameter
-        destination = bases["param"][param_index[id(target)]]
-        if id(value) in staged:
-            b.call(copy, [destination, staged[id(value)], i64(value.type.nbytes), false])
+        destination = bases["param"][param_index[target]]
+        if value in staged:
+            b.call(copy, [destination, staged[value], i64(value.type.nbytes), false])
         else:
             copy_value(destination, value)
     b.ret_void()

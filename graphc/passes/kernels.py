@@ -6,7 +6,7 @@ names built from what a kernel computes and the user's names.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from math import prod
 
@@ -96,7 +96,7 @@ def product_host(kernel: Kernel) -> Node | None:
     mm = product_of(kernel)
     if mm in kernel.outputs:
         return None
-    body = {id(n): n for n in kernel.nodes}
+    body = set(kernel.nodes)
     for o in kernel.outputs:
         same = o.type.nbytes == mm.type.nbytes and o.dtype == mm.dtype
         if same and not stage_reductions(o, body):
@@ -104,14 +104,14 @@ def product_host(kernel: Kernel) -> Node | None:
     return None
 
 
-def stage_reductions(node: Node, body: dict[int, Node]) -> list[Node]:
+def stage_reductions(node: Node, body: Collection[Node]) -> list[Node]:
     """The reductions of a kernel body that `node` is computed from."""
     found, stack, seen = [], [node], set()
     while stack:
         n = stack.pop()
-        if id(n) in seen or id(n) not in body:
+        if n in seen or n not in body:
             continue
-        seen.add(id(n))
+        seen.add(n)
         if is_reduction(n):
             found.append(n)
             continue
@@ -130,15 +130,15 @@ def segments(kernel: Kernel) -> list[tuple[tuple[int, ...], list[Node]]]:
 def _contraction_stages(kernel: Kernel) -> list[tuple[tuple[int, ...], list[Node]]]:
     """A contraction's elementwise epilogue at the product's index, then its reduction
     stages, in the order codegen emits them."""
-    body = {id(n): n for n in kernel.nodes}
+    body = set(kernel.nodes)
     mm = product_of(kernel)
-    stages: dict[int, list[Node]] = {id(mm): []}
+    stages: dict[Node, list[Node]] = {mm: []}
     for o in kernel.outputs:
         if o is not mm:
             found = stage_reductions(o, body)
-            stages.setdefault(id(found[0]) if found else id(mm), []).append(o)
-    anchors = [mm, *(n for n in kernel.nodes if is_reduction(n) and id(n) in stages)]
-    return [(a.shape, stages[id(a)]) for a in anchors]
+            stages.setdefault(found[0] if found else mm, []).append(o)
+    anchors = [mm, *(n for n in kernel.nodes if is_reduction(n) and n in stages)]
+    return [(a.shape, stages[a]) for a in anchors]
 
 
 @dataclass(frozen=True, eq=False)
@@ -179,32 +179,32 @@ def loop_stages(kernel: Kernel) -> list[tuple[tuple[int, ...], list[Node]]]:
     return form_of(kernel).stages(kernel)
 
 
-def identity_reads(kernel: Kernel) -> dict[int, tuple[int, bool]]:
-    """Input id -> (last stage reading it, read only at that loop's index), for loop kernels
+def identity_reads(kernel: Kernel) -> dict[Node, tuple[int, bool]]:
+    """Input -> (last stage reading it, read only at that loop's index), for loop kernels
     and contraction epilogues. Mirrors the code generator: a later loop reads the outputs of
     earlier ones from memory."""
-    inside = {id(n) for n in kernel.nodes}
-    result: dict[int, tuple[int, bool]] = {}
-    stored: set[int] = {id(n) for n in kernel.nodes if is_contraction(n)}
+    inside = set(kernel.nodes)
+    result: dict[Node, tuple[int, bool]] = {}
+    stored: set[Node] = {n for n in kernel.nodes if is_contraction(n)}
     for s, (shape, outputs) in enumerate(loop_stages(kernel)):
         stack = [(o, True) for o in outputs]
         seen = set()
         while stack:
             node, clean = stack.pop()
-            if (id(node), clean) in seen:
+            if (node, clean) in seen:
                 continue
-            seen.add((id(node), clean))
+            seen.add((node, clean))
             for x in node.inputs:
                 step = clean and identity_step(node) and node.type.size == prod(shape)
-                if id(x) in inside and id(x) not in stored:
+                if x in inside and x not in stored:
                     stack.append((x, step))
-                elif id(x) not in inside:
+                elif x not in inside:
                     ok = step and x.type.size == prod(shape)
-                    previous = result.get(id(x))
+                    previous = result.get(x)
                     if previous is not None and previous[0] == s:
                         ok = ok and previous[1]
-                    result[id(x)] = (s, ok)
-        stored |= {id(o) for o in outputs}
+                    result[x] = (s, ok)
+        stored.update(outputs)
     return result
 
 
@@ -214,9 +214,9 @@ def identity_reads(kernel: Kernel) -> dict[int, tuple[int, bool]]:
 def kernel_name(form: str, nodes, inputs, outputs) -> str:
     """`fused_<ops>[<user names>]`: what the kernel computes and whose values it touches."""
     ops: list[str] = []
-    hidden = {id(n.inputs[0]) for n in nodes if relu_input(n) is not None}  # its x > 0
+    hidden = {n.inputs[0] for n in nodes if relu_input(n) is not None}  # its x > 0
     for n in nodes:
-        if is_layout(n) or is_source(n) or id(n) in hidden or not opdef(n).in_names:
+        if is_layout(n) or is_source(n) or n in hidden or not opdef(n).in_names:
             continue
         op = "relu" if relu_input(n) is not None else n.op
         if op not in ops:

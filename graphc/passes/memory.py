@@ -67,82 +67,80 @@ class Buffer:
 class Plan:
     """Each value's location, the arena's buffers, and its size next to two bounds."""
 
-    locations: dict[int, Location]
+    locations: dict[Node, Location]
     slots: list[Slot] = field(default_factory=list)
     arena_bytes: int = 0
     naive_bytes: int = 0
     lower_bound_bytes: int = 0
-    # id(param) -> arena offset of a copy taken before any update is written: the update
+    # param -> arena offset of a copy taken before any update is written: the update
     # value of another parameter that is itself updated (updates={a: b, b: a} must swap)
-    staging: dict[int, int] = field(default_factory=dict)
+    staging: dict[Node, int] = field(default_factory=dict)
     buffers: list[Buffer] = field(default_factory=list)  # by offset
 
     def location(self, node: Node) -> Location:
-        return self.locations[id(node)]
+        return self.locations[node]
 
 
 def plan_memory(graph: Graph, kernels: list[Kernel]) -> Plan:
     """Assign every kernel output a location; arena buffers reuse memory across lifetimes."""
-    locations: dict[int, Location] = {}
+    locations: dict[Node, Location] = {}
     for i, node in enumerate(graph.inputs):
-        locations[id(node)] = Location("input", i)
+        locations[node] = Location("input", i)
     for i, node in enumerate(graph.params):
-        locations[id(node)] = Location("param", i)
+        locations[node] = Location("param", i)
     for node in graph.nodes:
         if is_const(node):
-            locations[id(node)] = Location("const", 0)
-    produced = {id(n): k for k, kernel in enumerate(kernels) for n in kernel.outputs}
+            locations[node] = Location("const", 0)
+    produced = {n: k for k, kernel in enumerate(kernels) for n in kernel.outputs}
     for i, node in enumerate(graph.outputs):
-        if id(node) in produced and id(node) not in locations:
-            locations[id(node)] = Location("output", i)
+        if node in produced and node not in locations:
+            locations[node] = Location("output", i)
 
     end = len(kernels)
-    last_use: dict[int, int] = {}
+    last_use: dict[Node, int] = {}
     for k, kernel in enumerate(kernels):
         for x in kernel.inputs:
-            last_use[id(x)] = k
+            last_use[x] = k
     for node in (*graph.outputs, *(v for _, v in graph.updates)):
-        last_use[id(node)] = end
+        last_use[node] = end
     reads = [identity_reads(kernel) for kernel in kernels]
     _update_in_place(graph, kernels, produced, last_use, reads, locations)
 
     # buffers: values sharing bytes, a loop kernel's output over an input that dies there
     buffers: list[Buffer] = []
-    buffer_of: dict[int, Buffer] = {}
+    buffer_of: dict[Node, Buffer] = {}
     for k, kernel in enumerate(kernels):
-        claimed: set[int] = set()
+        claimed: set[Node] = set()
         for node in kernel.outputs:
-            if id(node) in locations:
+            if node in locations:
                 continue
-            stop = last_use.get(id(node), k)
+            stop = last_use.get(node, k)
             host = _in_place_host(kernel, node, reads[k], k, last_use, buffer_of, claimed)
             if host is not None:
-                claimed.add(id(host))
-                buffer = buffer_of[id(host)]
+                claimed.add(host)
+                buffer = buffer_of[host]
                 buffer.values.append(node)
                 buffer.end = max(buffer.end, stop)
             else:
                 buffer = Buffer([node], k, stop, aligned(node.type.nbytes))
                 buffers.append(buffer)
-            buffer_of[id(node)] = buffer
-    targets = {id(p) for p, _ in graph.updates}
-    staged = {id(v): v for p, v in graph.updates if v is not p and id(v) in targets}
-    for node in staged.values():
+            buffer_of[node] = buffer
+    targets = {p for p, _ in graph.updates}
+    staged = dict.fromkeys(v for p, v in graph.updates if v is not p and v in targets)
+    for node in staged:
         buffers.append(Buffer([node], end, end, aligned(node.type.nbytes), staged=True))
 
     _place(buffers)
-    staging: dict[int, int] = {}
+    staging: dict[Node, int] = {}
     slots = []
     for buffer in buffers:
         for node in buffer.values:
             if buffer.staged:
-                staging[id(node)] = buffer.offset
+                staging[node] = buffer.offset
             else:
-                locations[id(node)] = Location("arena", buffer.offset)
-            start = produced.get(id(node), end)
-            slots.append(
-                Slot(node, buffer.offset, buffer.nbytes, start, last_use.get(id(node), start))
-            )
+                locations[node] = Location("arena", buffer.offset)
+            start = produced.get(node, end)
+            slots.append(Slot(node, buffer.offset, buffer.nbytes, start, last_use.get(node, start)))
     plan = Plan(locations, sorted(slots, key=lambda s: (s.start, s.offset)), staging=staging)
     plan.buffers = sorted(buffers, key=lambda b: (b.offset, b.start))
     plan.arena_bytes = max((b.offset + b.nbytes for b in buffers), default=0)
@@ -151,7 +149,7 @@ def plan_memory(graph: Graph, kernels: list[Kernel]) -> Plan:
         aligned(n.type.nbytes)
         for kernel in kernels
         for n in kernel.outputs
-        if locations[id(n)].kind in ("arena", "param")
+        if locations[n].kind in ("arena", "param")
     )
     plan.lower_bound_bytes = max(
         (sum(b.nbytes for b in buffers if b.start <= k <= b.end) for k in range(end + 1)),
@@ -167,11 +165,11 @@ def _in_place_host(kernel, node, reads, k, last_use, buffer_of, claimed):
         return None
     segment = next(i for i, (_, outs) in enumerate(segments(kernel)) if node in outs)
     for x in kernel.inputs:
-        read = reads.get(id(x))
+        read = reads.get(x)
         if (
-            id(x) in buffer_of
-            and id(x) not in claimed
-            and last_use.get(id(x)) == k
+            x in buffer_of
+            and x not in claimed
+            and last_use.get(x) == k
             and aligned(x.type.nbytes) == aligned(node.type.nbytes)
             and x.type.nbytes == node.type.nbytes
             and read == (segment, True)
@@ -182,14 +180,14 @@ def _in_place_host(kernel, node, reads, k, last_use, buffer_of, claimed):
 
 def _update_in_place(graph, kernels, produced, last_use, reads, locations) -> None:
     """Write a new param value straight into the param once no kernel reads the old one."""
-    param_index = {id(p): i for i, p in enumerate(graph.params)}
-    values = [id(v) for _, v in graph.updates]
-    at_end = {id(n) for n in graph.outputs} | set(values)
+    param_index = {p: i for i, p in enumerate(graph.params)}
+    values = [v for _, v in graph.updates]
+    at_end = {*graph.outputs, *values}
     for target, value in graph.updates:
-        k = produced.get(id(value))
-        if k is None or id(value) in locations or values.count(id(value)) > 1:
+        k = produced.get(value)
+        if k is None or value in locations or values.count(value) > 1:
             continue
-        if id(target) in at_end or last_use.get(id(target), -1) > k:
+        if target in at_end or last_use.get(target, -1) > k:
             continue
         if target in kernels[k].inputs:
             kernel = kernels[k]
@@ -202,10 +200,10 @@ def _update_in_place(graph, kernels, produced, last_use, reads, locations) -> No
             segment = next((i for i, (_, outs) in enumerate(stages) if value in outs), None)
             if segment is None:
                 continue  # the product itself (w <- w @ w): the matmul reads all of the old w
-            read_segment, identity = reads[k].get(id(target), (segment, True))
+            read_segment, identity = reads[k].get(target, (segment, True))
             if read_segment > segment or (read_segment == segment and not identity):
                 continue
-        locations[id(value)] = Location("param", param_index[id(target)])
+        locations[value] = Location("param", param_index[target])
 
 
 def _place(buffers: list[Buffer]) -> None:
@@ -240,7 +238,7 @@ def format_plan(plan: Plan, kernels: list[Kernel]) -> str:
         )
     for kernel in kernels:
         for out in kernel.outputs:
-            where = plan.locations.get(id(out))
+            where = plan.locations.get(out)
             if where is not None and where.kind == "param":
                 lines.append(
                     f"{'param':<8} {'':>10} {out.type.nbytes:>10}  {'in place':<10} "
