@@ -75,17 +75,17 @@ from graphc.passes.kernels import (
 # ---- step 1: stored values and their trees ------------------------------------------------------
 
 
-def tree(root: Node, stored: set[int]) -> tuple[list[Node], list[Node]]:
+def tree(root: Node, stored: set[Node]) -> tuple[list[Node], list[Node]]:
     """(body, leaves) of a stored value: it and the light producers it inlines, inputs first."""
-    body, leaves, seen = [], [], {id(root)}
+    body, leaves, seen = [], [], {root}
     stack = [(root, iter(root.inputs))]
     while stack:
         node, pending = stack[-1]
         for x in pending:
-            if id(x) in seen:
+            if x in seen:
                 continue
-            seen.add(id(x))
-            if is_source(x) or id(x) in stored:
+            seen.add(x)
+            if is_source(x) or x in stored:
                 leaves.append(x)
             else:
                 stack.append((x, iter(x.inputs)))
@@ -96,29 +96,29 @@ def tree(root: Node, stored: set[int]) -> tuple[list[Node], list[Node]]:
     return body, leaves
 
 
-def _forced(graph: Graph) -> set[int]:
+def _forced(graph: Graph) -> set[Node]:
     """Values that must be stored whatever the grouping."""
-    stored = {id(n) for n in (*graph.outputs, *(v for _, v in graph.updates)) if not is_source(n)}
+    stored = {n for n in (*graph.outputs, *(v for _, v in graph.updates)) if not is_source(n)}
     for node in graph.nodes:
         if is_anchor(node):
-            stored.add(id(node))
+            stored.add(node)
         if is_contraction(node):
             for operand in node.inputs:
                 base = operand
                 while is_affine(base):
                     base = base.inputs[0]
                 if not is_source(base):
-                    stored.add(id(base) if not is_layout(base) else id(operand))
+                    stored.add(base if not is_layout(base) else operand)
     return stored
 
 
-def _capped(graph: Graph, stored: set[int]) -> set[int]:
+def _capped(graph: Graph, stored: set[Node]) -> set[Node]:
     """`stored` plus the values that keep every tree within MAX_BODY_COST: in topological
     order, a value whose tree would cost more stores its inlined inputs (below index maps,
     which are never stored), so its tree is itself plus index maps."""
 
     def inlined(x: Node) -> bool:
-        return id(x) not in stored and not is_source(x)
+        return x not in stored and not is_source(x)
 
     def store_below(x: Node) -> None:
         stack = [x]
@@ -128,54 +128,54 @@ def _capped(graph: Graph, stored: set[int]) -> set[int]:
                 if is_layout(n):
                     stack.extend(n.inputs)
                 else:
-                    stored.add(id(n))
+                    stored.add(n)
 
-    cost = {id(n): op_cost(n) for n in graph.nodes}
-    bodies: dict[int, set[int]] = {}  # a tree's nodes (an upper bound once values below are cut)
+    cost = {n: op_cost(n) for n in graph.nodes}
+    bodies: dict[Node, set[Node]] = {}  # a tree's nodes (an upper bound once values below are cut)
     for v in graph.nodes:
         if is_source(v):
             continue
-        body = {id(v)}.union(*(bodies[id(x)] for x in v.inputs if inlined(x)))
+        body = {v}.union(*(bodies[x] for x in v.inputs if inlined(x)))
         if sum(map(cost.__getitem__, body)) > MAX_BODY_COST:
             for x in v.inputs:
                 store_below(x)
-            body = {id(n) for n in tree(v, stored)[0]}  # v and index maps down to leaves
-        bodies[id(v)] = body
+            body = set(tree(v, stored)[0])  # v and index maps down to leaves
+        bodies[v] = body
     return stored
 
 
-def stored_values(graph: Graph) -> set[int]:
-    """Ids of the values kept in memory (or at least computed once per kernel)."""
+def stored_values(graph: Graph) -> set[Node]:
+    """The values kept in memory (or at least computed once per kernel)."""
     stored = _capped(graph, _forced(graph))
     while True:
-        owners: dict[int, set[int]] = {}
-        expanded: set[int] = set()
+        owners: dict[Node, set[Node]] = {}
+        expanded: set[Node] = set()
         for node in graph.nodes:
-            if id(node) not in stored:
+            if node not in stored:
                 continue
             body, _ = tree(node, stored)
             for n in body:
-                owners.setdefault(id(n), set()).add(id(node))
+                owners.setdefault(n, set()).add(node)
                 if is_broadcast(n) and n.type.size >= 4 * n.inputs[0].type.size:
-                    expanded.add(id(n.inputs[0]))
+                    expanded.add(n.inputs[0])
         chosen = None  # the last candidate: the cut nearest the consumers (a bool mask, not
         for node in reversed(graph.nodes):  # the pre-activation it is computed from)
-            if id(node) in stored or not is_light(node) or is_layout(node):
+            if node in stored or not is_light(node) or is_layout(node):
                 continue
-            shared = len(owners.get(id(node), ())) >= 2
-            if not shared and id(node) not in expanded:
+            shared = len(owners.get(node, ())) >= 2
+            if not shared and node not in expanded:
                 continue  # cheap test first: the tree walk below makes this loop quadratic
             body, leaves = tree(node, stored)
             anchored = any(is_anchor(x) for x in leaves)
             costly = anchored or any(is_expensive(n) for n in body)
             if (shared and (is_expensive(node) or anchored)) or (
-                id(node) in expanded and node.type.size > 1 and costly
+                node in expanded and node.type.size > 1 and costly
             ):
                 chosen = node
                 break
         if chosen is None:
             return stored
-        stored.add(id(chosen))
+        stored.add(chosen)
 
 
 # ---- steps 2 and 3: groups (horizontal fusion is `horizontal`) ----------------------------------
@@ -192,18 +192,18 @@ class Group:
         return self.anchors[0] if self.form.has_product else None
 
 
-def _paths_to(root: Node, targets: set[int], allowed, bodies) -> bool:
+def _paths_to(root: Node, targets: set[Node], allowed, bodies) -> bool:
     """Whether every path inside `root`'s tree from `root` to a target passes `allowed` nodes."""
-    seen: set[tuple[int, bool]] = set()  # (node, clean) pairs walked: a DAG has many paths
+    seen: set[tuple[Node, bool]] = set()  # (node, clean) pairs walked: a DAG has many paths
     stack = [(root, allowed(root))]
     while stack:
         node, clean = stack.pop()
         for x in node.inputs:
-            if id(x) in targets:
+            if x in targets:
                 if not clean:
                     return False
-            elif id(x) in bodies and (id(x), clean) not in seen:
-                seen.add((id(x), clean))
+            elif x in bodies and (x, clean) not in seen:
+                seen.add((x, clean))
                 stack.append((x, clean and allowed(x)))
     return True
 
@@ -234,64 +234,64 @@ def _row_preserving(rows, length):
 
 
 class _Grouping:
-    def __init__(self, graph: Graph, stored: set[int]):
+    def __init__(self, graph: Graph, stored: set[Node]):
         self.graph = graph
-        self.position = {id(n): i for i, n in enumerate(graph.nodes)}
-        self.members = [n for n in graph.nodes if id(n) in stored]
-        self.trees = {id(m): tree(m, stored) for m in self.members}
-        self.group_of: dict[int, Group] = {}
+        self.position = {n: i for i, n in enumerate(graph.nodes)}
+        self.members = [n for n in graph.nodes if n in stored]
+        self.trees = {m: tree(m, stored) for m in self.members}
+        self.group_of: dict[Node, Group] = {}
         self.groups: list[Group] = []
 
     # -- the kernel graph --
     def preds(self, group: Group) -> set[Group]:
         result = set()
         for m in group.members:
-            for leaf in self.trees[id(m)][1]:
-                other = self.group_of.get(id(leaf))
+            for leaf in self.trees[m][1]:
+                other = self.group_of.get(leaf)
                 if other is not None and other is not group:
                     result.add(other)
         return result
 
-    def succs(self) -> dict[int, set[Group]]:
-        result = {id(g): set() for g in self.groups}
+    def succs(self) -> dict[Group, set[Group]]:
+        result = {g: set() for g in self.groups}
         for g in self.groups:
             for p in self.preds(g):
-                result[id(p)].add(g)
+                result[p].add(g)
         return result
 
     def mergeable(self, a: Group, b: Group) -> bool:
         """No path between a and b through a third group (the merge keeps the graph acyclic)."""
         succs = self.succs()
         for start, goal in ((a, b), (b, a)):
-            frontier = [g for g in succs[id(start)] if g is not goal]
-            seen = {id(g) for g in frontier}
+            frontier = [g for g in succs[start] if g is not goal]
+            seen = set(frontier)
             while frontier:
                 g = frontier.pop()
                 if g is goal:
                     return False
-                for h in succs[id(g)]:
+                for h in succs[g]:
                     if h is goal:
                         return False
-                    if id(h) not in seen:
-                        seen.add(id(h))
+                    if h not in seen:
+                        seen.add(h)
                         frontier.append(h)
         return True
 
     def fits(self, a: Group, b: Group) -> bool:
         """Whether a and b as one kernel keep its body within MAX_BODY_COST per element."""
-        body = {id(n): n for g in (a, b) for m in g.members for n in self.trees[id(m)][0]}
-        return sum(map(op_cost, body.values())) <= MAX_BODY_COST
+        body = {n for g in (a, b) for m in g.members for n in self.trees[m][0]}
+        return sum(map(op_cost, body)) <= MAX_BODY_COST
 
     def merge(self, into: Group, other: Group) -> None:
-        into.members = sorted(into.members + other.members, key=lambda n: self.position[id(n)])
+        into.members = sorted(into.members + other.members, key=lambda n: self.position[n])
         into.anchors += other.anchors
         for m in other.members:
-            self.group_of[id(m)] = into
+            self.group_of[m] = into
         self.groups.remove(other)
 
     # -- the rules --
-    def body_ids(self, m: Node) -> set[int]:
-        return {id(n) for n in self.trees[id(m)][0]}
+    def body(self, m: Node) -> set[Node]:
+        return set(self.trees[m][0])
 
     def join_rule(self, m: Node, p: Group) -> KernelForm | None:
         """The form `p` takes when `m` joins it, or None when they do not fuse."""
@@ -301,19 +301,17 @@ class _Grouping:
         """m is light, reads p's members at its own index and only through elementwise ops."""
         if not is_light(m):
             return False
-        targets = {id(x) for x in p.members}
-        read = [x for x in self.trees[id(m)][1] if id(x) in targets]
+        targets = set(p.members)
+        read = [x for x in self.trees[m][1] if x in targets]
         return all(x.shape == m.shape for x in read) and _paths_to(
-            m, targets, is_elementwise, self.body_ids(m)
+            m, targets, is_elementwise, self.body(m)
         )
 
     def joins_contraction(self, m: Node, p: Group) -> bool:
         """m is an epilogue at the product's (or a fused reduction's) index, or a reduction
         of the product's domain other than over its rows."""
-        product, bodies = p.product, self.body_ids(m)
-        stage = {id(product)} | {
-            id(x) for x in p.members if is_light(x) and not self.reads_reduction(x, p)
-        }
+        product, bodies = p.product, self.body(m)
+        stage = {product} | {x for x in p.members if is_light(x) and not self.reads_reduction(x, p)}
         if is_light(m) and m.type.size == product.type.size:
             if _paths_to(m, stage, identity_step, bodies) and not self.reads(m, p, stage):
                 return True
@@ -324,9 +322,7 @@ class _Grouping:
         # a reduction over the product's rows belongs to a row-wise kernel (softmax)
         if accumulates(m) and m.inputs[0].shape == product.shape and not _rowwise_shape(m):
             x = m.inputs[0]
-            direct = id(x) in stage or (
-                id(x) in bodies and _paths_to(x, stage, identity_step, bodies)
-            )
+            direct = x in stage or (x in bodies and _paths_to(x, stage, identity_step, bodies))
             if direct and not self.reads(m, p, stage):
                 return True
         return False
@@ -341,40 +337,38 @@ class _Grouping:
             return False
         if not is_light(m) and _rowwise_shape(m) != shape:
             return False
-        targets = {id(x) for x in p.members}
-        return _paths_to(m, targets, _row_preserving(rows, length), self.body_ids(m))
+        targets = set(p.members)
+        return _paths_to(m, targets, _row_preserving(rows, length), self.body(m))
 
-    def reads(self, m: Node, group: Group, allowed: set[int]) -> bool:
+    def reads(self, m: Node, group: Group, allowed: set[Node]) -> bool:
         """Whether m's tree reads a member of `group` outside `allowed`."""
-        return any(
-            self.group_of.get(id(x)) is group and id(x) not in allowed for x in self.trees[id(m)][1]
-        )
+        return any(self.group_of.get(x) is group and x not in allowed for x in self.trees[m][1])
 
     def reads_reduction(self, x: Node, group: Group) -> bool:
         """Whether member x of `group` is computed from one of its reductions."""
-        anchors = {id(a) for a in group.anchors[1:]}
+        anchors = set(group.anchors[1:])
         stack, seen = [x], set()
         while stack:
             n = stack.pop()
-            for leaf in self.trees[id(n)][1]:
-                if id(leaf) in anchors:
+            for leaf in self.trees[n][1]:
+                if leaf in anchors:
                     return True
-                if self.group_of.get(id(leaf)) is group and id(leaf) not in seen and is_light(leaf):
-                    seen.add(id(leaf))
+                if self.group_of.get(leaf) is group and leaf not in seen and is_light(leaf):
+                    seen.add(leaf)
                     stack.append(leaf)
         return False
 
     def reduction_epilogue(self, m: Node, r: Node, group: Group) -> bool:
         """m reads reduction r (and r's epilogue) at r's index, and nothing else of `group`."""
-        stage = {id(r)} | {
-            id(x)
+        stage = {r} | {
+            x
             for x in group.members
             if is_light(x) and x.type.size == r.type.size and self.depends_on(x, r)
         }
-        reads_r = any(id(x) in stage for x in self.trees[id(m)][1])
+        reads_r = any(x in stage for x in self.trees[m][1])
         return (
             reads_r
-            and _paths_to(m, stage, identity_step, self.body_ids(m))
+            and _paths_to(m, stage, identity_step, self.body(m))
             and not self.reads(m, group, stage)
         )
 
@@ -382,11 +376,11 @@ class _Grouping:
         stack, seen = [x], set()
         while stack:
             n = stack.pop()
-            for leaf in self.trees[id(n)][1]:
+            for leaf in self.trees[n][1]:
                 if leaf is r:
                     return True
-                if id(leaf) in self.trees and id(leaf) not in seen and is_light(leaf):
-                    seen.add(id(leaf))
+                if leaf in self.trees and leaf not in seen and is_light(leaf):
+                    seen.add(leaf)
                     stack.append(leaf)
         return False
 
@@ -395,12 +389,12 @@ class _Grouping:
         for m in self.members:
             form = CONTRACTION if is_contraction(m) else REDUCTION if is_anchor(m) else LOOP
             group = Group([m], form, [m] if is_anchor(m) else [])
-            self.group_of[id(m)] = group
+            self.group_of[m] = group
             self.groups.append(group)
             if not opdef(m).fuses_inputs:
                 continue
             candidates = sorted(
-                self.preds(group), key=lambda g: -max(self.position[id(x)] for x in g.members)
+                self.preds(group), key=lambda g: -max(self.position[x] for x in g.members)
             )
             for producer in candidates:
                 if producer.form is LOOP and group.form is not LOOP:
@@ -487,15 +481,15 @@ JOINS = {
 def _schedule(grouping: _Grouping) -> list[Group]:
     """Groups in a topological order of the kernel graph, earliest members first."""
     pos = grouping.position
-    preds = {id(g): grouping.preds(g) for g in grouping.groups}
-    done: set[int] = set()
+    preds = {g: grouping.preds(g) for g in grouping.groups}
+    done: set[Group] = set()
     order = []
-    pending = sorted(grouping.groups, key=lambda g: pos[id(g.members[-1])])
+    pending = sorted(grouping.groups, key=lambda g: pos[g.members[-1]])
     while pending:
         for g in pending:
-            if all(id(p) in done for p in preds[id(g)]):
+            if all(p in done for p in preds[g]):
                 order.append(g)
-                done.add(id(g))
+                done.add(g)
                 pending.remove(g)
                 break
     return order
@@ -507,24 +501,24 @@ def fuse(graph: Graph) -> list[Kernel]:
     grouping.run()
     order = _schedule(grouping)
     pos = grouping.position
-    needed = {id(n) for n in (*graph.outputs, *(v for _, v in graph.updates))}
+    needed = {*graph.outputs, *(v for _, v in graph.updates)}
     for g in order:
         for m in g.members:
-            for leaf in grouping.trees[id(m)][1]:
-                if grouping.group_of.get(id(leaf)) is not g:
-                    needed.add(id(leaf))
+            for leaf in grouping.trees[m][1]:
+                if grouping.group_of.get(leaf) is not g:
+                    needed.add(leaf)
     kernels, names = [], {}
     for g in order:
-        member_ids = {id(m) for m in g.members}
-        body = {id(n): n for m in g.members for n in grouping.trees[id(m)][0]}
-        leaves = {
-            id(x): x for m in g.members for x in grouping.trees[id(m)][1] if id(x) not in member_ids
-        }
-        outputs = [m for m in g.members if id(m) in needed]
+        members = set(g.members)
+        body = {n for m in g.members for n in grouping.trees[m][0]}
+        leaves = dict.fromkeys(
+            x for m in g.members for x in grouping.trees[m][1] if x not in members
+        )
+        outputs = [m for m in g.members if m in needed]
         if g.form.has_product:
             outputs = _contraction_outputs(g, outputs, body)
-        nodes = sorted(body.values(), key=lambda n: pos[id(n)])
-        inputs = sorted(leaves.values(), key=lambda n: pos.get(id(n), -1))
+        nodes = sorted(body, key=pos.__getitem__)
+        inputs = sorted(leaves, key=lambda n: pos.get(n, -1))
         label = kernel_name(g.form.name, nodes, inputs, outputs)
         count = names.get(label, 0)
         names[label] = count + 1
@@ -533,14 +527,14 @@ def fuse(graph: Graph) -> list[Kernel]:
     return kernels
 
 
-def _contraction_outputs(g: Group, outputs: list[Node], body: dict[int, Node]) -> list[Node]:
+def _contraction_outputs(g: Group, outputs: list[Node], body: set[Node]) -> list[Node]:
     """The product is stored when a reduction stage recomputes from it or no output can host it."""
     product = g.product
     if product in outputs:
         return outputs
     stage = [o for o in outputs if not stage_reductions(o, body)]
     hosts = [o for o in stage if o.type.nbytes == product.type.nbytes and o.dtype == product.dtype]
-    stored = {id(o) for o in stage}
+    stored = set(stage)
     needs = False
     for r in g.anchors[1:]:
         stack, seen = [r.inputs[0]], set()
@@ -548,8 +542,8 @@ def _contraction_outputs(g: Group, outputs: list[Node], body: dict[int, Node]) -
             n = stack.pop()
             if n is product:
                 needs = True
-            elif id(n) in body and id(n) not in stored and id(n) not in seen:
-                seen.add(id(n))
+            elif n in body and n not in stored and n not in seen:
+                seen.add(n)
                 stack.extend(n.inputs)
     if needs or not hosts:
         return [product, *outputs]
