@@ -1,3 +1,5 @@
+# Over 500 lines on purpose: the three steps share `tree` and the docstring's algorithm, which
+# reads top to bottom; the op classes and kernel forms are in passes/kernels.py.
 """Fusion: group the nodes of a graph into kernels (DESIGN §4).
 
 Decisions are comparisons of the ops' ordered fusion kinds (ir/ops.py `Kind`): ELEMWISE,
@@ -346,17 +348,8 @@ class _Grouping:
 
     def reads_reduction(self, x: Node, group: Group) -> bool:
         """Whether member x of `group` is computed from one of its reductions."""
-        anchors = set(group.anchors[1:])
-        stack, seen = [x], set()
-        while stack:
-            n = stack.pop()
-            for leaf in self.trees[n][1]:
-                if leaf in anchors:
-                    return True
-                if self.group_of.get(leaf) is group and leaf not in seen and is_light(leaf):
-                    seen.add(leaf)
-                    stack.append(leaf)
-        return False
+        within = lambda leaf: self.group_of.get(leaf) is group  # noqa: E731
+        return self.reaches(x, set(group.anchors[1:]), within)
 
     def reduction_epilogue(self, m: Node, r: Node, group: Group) -> bool:
         """m reads reduction r (and r's epilogue) at r's index, and nothing else of `group`."""
@@ -373,13 +366,19 @@ class _Grouping:
         )
 
     def depends_on(self, x: Node, r: Node) -> bool:
+        """Whether stored value x is computed from r."""
+        return self.reaches(x, {r}, self.trees.__contains__)
+
+    def reaches(self, x: Node, targets: set[Node], within) -> bool:
+        """Whether x's tree reads one of `targets`, directly or through the trees of the light
+        stored values it reads that `within` admits."""
         stack, seen = [x], set()
         while stack:
             n = stack.pop()
             for leaf in self.trees[n][1]:
-                if leaf is r:
+                if leaf in targets:
                     return True
-                if leaf in self.trees and leaf not in seen and is_light(leaf):
+                if within(leaf) and leaf not in seen and is_light(leaf):
                     seen.add(leaf)
                     stack.append(leaf)
         return False
