@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 import graphc as gc
-from graphc.codegen import parallel
+from graphc.codegen import parallel, split
 from graphc.errors import CompileError
 from graphc.runtime import aot, jit
 
@@ -68,11 +68,11 @@ def test_thread_count_from_environment(monkeypatch):
 
 
 def test_chunks_cover_the_rows_once():
-    assert parallel.chunks(10, 2) == ((0, 5), (5, 10))
-    assert parallel.chunks(100, 2, unit=64) == ((0, 64), (64, 100))
-    assert parallel.chunks(7, 3) == ((0, 3), (3, 6), (6, 7))
+    assert split.chunks(10, 2) == ((0, 5), (5, 10))
+    assert split.chunks(100, 2, unit=64) == ((0, 64), (64, 100))
+    assert split.chunks(7, 3) == ((0, 3), (3, 6), (6, 7))
     for rows, threads, unit in [(1000003, 2, 64), (301, 2, 12), (5, 8, 1), (97, 3, 4)]:
-        cut = parallel.chunks(rows, threads, unit)
+        cut = split.chunks(rows, threads, unit)
         assert len(cut) <= threads and cut[0][0] == 0 and cut[-1][1] == rows
         assert all(e0 == s1 for (_, e0), (s1, _) in zip(cut, cut[1:]))
         assert all((e - s) % unit == 0 for s, e in cut[:-1])

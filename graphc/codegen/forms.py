@@ -32,14 +32,9 @@ from graphc.codegen.kernel import (
     keep_out_of_line,
     strides_of,
 )
-from graphc.codegen.matmul import Operand, define_matmul, takes_row_count, tile_rows
-from graphc.codegen.parallel import (
-    MATMUL_THRESHOLD_NS,
-    Split,
-    matmul_work,
-    split_rows,
-    work_of,
-)
+from graphc.codegen.matmul import define_matmul
+from graphc.codegen.split import MATMUL_THRESHOLD_NS, Split, matmul_work, split_rows, work_of
+from graphc.codegen.tiling import Operand, takes_row_count, tile_rows
 from graphc.errors import CompileError
 from graphc.ir.graph import Node
 from graphc.ir.ops import opdef
@@ -422,7 +417,7 @@ def _stages(k, stages) -> None:
             reduce_stage(k, n, stages[n])
 
 
-# ---- threads (codegen/parallel.py) ----
+# ---- threads (codegen/split.py) ----
 
 
 def _split_loop(k) -> Split | None:

@@ -24,7 +24,7 @@ import numpy as np
 from llvmlite import ir
 
 from graphc.codegen.emitter import MEMORY_TYPES, REGISTER_TYPES, Emitter
-from graphc.codegen.parallel import Split
+from graphc.codegen.split import Split
 from graphc.codegen.target import Target, host
 from graphc.errors import CompileError
 from graphc.ir.graph import Kernel, Node

@@ -1,3 +1,5 @@
+# Over 500 lines on purpose: loops, packing and micro-kernels share one `_Emitter` and its
+# state; what to emit (path, tile, packing) is chosen in codegen/tiling.py.
 """Matmul kernels generated for static shapes: register tiles, packing, cache blocking.
 
 `define_matmul` emits one LLVM function for one (batch, m, n, k, dtype, strides) contraction.
@@ -5,6 +7,7 @@ Every shape is a compile-time constant, so the loop nest, the remainder tiles an
 decisions are fixed in Python and no runtime shape check exists in the emitted code. The one
 exception is the row count of a split product's chunks (`rows=`): there m is a run-time
 argument, one of a few known values, and each remainder tile they need is emitted once.
+Which path, tile, blocking and packing a product gets is chosen in codegen/tiling.py.
 
 Float kernels follow the BLIS/GotoBLAS structure::
 
@@ -23,46 +26,20 @@ Float kernels follow the BLIS/GotoBLAS structure::
         ...                  ...       ...
         A[5,kk] broadcast -> acc50     acc51              12 accumulators in registers
 
-The tile follows the target (codegen/target.py): NR is two of its widest vectors and MR the
-rows whose accumulators fit its vector registers beside two B vectors and a broadcast,
-MR = (registers - 4) / 2: 6 rows on AVX2 (16 ymm), 14 rows of two zmm vectors on AVX-512
-(32 zmm: 28 accumulators; BLIS's Skylake-X dgemm kernel is the same 14 x 16). A C narrower
-than one vector takes a single vector column of registers - 4 rows.
-
 The accumulators are loop-carried SSA values (phis), so they live in registers and C is
 touched once per tile and KC block. Remainder rows and columns get their own, narrower tile
 (a partial last vector is stored element by element) -- emitted once per remainder, never
 checked at run time. Operands are read through strides, so a transposed A costs nothing and
-a transposed B (column stride != 1) is gathered while packing. When n is narrower than one
-vector and m is wider, the problem is computed transposed (C^T = B^T A^T) so that the
-vector lanes run along m.
+a transposed B (column stride != 1) is gathered while packing.
 
-Packing is done only where it was measured to pay: B when it is reused by several row tiles
-and its in-place reads would be a gather (column stride != 1) or rows >= 2 KiB apart (n >= 512
-f32: +25%; at n = 256 it cost up to 10%); A only when its rows are >= 4 KiB apart and it is
-large. Packing buffers are `alloca`s sized by the blocking parameters (B: KC*NC = 256 KiB,
+Packing buffers are `alloca`s sized by the blocking parameters (B: KC*NC = 256 KiB,
 A: MC*KC = 144 KiB), so every function is reentrant and allocates nothing, but needs up to
 400 KiB of stack: fine on Linux's 8 MiB default thread stacks, not on tiny custom ones.
 
-Matrix-vector products with A rows and B columns contiguous (n <= 2) use a dot-product
-kernel instead: 4 rows x 2 vectors along k, then a horizontal sum. Integer dtypes use a plain
-loop nest (LLVM vectorizes what it can). `tiling=` overrides the choice (tests use it to run
-every blocking path on small shapes).
-
-Measured (bench/matmul_micro.py; znver1, 1 thread, shared and busy host, so +-5%; GFLOP/s of
-the kernel alone / through one ctypes call / numpy.matmul with OpenBLAS on 1 thread):
-
-    n^3      float32: raw  call  numpy1    float64: raw  call  numpy1
-    32                36.6  23.3  12.7              18.7  14.9   8.7
-    64                38.0  35.4  28.1              18.2  17.4  14.5
-    128               35.7  30.5  17.0              18.4  18.1  16.8
-    256               38.0  36.9  35.6              18.1  18.5  17.1
-    512               36.0  36.5  36.8              17.9  16.3  18.3
-    1024              34.9  34.9  37.0              17.9  18.1  18.9
-
-The micro-kernel runs at the FMA throughput this host gives one thread (about 36-42 GFLOP/s
-f32, 18-21 f64 depending on the neighbours), so at n = 64 the gain over numpy (1.2-1.35x)
-is numpy's call overhead and edge handling; 1.5x there would need more than peak.
+Matrix-vector products use a dot-product kernel instead: 4 rows x 2 vectors along k, then a
+horizontal sum. Integer dtypes use a plain loop nest. `tiling=` overrides the choice (tests
+use it to run every blocking path on small shapes). Measured speed against NumPy:
+docs/performance.md, "Numbers moved out of the code: graphc/codegen/matmul.py".
 """
 
 from __future__ import annotations
@@ -73,39 +50,24 @@ from dataclasses import dataclass
 from llvmlite import ir
 
 from graphc.codegen.target import Target, host, keep_vectors_whole
+from graphc.codegen.tiling import (
+    INTS,
+    ITEMSIZE,
+    Operand,
+    Tiling,
+    choose_path,
+    choose_tiling,
+    takes_row_count,
+)
 from graphc.errors import DTypeError, ShapeError
 
 __all__ = ["Operand", "Tiling", "choose_tiling", "define_matmul", "takes_row_count"]
 
 _FLOAT_TYPES = {"float32": ir.FloatType(), "float64": ir.DoubleType()}
-_INT_TYPES = {"int32": ir.IntType(32), "int64": ir.IntType(64)}
-_ITEMSIZE = {"float32": 4, "float64": 8, "int32": 4, "int64": 8}
+_INT_TYPES = {dtype: ir.IntType(8 * ITEMSIZE[dtype]) for dtype in INTS}
 _I64 = ir.IntType(64)
 _PTR = ir.PointerType()
-_L1_BYTES = 32 * 1024
 _K_UNROLL = 2  # micro-kernel k loop unroll: 1, 2, 4 within noise; 2 never lost
-
-
-@dataclass(frozen=True)
-class Operand:
-    """How a matrix operand is addressed, in elements: one stride per (batch..., rows, cols)."""
-
-    strides: tuple[int, ...]
-    offset: int = 0
-
-
-@dataclass(frozen=True)
-class Tiling:
-    """Register tile (mr x nr, vectors of width lanes) and cache blocks of one float kernel."""
-
-    mr: int
-    nr: int
-    lanes: int
-    kc: int
-    mc: int
-    nc: int
-    pack_a: bool
-    pack_b: bool
 
 
 @dataclass(frozen=True)
@@ -114,60 +76,6 @@ class _Rows:
 
     value: ir.Value
     possible: tuple[int, ...]
-
-
-def _vectors_per_row(rows: int, registers: int) -> int:
-    """Accumulator vectors per row that fit the registers with `rows` rows, one B vector per
-    column and a broadcast: 7, 5, 3, 3, 2 for 1-5 rows of 16 registers."""
-    return (registers - 1) // (rows + 1)
-
-
-def tile_rows(n: int, dtype: str, cpu: Target | None = None) -> int:
-    """Rows of the register tile `choose_tiling` picks for a C with n columns and many rows."""
-    cpu = cpu or host()
-    single_vector = n <= cpu.lanes(_ITEMSIZE.get(dtype, 8))
-    return cpu.registers - 4 if single_vector else (cpu.registers - 4) // 2
-
-
-def choose_tiling(
-    m: int,
-    n: int,
-    k: int,
-    dtype: str,
-    a_strides: tuple[int, int],
-    b_strides: tuple[int, int],
-    cpu: Target | None = None,
-) -> Tiling:
-    """The tile and blocking used for a float matmul of this shape and layout on `cpu`
-    (default: the JIT's target; blocking tuned on AVX2)."""
-    cpu = cpu or host()
-    itemsize = _ITEMSIZE[dtype]
-    lanes = min(cpu.lanes(itemsize), 1 << max(n - 1, 0).bit_length())
-    vectors = -(-n // lanes)
-    rows = tile_rows(n, dtype, cpu)
-    if m < rows:  # few rows: more vectors per row so that enough FMA chains run in parallel
-        mr, nv = m, min(vectors, _vectors_per_row(m, cpu.registers))
-    elif vectors == 1:
-        mr, nv = rows, 1
-    else:
-        mr, nv = rows, 2
-    nr = nv * lanes
-    kc = 256
-    mc = max(mr, (144 if itemsize == 4 else 72) // mr * mr)
-    nc = max(nr, (256 * 1024 // (kc * itemsize)) // nr * nr)
-    # Packing pays only for an operand that is reused (B across row tiles, A across column
-    # tiles) and only when the micro-kernel's reads in place would be slow: a gather (B column
-    # stride != 1) or rows 2 KiB (B) / 4 KiB (A) apart, where L1 sets and the TLB run out.
-    # Measured: packing B at n = 256 f32 (1 KiB rows) cost 10%, at n = 512 it saves 25%.
-    # A transposed (a weight gradient x^T @ g) with its k steps 2 KiB apart puts every
-    # k of a tile in the same two L1 sets: packing it saves 16% at n = 256 f64, 10% at
-    # n = 512 f32 (and is within noise for A's rows 2 KiB apart).
-    b_row_bytes = abs(b_strides[0]) * itemsize
-    b_scattered = b_strides[1] != 1 or (b_row_bytes >= 2048 and k * n * itemsize > _L1_BYTES)
-    pack_b = m > mr and b_scattered
-    a_far = abs(a_strides[0]) * itemsize >= 4096 or abs(a_strides[1]) * itemsize >= 2048
-    pack_a = n > nr and a_far and m * k * itemsize > 8 * _L1_BYTES
-    return Tiling(mr, nr, lanes, kc, mc, nc, pack_a, pack_b)
 
 
 def define_matmul(
@@ -200,7 +108,7 @@ def define_matmul(
     The row tiles then run in a loop of run-time length, and each remainder tile that some
     row count needs is emitted once.
     """
-    if dtype not in _ITEMSIZE:
+    if dtype not in ITEMSIZE:
         raise DTypeError(f"matmul {name}: unsupported dtype {dtype!r}")
     if min(m, n, k, *batch, 0) < 0:
         raise ShapeError(f"matmul {name}: negative size in m={m} n={n} k={k} batch={batch}")
@@ -229,7 +137,7 @@ def define_matmul(
         builder.ret_void()
         return function
 
-    path = _path(m, n, k, dtype, a, b, tiling, cpu)
+    path = choose_path(m, n, k, dtype, a, b, tiling, cpu)
     if path == "transposed":
         m, n = n, m
         a, b = _swap_matrix_strides(b), _swap_matrix_strides(a)
@@ -256,38 +164,6 @@ def define_matmul(
     )
     builder.ret_void()
     return function
-
-
-def _path(m: int, n: int, k: int, dtype: str, a: Operand, b: Operand, tiling, cpu: Target) -> str:
-    """Which code computes the product: "loop" (integers, k = 0: a plain loop nest), "dot"
-    (matrix-vector with A rows and B columns contiguous: dot products, vectors along k),
-    "transposed" (C^T = B^T A^T, blocked: n is narrower than a vector and m is not), or
-    "blocked". An explicit `tiling` always means "blocked" for floats."""
-    if dtype in _INT_TYPES or k == 0:
-        return "loop"
-    if tiling is not None:
-        return "blocked"
-    lanes = cpu.lanes(_ITEMSIZE[dtype])
-    if n <= 2 and k >= lanes and a.strides[-1] == 1 and b.strides[-2] == 1:
-        return "dot"
-    return "transposed" if n < lanes and m > n else "blocked"
-
-
-def takes_row_count(
-    m: int,
-    n: int,
-    k: int,
-    dtype: str,
-    a: Operand,
-    b: Operand,
-    batch: tuple[int, ...] = (),
-    cpu: Target | None = None,
-) -> bool:
-    """Whether `define_matmul(..., rows=...)` can take its row count at run time: an
-    unbatched, non-empty product on the blocked path."""
-    if batch or m == 0 or n == 0 or dtype not in _ITEMSIZE:
-        return False
-    return _path(m, n, k, dtype, a, b, None, cpu or host()) == "blocked"
 
 
 _SUFFIX = {4: "f32", 8: "f64"}

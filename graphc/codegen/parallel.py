@@ -31,47 +31,29 @@ futex wake) instead of a pthread_create and a join (~20 us each).
 
 Every element is computed by the same code as in the unsplit kernel (rows are independent:
 loop elements, reduction outputs, row-wise rows, matmul rows of C), so results are
-bit-identical to one thread; only the loop bounds become values instead of constants. Chunk
-boundaries are multiples of `unit` rows (64 elements for flat loops: whole vectors; a
-matmul's register tile rows). There are about four chunks per thread, one for a matmul,
-whose chunks each pack their own copy of B.
+bit-identical to one thread; only the loop bounds become values instead of constants.
+Which kernels are split, and into which chunks, is decided in codegen/split.py.
 
 The thread count T is fixed at compile time (`thread_count`: the CPUs this process may run
 on, at most MAX_THREADS, or $GRAPHC_THREADS; 1 turns threading off) and is part of the JIT
-cache key. A kernel is split when its estimated time on one core reaches WORK_THRESHOLD_NS
-(MATMUL_THRESHOLD_NS for a matmul).
+cache key.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from math import prod
 
 from llvmlite import ir
 
+from graphc.codegen.split import Split
 from graphc.errors import CompileError
-from graphc.ir.graph import Kernel
-from graphc.passes.kernels import op_cost
 
 I32 = ir.IntType(32)
 I64 = ir.IntType(64)
 PTR = ir.PointerType()
 VOID = ir.VoidType()
 MAX_THREADS = 8
-# One core's time per unit (measured on W3: 39 units per element, 3.8 ms f32 and 15 ms f64
-# for 10^6 elements) and a matmul's FLOP rate (its micro-kernel runs at the FMA peak).
-NS_PER_UNIT = {"float32": 0.1, "float64": 0.3}
-MATMUL_GFLOPS = {"float32": 36.0, "float64": 18.0}
-# A kernel is split from this much work on one core: with workers kept in a pool, a split
-# costs ~1-2 us (a futex wake if the worker sleeps; a worker still spinning from the last job
-# starts at once). Measured on two threads, medians, idle machine (next to one busy process),
-# thresholds 400/1000 us -> 30/60 us -> 10/20 us: W1-B f32 2.46 (3.02) -> 2.07 (2.67) ms,
-# W3 10^4 f64 68 (69) -> 37 (83) us, W4 n = 128 f32 94 (114) -> 54 (92) us, W4 n = 64 f32
-# 12.3 -> 12.3 -> 8.8 us. Below ~10 us of matmul the chunks' synchronisation eats the gain
-# (W2-A b256, whose 7 us matmul then splits: 12 -> 14 us).
-WORK_THRESHOLD_NS = 30_000
-MATMUL_THRESHOLD_NS = 12_000
+MAX_WORKERS = 64  # thread_count's limit
 
 
 def thread_count() -> int:
@@ -80,66 +62,12 @@ def thread_count() -> int:
     if value:
         if not value.isdigit() or int(value) < 1:
             raise CompileError(f"GRAPHC_THREADS must be a positive integer, not {value!r}")
-        return min(int(value), 64)
+        return min(int(value), MAX_WORKERS)
     try:
         usable = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         usable = os.cpu_count() or 1
     return max(1, min(usable, MAX_THREADS))
-
-
-@dataclass(frozen=True)
-class Split:
-    """A kernel's outer loop of `rows` iterations, cut into chunks [start, end) of `size`
-    rows (the last may be shorter)."""
-
-    rows: int
-    chunks: tuple[tuple[int, int], ...]
-
-    @property
-    def size(self) -> int:
-        return self.chunks[0][1]
-
-
-def chunks(rows: int, threads: int, unit: int = 1) -> tuple[tuple[int, int], ...]:
-    """`rows` cut into at most `threads` chunks, all but the last a multiple of `unit` long."""
-    size = -(-rows // threads)
-    size = -(-size // unit) * unit
-    return tuple((s, min(s + size, rows)) for s in range(0, rows, size))
-
-
-def element_cost(kernel: Kernel) -> int:
-    """Estimated units per element of a kernel's body (`OpDef.cost`): its ops,
-    plus one per input and output."""
-    return sum(map(op_cost, kernel.nodes)) + len(kernel.inputs) + len(kernel.outputs)
-
-
-def split_rows(
-    outer: int,
-    work: float,
-    threads: int,
-    unit: int = 1,
-    per_thread: int = 4,
-    threshold: float = WORK_THRESHOLD_NS,
-) -> Split | None:
-    """The Split of a kernel with `outer` rows and `work` (ns on one core) into about
-    `per_thread` chunks per thread, or None if one thread is better: threading off, less
-    work than `threshold`, or too few rows for two chunks."""
-    if threads <= 1 or work < threshold or outer < 2 * unit:
-        return None
-    cut = chunks(outer, threads * per_thread, unit)
-    return Split(outer, cut) if len(cut) > 1 else None
-
-
-def work_of(kernel: Kernel, domain) -> float:
-    """Estimated ns on one core of a kernel evaluating its body over `domain` (a shape)."""
-    wide = any(n.dtype in ("float64", "int64") for n in kernel.nodes)
-    return prod(domain) * element_cost(kernel) * NS_PER_UNIT["float64" if wide else "float32"]
-
-
-def matmul_work(m: int, n: int, k: int, dtype: str) -> float:
-    """Estimated ns on one core of an m x k x n matmul: 2mnk FLOP at the FMA peak."""
-    return 2 * m * n * k / MATMUL_GFLOPS.get(dtype, 4.0)
 
 
 # ---- emission: a kernel's chunks ----
@@ -194,7 +122,6 @@ WAIT_SPIN_CYCLES = 200_000  # a caller waiting for chunks spins ~100 us, then sl
 SYS_FUTEX, FUTEX_WAIT_PRIVATE, FUTEX_WAKE_PRIVATE = 202, 128, 129
 SYS_SETAFFINITY, SYS_GETAFFINITY, SYS_GETTID, SYS_GETCPU = 203, 204, 186, 309
 MASK_WORDS = 16  # an affinity mask of up to 1024 CPUs
-MAX_WORKERS = 64  # thread_count's limit
 FIELD_BITS = 16  # state = generation << 32 | chunks << 16 | next chunk
 FIELD_MASK = (1 << FIELD_BITS) - 1
 POOL_SYMBOLS = ("graphc_pool_run", "graphc_pool_reset")
@@ -292,13 +219,12 @@ class _Pool:
         Linux wakes a thread on its previous CPU if that one is idle, and otherwise often
         on the waker's, without looking for an idle CPU: a worker that once ran on the
         caller's CPU queues behind the caller at every later wake, for a time slice, while
-        the caller computes the chunks alone (measured: 10^6-element W3 with 15 ms between
-        calls, 2.5-3.1 ms on two threads against 1.55 back to back; steered, 1.75). So the
-        sleeping workers' affinity leaves out this CPU until they wake: each then returns to
-        the set it started with (`cpus`, the affinity of the thread that started it). The
-        count of sleepers does not say which workers sleep, so with several workers one
-        still spinning is steered too and keeps that until its next sleep: harmless, as it
-        may use every other CPU."""
+        the caller computes the chunks alone. So the sleeping workers' affinity leaves out
+        this CPU until they wake: each then returns to the set it started with (`cpus`, the
+        affinity of the thread that started it). The count of sleepers does not say which
+        workers sleep, so with several workers one still spinning is steered too and keeps
+        that until its next sleep: harmless, as it may use every other CPU. Measurements:
+        docs/performance.md, "Numbers moved out of the code: graphc/codegen/parallel.py"."""
         with b.goto_entry_block():
             cpu_slot = b.alloca(I32, name="cpu")
             others = b.alloca(self.mask_type, name="other.cpus")

@@ -1,0 +1,140 @@
+"""Which code computes a matmul on a target: the path, the register tile, blocking, packing.
+
+`define_matmul` (codegen/matmul.py) emits what these functions choose, from Python ints
+alone: the shape, the dtype, the operands' strides and the target (codegen/target.py).
+
+Paths (`choose_path`): integers and k = 0 take a plain loop nest (LLVM vectorizes what it
+can); matrix-vector products with A rows and B columns contiguous (n <= 2) a dot-product
+kernel; a C narrower than one vector with more rows than columns is computed transposed
+(C^T = B^T A^T) so that the vector lanes run along m; everything else is blocked.
+
+The tile follows the target: NR is two of its widest vectors and MR the rows whose
+accumulators fit its vector registers beside two B vectors and a broadcast,
+MR = (registers - 4) / 2: 6 rows on AVX2 (16 ymm), 14 rows of two zmm vectors on AVX-512
+(32 zmm: 28 accumulators; BLIS's Skylake-X dgemm kernel is the same 14 x 16). A C narrower
+than one vector takes a single vector column of registers - 4 rows; a C with fewer rows
+than a tile takes more vectors per row, so that enough FMA chains run in parallel.
+
+Packing is done only where it was measured to pay: B when it is reused by several row tiles
+and its in-place reads would be a gather (column stride != 1) or rows >= 2 KiB apart; A only
+when its rows are >= 4 KiB apart and it is large. Measurements: docs/performance.md,
+"Numbers moved out of the code: graphc/codegen/matmul.py".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from graphc.codegen.target import Target, host
+
+ITEMSIZE = {"float32": 4, "float64": 8, "int32": 4, "int64": 8}
+INTS = ("int32", "int64")
+_L1_BYTES = 32 * 1024
+
+
+@dataclass(frozen=True)
+class Operand:
+    """How a matrix operand is addressed, in elements: one stride per (batch..., rows, cols)."""
+
+    strides: tuple[int, ...]
+    offset: int = 0
+
+
+@dataclass(frozen=True)
+class Tiling:
+    """Register tile (mr x nr, vectors of width lanes) and cache blocks of one float kernel."""
+
+    mr: int
+    nr: int
+    lanes: int
+    kc: int
+    mc: int
+    nc: int
+    pack_a: bool
+    pack_b: bool
+
+
+def _vectors_per_row(rows: int, registers: int) -> int:
+    """Accumulator vectors per row that fit the registers with `rows` rows, one B vector per
+    column and a broadcast: 7, 5, 3, 3, 2 for 1-5 rows of 16 registers."""
+    return (registers - 1) // (rows + 1)
+
+
+def tile_rows(n: int, dtype: str, cpu: Target | None = None) -> int:
+    """Rows of the register tile `choose_tiling` picks for a C with n columns and many rows."""
+    cpu = cpu or host()
+    single_vector = n <= cpu.lanes(ITEMSIZE.get(dtype, 8))
+    return cpu.registers - 4 if single_vector else (cpu.registers - 4) // 2
+
+
+def choose_tiling(
+    m: int,
+    n: int,
+    k: int,
+    dtype: str,
+    a_strides: tuple[int, int],
+    b_strides: tuple[int, int],
+    cpu: Target | None = None,
+) -> Tiling:
+    """The tile and blocking used for a float matmul of this shape and layout on `cpu`
+    (default: the JIT's target; blocking tuned on AVX2)."""
+    cpu = cpu or host()
+    itemsize = ITEMSIZE[dtype]
+    lanes = min(cpu.lanes(itemsize), 1 << max(n - 1, 0).bit_length())
+    vectors = -(-n // lanes)
+    rows = tile_rows(n, dtype, cpu)
+    if m < rows:  # few rows: more vectors per row so that enough FMA chains run in parallel
+        mr, nv = m, min(vectors, _vectors_per_row(m, cpu.registers))
+    elif vectors == 1:
+        mr, nv = rows, 1
+    else:
+        mr, nv = rows, 2
+    nr = nv * lanes
+    kc = 256
+    mc = max(mr, (144 if itemsize == 4 else 72) // mr * mr)
+    nc = max(nr, (256 * 1024 // (kc * itemsize)) // nr * nr)
+    # Packing pays only for an operand that is reused (B across row tiles, A across column
+    # tiles) and only when the micro-kernel's reads in place would be slow: a gather (B column
+    # stride != 1) or rows 2 KiB (B) / 4 KiB (A) apart, where L1 sets and the TLB run out.
+    # An A read transposed (a weight gradient x^T @ g) with its k steps 2 KiB apart puts
+    # every k of a tile in the same two L1 sets: packing it pays too.
+    b_row_bytes = abs(b_strides[0]) * itemsize
+    b_scattered = b_strides[1] != 1 or (b_row_bytes >= 2048 and k * n * itemsize > _L1_BYTES)
+    pack_b = m > mr and b_scattered
+    a_far = abs(a_strides[0]) * itemsize >= 4096 or abs(a_strides[1]) * itemsize >= 2048
+    pack_a = n > nr and a_far and m * k * itemsize > 8 * _L1_BYTES
+    return Tiling(mr, nr, lanes, kc, mc, nc, pack_a, pack_b)
+
+
+def choose_path(
+    m: int, n: int, k: int, dtype: str, a: Operand, b: Operand, tiling, cpu: Target
+) -> str:
+    """Which code computes the product: "loop" (integers, k = 0: a plain loop nest), "dot"
+    (matrix-vector with A rows and B columns contiguous: dot products, vectors along k),
+    "transposed" (C^T = B^T A^T, blocked: n is narrower than a vector and m is not), or
+    "blocked". An explicit `tiling` always means "blocked" for floats."""
+    if dtype in INTS or k == 0:
+        return "loop"
+    if tiling is not None:
+        return "blocked"
+    lanes = cpu.lanes(ITEMSIZE[dtype])
+    if n <= 2 and k >= lanes and a.strides[-1] == 1 and b.strides[-2] == 1:
+        return "dot"
+    return "transposed" if n < lanes and m > n else "blocked"
+
+
+def takes_row_count(
+    m: int,
+    n: int,
+    k: int,
+    dtype: str,
+    a: Operand,
+    b: Operand,
+    batch: tuple[int, ...] = (),
+    cpu: Target | None = None,
+) -> bool:
+    """Whether `define_matmul(..., rows=...)` can take its row count at run time: an
+    unbatched, non-empty product on the blocked path."""
+    if batch or m == 0 or n == 0 or dtype not in ITEMSIZE:
+        return False
+    return choose_path(m, n, k, dtype, a, b, None, cpu or host()) == "blocked"
