@@ -389,8 +389,8 @@ def emit_contraction(k) -> None:
         elif takes_row_count(
             lengths[0], mm.shape[-1], inner, mm.dtype, *_operands(views), cpu=k.cpu
         ):
-            # one function for every chunk, not one per length: W5 compiles cold on two
-            # threads in 1.45 s instead of 1.94, W1-B f64 in 1.16 s instead of 1.55
+            # one function for every chunk, not one per length: it compiles faster (measurements:
+            # docs/performance.md, "Numbers moved out of the code: graphc/codegen/forms.py")
             function = _matmul(k, mm, views, lengths[0], ".rows", rows=tuple(lengths))
             b.call(function, [c, a, sources[1], b.sub(end, start)])
         else:

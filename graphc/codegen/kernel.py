@@ -39,8 +39,9 @@ PTR = ir.PointerType()
 INTERLEAVE, INTERLEAVE_LONG, LONG_BODY, INTERLEAVE_FROM = 2, 4, 20, 64
 # A kernel of this many instructions or more stays out of line, a call from `<name>_step`:
 # LLVM inlines every kernel (each is called once), and instruction selection and register
-# allocation of one function take time growing faster than its size. A call costs
-# nanoseconds; 300 sin steps compiled in 5.6 s inlined, 1000 in 33 s (18 s of machine code).
+# allocation of one function take time growing faster than its size, and a call costs
+# nanoseconds. Measurements: docs/performance.md, "Numbers moved out of the code:
+# graphc/codegen/kernel.py".
 OUT_OF_LINE_FROM = 1000
 
 
@@ -209,17 +210,12 @@ class KernelEmitter:
         instructions) or when it has a reduction, so a long elementwise body ran one vector
         at a time, along its dependency chains. An innermost loop that calls the math
         library is marked to be interleaved twice: such a body is ~100 ymm operations per
-        vector, too long for the out-of-order window to overlap iterations by itself.
-        Measured (N = 10^6, one thread, the same IR with the count 1 / 2 / 4, ms): f64 W3
-        8.70 / 8.25 / 8.08, pow 19.1 / 15.8 / 19.6, sin cos + exp log 27.0 / 25.9 / 25.4;
-        f32 W3 3.01 / 2.89 / 2.89, pow 20.8 / 20.1 / 21.8. Any other body of LONG_BODY
-        instructions or more is interleaved four times: chains of multiplies and adds wait
-        on the FMA latency (5 cycles, one issue per cycle). Measured (N = 10^5 f32, one
-        thread, count 1 / 2 / 4, µs): 600 steps of h = 0.5 (1.0001 h) + h 22900 / 11900 /
-        7580, 100 steps 3690 / 1970 / 1250, 10 steps 183 / 158 / 125; 50 steps of a
-        quadratic 1720 (2) / 1190 (4); the benchmark workloads unchanged. Only from
-        INTERLEAVE_FROM iterations: two 8-wide vectors per iteration would leave a shorter
-        loop scalar."""
+        vector, too long for the out-of-order window to overlap iterations by itself. Any
+        other body of LONG_BODY instructions or more is interleaved four times: chains of
+        multiplies and adds wait on the FMA latency (5 cycles, one issue per cycle). Only
+        from INTERLEAVE_FROM iterations: two 8-wide vectors per iteration would leave a
+        shorter loop scalar. Measurements: docs/performance.md, "Numbers moved out of the
+        code: graphc/codegen/kernel.py"."""
         b = self.b
         before = b.block
         first_block = len(self.function.blocks)  # this loop's blocks are appended from here

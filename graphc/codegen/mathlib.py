@@ -1,3 +1,5 @@
+# Over 500 lines on purpose: one routine per function over shared constants and helpers, and
+# the one accuracy table (tests/test_mathlib.py reads it); a new routine goes here.
 """Branch-free, vectorizable transcendental functions emitted inline as LLVM IR.
 
 Every public function takes an ``ir.IRBuilder`` and a ``float``/``double`` value or a vector
@@ -24,7 +26,7 @@ exp     x = k ln2 + r, k = rint(x / ln2) (from the low bits of x/ln2 + 1.5*2^52,
         (error 1.5e-18 once rounded, 0.014 x 2^-53; the Taylor series to r^13/13!, one
         term more, was 0.11 x 2^-53), degree 4 for f32 exp and sigmoid, which need the
         error relative to e^r only (5.4e-9, 0.09 x 2^-24; degree 5, which expm1 keeps:
-        0.018 x 2^-24, but W3 f32 3% slower; Cephes ``expf`` 0.13), evaluated as E(r^2) +
+        0.018 x 2^-24, but slower; Cephes ``expf`` 0.13), evaluated as E(r^2) +
         r O(r^2). Overflow and underflow need no selects: x is clamped to [-746, 710]
         (f32: [-110, 89]) and 2^k is applied in two halves 2^floor(k/2) 2^ceil(k/2), so the
         product overflows to inf or is rounded once to a subnormal, then 0.
@@ -40,17 +42,17 @@ log1p   u = 1 + x rounded, c = the exact rounding error of that sum (Fast2Sum), 
 tanh    f32: x P(z)/Q(z), z = x^2, one division (the form of Eigen's/XLA's fast tanh, with
         coefficients fitted here, tools/fit_tanh_rational.py: minimax relative on |x| <=
         8.32, P and Q of degree 4 in z, P(0) = Q(0) = 1 so tiny x, subnormals and -0 come
-        back unchanged; a 15/6 rational (P of degree 7, Q of 3) was 6.1 ulp and 5% slower);
+        back unchanged; a 15/6 rational (P of degree 7, Q of 3) was 6.1 ulp and slower);
         P and Q as 1 + z P1(z) so each rounds once near 1; the quotient is clamped to
         [-1, 1] and is +-1 for |x| > 8.3178, where tanh is within 2^-23 of 1. f64: |x|
         clamped to 20, past which e^(2|x|) swallows the +2 below; m/(m + 2) with m =
         expm1(2|x|) = fma(2^k, e^r - 1, 2^k - 1) (k >= 0, so it cancels at most 2.4 : 1),
         sign restored with copysign. (Cephes' rational below |x| = 0.625 plus 1 - 2/(e^(2|x|)
-        + 1) above was 1.2 ulp but 30% slower.)
+        + 1) above was 1.2 ulp but slower.)
 sigmoid e = e^-|x| (with 2^k applied as 2^(k + c) 2^-c: rounded once, subnormal results
         kept); x >= 0: 1/(1 + e), x < 0: e/(1 + e), one division. (f64 used to keep 1 + e
         exact and correct the quotient with a Newton step: 1.46 instead of 2.2 ulp, for
-        8 more operations, 30% of its time.)
+        8 more operations.)
 sin/cos q = nearest integer to x 2/pi (a double-length product, so q is the true nearest
         integer), r = x - q pi/2 with pi/2 split into three floats and FMA: the first step
         is exact, the rest is carried as a double-double r + r_low: the reduction is good
@@ -81,13 +83,13 @@ are quoted with their source next to them and checked by the tests.
 
 Speed: a ymm loop iteration of these functions is ~40-100 instructions, mostly 2-micro-op
 FMAs with long dependent chains, and the loops that call them are interleaved twice (see
-graphc.codegen.llvm): both the number of operations and the chain lengths count. So the exp
+graphc.codegen.kernel): both the number of operations and the chain lengths count. So the exp
 polynomial is split into even and odd halves (as few FMAs as Horner's rule, half the chain)
 and the other polynomials use Estrin's scheme, and the fast functions (exp, tanh, sigmoid)
-avoid double-double steps and keep the special-value selects to a clamp or two. Per
-element on this host (2 GHz EPYC, one thread, N = 10^6, loop interleaved twice, ns): exp
-1.15 / 3.3, tanh 1.15 / 3.7, sigmoid 1.4 / 3.75 (f32 / f64); bench/mathlib_micro.py
-measures them against NumPy and JAX.
+avoid double-double steps and keep the special-value selects to a clamp or two.
+bench/mathlib_micro.py measures them against NumPy and JAX; times per element and of the
+alternatives named above: docs/performance.md, "Numbers moved out of the code:
+graphc/codegen/mathlib.py".
 
 Measured max errors in ulp, against float64 (f32) and np.longdouble (f64: x87's 64-bit
 mantissa, within 5e-4 ulp of mpmath) references. f32 exp, log, log1p, sqrt, sin, cos and
@@ -539,7 +541,7 @@ def _tanh32(b, x):
     one = _const(t, 1.0)
     z = b.fmul(x, x)
     # 1 + z P1(z) rounds once near 1 (Estrin on all of P would round twice there). (Horner
-    # for P1 and Q1 saves the z^2 they share, but W3 f32 was 1% slower.)
+    # for P1 and Q1 saves the z^2 they share, but was slower.)
     p = _fma(b, z, _poly(b, z, c["tanh_p"][1:]), one)
     q = _fma(b, z, _poly(b, z, c["tanh_q"][1:]), one)
     quotient = b.fdiv(b.fmul(x, p), q)

@@ -17,9 +17,9 @@ from graphc.ir.ops import Kind, is_input, is_param, opdef, relu_input
 # store is 1, a vectorized transcendental of codegen/mathlib.py 4-30, index maps and
 # constants 0). LLVM's loop vectorizer, instruction selection and register allocation take
 # time growing with the square of a loop body's size, so fusion stores a value rather than
-# let a body grow past this (a body of ~500 units optimizes in ~0.3 s; the store and reload
-# of a cut cost ~2 units; the largest kernels of the benchmark cost 68). Measurements:
-# docs/performance.md, "compile time of long chains".
+# let a body grow past this (the store and reload of a cut cost ~2 units). Measurements:
+# docs/performance.md, "Session 6: compile time of long chains" and "Numbers moved out of the
+# code: graphc/passes/kernels.py".
 MAX_BODY_COST = 512
 
 
