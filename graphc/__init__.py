@@ -5,26 +5,19 @@ from graphc.frontend import init as random
 from graphc.frontend import nn, optim
 from graphc.frontend.composites import log_softmax, logsumexp, one_hot, relu, softmax
 from graphc.frontend.functions import (
+    MATH_FUNCTIONS,
     Program,
     abs,
     check_grad,
     compile,
     concat,
-    cos,
     evaluate,
-    exp,
     grad,
     jvp,
-    log,
-    log1p,
     maximum,
     minimum,
-    sigmoid,
     sign,
-    sin,
-    sqrt,
     stop_gradient,
-    tanh,
     where,
 )
 from graphc.frontend.nn import load, save
@@ -47,15 +40,11 @@ __all__ = [
     "compile",
     "concat",
     "const",
-    "cos",
     "evaluate",
-    "exp",
     "grad",
     "input",
     "jvp",
     "load",
-    "log",
-    "log1p",
     "log_softmax",
     "logsumexp",
     "matmul",
@@ -68,12 +57,12 @@ __all__ = [
     "random",
     "relu",
     "save",
-    "sigmoid",
     "sign",
-    "sin",
     "softmax",
-    "sqrt",
     "stop_gradient",
-    "tanh",
     "where",
 ]
+
+# exp, log, log1p, sin, cos, tanh, sqrt, sigmoid, atan ...: one per math op of the registry
+globals().update(MATH_FUNCTIONS)
+__all__ += sorted(MATH_FUNCTIONS)

@@ -150,6 +150,7 @@ SPECS = [
     unary("sin", gc.sin, np.sin),
     unary("cos", gc.cos, np.cos),
     unary("tanh", gc.tanh, np.tanh),
+    unary("atan", gc.atan, np.arctan),
     unary("sqrt", gc.sqrt, np.sqrt, "positive"),
     unary("sigmoid", gc.sigmoid, lambda x: 1 / (1 + np.exp(-x))),
     unary("logical_not", lambda x: ~x, np.logical_not, "bool", ("bool",), grad=False),

@@ -23,49 +23,29 @@ from graphc.frontend.tensor import (
 )
 from graphc.ir.graph import Graph, topological_order
 from graphc.ir.interp import run_nodes
-from graphc.ir.ops import apply
+from graphc.ir.ops import OPS, OpDef, apply
 from graphc.passes import autodiff
 from graphc.runtime.executable import Executable
 
 
-def exp(x) -> Tensor:
-    """e ** x, elementwise (integers become float64, as in NumPy)."""
-    return float_unary("exp", x)
+def _math_function(op: OpDef):
+    """`gc.<op>(x)`: a unary op with a math routine applied elementwise, integers becoming
+    float64 as in NumPy; documented by its stanza."""
+
+    def function(x) -> Tensor:
+        return float_unary(op.name, x)
+
+    function.__name__ = function.__qualname__ = op.name
+    function.__doc__ = op.doc
+    return function
 
 
-def log(x) -> Tensor:
-    """The natural logarithm, elementwise."""
-    return float_unary("log", x)
-
-
-def log1p(x) -> Tensor:
-    """log(1 + x), accurate for small x."""
-    return float_unary("log1p", x)
-
-
-def sin(x) -> Tensor:
-    """The sine, elementwise."""
-    return float_unary("sin", x)
-
-
-def cos(x) -> Tensor:
-    """The cosine, elementwise."""
-    return float_unary("cos", x)
-
-
-def tanh(x) -> Tensor:
-    """The hyperbolic tangent, elementwise."""
-    return float_unary("tanh", x)
-
-
-def sqrt(x) -> Tensor:
-    """The square root, elementwise."""
-    return float_unary("sqrt", x)
-
-
-def sigmoid(x) -> Tensor:
-    """1 / (1 + exp(-x)), elementwise."""
-    return float_unary("sigmoid", x)
+# exp, log, log1p, sin, cos, tanh, sqrt, sigmoid, atan ...: every unary op of the registry
+# with a vectorized math routine is a public function (adding one touches ir/ops.py only)
+MATH_FUNCTIONS = {
+    op.name: _math_function(op) for op in OPS.values() if op.math is not None and op.arity == 1
+}
+globals().update(MATH_FUNCTIONS)
 
 
 def abs(x) -> Tensor:  # noqa: A001 (NumPy's name)

@@ -24,7 +24,8 @@ emitter ever tests an op's name (tests/test_layering.py checks):
   `flat=True` when it reads its input at the output's own flat index (reshape).
 - `reduction`: the identity, combine and (argmax) position rule of a reduction.
 - `fuses_inputs=False`: an anchor whose inputs are never computed inside its kernel.
-Adding an op touches one stanza (and, for a new transcendental, its math routine).
+Adding an op touches one stanza (and, for a new transcendental, its math routine): a
+unary op with a `math` routine is also public as `gc.<name>`, documented by its `doc`.
 """
 
 from __future__ import annotations
@@ -92,6 +93,7 @@ class OpDef:
     fuses_inputs: bool = True
     memory: bool = False  # a source whose values are read from memory (input, param, const)
     in_names: bool = True  # shown in the names of the kernels computing it (cast: not)
+    doc: str = ""  # a math op's public function (gc.exp ...) is documented by this
 
     def __post_init__(self):
         if self.math is not None and self.scalar is None:
@@ -331,19 +333,65 @@ _unary(
 )
 _unary("abs", np.abs, lambda x, y: apply("sign", x), allowed=NUMERIC, scalar=lambda e, x: e.abs(x))
 _unary("sign", np.sign, allowed=NUMERIC, scalar=lambda e, x: e.sign(x))
-_unary("exp", np.exp, lambda x, y: y, math="exp", cost=12)
-_unary("log", np.log, lambda x, y: div(full(1, x), x), math="log", cost=14)
+_unary(
+    "exp",
+    np.exp,
+    lambda x, y: y,
+    math="exp",
+    doc="e ** x, elementwise (integers become float64, as in NumPy).",
+    cost=12,
+)
+_unary(
+    "log",
+    np.log,
+    lambda x, y: div(full(1, x), x),
+    math="log",
+    doc="The natural logarithm, elementwise.",
+    cost=14,
+)
 _unary(
     "log1p",
     np.log1p,
     lambda x, y: div(full(1, x), add(full(1, x), x)),
     math="log1p",
+    doc="log(1 + x), accurate for small x.",
     cost=16,
 )
-_unary("sin", np.sin, lambda x, y: apply("cos", x), math="sin", cost=20)
-_unary("cos", np.cos, lambda x, y: neg(apply("sin", x)), math="cos", cost=20)
-_unary("tanh", np.tanh, lambda x, y: sub(full(1, y), mul(y, y)), math="tanh", cost=16)
-_unary("sqrt", np.sqrt, lambda x, y: div(full(0.5, y), y), math="sqrt", cost=4)
+_unary(
+    "sin", np.sin, lambda x, y: apply("cos", x), math="sin", doc="The sine, elementwise.", cost=20
+)
+_unary(
+    "cos",
+    np.cos,
+    lambda x, y: neg(apply("sin", x)),
+    math="cos",
+    doc="The cosine, elementwise.",
+    cost=20,
+)
+_unary(
+    "tanh",
+    np.tanh,
+    lambda x, y: sub(full(1, y), mul(y, y)),
+    math="tanh",
+    doc="The hyperbolic tangent, elementwise.",
+    cost=16,
+)
+_unary(
+    "atan",
+    np.arctan,
+    lambda x, y: div(full(1, x), add(full(1, x), mul(x, x))),
+    math="atan",
+    doc="The arctangent, elementwise, in (-pi/2, pi/2).",
+    cost=20,
+)
+_unary(
+    "sqrt",
+    np.sqrt,
+    lambda x, y: div(full(0.5, y), y),
+    math="sqrt",
+    doc="The square root, elementwise.",
+    cost=4,
+)
 
 
 def _sigmoid_ref(x):
@@ -356,6 +404,7 @@ _unary(
     _sigmoid_ref,
     lambda x, y: mul(y, sub(full(1, y), y)),
     math="sigmoid",
+    doc="1 / (1 + exp(-x)), elementwise.",
     cost=12,
 )
 _unary("logical_not", np.logical_not, allowed=("bool",), scalar=lambda e, x: e.logical_not(x))
