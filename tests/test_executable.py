@@ -11,7 +11,6 @@ import copy
 import gc as python_gc
 import json
 import os
-import pickle
 import re
 import subprocess
 import sys
@@ -561,7 +560,7 @@ def test_a_dead_executable_drops_its_generated_call_and_buffers_at_once():
             python_gc.enable()
 
 
-# ---- copies and pickling ----------------------------------------------------------------------
+# ---- copies (pickling: tests/test_pickle.py) ------------------------------------------------
 
 
 @pytest.mark.parametrize("size", ["small", "large"])
@@ -611,15 +610,6 @@ def test_a_tensor_deep_copies_deep_graphs_with_parameters_of_its_own():
     w.value = np.array([3.0, 3.0])
     np.testing.assert_array_equal(gc.evaluate(y2, {"x": np.zeros(2)}), [5000.0, 10000.0])
     np.testing.assert_array_equal(gc.evaluate(y * w, {"x": np.zeros(2)}), [15000.0, 15000.0])
-
-
-def test_pickling_an_executable_is_refused_saying_what_to_do_instead():
-    x = gc.input("x", (2,), "float64")
-    step = gc.compile(inputs=[x], outputs=x * 2.0, name="tiny")
-    with pytest.raises(TypeError, match=r"pickle Executable 'tiny'.*gc\.save.*gc\.compile"):
-        pickle.dumps(step)
-    with pytest.raises(TypeError, match="pickle Executable"):
-        pickle.dumps({"step": [step]})
 
 
 # ---- large arguments: passed by address, never written ------------------------------------

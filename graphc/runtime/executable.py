@@ -12,6 +12,10 @@ LLVM IR, and a model built from other lines or another directory still hits; the
 graph, kernels, memory plan and IR of such an executable are computed on first use (dumps,
 AOT), with its own locations.
 
+Pickled, an executable carries its graph, parameter values and machine code; unpickled in a
+process that would compile the same code (same cache key: CPU, features, versions ...) it
+maps that code like a cache hit, without LLVM, else it compiles (see "pickling" below).
+
 A call is one ctypes call with one pointer argument: the block of argument addresses
 [arena, params..., inputs..., outputs...] is bound once. An input or output of fewer than
 LARGE_BYTES goes through a buffer bound at build time (a copy costs less than looking up an
@@ -62,7 +66,7 @@ import numpy as np
 
 from graphc.codegen.python_entry import Signature
 from graphc.errors import CompileError, DTypeError, InputError
-from graphc.ir.graph import Graph
+from graphc.ir.graph import Graph, Node
 from graphc.ir.printer import print_graph
 from graphc.passes import lower
 from graphc.passes.memory import ALIGN, format_plan
@@ -450,14 +454,26 @@ class Executable:
         cls = type(self).__bases__[0]  # the class this executable's own class was made from
         return cls(graph, lowering, self.engine, self.name, self.single_output, dict(self.timings))
 
+    # ---- pickling ----
+    # Pickled, an executable is its graph (the nodes as a flat table, params with their current
+    # values) and its machine code: its Engine's, its native entry's and the thread pool's if
+    # it calls it, each pickled as a jit.ObjectCode (object file, CPU, cache key). Unpickling
+    # builds the graph again inside `jit.received(code)`: where this process computes the same
+    # cache key (same CPU and features, GRAPHC_CPU, graphc and LLVM versions ...) the build
+    # maps the received code, as after a cache hit, with no LLVM compile; elsewhere it
+    # compiles (through the object cache). Parameters pickle as their Storage objects, so
+    # executables pickled together share their parameters again, and not with the originals.
     def __reduce_ex__(self, protocol):
-        """Refused: the machine code and its buffers live in this process only."""
-        raise TypeError(
-            f"cannot pickle Executable {self.name!r}: it runs machine code compiled in this "
-            "process. Save the parameters (gc.save), and where they are loaded (gc.load) build "
-            "the model and gc.compile it again (the object cache makes that fast); or export it "
-            "with gc.aot.export"
-        )
+        """Pickled as its graph, parameter values and machine code (see `_unpickle`)."""
+        if self.engine.key is None:  # built with cache=False: the key of its graph now
+            self.engine.key = jit.cache_key(
+                print_graph(self.graph, locations=False), self.engine.opt
+            )
+        code = [self.engine, *self.engine.runtime()]
+        if self._native is not None:
+            code.append(self._native.engine)
+        graph = _graph_table(self.graph)
+        return _unpickle, (graph, self.single_output, self.engine.opt, code)
 
     # ---- inspection ----
     @property
@@ -576,6 +592,57 @@ def _copy_graph(graph: Graph, memo: dict) -> Graph:
 
     updates = zip(copied(p for p, _ in graph.updates), copied(v for _, v in graph.updates))
     return Graph(copied(graph.outputs), updates, inputs=copied(graph.inputs), name=graph.name)
+
+
+def _graph_table(graph: Graph) -> tuple:
+    """`graph` as a flat table that pickles without recursion (pickle follows `Node.inputs`
+    depth-first and would reach the recursion limit on deep graphs): nodes in order, those
+    without inputs (inputs, params, consts) as themselves, so that pickle's memo keeps them
+    shared with Tensors and other graphs pickled along; every other node as (op, indices of
+    its inputs, attrs, type, name, loc)."""
+    index = {node: i for i, node in enumerate(graph.nodes)}
+    table = [
+        (n.op, tuple(index[x] for x in n.inputs), n.attrs, n.type, n.name, n.loc) if n.inputs else n
+        for n in graph.nodes
+    ]
+    return (
+        graph.name,
+        table,
+        [index[n] for n in graph.inputs],
+        [index[n] for n in graph.outputs],
+        [(index[p], index[v]) for p, v in graph.updates],
+    )
+
+
+def _graph_from_table(name, table, inputs, outputs, updates) -> Graph:
+    """The graph `_graph_table` wrote (same nodes in the same order: same printed text)."""
+    nodes: list[Node] = []
+    for entry in table:
+        if isinstance(entry, Node):
+            nodes.append(entry)
+        else:
+            op, indices, attrs, node_type, node_name, loc = entry
+            nodes.append(
+                Node(op, tuple(nodes[i] for i in indices), attrs, node_type, node_name, loc)
+            )
+    return Graph(
+        [nodes[i] for i in outputs],
+        [(nodes[p], nodes[v]) for p, v in updates],
+        inputs=[nodes[i] for i in inputs],
+        name=name,
+    )
+
+
+def _unpickle(table: tuple, single_output: bool, opt: int, code: list) -> Executable:
+    """An executable from its pickle: the graph built again, its received machine code used
+    if this process would compile exactly that code, else compiled."""
+    graph = _graph_from_table(*table)
+    for node in graph.params:  # out-of-band pickle buffers may be read-only; the code writes
+        storage = node.attrs["storage"]
+        if not (storage.value.flags.writeable and storage.value.flags.aligned):
+            storage.value = storage.value.copy()
+    with jit.received(code):
+        return Executable.build(graph, single_output=single_output, opt=opt)
 
 
 def _lazy_llvm_ir(lowering: Lowering):

@@ -36,6 +36,14 @@ when it is called. So every undefined symbol of the object file is looked up in 
 (`llvm.address_of_symbol`) before the code is loaded, and a missing one is a CompileError.
 Codegen must still emit external calls only to symbols known to resolve (libm, libmvec, ...).
 
+Code from another process: an Engine keeps its object file (`.object`), the CPU it was
+compiled for (`.target`) and its cache key (`.key`, None if compiled without the cache);
+pickled, it becomes an `ObjectCode` of those. Inside `with received(codes):` such code counts
+as cached under its key, ahead of the on-disk cache: a compile in this process whose key is the
+same (same IR or graph, CPU, features, versions, sources ...) maps the received object
+without running LLVM, any other compiles as usual. An unpickled Executable is built that way
+(runtime/executable.py), with the code of its native entry and of the thread pool.
+
 `Engine.optimized_ir` is the printed optimized module of a fresh compile; after a cache hit it
 is recomputed (parse + optimize, no codegen) on first use, since only debugging dumps need it.
 The machine code lives as long as its Engine: drop the Engine and every function pointer into
@@ -47,8 +55,11 @@ its own LLVM context, so no global LLVM state grows with the number of programs 
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import ctypes
 import ctypes.util
+import dataclasses
 import functools
 import hashlib
 import importlib.metadata
@@ -301,6 +312,9 @@ class Engine:
         self.cached = cached
         self.metadata = metadata or {}
         self.timings: dict[str, float] = {}
+        self.object = obj  # the ELF bytes, for pickling
+        self.target = target.host()  # the CPU the code was compiled (and is loaded) for
+        self.key: str | None = None  # its cache key, set by load_cached and compile_ir
         self._optimized = optimized  # the optimized ModuleRef, or its text once printed
         undefined = _undefined_symbols(obj)
         if any(name in parallel.POOL_SYMBOLS for name in undefined):
@@ -352,6 +366,15 @@ class Engine:
                 _release_module(module)
             return self._optimized
 
+    def __reduce__(self):
+        """Pickled as an ObjectCode: the object file, the CPU and cache key it was compiled for."""
+        return ObjectCode, (self.object, self.opt, self.metadata, self.target, self.key)
+
+    def runtime(self) -> list[Engine]:
+        """The loaded code this engine's code calls into: the thread pool, if it does."""
+        calls_pool = any(name in parallel.POOL_SYMBOLS for name in _undefined_symbols(self.object))
+        return list(_POOL) if calls_pool else []
+
     def assembly(self) -> str:
         """Host assembly of the optimized module."""
         # A separate target machine: MCJIT owns the one it was created with.
@@ -379,6 +402,33 @@ def _release(engine: llvm.ExecutionEngine, modules: list) -> None:
             _release_module(module)
 
 
+@dataclasses.dataclass(frozen=True)
+class ObjectCode:
+    """Compiled code as it travels between processes (an unpickled Engine): the object file,
+    its opt level and metadata, the CPU it was compiled for and its cache key."""
+
+    object: bytes
+    opt: int
+    metadata: dict
+    target: target.Target
+    key: str | None
+
+
+_RECEIVED: contextvars.ContextVar[dict[str, ObjectCode] | None] = contextvars.ContextVar(
+    "graphc_received_code", default=None
+)
+
+
+@contextlib.contextmanager
+def received(codes: Iterable[ObjectCode]):
+    """Within the block, `codes` count as cached under their keys (before the disk cache)."""
+    token = _RECEIVED.set((_RECEIVED.get() or {}) | {code.key: code for code in codes if code.key})
+    try:
+        yield
+    finally:
+        _RECEIVED.reset(token)
+
+
 def load_cached(
     key: str,
     *,
@@ -391,12 +441,14 @@ def load_cached(
     `llvm_ir` (text, or a function building it) is what the entry was compiled from; it is
     only needed for dumps."""
     start = time.perf_counter()
-    entry = _read_cache(key)
+    code = (_RECEIVED.get() or {}).get(key)
+    entry = _read_cache(key) if code is None else (code.object, code.metadata)
     if entry is None:
         return None
     obj, metadata = entry
     engine = Engine(llvm_ir, opt, obj, cached=True, metadata=metadata)
     engine.timings = {"load": time.perf_counter() - start}  # reading the entry included
+    engine.key = key
     for name in required_symbols:
         engine.address(name)
     return engine
@@ -437,6 +489,7 @@ def compile_ir(
     engine = Engine(llvm_ir, opt, obj, cached=False, optimized=module, metadata=metadata)
     timings["load"] = time.perf_counter() - start
     engine.timings = timings
+    engine.key = key if cache else None
     for name in required_symbols:
         engine.address(name)
     return engine

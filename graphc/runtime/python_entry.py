@@ -140,6 +140,7 @@ class NativeEntry:
         dtypes = [np.dtype(d) for d in input_dtypes]
         memory = _Context(8 * signature.ctx_size())
         self._signature = signature
+        self.engine = engine  # the entry's machine code (pickled with an executable)
         self._ctx = np.frombuffer(memory, dtype=np.uint64)
         self._ctx[CTX_NDARRAY] = id(np.ndarray)
         self._ctx[CTX_VECTORCALL] = _api("PyObject_Vectorcall")
