@@ -186,6 +186,33 @@ def test_errors_are_one_line_and_exit_code_2(model, capsys, argv, message):
     assert message in err
 
 
+BAD_UPDATES = {
+    # an update value larger than its param: the step would write 400 kB into 8 bytes
+    "larger": "%x: f32[100000]) state(%w: f32[2]) {\n  %1: f32[100000] = add %x, %x\n",
+    "wider": "%x: f32[4]) state(%w: f32[4]) {\n  %1: f64[4] = cast %x {dtype=float64}\n",
+    "smaller": "%x: f32[2]) state(%w: f32[4]) {\n  %1: f32[2] = neg %x\n",
+}
+
+
+@pytest.mark.parametrize("command", ["dump", "aot"])
+@pytest.mark.parametrize("kind", BAD_UPDATES)
+def test_gir_update_of_another_type_is_refused(model, capsys, command, kind):
+    text = f"graph g({BAD_UPDATES[kind]}  return %1\n  update %w <- %1\n}}\n"
+    (model / "bad.gir").write_text(text)
+    code, out, err = run(capsys, command, "bad.gir", *["-o", "build"] * (command == "aot"))
+    assert code == 2 and out == "" and "bad.gir:4:3: update %w: update value is" in err
+    assert not (model / "build").exists() or not any((model / "build").iterdir())
+
+
+def test_gir_param_updated_twice_is_refused(model, capsys):
+    (model / "twice.gir").write_text(
+        "graph g(%x: f32[4]) state(%w: f32[4]) {\n  return %x\n"
+        "  update %w <- %x\n  update %w <- %x\n}\n"
+    )
+    code, _, err = run(capsys, "aot", "twice.gir", "-o", "build")
+    assert code == 2 and "twice.gir:4:3: update %w: param updated twice (first on line 3)" in err
+
+
 def test_missing_arguments_are_usage_errors(model, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["aot", "model.py:program"])  # -o is required

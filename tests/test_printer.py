@@ -233,6 +233,8 @@ def test_any_name_round_trips(name):
 # ---- parse errors ---------------------------------------------------------------------------
 
 HEADER = "graph g(%x: f32[3]) {\n"
+STATE = "graph g(%x: f32[3]) state(%w: f32[2]) {\n"
+STATE2 = "graph g(%x: f32[3]) state(%w: f32[3]) {\n"
 BAD_TEXT = [
     (HEADER + "  %0: f32[3] = frob %x\n}", 2, "unknown op 'frob'"),
     (HEADER + "  %0: f32[3] = neg %y\n}", 2, "undefined value %y"),
@@ -250,6 +252,9 @@ BAD_TEXT = [
     (HEADER + "  %0: f32[3] = neg %x $\n}", 2, "unexpected character '$'"),
     (HEADER + "  %0: f32[3] = input\n}", 2, "declared in the graph header"),
     (HEADER + "  return %x\n  update %x <- %x\n}", 3, "update target %x is not a param"),
+    (STATE + "  return %x\n  update %w <- %x\n}", 3, "value is f32[3] but the param is f32[2]"),
+    (STATE + "  %0: f64[3] = cast %x {dtype=float64}\n  update %w <- %0\n}", 3, "f64[3] but"),
+    (STATE2 + "  update %w <- %x\n  update %w <- %x\n}", 3, "updated twice (first on line 2)"),
     (HEADER + "  return %x\n", 3, "expected an equation"),
     (HEADER + "  return %x\n}\n}", 4, "after the end of the graph"),
     ("graph g(%x: f32[3] {\n}", 1, "expected ','"),

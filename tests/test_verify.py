@@ -108,9 +108,29 @@ def test_update_targets_and_types():
     x, h, y = small()
     broken(Graph([], [(h, y)], inputs=[x]), "%h (exp", "update target is not a param")
     w64 = gc.param("w", np.zeros(3)).node
-    broken(Graph([], [(w64, y)], inputs=[x]), "%w (param: f64[3]", "differs from the param's type")
+    broken(Graph([], [(w64, y)], inputs=[x]), "%w (param: f64[3]", "value is f32[3] but the param")
     w = gc.param("w", np.zeros(3, np.float32)).node
     broken(Graph([], [(w, y), (w, h)], inputs=[x]), "param updated twice")
+
+
+def test_every_compile_verifies_its_graph(monkeypatch, tmp_path):
+    """Not only under GRAPHC_VERIFY: a graph built by hand (or read from a .gir file) whose
+    update does not fit its param would have its step write past the param's buffer."""
+    from graphc.runtime.executable import Executable
+
+    monkeypatch.setenv("GRAPHC_VERIFY", "0")
+    monkeypatch.setenv("GRAPHC_CACHE_DIR", str(tmp_path))
+    x = gc.input("x", (100000,)).node
+    w = gc.param("w", np.zeros(2, np.float32)).node
+    big = apply("add", x, x)
+    broken(lambda: Executable.build(Graph([big], [(w, big)], inputs=[x])), "update value is")
+    w4 = gc.param("w4", np.zeros(4, np.float32)).node
+    x4 = gc.input("x4", (4,)).node
+    for value in (apply("cast", x4, dtype="float64"), apply("neg", x)):
+        graph = Graph([value], [(w4, value)], inputs=[x, x4])
+        broken(lambda graph=graph: Executable.build(graph, cache=False), "but the param is")
+    twice = Graph([], [(w4, x4), (w4, apply("neg", x4))], inputs=[x4])
+    broken(lambda: Executable.build(twice), "param updated twice")
 
 
 def test_param_storage_must_match_its_type():

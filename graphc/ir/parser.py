@@ -13,11 +13,12 @@ import re
 
 import numpy as np
 
-from graphc.errors import GraphcError, ParseError
+from graphc.errors import GraphcError, ParseError, VerifyError
 from graphc.ir.graph import FORMS, Graph, Kernel, Node, Storage, location
 from graphc.ir.ops import OPS, apply
 from graphc.ir.printer import DECLARED, PLAIN_NAME, WORDS, quote
 from graphc.ir.types import LONG, SHORT, TensorType
+from graphc.ir.verify import update_problem, verify
 
 # ---- parsing --------------------------------------------------------------------------------
 
@@ -58,6 +59,7 @@ class Parser:
         self.defined_in: dict[str, int | None] = {}  # the kernel block of each equation
         self.block: int | None = None  # the kernel block being read (None: top level)
         self.blocks = 0  # kernel blocks begun
+        self.updated_at: dict[Node, int] = {}  # param -> line of its update
 
     def _tokenize(self, text: str):
         line, line_start, pos = 1, 0, 0
@@ -324,8 +326,25 @@ class Parser:
         self.pos = resume
         return Kernel(name, form_token.text, tuple(nodes), tuple(inputs), tuple(outputs))
 
+    def update(self, earlier: list[tuple[Node, Node]]) -> tuple[Node, Node]:
+        """`update %param <- %value`, checked as the verifier checks it."""
+        update_token = self.expect("update")
+        target_token = self.peek()
+        target = self.use()
+        if target.op != "param":
+            self.fail(f"update target {target_token.text} is not a param", target_token)
+        self.expect("<-")
+        value = self.use()
+        problem = update_problem(target, value, {p for p, _ in earlier})
+        if problem:
+            first = self.updated_at.get(target)
+            also = f" (first on line {first})" if first else ""
+            self.fail(f"update {target_token.text}: {problem}{also}", update_token)
+        self.updated_at[target] = update_token.line
+        return target, value
+
     def graph(self) -> tuple[Graph, list[Kernel] | None]:
-        self.expect("graph")
+        graph_token = self.expect("graph")
         name = self.word_or_string("a graph name")
         inputs = self.declarations("input")
         if self.at("state"):
@@ -345,13 +364,7 @@ class Parser:
                     self.fail("a graph has one return", token)
                 outputs = self.uses()
             elif self.at("update"):
-                self.next()
-                target_token = self.peek()
-                target = self.use()
-                if target.op != "param":
-                    self.fail(f"update target {target_token.text} is not a param", target_token)
-                self.expect("<-")
-                updates.append((target, self.use()))
+                updates.append(self.update(updates))
             else:
                 self.fail(
                     f"expected an equation, 'return', 'update' or 'kernel', found {token.text!r}"
@@ -360,6 +373,10 @@ class Parser:
         if self.peek().kind != "end":
             self.fail(f"unexpected {self.peek().text!r} after the end of the graph")
         graph = Graph(outputs, updates, inputs=inputs, name=name)
+        try:
+            verify(graph, kernels or None)
+        except VerifyError as error:
+            self.fail(str(error), graph_token)
         return graph, kernels or None
 
 

@@ -107,18 +107,13 @@ class _Checker:
                 self.fail("output is not a node of the graph", node)
         targets: set[Node] = set()
         for target, value in graph.updates:
-            if target.op != "param":
-                self.fail("update target is not a param", target)
-            if target in targets:
-                self.fail("param updated twice", target)
+            problem = update_problem(target, value, targets)
+            if problem:
+                self.fail(f"{problem}: update <- {self.describe(value)}", target)
             targets.add(target)
             for node in (target, value):
                 if node not in defined:
                     self.fail(f"update of {self.label(target)} refers outside the graph", node)
-            if value.type != target.type:
-                self.fail(
-                    f"update value {self.describe(value)} differs from the param's type", target
-                )
 
     def check_kernels(self, kernels):
         """Kernels may recompute a cheap value in several bodies, but store each value once,
@@ -173,6 +168,19 @@ class _Checker:
         for x in kernel.outputs:
             if x not in body:
                 self.fail(f"{title}: output is not a body node", x)
+
+
+def update_problem(target: Node, value: Node, updated: set[Node]) -> str | None:
+    """Why `update target <- value` is invalid (None if it is valid), given the params
+    `updated` by earlier updates. The compiled step writes `value` over the param's buffer,
+    so anything but the param's exact type would write past it or reinterpret it."""
+    if target.op != "param":
+        return f"update target is not a param but {target.op}"
+    if target in updated:
+        return "param updated twice"
+    if value.type != target.type:
+        return f"update value is {value.type} but the param is {target.type}"
+    return None
 
 
 def verify(graph: Graph, kernels=None) -> Graph:
