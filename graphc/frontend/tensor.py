@@ -23,7 +23,7 @@ import numpy as np
 from graphc.errors import DTypeError, GraphcError, InputError, ShapeError
 from graphc.ir.graph import Node, Storage, user_location
 from graphc.ir.ops import apply
-from graphc.ir.types import DTYPES, FLOATS, canonical_dtype
+from graphc.ir.types import DTYPES, FLOATS, canonical_dtype, check_shape
 
 
 class Tensor:
@@ -175,9 +175,13 @@ class Tensor:
         if shape.count(-1) == 1:
             known = int(np.prod([d for d in shape if d != -1]))
             shape = tuple(self.size // known if d == -1 and known else d for d in shape)
-        if tuple(shape) == self.shape:
+        try:
+            shape = check_shape(shape)
+        except ShapeError as error:
+            raise ShapeError(f"reshape of {self.type}: {error} (at {user_location()})") from None
+        if shape == self.shape:
             return self
-        return Tensor(apply("reshape", self.node, shape=tuple(int(d) for d in shape)))
+        return Tensor(apply("reshape", self.node, shape=shape))
 
     def transpose(self, *axes) -> Tensor:
         if len(axes) == 1 and isinstance(axes[0], (tuple, list)):
@@ -203,12 +207,24 @@ class Tensor:
 
 
 def input(name: str, shape, dtype="float32") -> Tensor:  # noqa: A001 (the public name)
-    """A placeholder fed at each call: `gc.input("x", (32, 5))`."""
+    """A placeholder fed at each call: `gc.input("x", (32, 5))`.
+
+    `shape` is a tuple (or list) of non-negative ints; a lone int `n` means `(n,)`, as in
+    `np.zeros(n)`. Anything else (a string, a float dimension) is a ShapeError.
+    """
     if not isinstance(name, str) or not name:
         raise GraphcError("gc.input needs a non-empty name")
-    shape = tuple(int(d) for d in shape)
-    if any(d < 0 for d in shape):
-        raise ShapeError(f"input {name}: negative dimension in {shape}")
+    if isinstance(shape, numbers.Integral) and not isinstance(shape, bool):
+        shape = (shape,)
+    if not isinstance(shape, (tuple, list)):
+        raise ShapeError(
+            f"input {name!r}: the shape must be a tuple of ints such as (32, 5), got {shape!r} "
+            f"(at {user_location()})"
+        )
+    try:
+        shape = check_shape(shape)
+    except ShapeError as error:
+        raise ShapeError(f"input {name!r}: {error} (at {user_location()})") from None
     return Tensor(apply("input", name=name, shape=shape, dtype=canonical_dtype(dtype)))
 
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from math import prod
 
 import numpy as np
 
-from graphc.errors import DTypeError
+from graphc.errors import DTypeError, ShapeError
 
 DTYPES = ("float32", "float64", "int32", "int64", "bool")
 FLOATS = ("float32", "float64")
@@ -16,6 +17,11 @@ INTS = ("int32", "int64")
 SHORT = {"float32": "f32", "float64": "f64", "int32": "i32", "int64": "i64", "bool": "bool"}
 LONG = {short: long for long, short in SHORT.items()}
 NP_DTYPES = {name: np.dtype(name) for name in DTYPES}  # np.dtype(name) takes ~0.6 µs a call
+
+# No tensor may need more bytes than an x86-64 Linux process can map: 2**47 (128 TiB) of user
+# address space (higher addresses only on request, with 5-level paging). A larger shape could
+# never be allocated, so it is refused where the type is made, not after a full compile.
+MAX_BYTES = 2**47
 
 
 def canonical_dtype(dtype) -> str:
@@ -31,6 +37,22 @@ def canonical_dtype(dtype) -> str:
     return name
 
 
+def check_shape(shape) -> tuple[int, ...]:
+    """`shape` as a tuple of Python ints; ShapeError unless each is a non-negative integer."""
+    try:
+        dims = tuple(shape)
+    except TypeError:
+        raise ShapeError(f"a shape must be a tuple of integers, got {shape!r}") from None
+    for d in dims:
+        if type(d) is int and d >= 0:  # the common case, quickly
+            continue
+        if isinstance(d, bool) or not isinstance(d, numbers.Integral) or d < 0:
+            raise ShapeError(
+                f"a shape must be a tuple of non-negative integers, got {shape!r} (dimension {d!r})"
+            )
+    return tuple(int(d) for d in dims)
+
+
 @dataclass(frozen=True)
 class TensorType:
     """A static shape and a dtype; rank 0 is a scalar."""
@@ -39,8 +61,12 @@ class TensorType:
     dtype: str
 
     def __post_init__(self):
-        object.__setattr__(self, "shape", tuple(int(d) for d in self.shape))
+        object.__setattr__(self, "shape", check_shape(self.shape))
         object.__setattr__(self, "dtype", canonical_dtype(self.dtype))
+        if self.nbytes > MAX_BYTES:
+            raise ShapeError(
+                f"{self} needs {self.nbytes} bytes, more than any process can address (2**47 bytes)"
+            )
 
     @property
     def ndim(self) -> int:
