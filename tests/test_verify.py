@@ -133,6 +133,36 @@ def test_every_compile_verifies_its_graph(monkeypatch, tmp_path):
     broken(lambda: Executable.build(twice), "param updated twice")
 
 
+@pytest.mark.parametrize(
+    "op, attrs",
+    [
+        ("sum", {"axes": (0.5,), "keepdims": False}),
+        ("sum", {"axes": (True,), "keepdims": False}),
+        ("max", {"axes": (0,), "keepdims": 1}),
+        ("argmax", {"axis": 0.0, "keepdims": False}),
+        ("transpose", {"perm": (np.float64(0),)}),
+        ("reshape", {"shape": 3}),
+        ("broadcast_to", {"shape": (2, True)}),
+        ("slice", {"starts": (0,), "stops": (2.0,), "steps": (1,)}),
+        ("pad", {"widths": ((0, 1, 0.0),), "value": 0.0}),
+        ("concat", {"axis": True}),
+    ],
+)
+def test_integer_attributes_must_be_ints(op, attrs):
+    """A bool is an int to Python and a float may pass a range check; both would reach
+    codegen (TypeError) or silently mean 0/1."""
+    x = gc.input("x", (3,)).node
+    with pytest.raises(gc.ShapeError, match=f"^{op}: attribute"):
+        apply(op, x, **attrs)
+
+
+def test_argmax_of_an_empty_axis_is_a_shape_error():
+    x = gc.input("x", (0, 3))
+    with pytest.raises(gc.ShapeError, match="argmax over axis 0 of f32\\[0,3\\]"):
+        x.argmax(axis=0)
+    assert x.argmax(axis=1).shape == (0,)  # an empty result is fine
+
+
 def test_param_storage_must_match_its_type():
     w = gc.param("w", np.zeros(3, np.float32)).node
     w.attrs["storage"].value = np.zeros(4, np.float32)

@@ -30,6 +30,7 @@ unary op with a `math` routine is also public as `gc.<name>`, documented by its 
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
@@ -286,6 +287,30 @@ def _elementwise(allowed, result=None):
 
 
 NUMERIC = FLOATS + INTS
+
+
+def _integer(value, key: str) -> int:
+    """One integer of attribute `key`; a bool (an int to Python) or a float is a ShapeError."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ShapeError(f"attribute {key} must hold integers, got {value!r}")
+    return int(value)
+
+
+def _integers(attrs, key: str, rank: int = 1) -> tuple:
+    """Attribute `key` as a tuple of ints (rank 2: of int tuples, as pad's widths)."""
+    value = attrs[key]
+    if rank == 0:
+        return _integer(value, key)
+    if not isinstance(value, (tuple, list, np.ndarray)):
+        raise ShapeError(f"attribute {key} must be a tuple, got {value!r}")
+    return tuple(_integers({key: v}, key, rank - 1) for v in value)
+
+
+def _flag(attrs, key: str) -> bool:
+    """Attribute `key`, which must be a bool."""
+    if not isinstance(attrs[key], (bool, np.bool_)):
+        raise ShapeError(f"attribute {key} must be True or False, got {attrs[key]!r}")
+    return bool(attrs[key])
 
 
 def _unary(name, ref, partial=None, allowed=FLOATS, linear=False, **extra):
@@ -554,7 +579,7 @@ register(
 
 def _infer_broadcast_to(types, attrs):
     (x,) = types
-    shape = tuple(attrs["shape"])
+    shape = _integers(attrs, "shape")
     lead = len(shape) - x.ndim
     if lead < 0 or any(d not in (1, s) for d, s in zip(x.shape, shape[lead:])):
         raise ShapeError(f"cannot broadcast {x} to shape {shape}")
@@ -595,7 +620,7 @@ register(
 
 def _infer_reshape(types, attrs):
     (x,) = types
-    shape = tuple(attrs["shape"])
+    shape = _integers(attrs, "shape")
     if prod(shape) != x.size or any(d < 0 for d in shape):
         raise ShapeError(f"cannot reshape {x} ({x.size} elements) to shape {shape}")
     return x.with_shape(shape)
@@ -621,7 +646,7 @@ register(
 
 def _infer_transpose(types, attrs):
     (x,) = types
-    perm = tuple(attrs["perm"])
+    perm = _integers(attrs, "perm")
     if sorted(perm) != list(range(x.ndim)):
         raise ShapeError(f"perm {perm} is not a permutation of the axes of {x}")
     return x.with_shape([x.shape[p] for p in perm])
@@ -653,7 +678,7 @@ register(
 
 def _infer_slice(types, attrs):
     (x,) = types
-    starts, stops, steps = attrs["starts"], attrs["stops"], attrs["steps"]
+    starts, stops, steps = (_integers(attrs, key) for key in ("starts", "stops", "steps"))
     if not len(starts) == len(stops) == len(steps) == x.ndim:
         raise ShapeError(f"slice of {x} needs one start/stop/step per axis")
     shape = []
@@ -712,8 +737,8 @@ register(
 
 def _infer_pad(types, attrs):
     (x,) = types
-    widths = attrs["widths"]
-    if len(widths) != x.ndim or any(min(w) < 0 for w in widths):
+    widths = _integers(attrs, "widths", rank=2)
+    if len(widths) != x.ndim or any(len(w) != 3 or min(w) < 0 for w in widths):
         raise ShapeError(f"pad widths {widths} must be (low, high, interior) >= 0 per axis of {x}")
     shape = [
         lo + hi + d + max(d - 1, 0) * interior for d, (lo, hi, interior) in zip(x.shape, widths)
@@ -781,7 +806,7 @@ register(
 def _infer_concat(types, attrs):
     if not types:
         raise ShapeError("concat needs at least one input")
-    axis = attrs["axis"]
+    axis = _integers(attrs, "axis", rank=0)
     first = types[0]
     if not 0 <= axis < first.ndim:
         raise ShapeError(f"axis {axis} out of range for {first}")
@@ -855,7 +880,8 @@ def _infer_reduce(allowed):
         (x,) = types
         if x.dtype not in allowed:
             raise DTypeError(f"does not accept {x}")
-        return x.with_shape(_reduced_shape(x, tuple(attrs["axes"]), attrs["keepdims"]))
+        axes = _integers(attrs, "axes")
+        return x.with_shape(_reduced_shape(x, axes, _flag(attrs, "keepdims")))
 
     return infer
 
@@ -926,10 +952,13 @@ register(
 
 def _infer_argmax(types, attrs):
     (x,) = types
-    axis = attrs["axis"]
+    axis = _integers(attrs, "axis", rank=0)
     if x.dtype == "bool":
         raise DTypeError(f"does not accept {x}")
-    return TensorType(_reduced_shape(x, (axis,), attrs["keepdims"]), "int64")
+    shape = _reduced_shape(x, (axis,), _flag(attrs, "keepdims"))
+    if x.shape[axis] == 0:  # as NumPy: no maximum to point at
+        raise ShapeError(f"argmax over axis {axis} of {x}, which has no elements")
+    return TensorType(shape, "int64")
 
 
 register(
@@ -987,7 +1016,10 @@ SOURCES = ("input", "param", "const", "iota")  # the ops without inputs
 
 
 def _infer_source(types, attrs):
-    return TensorType(tuple(attrs["shape"]), attrs["dtype"])
+    shape = _integers(attrs, "shape")
+    if any(d < 0 for d in shape):
+        raise ShapeError(f"negative dimension in shape {shape}")
+    return TensorType(shape, attrs["dtype"])
 
 
 def _no_ref(xs, attrs):
@@ -1023,7 +1055,7 @@ def _iota_ref(xs, attrs):
 
 
 def _infer_iota(types, attrs):
-    if not 0 <= attrs["axis"] < len(attrs["shape"]):
+    if not 0 <= _integers(attrs, "axis", rank=0) < len(_integers(attrs, "shape")):
         raise ShapeError(f"axis {attrs['axis']} out of range for shape {tuple(attrs['shape'])}")
     return _infer_source(types, attrs)
 

@@ -130,7 +130,7 @@ class Parser:
         token = self.expect_kind("name", "a %value")
         body = token.text[1:]
         if body.startswith('"'):
-            name = json.loads(body)
+            name = self.unquote(body, token)
         elif body.isdigit():
             return token.text, None
         elif PLAIN_NAME.match(body):
@@ -138,6 +138,13 @@ class Parser:
         else:
             self.fail(f'bad value name {token.text!r} (quote it: %"...")', token)
         return "%" + quote(name), name
+
+    def unquote(self, text: str, token: Token) -> str:
+        """The string a `"..."` literal (JSON escapes) stands for."""
+        try:
+            return json.loads(text)
+        except ValueError as error:  # a control character or a bad escape
+            self.fail(f"bad string {text}: {error.msg}", token)
 
     def use(self) -> Node:
         token = self.peek()
@@ -167,7 +174,7 @@ class Parser:
         if token.kind == "word":
             return token.text
         if token.kind == "string":
-            return json.loads(token.text)
+            return self.unquote(token.text, token)
         self.fail(f"expected {what}, found {token.text!r}", token)
 
     def tensor_type(self) -> TensorType:
@@ -190,7 +197,7 @@ class Parser:
         if token.kind == "word":
             return WORDS.get(token.text, token.text)
         if token.kind == "string":
-            return json.loads(token.text)
+            return self.unquote(token.text, token)
         if token.text == "(":
             return tuple(self.comma_list(self.value, ")"))
         if token.text == "[":
