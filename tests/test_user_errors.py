@@ -51,3 +51,65 @@ def test_dump_of_a_gir_file_with_a_huge_shape_is_one_line_and_exit_2(tmp_path, c
     out, err = capsys.readouterr()
     assert out == "" and len(err.strip().splitlines()) == 1
     assert "f32[18446744073709551616] needs" in err
+
+
+# ---- compile arguments ----------------------------------------------------------------------
+
+
+def test_compile_takes_one_input_tensor_like_one_output():
+    x = gc.input("x", (2,), "float64")
+    step = gc.compile(inputs=x, outputs=x * 2)
+    np.testing.assert_array_equal(step(np.array([1.0, 2.0])), [2.0, 4.0])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"outputs": None}, "Program needs outputs: .*outputs=\\[\\] for a step"),
+        ({"inputs": "x"}, "inputs must be a list of gc.input tensors, got 'x': write inputs="),
+        ({"inputs": 3}, "inputs must be a list of gc.input tensors, got 3"),
+    ],
+)
+def test_compile_arguments_that_are_not_what_it_takes(kwargs, message):
+    x = gc.input("x", (2,))
+    with pytest.raises(gc.InputError, match=message):
+        gc.compile(**{"inputs": [x], "outputs": x, **kwargs})
+
+
+# ---- NumPy ufuncs on Tensors ----------------------------------------------------------------
+
+
+def test_numpy_ufuncs_on_tensors_are_the_graphc_functions():
+    t = gc.input("t", (2,), "float64")
+    a = np.array([1.0, 2.0])
+    feed = {t: np.array([0.5, 3.0])}
+    v = feed[t]
+    cases = [
+        (np.exp(t), np.exp(v)),
+        (np.arctan(t), np.arctan(v)),
+        (np.maximum(a, t), np.maximum(a, v)),
+        (a + t, a + v),
+        (a / t, a / v),
+        (a**t, a**v),
+        (np.negative(t), -v),
+        (a < t, a < v),
+        (np.float32(2) * t, np.float32(2) * v),
+    ]
+    for tensor, expected in cases:
+        assert isinstance(tensor, gc.Tensor)
+        result = gc.evaluate(tensor, feed)
+        assert result.dtype == expected.dtype
+        np.testing.assert_allclose(result, expected)
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda t: np.cosh(t), r"np.cosh has no graphc equivalent.*gc.exp"),
+        (lambda t: np.exp(t, out=np.zeros(2)), r"np.exp\(..., out=...\).*call gc.exp"),
+        (lambda t: np.add.reduce(t), r"np.add.reduce does not work.*t.sum"),
+    ],
+)
+def test_numpy_ufuncs_graphc_cannot_run_say_what_to_use(call, message):
+    with pytest.raises(gc.GraphcError, match=message):
+        call(gc.input("t", (2,), "float64"))

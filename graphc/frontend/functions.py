@@ -12,6 +12,7 @@ import numpy as np
 
 from graphc.errors import DTypeError, GraphcError, InputError, ShapeError
 from graphc.frontend.tensor import (
+    UFUNCS,
     Tensor,
     as_tensor,
     binary,
@@ -46,6 +47,8 @@ MATH_FUNCTIONS = {
     op.name: _math_function(op) for op in OPS.values() if op.math is not None and op.arity == 1
 }
 globals().update(MATH_FUNCTIONS)
+UFUNCS.update(MATH_FUNCTIONS)  # np.exp(t) is gc.exp(t)
+UFUNCS["arctan"] = MATH_FUNCTIONS["atan"]
 
 
 def abs(x) -> Tensor:  # noqa: A001 (NumPy's name)
@@ -66,6 +69,9 @@ def maximum(a, b) -> Tensor:
 def minimum(a, b) -> Tensor:
     """The smaller of a and b, elementwise, with broadcasting."""
     return binary("minimum", a, b)
+
+
+UFUNCS.update(absolute=abs, sign=sign, maximum=maximum, minimum=minimum)
 
 
 def stop_gradient(x) -> Tensor:
@@ -237,6 +243,18 @@ class Program:
     """The arguments of `compile`: inputs, outputs and updates of one step."""
 
     def __init__(self, inputs, outputs, updates=None, name=None):
+        if isinstance(inputs, Tensor):  # one input, as outputs may be one Tensor
+            inputs = [inputs]
+        if isinstance(inputs, str) or not hasattr(inputs, "__iter__"):
+            raise InputError(
+                f"Program inputs must be a list of gc.input tensors, got {inputs!r}: "
+                f"write inputs=[x, y]"
+            )
+        if outputs is None:
+            raise InputError(
+                "Program needs outputs: a Tensor (the step returns one array) or a list of "
+                "Tensors (a list of arrays); outputs=[] for a step that only applies updates"
+            )
         self.inputs = list(inputs)
         for x in self.inputs:
             if not isinstance(x, Tensor) or x.node.op != "input":
@@ -279,9 +297,10 @@ class Program:
 
 def compile(inputs=None, outputs=None, updates=None, *, name=None, opt=None, cache=True):  # noqa: A001
     """JIT-compile one step: `gc.compile(inputs=[x], outputs=y, updates={w: w2})` or a Program."""
-    program = (
-        inputs if isinstance(inputs, Program) else Program(inputs or [], outputs, updates, name)
-    )
+    if isinstance(inputs, Program):
+        program = inputs
+    else:
+        program = Program([] if inputs is None else inputs, outputs, updates, name)
     return Executable.build(
         program.graph, single_output=program.single_output, opt=opt, cache=cache
     )

@@ -29,7 +29,6 @@ from graphc.ir.types import DTYPES, FLOATS, canonical_dtype, check_shape
 class Tensor:
     """A symbolic, statically shaped value in a graphc graph."""
 
-    __array_ufunc__ = None  # make NumPy defer to our reflected operators
     __hash__ = object.__hash__
 
     def __init__(self, node: Node):
@@ -201,6 +200,31 @@ class Tensor:
 
     def __getitem__(self, index) -> Tensor:
         return getitem(self, index)
+
+    def __array_ufunc__(self, ufunc, method, *args, **kwargs):
+        """NumPy ufuncs build graph nodes: `np.exp(t)` is `gc.exp(t)` and `array + t` is
+        `t.__radd__(array)`; a ufunc graphc lacks, `out=` and the like, and ufunc methods
+        (`np.add.reduce`) are a GraphcError saying what to use instead."""
+        name = ufunc.__name__
+        function = UFUNCS.get(name)
+        if method != "__call__":
+            raise GraphcError(
+                f"np.{name}.{method} does not work on a symbolic Tensor; use Tensor methods "
+                f"(t.sum(axis), t.max(axis)) or gc functions (at {user_location()})"
+            )
+        if kwargs:
+            raise GraphcError(
+                f"np.{name}(..., {', '.join(kwargs)}=...): graphc Tensors are immutable "
+                f"values; call gc.{getattr(function, '__name__', name)}(...) without them "
+                f"(at {user_location()})"
+            )
+        if function is None:
+            raise GraphcError(
+                f"np.{name} has no graphc equivalent for a symbolic Tensor; build it from gc "
+                f"functions (gc.exp, gc.log, gc.where, ...) and Tensor operators "
+                f"(at {user_location()})"
+            )
+        return function(*args)
 
 
 # ---- sources --------------------------------------------------------------------------------
@@ -385,6 +409,41 @@ def matmul(a, b) -> Tensor:
     if b.ndim == 1:
         shape = shape[:-1]
     return result.reshape(shape)
+
+
+# NumPy ufunc name -> the graphc function `Tensor.__array_ufunc__` calls for it; functions.py
+# adds the math functions (np.exp -> gc.exp, np.arctan -> gc.atan ...).
+def _binary_op(op: str) -> Callable:
+    return lambda a, b: binary(op, a, b)
+
+
+UFUNCS: dict[str, Callable] = {
+    "power": power,
+    "matmul": matmul,
+    "negative": lambda x: -as_tensor(x),
+    "positive": as_tensor,
+    "logical_not": lambda x: ~as_tensor(x),
+    "invert": lambda x: ~as_tensor(x),  # `~array` on bools, as Tensor.__invert__
+    **{
+        name: _binary_op(op)
+        for name, op in [
+            ("add", "add"),
+            ("subtract", "sub"),
+            ("multiply", "mul"),
+            ("divide", "div"),
+            ("less", "lt"),
+            ("less_equal", "le"),
+            ("greater", "gt"),
+            ("greater_equal", "ge"),
+            ("equal", "eq"),
+            ("not_equal", "ne"),
+            ("logical_and", "logical_and"),
+            ("logical_or", "logical_or"),
+            ("bitwise_and", "logical_and"),  # `array & t`, as Tensor.__and__
+            ("bitwise_or", "logical_or"),
+        ]
+    },
+}
 
 
 def normalize_axes(axis, ndim: int, op: str) -> tuple[int, ...]:

@@ -77,7 +77,7 @@ import llvmlite.binding as llvm
 import numpy as np
 
 from graphc.codegen import parallel, target
-from graphc.errors import CompileError
+from graphc.errors import CompileError, InputError
 
 _LOCK = target.LLVM_LOCK
 _MAGIC = b"graphc-jit-object v2\n"
@@ -92,6 +92,7 @@ _KEY_EXEMPT = ("GRAPHC_CACHE_DIR", "GRAPHC_VERIFY", "GRAPHC_BENCH_")
 # as fast (native-call medians within ±1 %, single cases ±10 % either way between runs), and
 # LLVM's optimization takes 20-30 % less time (W1-A: 0.51 s vs 0.72 s). docs/README_perf.md.
 DEFAULT_OPT = 2
+OPT_LEVELS = (0, 1, 2, 3)
 
 llvm.initialize_native_target()
 llvm.initialize_native_asmprinter()
@@ -100,6 +101,13 @@ llvm.initialize_native_asmprinter()
 for _library in ("c", "m"):
     if ctypes.util.find_library(_library):
         llvm.load_library_permanently(ctypes.util.find_library(_library))
+
+
+def check_opt(opt) -> int:
+    """`opt` if it is an optimization level 0-3, else an InputError (a ValueError)."""
+    if isinstance(opt, bool) or not isinstance(opt, int) or opt not in OPT_LEVELS:
+        raise InputError(f"opt must be an optimization level 0, 1, 2 or 3, got {opt!r}")
+    return opt
 
 
 @functools.cache
@@ -119,6 +127,7 @@ def target_machine(
     jit: bool = False,
 ) -> llvm.TargetMachine:
     """A target machine for `cpu` (None: the JIT's target, codegen.target.host())."""
+    check_opt(opt)
     machine_target = target.host() if cpu is None else target.for_cpu(cpu, features)
     # The JIT needs the large code model: RuntimeDyld may place sections far apart.
     codemodel = "jitdefault" if jit else "default"
@@ -216,6 +225,7 @@ def _host_key() -> str:
 def cache_key(text: str, opt: int) -> str:
     """The hex sha256 naming the cache entry of the code `text` determines (LLVM IR, or a
     printed graph), compiled at `opt` for this host by this version of graphc."""
+    check_opt(opt)
     environment = sorted(
         f"{name}={value}"
         for name, value in os.environ.items()
@@ -440,6 +450,7 @@ def load_cached(
 
     `llvm_ir` (text, or a function building it) is what the entry was compiled from; it is
     only needed for dumps."""
+    check_opt(opt)
     start = time.perf_counter()
     code = (_RECEIVED.get() or {}).get(key)
     entry = _read_cache(key) if code is None else (code.object, code.metadata)
@@ -467,6 +478,7 @@ def compile_ir(
 
     The entry is named `key` if given (it must determine `llvm_ir`: see `cache_key`), else
     the key of the IR text itself; `metadata` (JSON-serializable) is stored with it."""
+    check_opt(opt)
     if cache:
         key = key or cache_key(llvm_ir, opt)
         engine = load_cached(key, opt=opt, llvm_ir=llvm_ir, required_symbols=required_symbols)
