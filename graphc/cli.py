@@ -74,6 +74,17 @@ def _bench(args) -> int:
     return bench(quick=args.quick, json_path=args.json, only=args.only)
 
 
+def _positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1 (a usage error otherwise, not a traceback later)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def parser() -> argparse.ArgumentParser:
     """The argument parser of `graphc` and its four subcommands."""
     root = argparse.ArgumentParser(prog="graphc", description="A graph compiler for small models.")
@@ -109,7 +120,7 @@ def parser() -> argparse.ArgumentParser:
     )
     bench.add_argument(
         "--threads",
-        type=int,
+        type=_positive_int,
         default=1,
         help="threads for graphc and for every peer alike (default 1)",
     )

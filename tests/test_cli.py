@@ -220,6 +220,15 @@ def test_missing_arguments_are_usage_errors(model, capsys):
     assert "-o/--output" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("threads", ["0", "-2", "two", "1.5"])
+def test_bench_threads_must_be_a_positive_integer(capsys, threads):
+    with pytest.raises(SystemExit) as exit_:
+        main(["bench", "--threads", threads])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "Traceback" not in err
+    assert "argument --threads: " in err and threads in err
+
+
 # ---- the command as a process ----
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from targets import assert_vectorized_at_target_width, widest_vector_bytes
 
-from graphc.errors import CompileError
+from graphc.errors import CompileError, InputError
 from graphc.runtime import jit
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -222,6 +222,27 @@ def test_emit_object_is_elf(cpu):
 
 def test_emit_assembly_vectorizes_for_the_target():
     assert_vectorized_at_target_width(jit.emit_assembly(FMA_LOOP))
+
+
+@pytest.mark.parametrize("opt", [4, -1, "fast", 2.0, True, None])
+def test_opt_must_be_a_level_from_0_to_3(opt):
+    for enter in (
+        lambda: jit.compile_ir(ADD, opt=opt),
+        lambda: jit.compile_ir(ADD, opt=opt, cache=False),
+        lambda: jit.cache_key(ADD, opt),
+        lambda: jit.emit_object(ADD, opt=opt),
+        lambda: jit.emit_assembly(ADD, opt=opt),
+    ):
+        with pytest.raises(InputError, match=f"opt must be .* 0, 1, 2 or 3, got {opt!r}"):
+            enter()
+
+
+def test_compile_checks_opt_before_any_work(cache_in_tmp):
+    import graphc as gc
+
+    x = gc.input("x", (3,))
+    with pytest.raises(ValueError, match="optimization level"):  # InputError is a ValueError
+        gc.compile(inputs=[x], outputs=x * 2, opt=4)
 
 
 def test_cache_key_depends_on_ir_and_opt():
