@@ -337,6 +337,17 @@ def test_model_loss_gradient_matches_finite_differences():
     gc.check_grad(loss, model.params(), {x: _normal(4, 3)})
 
 
+def test_check_grad_of_a_float32_model_differences_in_float64():
+    x = gc.input("x", (3,))
+    w = gc.param("w", _normal(3, dtype="float32"))
+    y = gc.tanh(w * x).mean()
+    assert gc.check_grad(y, [w, x], {x: _normal(3, dtype="float32")}) < 1e-6
+    assert w.value.dtype == np.float32  # the float64 copy leaves the model alone
+    model = gc.nn.MLP(hidden=32, layers=3, out=1, activation="tanh", seed=0)
+    loss = gc.nn.mse_loss(model(gc.input("x", (8, 5))), _normal(8, 1, dtype="float32"))
+    gc.check_grad(loss, model.params(), {"x": _normal(8, 5, dtype="float32")})
+
+
 # ---- save / load ----------------------------------------------------------------------------
 
 

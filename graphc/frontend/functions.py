@@ -22,7 +22,7 @@ from graphc.frontend.tensor import (
     promote,
     unary,
 )
-from graphc.ir.graph import Graph, topological_order
+from graphc.ir.graph import Graph, Node, Storage, location, topological_order
 from graphc.ir.interp import run_nodes
 from graphc.ir.ops import OPS, OpDef, apply
 from graphc.passes import autodiff
@@ -180,17 +180,28 @@ def evaluate(outputs, feed=None):
 
 
 def check_grad(y, wrt, feed=None, *, eps=1e-6, rtol=1e-5, atol=1e-7):
-    """Compare `grad(y, wrt)` with central differences; returns the max error, raises if off."""
+    """Compare `grad(y, wrt)` with central differences; returns the max error, raises if off.
+
+    The analytic gradient is evaluated in the model's dtype; the finite differences always
+    in float64, on a copy of the graph whose float32 inputs, params, consts and casts are
+    float64 (a float32 difference quotient with eps=1e-6 would be mostly rounding error).
+    """
     single, items = _tensor_list(wrt)
     y = as_tensor(y)
     if y.shape != ():
         raise ShapeError(f"check_grad: y must be a scalar, got {y.type}")
-    grads = evaluate(grad(y, items), feed)
-    feed = dict(feed or {})
-    worst = 0.0
-    for w, analytic in zip(items, grads):
+    for w in items:
         if w.node.op not in ("input", "param"):
             raise GraphcError(f"check_grad: {w!r} is not an input or param")
+    grads = evaluate(grad(y, items), feed)
+    wide = _in_float64([y.node, *(w.node for w in items)])
+    y = Tensor(wide[y.node])
+    feed = {
+        Tensor(wide[k.node]) if isinstance(k, Tensor) and k.node in wide else k: v
+        for k, v in (feed or {}).items()
+    }
+    worst = 0.0
+    for w, analytic in zip([Tensor(wide[w.node]) for w in items], grads):
         base = np.array(w.value if w.node.op == "param" else _fed(feed, w), dtype=w.dtype)
         numeric = np.zeros_like(base)
         for i in np.ndindex(base.shape):
@@ -208,6 +219,26 @@ def check_grad(y, wrt, feed=None, *, eps=1e-6, rtol=1e-5, atol=1e-7):
                 f"analytic:\n{analytic}\nnumeric:\n{numeric}"
             )
     return worst
+
+
+def _in_float64(roots) -> dict[Node, Node]:
+    """A copy of the graph of `roots` computing in float64 where it computed in float32:
+    {node: its copy}; a float32 param's copy holds a float64 copy of its value."""
+    copies: dict[Node, Node] = {}
+    for node in topological_order(roots):
+        attrs = dict(node.attrs)
+        if attrs.get("dtype") == "float32":
+            attrs["dtype"] = "float64"
+        if node.op == "const" and node.dtype == "float32":
+            attrs["value"] = attrs["value"].astype(np.float64)
+            attrs["value"].setflags(write=False)
+        if node.op == "param" and node.dtype == "float32":
+            attrs["storage"] = Storage(attrs["storage"].value.astype(np.float64))
+        with location(node.loc):
+            copies[node] = apply(
+                node.op, *[copies[x] for x in node.inputs], name=node.name, **attrs
+            )
+    return copies
 
 
 def _is_key_of(key, w) -> bool:
