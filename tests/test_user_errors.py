@@ -113,3 +113,47 @@ def test_numpy_ufuncs_on_tensors_are_the_graphc_functions():
 def test_numpy_ufuncs_graphc_cannot_run_say_what_to_use(call, message):
     with pytest.raises(gc.GraphcError, match=message):
         call(gc.input("t", (2,), "float64"))
+
+
+# ---- updates follow NumPy's same_kind rule --------------------------------------------------
+
+
+def test_an_update_is_cast_as_numpy_casts_in_place_arithmetic():
+    x = gc.input("x", (2,), "float64")
+    w = gc.param("w", np.ones(2, np.float32))
+    step = gc.compile(inputs=[x], outputs=[], updates={w: w - x})  # float64 rounds into w
+    step(np.array([0.5, 1.0 / 3.0]))
+    expected = np.ones(2, np.float32)
+    np.subtract(expected, np.array([0.5, 1.0 / 3.0]), out=expected, casting="same_kind")
+    np.testing.assert_array_equal(w.value, expected)
+
+
+def test_an_update_numpy_would_refuse_names_both_types():
+    count = gc.param("count", np.zeros((), np.int64))
+    with pytest.raises(gc.DTypeError, match=r"update of count: .*f64\[\].*i64\[\].*same_kind"):
+        gc.Program([], [], {count: count + 0.5})
+    with pytest.raises(TypeError, match="same_kind"):  # NumPy's own in-place refusal
+        np.add(count.value, 0.5, out=count.value, casting="same_kind")
+
+
+# ---- one_hot --------------------------------------------------------------------------------
+
+
+def test_one_hot_of_a_fed_label_out_of_range_is_a_row_of_zeros():
+    labels = gc.input("labels", (3,), "int64")
+    rows = gc.evaluate(gc.one_hot(labels, 3), {labels: np.array([1, 3, -1])})
+    np.testing.assert_array_equal(rows, [[0, 1, 0], [0, 0, 0], [0, 0, 0]])
+
+
+@pytest.mark.parametrize(("labels", "depth"), [([0, 3], 3), ([-1, 0], 3)])
+def test_one_hot_of_a_constant_label_out_of_range_is_an_error(labels, depth):
+    with pytest.raises(gc.ShapeError, match=rf"label -?\d is outside \[0, {depth}\)"):
+        gc.one_hot(np.array(labels), depth)
+    with pytest.raises(gc.ShapeError, match="outside"):
+        gc.nn.softmax_cross_entropy(gc.input("z", (2, depth)), np.array(labels))
+
+
+@pytest.mark.parametrize("depth", [2.5, -1, True])
+def test_one_hot_depth_is_a_non_negative_int(depth):
+    with pytest.raises(gc.ShapeError, match="depth must be a non-negative int"):
+        gc.one_hot(np.array([0]), depth)

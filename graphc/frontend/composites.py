@@ -18,12 +18,14 @@ primitives a composite expands into.
 from __future__ import annotations
 
 import math
+import numbers
 
 import numpy as np
 
-from graphc.errors import DTypeError
+from graphc.errors import DTypeError, ShapeError
 from graphc.frontend.functions import exp, log, stop_gradient, tanh, where
 from graphc.frontend.tensor import Tensor, as_tensor, broadcast_to, normalize_axes
+from graphc.ir.graph import user_location
 from graphc.ir.ops import apply
 from graphc.ir.types import FLOATS, INTS, canonical_dtype
 
@@ -95,10 +97,22 @@ def log_softmax(x, axis=-1) -> Tensor:
 
 
 def one_hot(labels, depth: int, dtype="float32") -> Tensor:
-    """`labels[..., None] == arange(depth)` as `dtype`."""
+    """`labels[..., None] == arange(depth)` as `dtype`.
+
+    A label outside [0, depth) gives a row of zeros (as in JAX) when fed; a constant one is
+    a ShapeError, since it is known when the graph is built.
+    """
     labels = as_tensor(labels)
     if labels.dtype not in INTS:
         raise DTypeError(f"one_hot: labels must be integers, got {labels.type}")
+    if isinstance(depth, bool) or not isinstance(depth, numbers.Integral) or depth < 0:
+        raise ShapeError(f"one_hot: depth must be a non-negative int, got {depth!r}")
+    if labels.node.op == "const":
+        outside = labels.value[(labels.value < 0) | (labels.value >= depth)]
+        if outside.size:
+            raise ShapeError(
+                f"one_hot: label {outside.flat[0]} is outside [0, {depth}) (at {user_location()})"
+            )
     shape = labels.shape + (int(depth),)
     iota = Tensor(apply("iota", shape=shape, axis=len(shape) - 1, dtype=labels.dtype))
     expanded = broadcast_to(labels.reshape(labels.shape + (1,)), shape)

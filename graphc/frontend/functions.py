@@ -306,6 +306,14 @@ class Program:
                     f"{value.node.loc}), the param {target.node.type} (created at "
                     f"{target.node.loc})"
                 )
+            # NumPy's rule for `w -= u` in place: same_kind casting (float64 into float32 is
+            # rounded; a float into an int param is refused)
+            if not np.can_cast(value.dtype, target.dtype, "same_kind"):
+                raise DTypeError(
+                    f"update of {target.name}: the new value is {value.node.type} (computed at "
+                    f"{value.node.loc}), the param {target.node.type}; {value.dtype} does not "
+                    f"cast to {target.dtype} under NumPy's same_kind rule (use .astype)"
+                )
             self.updates.append((target, value.astype(target.dtype)))
         self.name = name or "main"
         self.graph = Graph(

@@ -260,8 +260,9 @@ def mse_loss(pred, target) -> Tensor:
 def softmax_cross_entropy(logits, labels) -> Tensor:
     """Mean over the batch of -sum(p * log_softmax(logits)), computed stably.
 
-    `labels` are integer classes of shape `logits.shape[:-1]` (a label outside
-    [0, classes) contributes 0) or probabilities / one-hot rows of the shape of `logits`.
+    `labels` are integer classes of shape `logits.shape[:-1]` (a fed label outside
+    [0, classes) contributes 0; a constant one is a ShapeError, see `one_hot`) or
+    probabilities / one-hot rows of the shape of `logits`.
     """
     logits = as_tensor(logits)
     if logits.dtype not in FLOATS:
