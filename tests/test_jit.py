@@ -2,9 +2,12 @@
 
 import ctypes
 import gc
+import hashlib
 import os
+import struct
 import subprocess
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -156,6 +159,81 @@ def test_entry_of_another_program_is_not_trusted():
     jit.cache_path(jit.cache_key(ADD, jit.DEFAULT_OPT)).write_bytes(sum_entry)
     engine = jit.compile_ir(ADD)
     assert not engine.cached and call_add(engine) == 3.75
+
+
+def compile_within(seconds: float, *args, **kwargs) -> jit.Engine:
+    """compile_ir in a thread that must finish in time (a regression would hang, not fail)."""
+    result = []
+    thread = threading.Thread(
+        target=lambda: result.append(jit.compile_ir(*args, **kwargs)), daemon=True
+    )
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), "compile_ir hangs on the cache entry"
+    return result[0]
+
+
+def forge(key: str, obj: bytes, metadata: bytes = b"{}") -> None:
+    """Write an entry for `key` holding `obj`, with a valid header and checksum."""
+    payload = metadata + b"\n" + obj
+    header = jit._MAGIC + f"{key}\n{hashlib.sha256(payload).hexdigest()}\n".encode()
+    jit.cache_path(key).write_bytes(header + payload)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "symlink to /dev/zero", "directory", "too large"])
+def test_entry_that_is_not_a_small_regular_file_is_replaced(kind, monkeypatch):
+    jit.compile_ir(ADD)
+    path = jit.cache_path(jit.cache_key(ADD, jit.DEFAULT_OPT))
+    good = path.read_bytes()
+    path.unlink()
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "symlink to /dev/zero":
+        path.symlink_to("/dev/zero")
+    elif kind == "directory":
+        path.mkdir()
+    else:
+        path.write_bytes(good)
+        monkeypatch.setattr(jit, "MAX_ENTRY_BYTES", len(good) - 1)
+    engine = compile_within(60, ADD, required_symbols=["add"])
+    assert not engine.cached and call_add(engine) == 3.75
+    if kind != "directory":  # os.replace cannot put a file over a directory: no caching
+        assert path.is_file() and not path.is_symlink() and path.read_bytes() == good
+        monkeypatch.setattr(jit, "MAX_ENTRY_BYTES", len(good))
+        assert jit.compile_ir(ADD).cached
+
+
+def flip_a_section_offset(obj: bytes) -> bytes:
+    (table,) = struct.unpack_from("<Q", obj, 0x28)
+    at = table + 64 + 0x18 + 4  # the high half of section 1's sh_offset
+    return obj[:at] + b"\xff" + obj[at + 1 :]
+
+
+@pytest.mark.parametrize(
+    "forgery",
+    ["another program", "not an object", "section past the end", "metadata not an object"],
+)
+def test_entry_forged_with_a_valid_checksum_is_recompiled(forgery):
+    """The checksum matches, so only loading the entry can tell: it must then compile afresh
+    and replace the entry, not fail every time (or let LLVM abort the process)."""
+    jit.compile_ir(SUM)
+    jit.compile_ir(ADD)
+    key = jit.cache_key(ADD, jit.DEFAULT_OPT)
+    good = jit.cache_path(key).read_bytes()
+    add_obj = good[jit._HEADER_SIZE :].split(b"\n", 1)[1]
+    sum_entry = jit.cache_path(jit.cache_key(SUM, jit.DEFAULT_OPT)).read_bytes()
+    sum_obj = sum_entry[jit._HEADER_SIZE :].split(b"\n", 1)[1]
+    obj, metadata = {
+        "another program": (sum_obj, b"{}"),
+        "not an object": (b"graphc" * 50, b"{}"),
+        "section past the end": (flip_a_section_offset(add_obj), b"{}"),
+        "metadata not an object": (add_obj, b"[1]"),
+    }[forgery]
+    forge(key, obj, metadata)
+    engine = jit.compile_ir(ADD, required_symbols=["add"])
+    assert not engine.cached and call_add(engine) == 3.75
+    assert jit.cache_path(key).read_bytes() == good
+    assert jit.compile_ir(ADD, required_symbols=["add"]).cached
 
 
 def test_unwritable_cache_dir_compiles_without_cache(tmp_path, monkeypatch):

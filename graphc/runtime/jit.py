@@ -19,8 +19,13 @@ a partial file):
 
 The metadata is whatever the compiler needs to run the code without recomputing it (the
 Executable stores its arena size and kernel names there). An entry whose magic, key or
-checksum does not match is never trusted: it is recompiled and rewritten. An unwritable cache
-directory just means no caching.
+checksum does not match is never trusted: it is recompiled and rewritten. Only a regular file
+of at most MAX_ENTRY_BYTES is read, opened without following a symlink and without blocking
+(a FIFO or a link to /dev/zero is a miss, not a hang), and an entry that fails to load for any
+reason (an object file LLVM would reject, a missing symbol, metadata that is not an object) is
+deleted and recompiled. The checksum guards against damage, not against forgery: the cache
+directory is trusted like the Python files graphc runs from. An unwritable cache directory
+just means no caching.
 
 Cache key: sha256 over a text that determines the machine code — the LLVM IR itself, or (for
 `compile`) the printed input graph without its source locations (no code depends on them),
@@ -66,6 +71,7 @@ import importlib.metadata
 import json
 import os
 import pathlib
+import stat
 import struct
 import tempfile
 import time
@@ -83,6 +89,7 @@ _LOCK = target.LLVM_LOCK
 _MAGIC = b"graphc-jit-object v2\n"
 _FORMAT_VERSION = "2"  # bump when the entry format or the JIT target machine settings change
 _HEADER_SIZE = len(_MAGIC) + 64 + 1 + 64 + 1
+MAX_ENTRY_BYTES = 1 << 30  # a cache entry larger than this is not read
 # The compiler's own sources: any change to them changes every cache key.
 _SOURCE_PACKAGES = ("ir", "passes", "codegen", "runtime")
 # GRAPHC_* variables that cannot change generated code; every other one is part of the key.
@@ -244,9 +251,8 @@ def cache_path(key: str) -> pathlib.Path:
 def _read_cache(key: str) -> tuple[bytes, dict] | None:
     """The cached object and metadata for `key`, or None if absent, unreadable or not exactly
     as written."""
-    try:
-        data = cache_path(key).read_bytes()
-    except OSError:
+    data = _read_regular_file(cache_path(key), MAX_ENTRY_BYTES)
+    if data is None:
         return None
     header, payload = data[:_HEADER_SIZE], data[_HEADER_SIZE:]
     expected = _MAGIC + f"{key}\n{hashlib.sha256(payload).hexdigest()}\n".encode()
@@ -254,9 +260,45 @@ def _read_cache(key: str) -> tuple[bytes, dict] | None:
         return None
     metadata, obj = payload.split(b"\n", 1)
     try:
-        return obj, json.loads(metadata)
+        metadata = json.loads(metadata)
     except ValueError:
         return None
+    return (obj, metadata) if isinstance(metadata, dict) else None
+
+
+def _read_regular_file(path: pathlib.Path, limit: int) -> bytes | None:
+    """The bytes of `path` if it is a regular file (not a symlink) of at most `limit` bytes."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > limit:
+            return None
+        with os.fdopen(fd, "rb", closefd=False) as file:
+            data = file.read(limit + 1)
+        return data if len(data) <= limit else None
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _well_formed_object(elf: bytes) -> bool:
+    """Whether `elf` is a little-endian ELF64 file whose section table and sections lie inside
+    it: LLVM aborts the process on one that is not (an entry forged with a valid checksum)."""
+    if len(elf) < 64 or elf[:6] != b"\x7fELF\x02\x01":
+        return False
+    (table,) = struct.unpack_from("<Q", elf, 0x28)
+    entry_size, count = struct.unpack_from("<HH", elf, 0x3A)
+    if entry_size < 64 or table + entry_size * count > len(elf):
+        return False
+    for i in range(count):
+        kind, _, _, offset, size = struct.unpack_from("<IQQQQ", elf, table + i * entry_size + 4)
+        if kind != 8 and offset + size > len(elf):  # 8: SHT_NOBITS (.bss) occupies no bytes
+            return False
+    return True
 
 
 def _write_cache(key: str, obj: bytes, metadata: dict) -> None:
@@ -457,11 +499,19 @@ def load_cached(
     if entry is None:
         return None
     obj, metadata = entry
-    engine = Engine(llvm_ir, opt, obj, cached=True, metadata=metadata)
+    try:
+        if not _well_formed_object(obj):
+            raise CompileError("not an ELF64 object file")
+        engine = Engine(llvm_ir, opt, obj, cached=True, metadata=metadata)
+        for name in required_symbols:
+            engine.address(name)
+    except Exception:  # noqa: BLE001 -- whatever is wrong with the entry, compile afresh
+        if code is None:
+            with contextlib.suppress(OSError):
+                os.unlink(cache_path(key))
+        return None
     engine.timings = {"load": time.perf_counter() - start}  # reading the entry included
     engine.key = key
-    for name in required_symbols:
-        engine.address(name)
     return engine
 
 
