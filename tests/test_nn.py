@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import zipfile
 
 import numpy as np
 import pytest
@@ -414,3 +415,41 @@ def test_save_rejects_non_params_and_duplicate_names(tmp_path):
     twins = [gc.param("w", np.zeros(2)), gc.param("w", np.ones(2))]
     with pytest.raises(gc.GraphcError, match="named 'w'"):
         gc.save(tmp_path / "a.npz", twins)
+
+
+def test_two_unnamed_models_clash_on_save_and_the_message_says_name_them(tmp_path):
+    actor, critic = _built_model(), _built_model(seed=1)
+    with pytest.raises(gc.GraphcError, match=r"named 'dense1.w' .*name='critic'"):
+        gc.save(tmp_path / "both.npz", actor.params() + critic.params())
+    critic = gc.nn.MLP(hidden=3, layers=2, out=2, seed=1, name="critic")
+    critic(gc.input("x", (1, 2)))
+    gc.save(tmp_path / "both.npz", actor.params() + critic.params())
+    assert "critic.dense1.w.npy" in zipfile.ZipFile(tmp_path / "both.npz").namelist()
+
+
+def test_load_of_anything_but_a_checkpoint_is_an_input_error_naming_the_file(tmp_path):
+    model = _built_model()
+    good = tmp_path / "good.npz"
+    gc.save(good, model)
+    data = good.read_bytes()
+    np.save(tmp_path / "single.npy", np.zeros(3))
+    files = {"missing.npz": None, "single.npy": ..., "empty.npz": b"", "text.npz": b"hi" * 9}
+    rng = np.random.default_rng(0)
+    for i in range(30):  # truncations and flipped bytes
+        damaged = bytearray(data[: rng.integers(len(data))] if i % 2 else data)
+        if not i % 2:
+            for at in rng.integers(len(data), size=3):
+                damaged[at] ^= 0xFF
+        files[f"damaged{i}.npz"] = bytes(damaged)
+    before = [p.value.copy() for p in model.params()]
+    for name, content in files.items():
+        if isinstance(content, bytes):
+            (tmp_path / name).write_bytes(content)
+        try:
+            gc.load(tmp_path / name, model)
+        except gc.InputError as error:
+            assert str(error).startswith(f"load {tmp_path / name}: ")
+        else:  # a flip the format does not notice (say, in a name) may still load
+            assert name.startswith("damaged")
+    for p, value in zip(model.params(), before, strict=True):
+        assert p.value.shape == value.shape

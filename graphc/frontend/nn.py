@@ -303,7 +303,12 @@ def _named_params(params) -> dict[str, Tensor]:
         if not p.name:
             raise GraphcError(f"cannot save or load an unnamed param {p!r}")
         if p.name in result and result[p.name] is not p:
-            raise GraphcError(f"two different params are named {p.name!r}")
+            raise GraphcError(
+                f"two different params are named {p.name!r} (created at "
+                f"{result[p.name].node.loc} and {p.node.loc}); unnamed models number their "
+                f"layers dense1, dense2, ... alike: name the models, e.g. "
+                f"gc.nn.MLP(..., name='critic') names its params 'critic.dense1.w', ..."
+            )
         result[p.name] = p
     return result
 
@@ -329,8 +334,7 @@ def load(path, params, *, strict: bool = True) -> None:
     Nothing is written unless every check passes.
     """
     named = _named_params(params)
-    with np.load(os.fspath(path), allow_pickle=False) as archive:
-        stored = {name: archive[name] for name in archive.files}
+    stored = _read_checkpoint(path)
     missing = [name for name in named if name not in stored]
     if missing:
         raise InputError(
@@ -353,3 +357,32 @@ def load(path, params, *, strict: bool = True) -> None:
             )
     for name, p in named.items():
         p.value[...] = stored[name]
+
+
+def _read_checkpoint(path) -> dict[str, np.ndarray]:
+    """The arrays of a .npz; anything that is not one (missing, truncated, corrupt, a
+    pickle, a lone .npy) is an InputError naming the file."""
+    try:
+        loaded = np.load(os.fspath(path), allow_pickle=False)
+    except OSError as error:  # missing, a directory, unreadable
+        raise InputError(f"load {path}: {error.strerror or error}") from None
+    except Exception as error:  # numpy and zipfile raise a zoo of errors on damaged files
+        raise _not_a_checkpoint(path, error) from None
+    if not isinstance(loaded, np.lib.npyio.NpzFile):
+        raise InputError(f"load {path}: a single array, not a .npz written by gc.save")
+    stored = {}
+    with loaded:
+        for name in loaded.files:
+            try:
+                stored[name] = loaded[name]
+            except Exception as error:
+                raise _not_a_checkpoint(path, error) from None
+            if not isinstance(stored[name], np.ndarray):  # a member that is not a .npy
+                raise InputError(f"load {path}: member {name!r} is not a NumPy array")
+    return stored
+
+
+def _not_a_checkpoint(path, error: Exception) -> InputError:
+    return InputError(
+        f"load {path}: not a checkpoint written by gc.save ({type(error).__name__}: {error})"
+    )
