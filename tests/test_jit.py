@@ -348,6 +348,43 @@ def test_eight_threads_compile_concurrently():
     assert results == [1.0 + k % 4 for k in range(8)]
 
 
+FORK_WHILE_LOCKED = """
+import os, sys, threading
+import graphc as gc
+from graphc.codegen import target
+from graphc.runtime import jit
+
+held, release = threading.Event(), threading.Event()
+
+def compiling():  # stands for a thread in the middle of an LLVM compile
+    with jit._LOCK:
+        held.set()
+        release.wait()
+
+thread = threading.Thread(target=compiling)
+thread.start()
+held.wait()
+pid = os.fork()
+if pid == 0:
+    assert jit._LOCK is target.LLVM_LOCK
+    x = gc.input("x", (3,))
+    step = gc.compile(inputs=[x], outputs=x * 2, cache=False)  # needs the lock
+    os._exit(0 if list(step([1.0, 2.0, 3.0])) == [2.0, 4.0, 6.0] else 3)
+release.set()
+thread.join()
+_, status = os.waitpid(pid, 0)
+print(os.waitstatus_to_exitcode(status))
+"""
+
+
+def test_fork_while_another_thread_compiles_leaves_the_child_a_working_lock():
+    result = subprocess.run(
+        [sys.executable, "-c", FORK_WHILE_LOCKED], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["0"]
+
+
 CYCLES = """
 import gc as collector, numpy as np, graphc as gc
 for i, n in enumerate([3, 3, 300_000, 3]):  # the native entry and the ctypes path

@@ -44,6 +44,17 @@ llvm.initialize_native_asmprinter()
 # LLVM calls are serialized by this one lock (runtime/jit.py uses it too)
 LLVM_LOCK = threading.RLock()
 
+
+def _fresh_lock_in_child() -> None:
+    """A forked child runs only the thread that forked: a lock another thread held then (in
+    the middle of a compile) would stay held in the child forever. The child gets a new one;
+    runtime/jit.py's own handler, registered after this one, picks it up."""
+    global LLVM_LOCK
+    LLVM_LOCK = threading.RLock()
+
+
+os.register_at_fork(after_in_child=_fresh_lock_in_child)
+
 _WIDE_PROBE = f"""
 define <16 x float> @probe(<16 x float> %a, <16 x float> %b) {WIDE_VECTOR_ATTRIBUTE} {{
   %c = fadd <16 x float> %a, %b

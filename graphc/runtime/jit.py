@@ -55,7 +55,8 @@ The machine code lives as long as its Engine: drop the Engine and every function
 it dangles (`function()` returns a ctypes callable that holds its Engine).
 
 Thread safety: LLVM calls are serialized by one module-level lock; each compile parses into
-its own LLVM context, so no global LLVM state grows with the number of programs compiled.
+its own LLVM context, so no global LLVM state grows with the number of programs compiled. A
+process forked while another thread holds the lock gets a fresh one in the child.
 """
 
 from __future__ import annotations
@@ -86,6 +87,15 @@ from graphc.codegen import parallel, target
 from graphc.errors import CompileError, InputError
 
 _LOCK = target.LLVM_LOCK
+
+
+def _lock_in_child() -> None:
+    """After a fork, the child's fresh LLVM lock (codegen/target.py made it just before)."""
+    global _LOCK
+    _LOCK = target.LLVM_LOCK
+
+
+os.register_at_fork(after_in_child=_lock_in_child)
 _MAGIC = b"graphc-jit-object v2\n"
 _FORMAT_VERSION = "2"  # bump when the entry format or the JIT target machine settings change
 _HEADER_SIZE = len(_MAGIC) + 64 + 1 + 64 + 1
