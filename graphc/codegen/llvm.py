@@ -74,8 +74,8 @@ def emit_program(
     """The LLVM module of a compiled program: kernels, constants and the exported entries.
     Large kernels run on `threads` threads (default: `parallel.thread_count()`); the code is
     tuned for `cpu` (default: the JIT's target, `target.host()`)."""
-    threads = parallel.thread_count() if threads is None else threads
     cpu = cpu or host()
+    threads = parallel.thread_count(cpu) if threads is None else threads
     module = ir.Module(name=name)
     globals_: dict[Node, ir.GlobalVariable] = {}
     for node in graph.nodes:

@@ -56,8 +56,12 @@ MAX_THREADS = 8
 MAX_WORKERS = 64  # thread_count's limit
 
 
-def thread_count() -> int:
-    """Threads per large kernel: $GRAPHC_THREADS, else the usable CPUs (at most MAX_THREADS)."""
+def thread_count(target=None) -> int:
+    """Threads per large kernel: $GRAPHC_THREADS, else the usable CPUs (at most MAX_THREADS).
+    1 for code for another system than x86-64 (a codegen.target.Target): the pool is x86-64
+    Linux code (its syscall numbers, `pause`), and a freestanding target has no threads."""
+    if target is not None and not target.triple.startswith("x86_64"):
+        return 1
     value = os.environ.get("GRAPHC_THREADS", "").strip()
     if value:
         if not value.isdigit() or int(value) < 1:

@@ -3,10 +3,12 @@
 `define_matmul` (codegen/matmul.py) emits what these functions choose, from Python ints
 alone: the shape, the dtype, the operands' strides and the target (codegen/target.py).
 
-Paths (`choose_path`): integers and k = 0 take a plain loop nest (LLVM vectorizes what it
-can); matrix-vector products with A rows and B columns contiguous (n <= 2) a dot-product
-kernel; a C narrower than one vector with more rows than columns is computed transposed
-(C^T = B^T A^T) so that the vector lanes run along m; everything else is blocked.
+Paths (`choose_path`): integers, k = 0 and elements wider than the target's registers
+(float64 on a Cortex-M4F, whose FPU is single precision) take a plain loop nest (LLVM
+vectorizes what it can); matrix-vector products with A rows and B columns contiguous
+(n <= 2) a dot-product kernel; a C narrower than one vector with more rows than columns
+is computed transposed (C^T = B^T A^T) so that the vector lanes run along m; everything
+else is blocked.
 
 The tile follows the target: NR is two of its widest vectors and MR the rows whose
 accumulators fit its vector registers beside two B vectors and a broadcast,
@@ -109,11 +111,12 @@ def choose_tiling(
 def choose_path(
     m: int, n: int, k: int, dtype: str, a: Operand, b: Operand, tiling, cpu: Target
 ) -> str:
-    """Which code computes the product: "loop" (integers, k = 0: a plain loop nest), "dot"
+    """Which code computes the product: "loop" (integers, k = 0, or floats wider than the
+    target's float registers: a plain loop nest), "dot"
     (matrix-vector with A rows and B columns contiguous: dot products, vectors along k),
     "transposed" (C^T = B^T A^T, blocked: n is narrower than a vector and m is not), or
     "blocked". An explicit `tiling` always means "blocked" for floats."""
-    if dtype in INTS or k == 0:
+    if dtype in INTS or k == 0 or cpu.vector_bytes < ITEMSIZE[dtype]:
         return "loop"
     if tiling is not None:
         return "blocked"

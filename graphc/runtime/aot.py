@@ -22,6 +22,14 @@ runs its chunks itself). External references are `memcpy`/`memset` (libc),
 `pthread_create`/`pthread_detach`/`syscall` (futex, getcpu, sched_setaffinity) for the
 pool and, for a CPU baseline without the instruction, `fma`/`floor`/`rint` from libm;
 `external_symbols()` lists what an export needs.
+
+`target=` cross-compiles (codegen/target.py PLATFORMS): the program is emitted again for
+that triple's vectors and registers, on one thread (the pool is x86-64 Linux code). For
+aarch64-linux-gnu the shared library is linked by `aarch64-linux-gnu-gcc` when it is on the
+PATH. thumbv7em-none-eabihf (Cortex-M4F) gives a freestanding object, built without
+position-independent code and with no shared library: it may need only memcpy/memset and
+the compiler's runtime helpers (libgcc/compiler-rt: `__aeabi_*`, soft float64); a libm call
+(say a float64 `fma` or a `floorf` the FPU has no instruction for) is a CompileError.
 """
 
 from __future__ import annotations
@@ -33,13 +41,15 @@ import shlex
 import shutil
 import subprocess
 import textwrap
+import warnings
 from typing import NamedTuple
 
 import llvmlite.binding as llvm
 import numpy as np
 from llvmlite import ir
 
-from graphc.codegen import parallel, target
+from graphc.codegen import freestanding, parallel, target
+from graphc.codegen.target import Target
 from graphc.errors import CompileError
 from graphc.passes.memory import aligned
 from graphc.runtime import jit
@@ -125,11 +135,12 @@ def _initial_bytes(node) -> bytes:
     return value.astype(np.uint8).tobytes() if node.dtype == "bool" else value.tobytes()
 
 
-def wrapper_module(executable, name: str) -> ir.Module:
+def wrapper_module(executable, name: str, pointer_bytes: int = 8) -> ir.Module:
     """The C entry points around `<executable.name>_step`, with the state embedded."""
     graph = executable.optimized
     state, state_bytes = state_layout(executable)
     arena_bytes = executable.plan.arena_bytes
+    size_type = ir.IntType(8 * pointer_bytes)  # C's size_t
     module = ir.Module(name=f"{name}_c")
     arg_count = 1 + len(state) + len(graph.inputs) + len(graph.outputs)
     step_type = ir.FunctionType(ir.VoidType(), [PTR] * arg_count)
@@ -141,9 +152,9 @@ def wrapper_module(executable, name: str) -> ir.Module:
     def at(b: ir.IRBuilder, mem, offset: int):
         return b.gep(mem, [I64(offset)], inbounds=True, source_etype=I8) if offset else mem
 
-    size = ir.Function(module, ir.FunctionType(I64, []), f"{name}_mem_size")
+    size = ir.Function(module, ir.FunctionType(size_type, []), f"{name}_mem_size")
     b = ir.IRBuilder(size.append_basic_block("entry"))
-    b.ret(I64(state_bytes + arena_bytes))
+    b.ret(size_type(state_bytes + arena_bytes))
 
     init = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR]), f"{name}_init")
     init.args[0].name = "mem"
@@ -178,15 +189,18 @@ def wrapper_module(executable, name: str) -> ir.Module:
     return module
 
 
-def export_ir(executable, name: str, cpu: str | None = None) -> str:
+def export_ir(executable, name: str, cpu: str | Target | None = None) -> str:
     """One LLVM module: the program (entries made internal) plus the C interface. With
-    `cpu`, the program is emitted again with vectors and tiles for that CPU; else it is the
-    JIT's."""
-    program_ir = executable.llvm_ir if cpu is None else executable.llvm_ir_for(target.for_cpu(cpu))
+    `cpu` (a host CPU name, or a codegen Target of any triple), the program is emitted again
+    with vectors and tiles for that CPU; else it is the JIT's."""
+    if isinstance(cpu, str):
+        cpu = target.for_cpu(cpu)
+    program_ir = executable.llvm_ir if cpu is None else executable.llvm_ir_for(cpu)
+    wrapper = wrapper_module(executable, name, cpu.pointer_bytes if cpu else 8)
     with jit._LOCK:
         context = llvm.create_context()
         program = llvm.parse_assembly(program_ir, context=context)
-        program.link_in(llvm.parse_assembly(str(wrapper_module(executable, name)), context=context))
+        program.link_in(llvm.parse_assembly(str(wrapper), context=context))
         internal = [f"{executable.name}_step", f"{executable.name}_call"]
         if any(f.name in parallel.POOL_SYMBOLS for f in program.functions):
             pool = llvm.parse_assembly(str(parallel.pool_module()), context=context)
@@ -198,13 +212,25 @@ def export_ir(executable, name: str, cpu: str | None = None) -> str:
         return str(program)
 
 
+def _linked(llvm_ir: str, module: ir.Module) -> str:
+    """`llvm_ir` with `module` linked in."""
+    with jit._LOCK:
+        context = llvm.create_context()
+        linked = llvm.parse_assembly(llvm_ir, context=context)
+        linked.link_in(llvm.parse_assembly(str(module), context=context))
+        return str(linked)
+
+
 def external_symbols(obj: bytes) -> list[str]:
     """The undefined symbols of an object file (what the linker must supply)."""
     return sorted(set(jit._undefined_symbols(obj)) - {"_GLOBAL_OFFSET_TABLE_"})
 
 
-def header_text(executable, name: str, cpu: str, externals: list[str]) -> str:
-    """`<name>.h`: the C interface, with every argument's shape and dtype documented."""
+def header_text(
+    executable, name: str, cpu: str, externals: list[str], *, hosted: bool = True
+) -> str:
+    """`<name>.h`: the C interface, with every argument's shape and dtype documented
+    (`hosted` False: for a freestanding target, whose memory block is a static array)."""
     graph = executable.optimized
     state, state_bytes = state_layout(executable)
     guard = f"GRAPHC_{name.upper()}_H"
@@ -235,6 +261,13 @@ def header_text(executable, name: str, cpu: str, externals: list[str]) -> str:
         + "; no other runtime library is needed.",
         f" * External symbols: {', '.join(externals) or 'none'}.",
     ]
+    if not hosted:
+        lines[2:4] = [
+            f" * Compiled ahead of time for cpu={cpu}: freestanding code (no OS, no",
+            " * allocation, no threads). Link with "
+            + f"{name}.o; memcpy/memset and the compiler's runtime helpers (libgcc) are all",
+            " * it needs.",
+        ]
     if any(s in PTHREAD for s in externals):
         lines += [
             " * Large kernels share their chunks with worker threads that the first such call",
@@ -250,11 +283,15 @@ def header_text(executable, name: str, cpu: str, externals: list[str]) -> str:
     lines += [
         " *",
         " * Usage:",
-        f" *   void *mem = aligned_alloc(64, {name}_mem_size());  // must be 64-byte aligned",
+        *(
+            [f" *   void *mem = aligned_alloc(64, {name}_mem_size());  // must be 64-byte aligned"]
+            if hosted
+            else [f" *   static uint8_t mem[{name.upper()}_MEM_SIZE] __attribute__((aligned(64)));"]
+        ),
         f" *   {name}_init(mem);        // the embedded state: parameters, optimizer state",
         f" *   {name}_run(mem, inputs..., outputs...);   // one step"
         + ("; updates the state in mem" if updated else ""),
-        " *   free(mem);",
+        *([" *   free(mem);"] if hosted else []),
         " * Everything a step keeps lives in mem: two blocks are two independent models, and",
         " * calls on different blocks may run concurrently. Arrays are dense, row-major (C order).",
         f" * Memory block: {state_bytes} bytes of state, then "
@@ -272,6 +309,7 @@ def header_text(executable, name: str, cpu: str, externals: list[str]) -> str:
         "",
         f"/* Bytes of the memory block {name}_run needs (state + arena). */",
         f"size_t {name}_mem_size(void);",
+        f"#define {name.upper()}_MEM_SIZE {state_bytes + executable.plan.arena_bytes}",
         "",
         "/* Writes the embedded initial state into mem (and zeroes the arena). */",
         f"void {name}_init(void *mem);",
@@ -315,36 +353,106 @@ def _version() -> str:
     return jit._graphc_version()
 
 
-def export(executable, directory, name: str | None = None, cpu: str = "x86-64-v3") -> Artifacts:
-    """Write `<name>.o`, `lib<name>.so` and `<name>.h` for `executable` into `directory`."""
+def export(
+    executable,
+    directory,
+    name: str | None = None,
+    cpu: str | None = None,
+    target: str | None = None,
+) -> Artifacts:
+    """Write `<name>.o`, `lib<name>.so` and `<name>.h` for `executable` into `directory`,
+    for `cpu` (default: the target's baseline, x86-64-v3 on the host) on the triple `target`
+    (None: the host; a freestanding target gets no `.so`: `shared` is None)."""
+    platform = _platform(target)
+    cpu = cpu or platform.default_cpu
     name = symbol_name(name or executable.name)
-    target.check_cpu(cpu)
+    _check_cpu(cpu, platform.triple)
     directory = pathlib.Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     if [p.name for p in executable.optimized.params] != [p.name for p in executable.graph.params]:
         raise CompileError(f"{name}: the optimized program's state differs from the graph's")
-    obj = jit.emit_object(export_ir(executable, name, cpu), cpu=cpu, opt=executable.engine.opt)
+    machine = Target(cpu, "", platform.triple)
+    module_ir = export_ir(executable, name, machine)
+
+    def emit(llvm_ir: str) -> bytes:
+        reloc = "pic" if platform.hosted else "static"
+        opt = executable.engine.opt
+        return jit.emit_object(llvm_ir, cpu=cpu, opt=opt, triple=platform.triple, reloc=reloc)
+
+    obj = emit(module_ir)
     externals = external_symbols(obj)
-    unknown = [s for s in externals if s not in LIBC + PTHREAD + LIBM]
-    if unknown:
-        raise CompileError(f"{name}: the object needs symbols outside libc/libm: {unknown}")
+    substitutes = [s for s in externals if s in freestanding.SUBSTITUTES]
+    if substitutes and not platform.hosted:  # libm calls LLVM made: defined in the object
+        obj = emit(_linked(module_ir, freestanding.define(substitutes)))
+        externals = external_symbols(obj)
+    if platform.hosted:
+        unknown = [s for s in externals if s not in LIBC + PTHREAD + LIBM]
+        if unknown:
+            raise CompileError(f"{name}: the object needs symbols outside libc/libm: {unknown}")
+    else:
+        unknown = [s for s in externals if s not in LIBC and not s.startswith("__")]
+        if unknown:
+            raise CompileError(
+                f"{name}: the freestanding object for {platform.triple} needs {unknown} "
+                "(libm or libc beyond memcpy/memset)"
+            )
     paths = Artifacts(directory / f"{name}.o", directory / f"lib{name}.so", directory / f"{name}.h")
     paths.object.write_bytes(obj)
-    paths.header.write_text(header_text(executable, name, cpu, externals))
+    if not platform.hosted:
+        paths = paths._replace(shared=None)
+    description = cpu if platform.triple == _HOST_TRIPLE else f"{cpu} ({platform.triple})"
+    paths.header.write_text(
+        header_text(executable, name, description, externals, hosted=platform.hosted)
+    )
+    if paths.shared is None:
+        pass
+    elif platform.triple == _HOST_TRIPLE:
+        link_shared(
+            paths.object,
+            paths.shared,
+            needs_libm=any(s in LIBM for s in externals),
+            needs_threads=any(s in PTHREAD for s in externals),
+        )
+    else:
+        paths = paths._replace(shared=_cross_link(paths, platform.triple, externals))
+    return paths
+
+
+# `export`'s parameter `target` hides the module: what it needs of it, under other names
+_platform, _check_cpu, _HOST_TRIPLE = target.platform, target.check_cpu, target.HOST_TRIPLE
+
+
+def _cross_link(paths: Artifacts, triple: str, externals: list[str]) -> pathlib.Path | None:
+    """lib<name>.so linked by `<triple>-gcc`, or None (with a warning) when it is not installed."""
+    compiler = shutil.which(f"{triple}-gcc")
+    if compiler is None:
+        warnings.warn(
+            f"no {triple}-gcc to link {paths.shared.name}: {paths.object.name} and "
+            f"{paths.header.name} are written",
+            stacklevel=3,
+        )
+        return None
     link_shared(
         paths.object,
         paths.shared,
         needs_libm=any(s in LIBM for s in externals),
-        needs_threads=any(s in PTHREAD for s in externals),
+        compiler=[compiler],
     )
-    return paths
+    return paths.shared
 
 
 def link_shared(
-    obj: pathlib.Path, shared: pathlib.Path, *, needs_libm: bool, needs_threads: bool = False
+    obj: pathlib.Path,
+    shared: pathlib.Path,
+    *,
+    needs_libm: bool,
+    needs_threads: bool = False,
+    compiler: list[str] | None = None,
 ) -> None:
-    """`cc -shared` the object into a shared library (the C compiler from $CC, cc or gcc)."""
-    compiler = shlex.split(os.environ.get("CC", "")) or [shutil.which("cc") or shutil.which("gcc")]
+    """`cc -shared` the object into a shared library (`compiler`, else the C compiler from
+    $CC, cc or gcc)."""
+    compiler = compiler or shlex.split(os.environ.get("CC", ""))
+    compiler = compiler or [shutil.which("cc") or shutil.which("gcc")]
     if not compiler[0]:
         raise CompileError(f"no C compiler (cc/gcc) to link {shared.name}; {obj.name} is written")
     command = [*compiler, "-shared", "-o", str(shared), str(obj)] + (["-lm"] if needs_libm else [])

@@ -142,10 +142,15 @@ def target_machine(
     reloc: str = "default",
     opt: int = DEFAULT_OPT,
     jit: bool = False,
+    triple: str | None = None,
 ) -> llvm.TargetMachine:
-    """A target machine for `cpu` (None: the JIT's target, codegen.target.host())."""
+    """A target machine for `cpu` on `triple` (None, None: the JIT's target,
+    codegen.target.host(); a triple alone: its default CPU)."""
     check_opt(opt)
-    machine_target = target.host() if cpu is None else target.for_cpu(cpu, features)
+    if cpu is None and triple is None:
+        machine_target = target.host()
+    else:
+        machine_target = target.for_cpu(cpu, features, triple)
     # The JIT needs the large code model: RuntimeDyld may place sections far apart.
     codemodel = "jitdefault" if jit else "default"
     with _LOCK:
@@ -175,10 +180,18 @@ def _parse(llvm_ir: str, tm: llvm.TargetMachine) -> llvm.ModuleRef:
 
 
 def emit_object(
-    llvm_ir: str, *, cpu: str = "x86-64-v3", features: str = "", opt: int = DEFAULT_OPT
+    llvm_ir: str,
+    *,
+    cpu: str = "x86-64-v3",
+    features: str = "",
+    opt: int = DEFAULT_OPT,
+    triple: str | None = None,
+    reloc: str = "pic",
 ) -> bytes:
-    """Optimized position-independent object file (ELF bytes) of `llvm_ir` for AOT builds."""
-    tm = target_machine(cpu, features, reloc="pic", opt=opt)
+    """Optimized object file (ELF bytes, position-independent by default) of `llvm_ir` for
+    AOT builds, for `cpu` on `triple` (None: the host's; codegen.target.PLATFORMS lists the
+    others)."""
+    tm = target_machine(cpu, features, reloc=reloc, opt=opt, triple=triple)
     with _LOCK:
         module = _parse(llvm_ir, tm)
         optimize(module, tm, opt)
@@ -332,12 +345,21 @@ def _write_cache(key: str, obj: bytes, metadata: dict) -> None:
             pass
 
 
+# ELF64 / ELF32 (a 32-bit target's AOT object): section header table offset, its entry size
+# and count, a section header, and a symbol's name, info and section index
+_ELF_LAYOUT = {
+    2: ("<Q", 0x28, 0x3A, "<IIQQQQIIQQ", "<IBxH"),
+    1: ("<I", 0x20, 0x2E, "<IIIIIIIIII", "<I8xBxH"),
+}
+
+
 def _undefined_symbols(elf: bytes) -> list[str]:
-    """Names of the undefined global (not weak) symbols of a little-endian ELF64 object file."""
-    (section_offset,) = struct.unpack_from("<Q", elf, 0x28)
-    entry_size, count = struct.unpack_from("<HH", elf, 0x3A)
+    """Names of the undefined global (not weak) symbols of a little-endian ELF object file."""
+    offset_format, offset_at, sizes_at, section_format, symbol_format = _ELF_LAYOUT[elf[4]]
+    (section_offset,) = struct.unpack_from(offset_format, elf, offset_at)
+    entry_size, count = struct.unpack_from("<HH", elf, sizes_at)
     sections = [
-        struct.unpack_from("<IIQQQQIIQQ", elf, section_offset + i * entry_size)
+        struct.unpack_from(section_format, elf, section_offset + i * entry_size)
         for i in range(count)
     ]
     names = []
@@ -346,7 +368,7 @@ def _undefined_symbols(elf: bytes) -> list[str]:
             continue
         strings_offset = sections[link][4]
         for at in range(offset + symbol_size, offset + size, symbol_size):  # skip null symbol
-            name, info, _, section_index = struct.unpack_from("<IBBH", elf, at)
+            name, info, section_index = struct.unpack_from(symbol_format, elf, at)
             if section_index == 0 and info >> 4 == 1:  # SHN_UNDEF and STB_GLOBAL
                 end = elf.index(b"\0", strings_offset + name)
                 names.append(elf[strings_offset + name : end].decode())
