@@ -306,6 +306,42 @@ def test_colliding_state_names_get_suffixes(tmp_path):
     assert "clash_state_a_b(void *mem)" in header and "clash_state_a_b_2(void *mem)" in header
 
 
+def test_argument_names_are_distinct_c_names(tmp_path):
+    """Input x with outputs named x_out and x: `x_out` was declared twice."""
+    from graphc.ir.parser import parse_graph
+    from graphc.runtime.executable import Executable
+
+    text = (
+        "graph clash(%x: f64[2], %int32_t: f64[2]) {\n  %x_out: f64[2] = neg %x\n"
+        "  %mem: f64[2] = add %x, %int32_t\n  return %x_out, %x, %mem, %x_out\n}\n"
+    )
+    step = Executable.build(parse_graph(text))
+    paths = gc.aot.export(step, tmp_path)
+    header = paths.header.read_text()
+    arguments = (
+        "void *mem, const double *x, const double *int32_t_, "
+        "double *x_out, double *x_out_2, double *mem_, double *x_out_3"
+    )
+    assert f"void clash_run({arguments});" in header
+    if GCC:
+        subprocess.run([GCC, "-Wall", "-Werror", "-fsyntax-only", str(paths.header)], check=True)
+
+
+def test_export_names_never_collide_with_graphcs_own_symbols(tmp_path, monkeypatch):
+    """A multi-threaded export named graphc_pool would define graphc_pool_run twice."""
+    monkeypatch.setenv("GRAPHC_THREADS", "4")
+    x = gc.input("x", (512, 512), "float32")
+    step = gc.compile(inputs=[x], outputs=x @ x, name="graphc_pool")
+    with pytest.raises(gc.CompileError, match="'graphc_pool' would define graphc_pool_run"):
+        gc.aot.export(step, tmp_path)
+    with pytest.raises(gc.CompileError, match="choose another name"):
+        gc.aot.export(step, tmp_path, name="graphc_pool")
+    assert "pthread_create" in gc.aot.export(step, tmp_path, name="pool").header.read_text()
+    small = gc.compile(inputs=[x], outputs=x * 2, name="graphc_pool")  # no threads: the same
+    with pytest.raises(gc.CompileError, match="graphc_pool_run"):
+        gc.aot.export(small, tmp_path)
+
+
 # ---- the example ----
 
 

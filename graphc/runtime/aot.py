@@ -92,6 +92,8 @@ C_KEYWORDS = set(
     "auto bool break case char const continue default do double else enum extern float for goto"
     " if inline int long mem register restrict return short signed sizeof static struct switch"
     " typedef union unsigned void volatile while".split()
+    # the types the header declares arguments with: a parameter of that name would shadow one
+    + "int32_t int64_t uint8_t size_t".split()
 )
 
 
@@ -113,6 +115,37 @@ def _unique(names: list[str]) -> list[str]:
         seen.add(candidate)
         result.append(candidate)
     return result
+
+
+def argument_names(graph) -> tuple[list[str], list[str]]:
+    """The C names of `NAME_run`'s inputs and outputs: all distinct (and never `mem`). An
+    output named like an input gets `_out`; any name taken already gets a number."""
+    inputs = [c_identifier(n.name or f"in{i}") for i, n in enumerate(graph.inputs)]
+    outputs = [c_identifier(n.name) if n.name else f"out{i}" for i, n in enumerate(graph.outputs)]
+    outputs = [f"{n}_out" if n in inputs else n for n in outputs]
+    names = _unique(inputs + outputs)
+    return names[: len(inputs)], names[len(inputs) :]
+
+
+def exported_symbols(executable, name: str) -> list[str]:
+    """The global symbols an export named `name` defines (its C interface)."""
+    state, _ = state_layout(executable)
+    fixed = [f"{name}_mem_size", f"{name}_init", f"{name}_run"]
+    return fixed + [f"{name}_state_{tensor.c_name}" for tensor in state]
+
+
+def _check_symbols(executable, name: str, program: llvm.ModuleRef) -> None:
+    """Refuse an export name whose C interface would define a symbol the program or graphc's
+    thread pool defines (`graphc_pool` would define graphc_pool_run)."""
+    taken = {*parallel.POOL_SYMBOLS}
+    taken |= {f.name for f in program.functions if not f.is_declaration}
+    taken |= {g.name for g in program.global_variables}
+    clashes = sorted(taken.intersection(exported_symbols(executable, name)))
+    if clashes:
+        raise CompileError(
+            f"export name {name!r} would define {', '.join(clashes)}, which the compiled "
+            f"program or graphc's runtime defines already: choose another name"
+        )
 
 
 def state_layout(executable) -> tuple[list[StateTensor], int]:
@@ -200,6 +233,7 @@ def export_ir(executable, name: str, cpu: str | Target | None = None) -> str:
     with jit._LOCK:
         context = llvm.create_context()
         program = llvm.parse_assembly(program_ir, context=context)
+        _check_symbols(executable, name, program)
         program.link_in(llvm.parse_assembly(str(wrapper), context=context))
         internal = [f"{executable.name}_step", f"{executable.name}_call"]
         if any(f.name in parallel.POOL_SYMBOLS for f in program.functions):
@@ -234,14 +268,7 @@ def header_text(
     graph = executable.optimized
     state, state_bytes = state_layout(executable)
     guard = f"GRAPHC_{name.upper()}_H"
-    in_names = _unique([c_identifier(n.name or f"in{i}") for i, n in enumerate(graph.inputs)])
-    out_names = _unique(
-        [
-            c_identifier(n.name or f"out{i}") if n.name else f"out{i}"
-            for i, n in enumerate(graph.outputs)
-        ]
-    )
-    out_names = [n if n not in in_names else f"{n}_out" for n in out_names]
+    in_names, out_names = argument_names(graph)
 
     def shape(node) -> str:
         return f"[{', '.join(map(str, node.shape))}]" if node.shape else "scalar"
