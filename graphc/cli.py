@@ -106,7 +106,16 @@ def parser() -> argparse.ArgumentParser:
     aot = commands.add_parser("aot", help="write <name>.o, lib<name>.so and <name>.h")
     aot.add_argument("spec", help=spec_help)
     aot.add_argument("-o", "--output", required=True, metavar="DIR")
-    aot.add_argument("--cpu", default="x86-64-v3", help="CPU baseline (default x86-64-v3)")
+    aot.add_argument(
+        "--target",
+        metavar="TRIPLE",
+        help="cross-compile: host x86_64 (default), aarch64-linux-gnu (64-bit ARM Linux), "
+        "thumbv7em-none-eabihf (Cortex-M4F, freestanding: .o and .h only)",
+    )
+    aot.add_argument(
+        "--cpu",
+        help="CPU baseline (default: x86-64-v3; generic on aarch64, cortex-m4 on thumbv7em)",
+    )
     aot.add_argument("--name", help="export name (default: the program's name)")
     aot.set_defaults(run=_aot)
     bench = commands.add_parser("bench", help="the benchmark suite against NumPy/PyTorch/JAX")

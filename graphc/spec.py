@@ -201,11 +201,13 @@ def dump_command(args) -> int:
 
 
 def aot_command(args) -> int:
-    """`graphc aot SPEC -o DIR [--cpu NAME] [--name NAME]`."""
+    """`graphc aot SPEC -o DIR [--target TRIPLE] [--cpu NAME] [--name NAME]`."""
     from graphc.runtime import aot
 
     executable = load_spec(args.spec)
-    paths = aot.export(executable, args.output, name=args.name, cpu=args.cpu)
+    target = getattr(args, "target", None)
+    paths = aot.export(executable, args.output, name=args.name, cpu=args.cpu, target=target)
     for path in paths:
-        print(path)
+        if path is not None:  # a freestanding target has no shared library
+            print(path)
     return 0
