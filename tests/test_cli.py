@@ -111,9 +111,15 @@ def test_dot_of_graph_and_fused_kernels(model, capsys):
     code, _, err = run(capsys, "dump", "model.py:program", "--dot", "graph.dot")
     assert code == 0 and "wrote DOT text to graph.dot" in err
     dot = (model / "graph.dot").read_text()
-    assert dot.startswith('digraph "tiny" {') and "cluster" not in dot
+    assert dot.startswith('digraph "tiny" {')
+    for phase in ("forward", "backward", "update"):  # clustered by phase, then by layer
+        assert f'subgraph cluster_{phase} {{\n    label="{phase}";' in dot
+    assert dot.count('label="layer"; style="rounded,dashed"') == 3
     assert 'label="layer.w\\nparam: f64[3,1]", shape=cylinder' in dot
-    assert 'label="update"' in dot
+    assert '[label="div: f64[]\\nwith 2.\\nmodel.py:8", peripheries=2]' in dot  # .mean()
+    assert 'label="grad(layer.w)\\nmatmul: f64[3,1]\\nmodel.py:8"' in dot
+    assert 'update0 [label="update of layer: 2 ops\\nmul×1 sub×1\\nmodel.py:14"' in dot
+    assert "update0 -> n1 [style=dashed" in dot and 'label="update"' in dot
     code, out, _ = run(capsys, "dump", "model.py:program", "--stage", "fused", "--dot", "k.dot")
     fused = (model / "k.dot").read_text()
     kernels = [line.split()[1] for line in out.splitlines() if line.startswith("  kernel ")]

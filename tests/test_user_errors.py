@@ -4,10 +4,14 @@ gets a GraphcError saying what to do instead (issue 19)."""
 
 from __future__ import annotations
 
+import shutil
+import struct
+
 import numpy as np
 import pytest
 
 import graphc as gc
+from graphc import spec
 from graphc.cli import main
 
 # ---- shapes ---------------------------------------------------------------------------------
@@ -157,3 +161,23 @@ def test_one_hot_of_a_constant_label_out_of_range_is_an_error(labels, depth):
 def test_one_hot_depth_is_a_non_negative_int(depth):
     with pytest.raises(gc.ShapeError, match="depth must be a non-negative int"):
         gc.one_hot(np.array([0]), depth)
+
+
+# ---- the DOT picture of a training step -----------------------------------------------------
+
+
+def test_dot_of_the_readme_training_step_stays_legible(tmp_path):
+    model = gc.nn.Sequential(
+        [gc.nn.Dense(32, "relu"), gc.nn.Dense(16, "relu"), gc.nn.Dense(1)], seed=0
+    )
+    x, y = gc.input("x", (32, 5)), gc.input("y", (32, 1))
+    loss = gc.nn.mse_loss(model(x), y)
+    program = gc.Program([x, y], loss, gc.optim.Adam(model.params()).updates(loss))
+    dot = spec.to_dot(program.graph)
+    drawn = [line for line in dot.splitlines() if " [label=" in line]
+    assert len(program.graph.nodes) > 250 and len(drawn) < 70  # constants inline, Adam boxed
+    assert dot.count('label="update of dense') == 3 and "state: adam.m[dense1.w] +3" in dot
+    if shutil.which("dot"):
+        spec.write_dot(dot, tmp_path / "step.png")
+        width, height = struct.unpack(">II", (tmp_path / "step.png").read_bytes()[16:24])
+        assert width < 4000 and height < 2500  # was 4730 x 5874 drawn flat
