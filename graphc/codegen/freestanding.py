@@ -18,13 +18,23 @@ module: the same names, internal, built from plain arithmetic (libgcc's soft flo
 
 The float32 forms (`rintf` ...) use 2^23. The backend's call to `fma` then binds to the
 object's own definition; `@llvm.compiler.used` keeps the optimizer from dropping it first.
+
+The float ABI: llvmlite's target machine passes float arguments in integer registers (the
+base AAPCS) even for an `eabihf` triple, and says nothing of it in the object's build
+attributes, so GNU ld refuses to link it with `-mfloat-abi=hard` code. The exported
+functions take and return only pointers and sizes, which travel in r0-r3 under both
+conventions, so `declare_vfp_arguments` adds the attribute that says "VFP registers"
+(Tag_ABI_VFP_args = 1) to the object; internal calls and libgcc's helpers keep the base
+convention, as they would in a hard-float build.
 """
 
 from __future__ import annotations
 
+import struct
+
 from llvmlite import ir
 
-__all__ = ["SUBSTITUTES", "define"]
+__all__ = ["SUBSTITUTES", "declare_vfp_arguments", "define"]
 
 F64, F32 = ir.DoubleType(), ir.FloatType()
 SUBSTITUTES = {
@@ -114,3 +124,37 @@ def define(names: list[str]) -> ir.Module:
     used.section = "llvm.metadata"
     used.initializer = ir.Constant(pointers, functions)
     return module
+
+
+SHT_ARM_ATTRIBUTES = 0x70000003
+TAG_ABI_VFP_ARGS = 28
+
+
+def declare_vfp_arguments(elf: bytes) -> bytes:
+    """The 32-bit ARM object `elf` with Tag_ABI_VFP_args = 1 in its "aeabi" file attributes
+    (the section is rewritten at the end of the file; its header points there)."""
+    (section_offset,) = struct.unpack_from("<I", elf, 0x20)
+    entry_size, count = struct.unpack_from("<HH", elf, 0x2E)
+    for i in range(count):
+        header = section_offset + i * entry_size
+        kind, _, _, offset, size = struct.unpack_from("<IIIII", elf, header + 4)
+        if kind == SHT_ARM_ATTRIBUTES:
+            break
+    else:
+        raise ValueError("the object has no ARM build attributes")
+    data = bytearray(elf[offset : offset + size])
+    # 'A' | subsection length (u32) "aeabi\0" | Tag_File (1) | its length (u32) | tag, value ...
+    (vendor_length,), (file_length,) = (
+        struct.unpack_from("<I", data, 1),
+        struct.unpack_from("<I", data, 12),
+    )
+    if data[:1] != b"A" or data[5:11] != b"aeabi\0" or data[11] != 1:
+        raise ValueError("unexpected ARM build attributes")
+    if 1 + vendor_length != len(data) or 11 + file_length != len(data):
+        raise ValueError("the object's ARM attributes have more than one subsection")
+    data += bytes([TAG_ABI_VFP_ARGS, 1])
+    struct.pack_into("<I", data, 1, vendor_length + 2)
+    struct.pack_into("<I", data, 12, file_length + 2)
+    patched = bytearray(elf) + data
+    struct.pack_into("<II", patched, header + 16, len(elf), len(data))
+    return bytes(patched)

@@ -412,6 +412,8 @@ def export(
     if substitutes and not platform.hosted:  # libm calls LLVM made: defined in the object
         obj = emit(_linked(module_ir, freestanding.define(substitutes)))
         externals = external_symbols(obj)
+    if platform.triple.startswith("thumb"):
+        obj = freestanding.declare_vfp_arguments(obj)
     if platform.hosted:
         unknown = [s for s in externals if s not in LIBC + PTHREAD + LIBM]
         if unknown:
