@@ -817,3 +817,61 @@ def test_cache_key_covers_compiler_sources_and_code_changing_environment(monkeyp
         jit._host_key.cache_clear()
     assert jit.cache_key("graph", 2) == base
     assert len(jit.source_fingerprint()) == 64
+
+
+# ---- rough edges (issue 19) ----------------------------------------------------------------
+
+
+def test_a_non_ascii_program_name_becomes_an_ascii_symbol():
+    x = gc.input("x", (3,), "float64")
+    w = gc.param("poidsé", np.ones(3))
+    step = gc.compile(inputs=[x], outputs=x * w, updates={w: w + 1}, name="modèle")
+    assert step.name.isascii() and step.name.isidentifier()
+    np.testing.assert_array_equal(step(np.ones(3)), np.ones(3))
+    np.testing.assert_array_equal(w.value, [2.0, 2.0, 2.0])
+
+
+def test_executables_updating_the_same_params_share_one_lock():
+    """Copies and a second compile of one model serialise their updates (large steps release
+    the GIL, so two threads could otherwise interleave a read and a write of the state)."""
+    x = gc.input("x", (3,), "float64")
+    w = gc.param("w", np.zeros(3))
+    step = gc.compile(inputs=[x], outputs=x * w, updates={w: w + 1})
+    again = gc.compile(inputs=[x], outputs=x * w, updates={w: w + 1})
+    assert copy.copy(step)._lock is step._lock is again._lock
+    other = gc.param("other", np.zeros(3))
+    independent = gc.compile(inputs=[x], outputs=x * other, updates={other: other + 1})
+    assert independent._lock is not step._lock
+
+
+def test_an_updated_param_bound_to_a_read_only_array_is_refused():
+    x = gc.input("x", (3,), "float64")
+    w = gc.param("w", np.zeros(3))
+    step = gc.compile(inputs=[x], outputs=x * w, updates={w: w + 1})
+    frozen = np.ones(3)
+    frozen.setflags(write=False)
+    w.node.attrs["storage"].value = frozen  # the array itself, not a copy
+    with pytest.raises(gc.InputError, match="'w' is updated in place.*read-only"):
+        step(np.ones(3))
+    np.testing.assert_array_equal(frozen, np.ones(3))
+    w.node.attrs["storage"].value = frozen.copy()  # writeable again: the step runs
+    step(np.ones(3))
+    np.testing.assert_array_equal(w.value, [2.0, 2.0, 2.0])
+
+
+def test_an_integer_argument_that_does_not_fit_the_input_is_refused():
+    x = gc.input("x", (3,), "int32")
+    step = gc.compile(inputs=[x], outputs=x * 2)
+    np.testing.assert_array_equal(step(np.array([1, 2, 3], np.int64)), [2, 4, 6])
+    with pytest.raises(gc.InputError, match="int64 argument do not fit"):
+        step(np.array([1, 2**40, 3], np.int64))
+
+
+def test_an_executable_shows_what_it_computes():
+    x = gc.input("x", (2, 3), "float32")
+    w = gc.param("w", np.ones(3, np.float32))
+    step = gc.compile(inputs=[x], outputs=(x * w).sum(), updates={w: w * 2}, name="show")
+    assert step.inputs == step.graph.inputs and step.outputs == step.graph.outputs
+    text = repr(step)
+    assert text.startswith("<Executable show(x: f32[2,3]) -> (") and "kernels" in text
+    assert "updates 1 params" in text and "0x" not in text

@@ -35,7 +35,7 @@ class Storage:
     A slot, not a dict entry: a compiled step's native entry reads `value` at a fixed offset
     (runtime/python_entry.py) to see whether the array was replaced."""
 
-    __slots__ = ("value",)
+    __slots__ = ("value", "__weakref__")  # weakly keyed: runtime's shared state locks
 
     def __init__(self, value: np.ndarray):
         self.value = value

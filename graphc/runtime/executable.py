@@ -93,9 +93,35 @@ def aligned_empty(shape, dtype) -> np.ndarray:
 
 
 def symbol_name(name: str) -> str:
-    """A C identifier for the program name."""
-    cleaned = re.sub(r"\W", "_", name)
+    """An ASCII C identifier for the program name (LLVM symbols and C headers are ASCII)."""
+    cleaned = re.sub(r"[^0-9A-Za-z_]", "_", name)
     return cleaned if cleaned and not cleaned[0].isdigit() else f"g_{cleaned}"
+
+
+def _narrowing_int(given: np.dtype, wanted: np.dtype) -> bool:
+    """An integer argument converted to an integer dtype that may not hold its values."""
+    if given.kind not in "iu" or wanted.kind not in "iu" or given == wanted:
+        return False
+    return not np.can_cast(given, wanted, "safe")
+
+
+# Executables that update the same parameters share one lock, so that two of them called
+# from two threads (copies, or one model compiled twice) never lose an update. Keyed weakly
+# by Storage: a set of parameters and its lock go away together.
+_STATE_LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_STATE_LOCKS_GUARD = threading.Lock()
+
+
+def _state_lock(storages) -> threading.Lock:
+    """The lock of the executables updating `storages`: the one they already share, else a
+    new one that all of them now map to. (Executables whose updated parameters only partly
+    overlap, compiled before this one, keep their own lock.)"""
+    with _STATE_LOCKS_GUARD:
+        found = {id(lock): lock for s in storages if (lock := _STATE_LOCKS.get(s)) is not None}
+        lock = next(iter(found.values())) if len(found) == 1 else threading.Lock()
+        for storage in storages:
+            _STATE_LOCKS[storage] = lock
+        return lock
 
 
 class Lowering:
@@ -138,7 +164,6 @@ class Executable:
         self.timings = timings
         self._lowering = lowering
         self._metadata = engine.metadata
-        self._lock = threading.Lock()
         self._inputs = [aligned_empty(n.shape, n.type.np_dtype) for n in graph.inputs]
         self._outputs = [aligned_empty(n.shape, n.type.np_dtype) for n in graph.outputs]
         self._arena = aligned_empty((max(self._metadata["arena_bytes"], 1),), np.uint8)
@@ -146,6 +171,8 @@ class Executable:
         self._bound_params = [None] * len(self._params)
         updated = {p for p, _ in graph.updates}
         self._updated = [i for i, p in enumerate(graph.params) if p in updated]
+        updated_storages = [self._params[i] for i in self._updated]
+        self._lock = _state_lock(updated_storages) if updated_storages else threading.Lock()
         self._state_spans: list[tuple[int, int]] = []  # address ranges of updated params
         self._input_names = tuple(n.name for n in graph.inputs)
         self._names = {name: i for i, name in enumerate(self._input_names)}
@@ -358,6 +385,11 @@ class Executable:
             array = storage.value
             if array is not self._bound_params[i]:
                 node = self.graph.params[i]
+                if i in self._updated and not array.flags.writeable:
+                    raise InputError(
+                        f"{self.name}: param {node.name!r} is updated in place by this step, "
+                        f"but its array is read-only; give it a writeable one (value.copy())"
+                    )
                 if (
                     array.dtype != node.type.np_dtype
                     or array.shape != node.shape
@@ -421,6 +453,14 @@ class Executable:
                     f"{self.name}: input {node.name!r} is {node.dtype}; "
                     f"cannot convert {array.dtype} (same_kind casting)"
                 )
+            if _narrowing_int(array.dtype, dtype) and array.size:
+                info = np.iinfo(dtype)
+                low, high = array.min(), array.max()
+                if low < info.min or high > info.max:  # astype would wrap around silently
+                    raise InputError(
+                        f"{self.name}: input {node.name!r} is {node.dtype}; values "
+                        f"{low}..{high} of the {array.dtype} argument do not fit"
+                    )
             checked.append(array)
         return checked
 
@@ -433,14 +473,37 @@ class Executable:
         # same_kind casting was checked; asarray also drops subclasses and other byte orders
         return self._run(*[np.asarray(a, dtype=t) for a, t in zip(arrays, self._dtypes)])
 
+    # ---- what it is ----
+    @property
+    def inputs(self) -> tuple[Node, ...]:
+        """The inputs of a call, in order (nodes: `.name`, `.shape`, `.dtype`)."""
+        return self.graph.inputs
+
+    @property
+    def outputs(self) -> tuple[Node, ...]:
+        """The outputs a call returns, in order."""
+        return self.graph.outputs
+
+    def __repr__(self) -> str:
+        def values(nodes) -> str:
+            return ", ".join(f"{n.name or '?'}: {n.type}" for n in nodes)
+
+        arena = self._metadata["arena_bytes"]
+        kernels = len(self._metadata.get("kernels", ()))
+        updates = f", updates {len(self._updated)} params" if self._updated else ""
+        return (
+            f"<Executable {self.name}({values(self.inputs)}) -> ({values(self.outputs)}): "
+            f"{kernels} kernels, arena {arena} bytes{updates}>"
+        )
+
     # ---- copies ----
     # An executable is its graph, its machine code and its buffers (arena, argument block, the
     # generated call bound to them). A copy gets buffers and a generated call of its own and
     # shares the machine code, which is reentrant: only the parameters are a real choice.
     def __copy__(self) -> Executable:
         """Another executable of the same program sharing the parameters, as if compiled again
-        (DESIGN §6: executables of one model share parameter storage; each has its own lock,
-        so calls on the two may run at once)."""
+        (DESIGN §6: executables of one model share parameter storage, and the lock that keeps
+        their updates whole when they are called from several threads)."""
         return self._sibling(self.graph, self._lowering)
 
     def __deepcopy__(self, memo: dict) -> Executable:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import os
 import sys
 import threading
 
@@ -61,6 +62,15 @@ _new_builtin = ctypes.PYFUNCTYPE(
 )(("PyCFunction_NewEx", ctypes.pythonapi))
 _ENGINES: dict[Signature, jit.Engine] = {}
 _LOCK = threading.Lock()
+
+
+def _fresh_lock_in_child() -> None:
+    """A child forked while another thread built an entry would find _LOCK held forever."""
+    global _LOCK
+    _LOCK = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_fresh_lock_in_child)
 
 
 class _Context(bytearray):
