@@ -181,3 +181,20 @@ def test_dot_of_the_readme_training_step_stays_legible(tmp_path):
         spec.write_dot(dot, tmp_path / "step.png")
         width, height = struct.unpack(">II", (tmp_path / "step.png").read_bytes()[16:24])
         assert width < 4000 and height < 2500  # was 4730 x 5874 drawn flat
+
+
+def test_numpy_reductions_on_a_tensor_build_graphc_reductions():
+    """np.sum(t) calls t.sum(axis=None, dtype=None, out=None): those keywords are taken."""
+    x = gc.input("x", (2, 3), "float32")
+    xv = np.arange(6, dtype=np.float32).reshape(2, 3)
+    for got, want in [
+        (np.sum(x), xv.sum()),
+        (np.sum(x, axis=0), xv.sum(axis=0)),
+        (np.max(x, axis=1), xv.max(axis=1)),
+        (np.mean(x), xv.mean()),
+        (np.sum(x, dtype="float64"), xv.sum(dtype=np.float64)),
+    ]:
+        np.testing.assert_allclose(gc.evaluate(got, {x: xv}), want)
+    assert np.sum(x, dtype="float64").dtype == "float64"
+    with pytest.raises(gc.GraphcError, match="out= is not supported"):
+        np.sum(x, out=np.zeros(()))

@@ -22,7 +22,7 @@ import numbers
 
 import numpy as np
 
-from graphc.errors import DTypeError, ShapeError
+from graphc.errors import DTypeError, GraphcError, ShapeError
 from graphc.frontend.functions import exp, log, stop_gradient, tanh, where
 from graphc.frontend.tensor import Tensor, as_tensor, broadcast_to, normalize_axes
 from graphc.ir.graph import user_location
@@ -32,9 +32,13 @@ from graphc.ir.types import FLOATS, INTS, canonical_dtype
 # ---- reductions -----------------------------------------------------------------------------
 
 
-def mean(x, axis=None, keepdims=False) -> Tensor:
+def mean(x, axis=None, keepdims=False, *, dtype=None, out=None) -> Tensor:
     """The arithmetic mean over `axis` (integers and bools average in float64, as NumPy)."""
     x = as_tensor(x)
+    if out is not None:
+        raise GraphcError("mean: out= is not supported (a Tensor is symbolic: use the result)")
+    if dtype is not None:
+        x = x.astype(dtype)
     axes = normalize_axes(axis, x.ndim, "mean")
     count = int(np.prod([x.shape[a] for a in axes]))
     if x.dtype not in FLOATS:

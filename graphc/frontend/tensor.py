@@ -26,6 +26,14 @@ from graphc.ir.ops import apply
 from graphc.ir.types import DTYPES, FLOATS, canonical_dtype, check_shape
 
 
+def _numpy_keywords(method: str, x: Tensor, dtype, out) -> Tensor:
+    """What NumPy's functions pass to a method (np.sum(t) calls t.sum(dtype=, out=)): `x`
+    cast to `dtype`, or an error for `out`, which a symbolic tensor cannot fill."""
+    if out is not None:
+        raise GraphcError(f"{method}: out= is not supported (a Tensor is symbolic: use the result)")
+    return x if dtype is None else x.astype(dtype)
+
+
 class Tensor:
     """A symbolic, statically shaped value in a graphc graph."""
 
@@ -156,11 +164,14 @@ class Tensor:
         return binary("ne", self, other)
 
     # ---- methods ----
-    def sum(self, axis=None, keepdims=False) -> Tensor:
-        return reduce("sum", self, axis, keepdims)
+    def sum(self, axis=None, keepdims=False, *, dtype=None, out=None) -> Tensor:
+        """The sum over `axis` (all axes by default); `dtype` as NumPy's (np.sum(t) works)."""
+        source = _numpy_keywords("sum", self, dtype, out)
+        return reduce("sum", source, axis, keepdims)
 
-    def max(self, axis=None, keepdims=False) -> Tensor:
-        return reduce("max", self, axis, keepdims)
+    def max(self, axis=None, keepdims=False, *, out=None) -> Tensor:
+        """The maximum over `axis` (all axes by default)."""
+        return reduce("max", _numpy_keywords("max", self, None, out), axis, keepdims)
 
     mean: Callable[..., Tensor]  # a composite, bound by composites.py
 
