@@ -1,8 +1,8 @@
 """graphc: a graph compiler for small and medium numerical models on the CPU."""
 
 from graphc.errors import CompileError, DTypeError, GraphcError, InputError, ShapeError
+from graphc.frontend import distributed, nn, optim
 from graphc.frontend import init as random
-from graphc.frontend import nn, optim
 from graphc.frontend.composites import log_softmax, logsumexp, one_hot, relu, softmax
 from graphc.frontend.functions import (
     MATH_FUNCTIONS,
@@ -39,6 +39,7 @@ __all__ = [
     "check_grad",
     "compile",
     "concat",
+    "distributed",
     "const",
     "evaluate",
     "grad",

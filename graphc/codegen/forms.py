@@ -39,11 +39,13 @@ from graphc.errors import CompileError
 from graphc.ir.graph import Node
 from graphc.ir.ops import opdef
 from graphc.passes.kernels import (
+    COLLECTIVE,
     CONTRACTION,
     LOOP,
     REDUCTION,
     ROWWISE,
     form_of,
+    is_alone,
     is_reduction,
     product_host,
     product_of,
@@ -471,6 +473,37 @@ def _after_contraction(k) -> None:
         _stages(k, stages)
 
 
+def emit_collective(k) -> None:
+    """MPI_Allreduce(the input's buffer, the output's, count, datatype, MPI_SUM, comm): one
+    call of the MPI library the process loaded (mpi4py's), its handles read from mpi4py."""
+    (node,) = [n for n in k.kernel.nodes if is_alone(n)]
+    (x,) = node.inputs
+    if node.type.size > 2**31 - 1:
+        raise CompileError(f"kernel {k.kernel.name}: allreduce of {node.type}: MPI counts are int")
+    handle_bits, datatype, operation = _mpi_handles(node.dtype, k.kernel.name)
+    handle = ir.IntType(handle_bits)
+    function = k.module.globals.get("MPI_Allreduce") or ir.Function(
+        k.module,
+        ir.FunctionType(ir.IntType(32), [ir.PointerType()] * 2 + [ir.IntType(32)] + [handle] * 3),
+        "MPI_Allreduce",
+    )
+    arguments = [k.address(x, i64(0)), k.address(node, i64(0)), ir.IntType(32)(node.type.size)]
+    arguments += [handle(datatype), handle(operation), handle(node.attrs["comm"])]
+    k.b.call(function, arguments)
+
+
+def _mpi_handles(dtype: str, kernel: str) -> tuple[int, int, int]:
+    """(bits of an MPI handle, the datatype's handle, MPI_SUM's) of the loaded MPI library."""
+    try:
+        from mpi4py import MPI
+    except ImportError:
+        raise CompileError(
+            f"kernel {kernel}: allreduce needs mpi4py (pip install .[mpi])"
+        ) from None
+    datatype = {"float32": MPI.FLOAT, "float64": MPI.DOUBLE}[dtype]
+    return 8 * MPI._sizeof(MPI.Comm), MPI._handleof(datatype), MPI._handleof(MPI.SUM)
+
+
 @dataclass(frozen=True)
 class Emission:
     """How a kernel form is emitted: its body (or one chunk's, on `k.rows`), how its outer
@@ -486,6 +519,7 @@ EMISSIONS = {
     REDUCTION: Emission(emit_reduction, _split_reduction),
     ROWWISE: Emission(emit_rowwise, _split_rowwise),
     CONTRACTION: Emission(emit_contraction, _split_contraction, _after_contraction),
+    COLLECTIVE: Emission(emit_collective, lambda k: None),
 }
 
 

@@ -11,6 +11,8 @@ forward, backward and update — compiles into one program:
 
 All new values are computed from the old ones (updates are simultaneous). `lr` is a
 Python float, baked into the graph, or a scalar Tensor (e.g. a param used as a schedule).
+With `allreduce=comm` (an mpi4py communicator) the gradients are averaged over the ranks
+in one fused buffer per step, inside the compiled step (graphc/frontend/distributed.py).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from graphc.errors import GraphcError, ShapeError
+from graphc.frontend import distributed
 from graphc.frontend.functions import grad, sqrt
 from graphc.frontend.tensor import Tensor, as_tensor, param
 from graphc.ir.types import FLOATS
@@ -26,7 +29,8 @@ from graphc.ir.types import FLOATS
 class Optimizer:
     """The shared part: checked params, named state, gradients of a scalar loss."""
 
-    def __init__(self, params, lr, name: str):
+    def __init__(self, params, lr, name: str, allreduce=None):
+        self.allreduce = allreduce  # an mpi4py communicator: gradients averaged over its ranks
         if hasattr(params, "params"):
             params = params.params()
         self.params: list[Tensor] = []
@@ -50,7 +54,10 @@ class Optimizer:
         loss = as_tensor(loss)
         if loss.shape != ():
             raise ShapeError(f"{self.name}: the loss must be a scalar, got {loss.type}")
-        return grad(loss, self.params)
+        grads = grad(loss, self.params)
+        if self.allreduce is None:
+            return grads
+        return distributed.average(grads, self.allreduce)
 
     def state(self) -> list[Tensor]:
         """The optimizer's state tensors (to save, inspect or reset)."""
@@ -64,8 +71,8 @@ class Optimizer:
 class SGD(Optimizer):
     """w -= lr * g; with momentum (PyTorch's form): buf = momentum * buf + g; w -= lr * buf."""
 
-    def __init__(self, params, lr, momentum: float = 0.0, *, name: str = "sgd"):
-        super().__init__(params, lr, name)
+    def __init__(self, params, lr, momentum: float = 0.0, *, name: str = "sgd", allreduce=None):
+        super().__init__(params, lr, name, allreduce)
         self.momentum = momentum
         self.buffers = [self.state_like("momentum", p) for p in self.params] if momentum else []
 
@@ -100,8 +107,9 @@ class Adam(Optimizer):
         eps: float = 1e-7,
         *,
         name: str = "adam",
+        allreduce=None,
     ):
-        super().__init__(params, lr, name)
+        super().__init__(params, lr, name, allreduce)
         self.betas = (float(betas[0]), float(betas[1]))
         self.eps = float(eps)
         self.m = [self.state_like("m", p) for p in self.params]

@@ -191,7 +191,7 @@ class Graph:
         return f"<Graph {self.name}: {len(self.nodes)} nodes>"
 
 
-FORMS = ("loop", "reduction", "rowwise", "contraction")
+FORMS = ("loop", "reduction", "rowwise", "contraction", "collective")
 
 
 @dataclass(frozen=True, eq=False)

@@ -23,7 +23,8 @@ emitter ever tests an op's name (tests/test_layering.py checks):
   map is affine (a strided view of its input: a matmul reads such operands in place);
   `flat=True` when it reads its input at the output's own flat index (reshape).
 - `reduction`: the identity, combine and (argmax) position rule of a reduction.
-- `fuses_inputs=False`: an anchor whose inputs are never computed inside its kernel.
+- `fuses_inputs=False`: an anchor whose inputs are never computed inside its kernel;
+  `alone=True`: computed by one call in a kernel of its own (allreduce: MPI_Allreduce).
 Adding an op touches one stanza (and, for a new transcendental, its math routine): a
 unary op with a `math` routine is also public as `gc.<name>`, documented by its `doc`.
 """
@@ -95,6 +96,7 @@ class OpDef:
     memory: bool = False  # a source whose values are read from memory (input, param, const)
     in_names: bool = True  # shown in the names of the kernels computing it (cast: not)
     doc: str = ""  # a math op's public function (gc.exp ...) is documented by this
+    alone: bool = False  # computed by a call of its own, in a kernel of its own (collectives)
 
     def __post_init__(self):
         if self.math is not None and self.scalar is None:
@@ -108,8 +110,8 @@ class OpDef:
 
     @property
     def anchor(self) -> bool:
-        """A reduction or contraction: a kernel is built around it."""
-        return self.kind in (Kind.REDUCE, Kind.CONTRACTION)
+        """A reduction, a contraction or a call of its own: a kernel is built around it."""
+        return self.kind in (Kind.REDUCE, Kind.CONTRACTION) or self.alone
 
 
 OPS: dict[str, OpDef] = {}
@@ -1006,6 +1008,48 @@ register(
             ]
         ),
         fuses_inputs=False,
+    )
+)
+
+
+# ---- collectives ----------------------------------------------------------------------------
+
+# Communicators of the collectives built in this process, by handle (the `comm` attribute is
+# the MPI handle, an int that prints, hashes and compiles into the code; the interpreter
+# needs the mpi4py object itself). graphc.distributed fills it.
+COMMUNICATORS: dict[int, object] = {}
+
+
+def _infer_allreduce(types, attrs):
+    (x,) = types
+    _integer(attrs["comm"], "comm")
+    if x.dtype not in FLOATS:
+        raise DTypeError(f"does not accept {x}; allreduce sums float32 or float64")
+    return x
+
+
+def _allreduce_ref(xs, attrs):
+    comm = COMMUNICATORS.get(attrs["comm"])
+    if comm is None:
+        raise GraphcError(f"allreduce: no communicator with handle {attrs['comm']} here")
+    out = np.empty_like(xs[0])
+    comm.Allreduce(np.ascontiguousarray(xs[0]), out)  # MPI_SUM
+    return out
+
+
+register(
+    OpDef(
+        "allreduce",
+        Kind.OPAQUE,
+        _infer_allreduce,
+        _allreduce_ref,
+        arity=1,
+        # the sum over ranks is linear, and its own adjoint: every rank's adjoint of its input
+        # is the sum of all ranks' output adjoints
+        vjp=lambda n, g: [apply("allreduce", g, comm=n.attrs["comm"])],
+        linear=True,
+        fuses_inputs=False,
+        alone=True,
     )
 )
 

@@ -52,6 +52,7 @@ from math import prod
 from graphc.ir.graph import Graph, Kernel, Node
 from graphc.ir.ops import opdef
 from graphc.passes.kernels import (
+    COLLECTIVE,
     CONTRACTION,
     LOOP,
     MAX_BODY_COST,
@@ -61,6 +62,7 @@ from graphc.passes.kernels import (
     accumulates,
     identity_step,
     is_affine,
+    is_alone,
     is_anchor,
     is_broadcast,
     is_contraction,
@@ -104,6 +106,9 @@ def _forced(graph: Graph) -> set[Node]:
     for node in graph.nodes:
         if is_anchor(node):
             stored.add(node)
+        if is_alone(node):  # a buffer in, a buffer out
+            stored.add(node)
+            stored.update(x for x in node.inputs if not is_source(x))
         if is_contraction(node):
             for operand in node.inputs:
                 base = operand
@@ -386,7 +391,15 @@ class _Grouping:
     # -- the walk --
     def run(self) -> list[Group]:
         for m in self.members:
-            form = CONTRACTION if is_contraction(m) else REDUCTION if is_anchor(m) else LOOP
+            form = (
+                COLLECTIVE
+                if is_alone(m)
+                else CONTRACTION
+                if is_contraction(m)
+                else REDUCTION
+                if is_anchor(m)
+                else LOOP
+            )
             group = Group([m], form, [m] if is_anchor(m) else [])
             self.group_of[m] = group
             self.groups.append(group)
@@ -467,6 +480,7 @@ def _join_rowwise(grouping: _Grouping, m: Node, p: Group) -> KernelForm | None:
 
 
 JOINS = {
+    COLLECTIVE: lambda grouping, m, p: None,  # nothing joins a call
     LOOP: _join_loop,
     REDUCTION: _join_reduction,
     ROWWISE: _join_rowwise,

@@ -167,7 +167,14 @@ LOOP = KernelForm("loop", segments, overwrites_inputs=True, updates_params=True)
 REDUCTION = KernelForm("reduction", lambda kernel: [])
 ROWWISE = KernelForm("rowwise", lambda kernel: [])
 CONTRACTION = KernelForm("contraction", _contraction_stages, updates_params=True, has_product=True)
-FORMS = {form.name: form for form in (LOOP, REDUCTION, ROWWISE, CONTRACTION)}
+# one op computed by a call of its own (an MPI collective: its input and output are buffers)
+COLLECTIVE = KernelForm("collective", lambda kernel: [])
+FORMS = {form.name: form for form in (LOOP, REDUCTION, ROWWISE, CONTRACTION, COLLECTIVE)}
+
+
+def is_alone(node: Node) -> bool:
+    """An op computed by a call in a kernel of its own, from a stored input (allreduce)."""
+    return opdef(node).alone
 
 
 def form_of(kernel: Kernel) -> KernelForm:

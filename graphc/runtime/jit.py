@@ -353,6 +353,23 @@ _ELF_LAYOUT = {
 }
 
 
+def _resolve_mpi(name: str) -> None:
+    """Make MPI function `name` resolvable: from the MPI library mpi4py loaded (graphc's
+    collectives call the same library as the interpreter and the user's own mpi4py code).
+    An unresolvable one stays unresolved, and the caller reports it."""
+    try:
+        from mpi4py import MPI  # noqa: F401 -- loads the MPI library into the process
+    except ImportError:
+        return
+    with open("/proc/self/maps") as maps:
+        libraries = {line.split()[-1] for line in maps if "libmpi" in line.split()[-1]}
+    for path in sorted(libraries):
+        function = getattr(ctypes.CDLL(path), name, None)
+        if function is not None:
+            llvm.add_symbol(name, ctypes.cast(function, ctypes.c_void_p).value)
+            return
+
+
 def _undefined_symbols(elf: bytes) -> list[str]:
     """Names of the undefined global (not weak) symbols of a little-endian ELF object file."""
     offset_format, offset_at, sizes_at, section_format, symbol_format = _ELF_LAYOUT[elf[4]]
@@ -403,6 +420,9 @@ class Engine:
         undefined = _undefined_symbols(obj)
         if any(name in parallel.POOL_SYMBOLS for name in undefined):
             load_pool()
+        for name in undefined:
+            if name.startswith("MPI_") and not llvm.address_of_symbol(name):
+                _resolve_mpi(name)
         unresolved = [
             name
             for name in undefined
