@@ -1,3 +1,5 @@
+# Over 500 lines on purpose: each kernel form's emission, thread split and after-join share the
+# contraction and reduction helpers; the EMISSIONS table at the end is the one place to read.
 """The four kernel forms of DESIGN §4 as loop nests, on a `KernelEmitter` (codegen/llvm.py).
 
 - loop: one loop nest per output shape (a horizontally fused kernel has several, run one

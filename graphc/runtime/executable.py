@@ -1,3 +1,5 @@
+# Over 500 lines on purpose: the call path is generated from the executable's own buffers and
+# locks, and copies and pickling must rebuild exactly those; one class keeps them together.
 """The Executable: a compiled step, called like a function, one native call per step.
 
     Executable.build(graph) ─► cache key of the printed graph ─► hit: load the object, done

@@ -1,3 +1,5 @@
+# Over 500 lines on purpose: compiling, the object cache and the engines that load its
+# entries share one lock, one key and one ELF reader; split, each half would import the other.
 """LLVM IR text -> machine code: in process (MCJIT) for `compile`, or an object file for AOT.
 
 Every JIT compile goes through one path, whether or not the object cache hits:
