@@ -126,6 +126,33 @@ def np_pad(x, widths, value):
     return out
 
 
+def np_window(x, kernel, stride, dilation):
+    """NumPy meaning of `window`, by loops: out[..., o, t] = x[..., o*stride + t*dilation]."""
+    rank = len(kernel)
+    spatial = x.shape[x.ndim - rank :]
+    out = [(n - (k - 1) * d - 1) // s + 1 for n, k, s, d in zip(spatial, kernel, stride, dilation)]
+    result = np.empty(x.shape[: x.ndim - rank] + tuple(out) + tuple(kernel), x.dtype)
+    for o in np.ndindex(*out):
+        for t in np.ndindex(*kernel):
+            at = tuple(a * s + b * d for a, b, s, d in zip(o, t, stride, dilation))
+            result[(..., *o, *t)] = x[(..., *at)]
+    return result
+
+
+def np_conv(x, w, stride, dilation, groups):
+    """NumPy meaning of `conv` (cross-correlation, channels first, grouped), by loops."""
+    windows = np_window(x, w.shape[2:], stride, dilation)  # (N, C, *out, *kernel)
+    rank = w.ndim - 2
+    cg, og = x.shape[1] // groups, w.shape[0] // groups
+    out = np.zeros((x.shape[0], w.shape[0], *windows.shape[2 : 2 + rank]), x.dtype)
+    for co in range(w.shape[0]):
+        g = co // og
+        part = windows[:, g * cg : (g + 1) * cg]
+        axes = (1, *range(2 + rank, 2 + 2 * rank))
+        out[:, co] = np.tensordot(part, w[co], axes=(axes, tuple(range(1 + rank))))
+    return out
+
+
 def np_softmax(x, axis=-1):
     e = np.exp(x - x.max(axis=axis, keepdims=True))
     return e / e.sum(axis=axis, keepdims=True)
@@ -427,6 +454,41 @@ SPECS = [
         ("real", "real"),
         (((2, 2, 3), (3, 2)), ((3,), (3, 2)), ((2, 3), (3,)), ((1, 2, 3), (2, 3, 1))),
         op="matmul",
+    ),
+    # -- windows and convolution
+    Spec(
+        "window",
+        lambda x: prim("window", x, kernel=(2, 3), stride=(2, 1), dilation=(1, 2)),
+        lambda x: np_window(x, (2, 3), (2, 1), (1, 2)),
+        ("real",),
+        (((1, 5, 6),), ((2, 2, 4, 5),)),
+        NUMERIC,
+        op="window",
+    ),
+    Spec(
+        "reverse",
+        lambda x: prim("reverse", x, axes=(0, 2)),
+        lambda x: x[::-1, :, ::-1],
+        ("real",),
+        (((2, 3, 4),),),
+        NUMERIC,
+        op="reverse",
+    ),
+    Spec(
+        "conv",
+        lambda x, w: prim("conv", x, w, stride=(2, 1), dilation=(1, 2), groups=2),
+        lambda x, w: np_conv(x, w, (2, 1), (1, 2), 2),
+        ("real", "real"),
+        (((2, 4, 5, 6), (4, 2, 2, 2)),),
+        op="conv",
+    ),
+    Spec(
+        "conv1d",
+        lambda x, w: prim("conv", x, w, stride=(1,), dilation=(1,), groups=1),
+        lambda x, w: np_conv(x, w, (1,), (1,), 1),
+        ("real", "real"),
+        (((1, 2, 5), (3, 2, 3)),),
+        op="conv",
     ),
     # -- sources: every spec reads inputs; these return one, or mix a param, a const or an iota
     # into it (a param named "p" per call: names need not be unique)

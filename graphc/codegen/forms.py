@@ -28,11 +28,9 @@ from llvmlite import ir
 from graphc.codegen.emitter import MEMORY_TYPES, REGISTER_TYPES
 from graphc.codegen.kernel import (
     I64,
-    affine_view,
     i64,
     immediate_value,
     keep_out_of_line,
-    strides_of,
 )
 from graphc.codegen.matmul import define_matmul
 from graphc.codegen.split import MATMUL_THRESHOLD_NS, Split, matmul_work, split_rows, work_of
@@ -40,6 +38,7 @@ from graphc.codegen.tiling import Operand, takes_row_count, tile_rows
 from graphc.errors import CompileError
 from graphc.ir.graph import Node
 from graphc.ir.ops import opdef
+from graphc.ir.views import affine_view, is_simple, strides_of
 from graphc.passes.kernels import (
     COLLECTIVE,
     CONTRACTION,
@@ -301,7 +300,7 @@ def _contraction(k):
     kernel = k.kernel
     mm = product_of(kernel)
     sources = set(kernel.inputs)
-    views = [affine_view(operand, sources) for operand in mm.inputs]
+    views = [affine_view(operand, sources.__contains__) for operand in mm.inputs]
     if None in views:
         raise CompileError(f"kernel {kernel.name}: matmul operand is not an affine view")
     body = set(kernel.nodes)
@@ -453,7 +452,7 @@ def _split_rowwise(k) -> Split | None:
 def _split_contraction(k) -> Split | None:
     kernel = k.kernel
     mm, views, _, stages = _contraction(k)
-    if mm.ndim != 2 or (stages and _on_stack(mm, kernel)):
+    if mm.ndim != 2 or (stages and _on_stack(mm, kernel)) or not is_simple(views[0].strides[0]):
         return None
     operands = {k.place(v.source) for v in views if v.source not in k.globals}
     if any(k.place(o) in operands for o in kernel.outputs):

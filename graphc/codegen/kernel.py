@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-from dataclasses import dataclass
 
 import numpy as np
 from llvmlite import ir
@@ -29,6 +28,7 @@ from graphc.codegen.target import Target, host
 from graphc.errors import CompileError
 from graphc.ir.graph import Kernel, Node
 from graphc.ir.ops import is_const, opdef
+from graphc.ir.views import strides_of
 
 I32 = ir.IntType(32)
 I64 = ir.IntType(64)
@@ -78,15 +78,6 @@ def i64(value: int) -> ir.Constant:
     return ir.Constant(I64, int(value))
 
 
-def strides_of(shape) -> tuple[int, ...]:
-    """Row-major element strides."""
-    strides, step = [], 1
-    for d in reversed(shape):
-        strides.append(step)
-        step *= d
-    return tuple(reversed(strides))
-
-
 class Index:
     """A position in a shape, as per-axis i64 values and the row-major linear offset."""
 
@@ -103,30 +94,6 @@ class Index:
                     flat = b.add(flat, b.mul(v, i64(stride)))
         self.values = list(values)
         self.flat = flat
-
-
-@dataclass(frozen=True)
-class View:
-    """An affine view of a buffer: element offset and per-axis strides (0 = broadcast)."""
-
-    source: Node
-    offset: int
-    strides: tuple[int, ...]
-
-
-def affine_view(node: Node, sources: set[Node]) -> View | None:
-    """`node` as a strided view of a stored value, if its layout chain is affine (each op's
-    `view` rule maps its input's offset and strides to its own)."""
-    if node in sources:
-        return View(node, 0, strides_of(node.shape))
-    rule = opdef(node).view
-    if rule is None:
-        return None
-    inner = affine_view(node.inputs[0], sources)
-    if inner is None:
-        return None
-    offset, strides = rule(node, inner.offset, inner.strides)
-    return View(inner.source, offset, tuple(strides))
 
 
 class KernelEmitter:

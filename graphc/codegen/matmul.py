@@ -60,6 +60,7 @@ from graphc.codegen.tiling import (
     takes_row_count,
 )
 from graphc.errors import DTypeError, ShapeError
+from graphc.ir.views import Axis, is_simple, offset_at
 
 __all__ = ["Operand", "Tiling", "choose_tiling", "define_matmul", "takes_row_count"]
 
@@ -187,11 +188,17 @@ def _swap_matrix_strides(operand: Operand) -> Operand:
 
 @dataclass
 class _View:
-    """A strided 2-d window: element (r, c) lives at ptr + r*rows + c*cols (elements)."""
+    """A strided 2-d window: element (r, c) lives at ptr + offset(r0 + r, rows) +
+    offset(c0 + c, cols) in elements, where an axis is one stride (offset i*stride) or
+    (size, stride) pairs (offset: the digits of i, each times its stride; ir/views.py).
+    r0 and c0 are the window's first row and column along an axis of pairs; along a stride
+    they are folded into ptr."""
 
     ptr: ir.Value
-    rows: int
-    cols: int
+    rows: Axis
+    cols: Axis
+    r0: ir.Value | int = 0
+    c0: ir.Value | int = 0
 
 
 class _Emitter:
@@ -207,14 +214,23 @@ class _Emitter:
 
     # ---- addressing and loops -------------------------------------------------------------
 
-    def linear(self, terms: list[tuple[ir.Value | int, int]]) -> ir.Value | int:
-        """sum(index * stride) with constant folding; indices are i64 values or ints."""
+    def linear(self, terms: list[tuple[ir.Value | int, Axis]]) -> ir.Value | int:
+        """sum(offset of index along axis) with constant folding; indices are i64 values or
+        ints, axes strides or (size, stride) pairs."""
         const, total = 0, None
+        expanded = []
         for index, stride in terms:
+            if isinstance(stride, int) or isinstance(index, int):
+                expanded.append((index, stride))
+                continue
+            for size, inner in reversed(stride):  # the digits of index, innermost first
+                expanded.append((self.b.urem(index, _i64(size)), inner))
+                index = self.b.udiv(index, _i64(size))
+        for index, stride in expanded:
             if stride == 0:
                 continue
             if isinstance(index, int):
-                const += index * stride
+                const += offset_at(stride, index)
                 continue
             term = index if stride == 1 else self.b.mul(index, ir.Constant(_I64, stride))
             total = term if total is None else self.b.add(total, term)
@@ -230,10 +246,26 @@ class _Emitter:
         return self.b.gep(ptr, [index], inbounds=True, source_etype=etype or self.elem)
 
     def at(self, view: _View, r: ir.Value | int, c: ir.Value | int) -> ir.Value:
+        r = r if is_simple(view.rows) else self.plus(view.r0, r)
+        c = c if is_simple(view.cols) else self.plus(view.c0, c)
         return self.gep(view.ptr, self.linear([(r, view.rows), (c, view.cols)]))
 
     def sub(self, view: _View, r: ir.Value | int, c: ir.Value | int) -> _View:
-        return _View(self.at(view, r, c), view.rows, view.cols)
+        """The window from element (r, c) on."""
+        simple_r, simple_c = is_simple(view.rows), is_simple(view.cols)
+        terms = ([(r, view.rows)] if simple_r else []) + ([(c, view.cols)] if simple_c else [])
+        return _View(
+            self.gep(view.ptr, self.linear(terms)),
+            view.rows,
+            view.cols,
+            0 if simple_r else self.plus(view.r0, r),
+            0 if simple_c else self.plus(view.c0, c),
+        )
+
+    def plus(self, a: ir.Value | int, b: ir.Value | int) -> ir.Value | int:
+        if isinstance(a, int) and isinstance(b, int):
+            return a + b
+        return self.linear([(a, 1), (b, 1)])
 
     def loop(self, count: int, body, carried: list[ir.Value] = ()) -> list[ir.Value]:
         """Emit `for i in range(count)`; body(i, carried) returns the next carried values."""
@@ -512,7 +544,7 @@ class _Emitter:
             base = self.gep(out, self.linear([(jr, kc)]))
 
             def row(kk, _):
-                src = _View(self.at(source, kk, jr), source.rows, source.cols)
+                src = self.sub(source, kk, jr)
                 for v in range(0, nr, self.vector.count):
                     lanes = min(self.vector.count, max(width - v, 0))
                     value = self.load_vector(src, 0, v, lanes)

@@ -28,6 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from graphc.codegen.target import Target, host
+from graphc.ir.views import Axis
 
 ITEMSIZE = {"float32": 4, "float64": 8, "int32": 4, "int64": 8}
 INTS = ("int32", "int64")
@@ -36,9 +37,10 @@ _L1_BYTES = 32 * 1024
 
 @dataclass(frozen=True)
 class Operand:
-    """How a matrix operand is addressed, in elements: one stride per (batch..., rows, cols)."""
+    """How a matrix operand is addressed, in elements: one axis per (batch..., rows, cols),
+    each a stride or (size, stride) pairs (ir/views.py)."""
 
-    strides: tuple[int, ...]
+    strides: tuple[Axis, ...]
     offset: int = 0
 
 
@@ -100,12 +102,18 @@ def choose_tiling(
     # stride != 1) or rows 2 KiB (B) / 4 KiB (A) apart, where L1 sets and the TLB run out.
     # An A read transposed (a weight gradient x^T @ g) with its k steps 2 KiB apart puts
     # every k of a tile in the same two L1 sets: packing it pays too.
-    b_row_bytes = abs(b_strides[0]) * itemsize
+    # (An axis of (size, stride) pairs -- a window view's -- is a gather: always scattered.)
+    b_row_bytes = _reach(b_strides[0]) * itemsize
     b_scattered = b_strides[1] != 1 or (b_row_bytes >= 2048 and k * n * itemsize > _L1_BYTES)
     pack_b = m > mr and b_scattered
-    a_far = abs(a_strides[0]) * itemsize >= 4096 or abs(a_strides[1]) * itemsize >= 2048
+    a_far = _reach(a_strides[0]) * itemsize >= 4096 or _reach(a_strides[1]) * itemsize >= 2048
     pack_a = n > nr and a_far and m * k * itemsize > 8 * _L1_BYTES
     return Tiling(mr, nr, lanes, kc, mc, nc, pack_a, pack_b)
+
+
+def _reach(axis: Axis) -> int:
+    """How far apart in elements consecutive steps along an axis may be."""
+    return abs(axis) if isinstance(axis, int) else max(abs(stride) for _, stride in axis)
 
 
 def choose_path(

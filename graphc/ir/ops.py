@@ -20,9 +20,13 @@ emitter ever tests an op's name (tests/test_layering.py checks):
   elsewhere, on the codegen's kernel emitter `k` (`k.b` an IRBuilder, `k.value(x, index)`,
   `k.index(shape, values= | flat=)`, `k.i64(n)` an i64 constant, `k.immediate(value,
   dtype)`, `k.e` the Emitter). `view(node, offset, strides) -> (offset, strides)` when the
-  map is affine (a strided view of its input: a matmul reads such operands in place);
+  map is affine (a strided view of its input: a matmul reads such operands in place; an
+  axis may walk several strides, and the rule returns None where its result is no view:
+  ir/views.py);
   `flat=True` when it reads its input at the output's own flat index (reshape).
 - `reduction`: the identity, combine and (argmax) position rule of a reduction.
+- `lower(node)`: an op computed as other ops (conv: a matmul over a window view); simplify
+  replaces it, after differentiation (its own vjp stays cheaper than its lowering's).
 - `fuses_inputs=False`: an anchor whose inputs are never computed inside its kernel;
   `alone=True`: computed by one call in a kernel of its own (allreduce: MPI_Allreduce).
 Adding an op touches one stanza (and, for a new transcendental, its math routine): a
@@ -41,6 +45,7 @@ import numpy as np
 
 from graphc.errors import DTypeError, GraphcError, ShapeError
 from graphc.ir.graph import Node, user_location
+from graphc.ir import views
 from graphc.ir.types import DTYPES, FLOATS, INTS, TensorType
 
 
@@ -97,6 +102,7 @@ class OpDef:
     in_names: bool = True  # shown in the names of the kernels computing it (cast: not)
     doc: str = ""  # a math op's public function (gc.exp ...) is documented by this
     alone: bool = False  # computed by a call of its own, in a kernel of its own (collectives)
+    lower: Callable | None = None  # computed as other ops: lower(node) builds them (conv)
 
     def __post_init__(self):
         if self.math is not None and self.scalar is None:
@@ -641,9 +647,15 @@ register(
         index_map=lambda k, node, index: k.value(
             node.inputs[0], k.index(node.inputs[0].shape, flat=index.flat)
         ),
+        view=lambda node, offset, strides: _view_reshape(node, offset, strides),
         flat=True,
     )
 )
+
+
+def _view_reshape(node, offset, strides):
+    axes = views.reshape(node.inputs[0].shape, strides, node.shape)
+    return None if axes is None else (offset, axes)
 
 
 def _infer_transpose(types, attrs):
@@ -717,8 +729,19 @@ def _map_slice(k, node, index):
 
 
 def _view_slice(node, offset, strides):
-    offset += sum(start * stride for start, stride in zip(node.attrs["starts"], strides))
-    return offset, tuple(stride * step for stride, step in zip(strides, node.attrs["steps"]))
+    attrs, shape = node.attrs, node.inputs[0].shape
+    new_strides = []
+    for d, start, stop, step, stride in zip(
+        shape, attrs["starts"], attrs["stops"], attrs["steps"], strides
+    ):
+        if isinstance(stride, int):
+            offset += start * stride
+            new_strides.append(stride * step)
+        elif (start, stop, step) == (0, d, 1):
+            new_strides.append(stride)  # all of an axis of (size, stride) pairs
+        else:
+            return None
+    return offset, tuple(new_strides)
 
 
 register(
@@ -1008,6 +1031,287 @@ register(
             ]
         ),
         fuses_inputs=False,
+    )
+)
+
+
+# ---- windows and convolution ----------------------------------------------------------------
+# Channels-first layouts (N, C, *spatial). A window view reads the kernel's taps in place; a
+# convolution is lowered (its `lower` trait, applied by simplify) to a batched matmul over the
+# window view of its input, so codegen's matmul reads the taps straight from the input: no
+# im2col buffer. Its input gradient is a convolution too, its weight gradient a matmul over
+# the same window view; only their padding differs.
+
+
+def _window_params(x, attrs, key="kernel"):
+    kernel = _integers(attrs, key)
+    rank = len(kernel)
+    stride = _integers(attrs, "stride")
+    dilation = _integers(attrs, "dilation")
+    if not 0 < rank <= x.ndim or len(stride) != rank or len(dilation) != rank:
+        raise ShapeError(
+            f"{key} {kernel}, stride {stride}, dilation {dilation} must give one size per "
+            f"spatial axis of {x}"
+        )
+    if min(kernel) < 1 or min(stride) < 1 or min(dilation) < 1:
+        raise ShapeError(
+            f"{key} {kernel}, stride {stride} and dilation {dilation} must be positive"
+        )
+    spatial = x.shape[x.ndim - rank :]
+    out = []
+    for size, k, s, d in zip(spatial, kernel, stride, dilation):
+        reach = (k - 1) * d + 1
+        if reach > size:
+            raise ShapeError(
+                f"{key} {kernel} (dilation {dilation}) reaches {reach} elements, more than "
+                f"the {size} of {x}'s spatial axes {spatial}"
+            )
+        out.append((size - reach) // s + 1)
+    return kernel, stride, dilation, tuple(out)
+
+
+def _infer_window(types, attrs):
+    (x,) = types
+    kernel, _, _, out = _window_params(x, attrs)
+    return x.with_shape(x.shape[: x.ndim - len(kernel)] + out + kernel)
+
+
+def _window_ref(xs, attrs):
+    x = xs[0]
+    kernel, stride, dilation = attrs["kernel"], attrs["stride"], attrs["dilation"]
+    rank = len(kernel)
+    lead = x.ndim - rank
+    reach = [(k - 1) * d + 1 for k, d in zip(kernel, dilation)]
+    windows = np.lib.stride_tricks.sliding_window_view(x, reach, axis=tuple(range(lead, x.ndim)))
+    index = (
+        (slice(None),) * lead
+        + tuple(slice(None, None, s) for s in stride)
+        + tuple(slice(None, None, d) for d in dilation)
+    )
+    return np.ascontiguousarray(windows[index])
+
+
+def _map_window(k, node, index):
+    x, b = node.inputs[0], k.b
+    rank = len(node.attrs["kernel"])
+    lead = x.ndim - rank
+    out = index.values[lead : lead + rank]
+    taps = index.values[lead + rank :]
+    values = list(index.values[:lead]) + [
+        b.add(b.mul(o, k.i64(s)), b.mul(t, k.i64(d)))
+        for o, t, s, d in zip(out, taps, node.attrs["stride"], node.attrs["dilation"])
+    ]
+    return k.value(x, k.index(x.shape, values=values))
+
+
+def _view_window(node, offset, strides):
+    rank = len(node.attrs["kernel"])
+    lead, spatial = strides[: len(strides) - rank], strides[len(strides) - rank :]
+    if not all(isinstance(s, int) for s in spatial):
+        return None
+    outer = tuple(st * s for st, s in zip(spatial, node.attrs["stride"]))
+    taps = tuple(st * d for st, d in zip(spatial, node.attrs["dilation"]))
+    return offset, (*lead, *outer, *taps)
+
+
+def _window_vjp(n, g):
+    """The input gradient: every tap's slice of g padded back to where it was read from
+    (strided by the window's stride), summed."""
+    x = n.inputs[0]
+    kernel, stride, dilation = n.attrs["kernel"], n.attrs["stride"], n.attrs["dilation"]
+    rank = len(kernel)
+    lead = x.ndim - rank
+    out = n.shape[lead : lead + rank]
+    terms = []
+    for tap in np.ndindex(*kernel):
+        starts = (0,) * (lead + rank) + tap
+        stops = n.shape[: lead + rank] + tuple(t + 1 for t in tap)
+        piece = apply("slice", g, starts=starts, stops=stops, steps=(1,) * n.ndim)
+        piece = reshape(piece, n.shape[: lead + rank])
+        widths = ((0, 0, 0),) * lead + tuple(
+            (t * d, size - t * d - (o - 1) * s - 1, s - 1)
+            for t, d, s, o, size in zip(tap, dilation, stride, out, x.shape[lead:])
+        )
+        terms.append(apply("pad", piece, widths=widths, value=0.0))
+    return [add_all(terms)]
+
+
+register(
+    OpDef(
+        "window",
+        Kind.INJECTIVE,
+        _infer_window,
+        _window_ref,
+        arity=1,
+        vjp=_window_vjp,
+        linear=True,
+        cost=0,
+        index_map=_map_window,
+        view=_view_window,
+    )
+)
+
+
+def _infer_reverse(types, attrs):
+    (x,) = types
+    axes = _integers(attrs, "axes")
+    if any(not 0 <= a < x.ndim for a in axes) or len(set(axes)) != len(axes):
+        raise ShapeError(f"axes {axes} invalid for {x}")
+    return x
+
+
+def _map_reverse(k, node, index):
+    axes, b = node.attrs["axes"], k.b
+    values = [
+        b.sub(k.i64(d - 1), v) if a in axes else v
+        for a, (v, d) in enumerate(zip(index.values, node.shape))
+    ]
+    return k.value(node.inputs[0], k.index(node.shape, values=values))
+
+
+def _view_reverse(node, offset, strides):
+    axes = node.attrs["axes"]
+    if not all(isinstance(strides[a], int) for a in axes):
+        return None
+    offset += sum((node.shape[a] - 1) * strides[a] for a in axes)
+    return offset, tuple(-s if a in axes else s for a, s in enumerate(strides))
+
+
+register(
+    OpDef(
+        "reverse",
+        Kind.INJECTIVE,
+        _infer_reverse,
+        lambda xs, attrs: np.flip(xs[0], axis=tuple(attrs["axes"])).copy(),
+        arity=1,
+        vjp=lambda n, g: [apply("reverse", g, axes=n.attrs["axes"])],
+        linear=True,
+        cost=0,
+        index_map=_map_reverse,
+        view=_view_reverse,
+    )
+)
+
+
+def _infer_conv(types, attrs):
+    x, w = types
+    _same_dtypes(types)
+    if x.dtype not in FLOATS:
+        raise DTypeError(f"does not accept {x}; convolution takes float32 or float64")
+    groups = _integers(attrs, "groups", rank=0)
+    rank = w.ndim - 2
+    if rank < 1 or x.ndim != rank + 2:
+        raise ShapeError(
+            f"input {x} and weight {w}: expected input (N, C, *spatial) and weight "
+            f"(out_channels, in_channels // groups, *kernel) of the same rank"
+        )
+    channels = x.shape[1]
+    if groups < 1 or channels % groups or w.shape[0] % groups or w.shape[1] * groups != channels:
+        raise ShapeError(
+            f"input {x} has {channels} channels; weight {w} with groups={groups} expects "
+            f"{w.shape[1] * groups} (in_channels // groups = {w.shape[1]}, and out_channels "
+            f"{w.shape[0]} divisible by groups)"
+        )
+    _, _, _, out = _window_params(x, {**attrs, "kernel": w.shape[2:]})
+    return x.with_shape((x.shape[0], w.shape[0], *out))
+
+
+def _conv_ref(xs, attrs):
+    x, w = xs
+    groups = attrs["groups"]
+    rank = w.ndim - 2
+    cols = _window_ref([x], {**attrs, "kernel": w.shape[2:]})  # (N, C, *out, *kernel)
+    n, out = x.shape[0], cols.shape[2 : 2 + rank]
+    cols = cols.reshape(n, groups, x.shape[1] // groups, *out, *w.shape[2:])
+    wg = w.reshape(groups, w.shape[0] // groups, *w.shape[1:])
+    spatial = list(range(3 + rank, 3 + 2 * rank))  # the kernel axes of cols
+    result = np.einsum(
+        cols, [0, 1, 2, *range(3, 3 + rank), *spatial],
+        wg, [1, 50, 2, *spatial],
+        [0, 1, 50, *range(3, 3 + rank)],
+        optimize=True,
+    )  # fmt: skip
+    return result.reshape(n, w.shape[0], *out).astype(x.dtype)
+
+
+def _conv_matrices(x: Node, w: Node, attrs) -> tuple[Node, Node]:
+    """(A, B) of conv as a batched matmul per (sample, group): A = the weights (G, COg, K)
+    broadcast over the samples, B = the window view (N, G, K, out) with K = (Cg, *kernel)."""
+    groups, kernel = attrs["groups"], w.shape[2:]
+    rank = len(kernel)
+    n, channels = x.shape[:2]
+    windows = apply("window", x, kernel=kernel, stride=attrs["stride"], dilation=attrs["dilation"])
+    out = windows.shape[2 : 2 + rank]
+    cg = channels // groups
+    grouped = reshape(windows, (n, groups, cg, *out, *kernel))
+    taps = tuple(range(3 + rank, 3 + 2 * rank))
+    cols = apply("transpose", grouped, perm=(0, 1, 2, *taps, *range(3, 3 + rank)))
+    b = reshape(cols, (n, groups, cg * prod(kernel), prod(out)))
+    a = reshape(w, (groups, w.shape[0] // groups, cg * prod(kernel)))
+    return broadcast_to(a, (n, *a.shape)), b
+
+
+def _lower_conv(node: Node) -> Node:
+    x, w = node.inputs
+    a, b = _conv_matrices(x, w, node.attrs)
+    return reshape(apply("matmul", a, b), node.shape)
+
+
+def _conv_input_grad(n, g):
+    """dx = g dilated by the stride, padded by the kernel's reach, convolved with the
+    weights flipped and their channel axes swapped (per group)."""
+    x, w = n.inputs
+    stride, dilation, groups = n.attrs["stride"], n.attrs["dilation"], n.attrs["groups"]
+    kernel = w.shape[2:]
+    rank = len(kernel)
+    widths = ((0, 0, 0),) * 2 + tuple(
+        ((k - 1) * d, size - (o - 1) * s - 1, s - 1)
+        for k, d, s, o, size in zip(kernel, dilation, stride, n.shape[2:], x.shape[2:])
+    )
+    spread = apply("pad", g, widths=widths, value=0.0)
+    co, cg = w.shape[:2]
+    flipped = apply("reverse", w, axes=tuple(range(2, 2 + rank)))
+    swapped = apply(
+        "transpose",
+        reshape(flipped, (groups, co // groups, cg, *kernel)),
+        perm=(0, 2, 1, *range(3, 3 + rank)),
+    )
+    w_t = reshape(swapped, (groups * cg, co // groups, *kernel))
+    return apply(
+        "conv", spread, w_t, stride=(1,) * rank, dilation=dilation, groups=groups
+    )
+
+
+def _conv_weight_grad(n, g):
+    """dw[g] = sum over samples and output positions of g times the window view of x: a
+    matmul (G, COg, N*out) @ (G, N*out, Cg*kernel) over views, no buffer in between."""
+    x, w = n.inputs
+    groups = n.attrs["groups"]
+    _, b = _conv_matrices(x, w, n.attrs)  # (N, G, K, out)
+    size_n, size_k, size_out = b.shape[0], b.shape[2], b.shape[3]
+    b_t = reshape(apply("transpose", b, perm=(1, 0, 3, 2)), (groups, size_n * size_out, size_k))
+    cog = w.shape[0] // groups
+    gg = reshape(g, (size_n, groups, cog, size_out))
+    a = reshape(apply("transpose", gg, perm=(1, 2, 0, 3)), (groups, cog, size_n * size_out))
+    return reshape(apply("matmul", a, b_t), w.shape)
+
+
+register(
+    OpDef(
+        "conv",
+        Kind.CONTRACTION,
+        _infer_conv,
+        _conv_ref,
+        arity=2,
+        vjp=lambda n, g: [_conv_input_grad(n, g), _conv_weight_grad(n, g)],
+        jvp=lambda n, t: add_all(
+            [
+                apply("conv", t[0], n.inputs[1], **n.attrs) if t[0] is not None else None,
+                apply("conv", n.inputs[0], t[1], **n.attrs) if t[1] is not None else None,
+            ]
+        ),
+        fuses_inputs=False,
+        lower=_lower_conv,
     )
 )
 

@@ -95,6 +95,9 @@ def _rewrite(node: Node) -> Node | None:
     folded = _fold(node)
     if folded is not None:
         return folded
+    lower = opdef(node).lower
+    if lower is not None:
+        return lower(node)
     rule = RULES.get(node.op)
     return rule(node) if rule else None
 
