@@ -18,6 +18,7 @@ it is first called. Parameters are `<layer>.w` and `<layer>.b`.
 from __future__ import annotations
 
 import itertools
+import numbers
 import os
 import zipfile
 from collections.abc import Callable
@@ -27,8 +28,9 @@ import numpy as np
 from graphc.errors import DTypeError, GraphcError, InputError, ShapeError
 from graphc.frontend import init
 from graphc.frontend.composites import gelu, log_softmax, one_hot, relu
-from graphc.frontend.functions import sigmoid, tanh
+from graphc.frontend.functions import abs, exp, log1p, maximum, sigmoid, tanh, where
 from graphc.frontend.tensor import Tensor, as_tensor, const, param
+from graphc.ir.graph import user_location
 from graphc.ir.types import FLOATS, INTS, canonical_dtype
 
 # ---- activations ----------------------------------------------------------------------------
@@ -245,49 +247,108 @@ def _target_like(target, like: Tensor) -> Tensor:
     return const(array, like.dtype) if array.dtype.kind in "fb" else const(array)
 
 
-def mse_loss(pred, target) -> Tensor:
-    """mean((pred - target)²) over all elements; shapes must be equal."""
+def _is_number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _same_shape_pair(loss: str, pred, target, floats: bool = True) -> tuple[Tensor, Tensor]:
+    """(pred, target) as Tensors of one shape; with `floats`, pred must be float and an
+    integer or bool target becomes pred's dtype."""
     pred = as_tensor(pred)
     target = _target_like(target, pred)
+    if floats and pred.dtype not in FLOATS:
+        raise DTypeError(f"{loss}: the prediction must be float, got {pred.type}")
+    if floats and target.dtype not in FLOATS:
+        target = target.astype(pred.dtype)
     if pred.shape != target.shape:
         raise ShapeError(
-            f"mse_loss: prediction {pred.type} and target {target.type} differ in shape"
+            f"{loss}: prediction {pred.type} and target {target.type} differ in shape "
+            f"(at {user_location()})"
         )
+    return pred, target
+
+
+def mse_loss(pred, target) -> Tensor:
+    """mean((pred - target)²) over all elements; shapes must be equal."""
+    pred, target = _same_shape_pair("mse_loss", pred, target, floats=False)
     diff = pred - target
     return (diff * diff).mean()
 
 
-def softmax_cross_entropy(logits, labels) -> Tensor:
+def _class_targets(loss: str, what: str, scores, labels, probabilities=True) -> Tensor:
+    """`labels` as rows over the class axis (the last) of `scores` (named `what`): integer
+    classes of shape `scores.shape[:-1]` become one-hot rows (a fed label outside
+    [0, classes) gives a row of zeros; a constant one is a ShapeError, see `one_hot`); with
+    `probabilities`, float rows of the shape of `scores` are taken as they are."""
+    if scores.dtype not in FLOATS:
+        raise DTypeError(f"{loss}: {what} must be float, got {scores.type}")
+    if scores.ndim < 1:
+        raise ShapeError(f"{loss}: {what} must have a class axis, got {scores.type}")
+    labels = _target_like(labels, scores)
+    if labels.dtype in INTS:
+        if labels.shape != scores.shape[:-1]:
+            raise ShapeError(
+                f"{loss}: integer labels {labels.type} must have shape "
+                f"{scores.shape[:-1]} for {what} {scores.type}"
+            )
+        return one_hot(labels, scores.shape[-1], scores.dtype)
+    if labels.dtype in FLOATS and probabilities:
+        if labels.shape != scores.shape:
+            raise ShapeError(
+                f"{loss}: probability labels {labels.type} must have the shape "
+                f"of {what} {scores.type}"
+            )
+        return labels
+    kinds = "integers or floats" if probabilities else "integer classes"
+    raise DTypeError(f"{loss}: labels must be {kinds}, got {labels.type}")
+
+
+def softmax_cross_entropy(logits, labels, label_smoothing: float = 0.0) -> Tensor:
     """Mean over the batch of -sum(p * log_softmax(logits)), computed stably.
 
     `labels` are integer classes of shape `logits.shape[:-1]` (a fed label outside
     [0, classes) contributes 0; a constant one is a ShapeError, see `one_hot`) or
-    probabilities / one-hot rows of the shape of `logits`.
+    probabilities / one-hot rows of the shape of `logits`. With `label_smoothing` ε the
+    target rows become (1 - ε) p + ε / classes, as PyTorch's CrossEntropyLoss.
     """
     logits = as_tensor(logits)
-    if logits.dtype not in FLOATS:
-        raise DTypeError(f"softmax_cross_entropy: logits must be float, got {logits.type}")
-    if logits.ndim < 1:
-        raise ShapeError(f"softmax_cross_entropy: logits must have a class axis, got {logits.type}")
-    labels = _target_like(labels, logits)
-    if labels.dtype in INTS:
-        if labels.shape != logits.shape[:-1]:
-            raise ShapeError(
-                f"softmax_cross_entropy: integer labels {labels.type} must have shape "
-                f"{logits.shape[:-1]} for logits {logits.type}"
-            )
-        labels = one_hot(labels, logits.shape[-1], logits.dtype)
-    elif labels.dtype in FLOATS:
-        if labels.shape != logits.shape:
-            raise ShapeError(
-                f"softmax_cross_entropy: probability labels {labels.type} must have the shape "
-                f"of logits {logits.type}"
-            )
-    else:
-        raise DTypeError(
-            f"softmax_cross_entropy: labels must be integers or floats, got {labels.type}"
+    labels = _class_targets("softmax_cross_entropy", "logits", logits, labels)
+    if not _is_number(label_smoothing) or not 0.0 <= label_smoothing <= 1.0:
+        raise GraphcError(
+            f"softmax_cross_entropy: label_smoothing must be in [0, 1], got "
+            f"{label_smoothing!r} (at {user_location()})"
         )
+    if label_smoothing:
+        labels = (1.0 - label_smoothing) * labels + label_smoothing / logits.shape[-1]
     return -(labels * log_softmax(logits, axis=-1)).sum(axis=-1).mean()
+
+
+def nll_loss(log_probs, labels) -> Tensor:
+    """-mean(log_probs[..., label]) over the batch: PyTorch's NLLLoss (mean) for
+    log-probabilities with the classes on the last axis and integer `labels` of shape
+    `log_probs.shape[:-1]` (a fed label outside [0, classes) contributes 0)."""
+    log_probs = as_tensor(log_probs)
+    labels = _class_targets("nll_loss", "log_probs", log_probs, labels, probabilities=False)
+    return -(labels * log_probs).sum(axis=-1).mean()
+
+
+def bce_with_logits(logits, targets) -> Tensor:
+    """Mean binary cross-entropy of sigmoid(logits) against `targets` in [0, 1], computed
+    stably as max(x, 0) - x·y + log1p(exp(-|x|)): PyTorch's BCEWithLogitsLoss (mean)."""
+    x, y = _same_shape_pair("bce_with_logits", logits, targets)
+    # at x = 0 the halves of max's gradient and sign(0) = 0 give sigmoid(0) - y exactly
+    return (maximum(x, 0) - x * y + log1p(exp(-abs(x)))).mean()
+
+
+def huber_loss(pred, target, delta: float = 1.0) -> Tensor:
+    """Mean of ½ d² where |d| < delta, else delta (|d| - ½ delta), d = pred - target:
+    PyTorch's HuberLoss (mean)."""
+    if not _is_number(delta) or not delta > 0:
+        raise GraphcError(f"huber_loss: delta must be > 0, got {delta!r} (at {user_location()})")
+    pred, target = _same_shape_pair("huber_loss", pred, target)
+    diff = pred - target
+    size = abs(diff)
+    return where(size < delta, 0.5 * (diff * diff), delta * (size - 0.5 * delta)).mean()
 
 
 # ---- checkpoints ----------------------------------------------------------------------------
