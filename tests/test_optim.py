@@ -35,10 +35,12 @@ def numpy_loss_and_grads(params, xv, yv):
     return np.mean((pred - yv) ** 2), grads
 
 
-def numpy_adam(params, grads, m, v, t, lr, b1, b2, eps):
-    """One textbook Adam step (Kingma & Ba), t counted from 1; returns new params, m, v."""
+def numpy_adam(params, grads, m, v, t, lr, b1, b2, eps, weight_decay=0.0):
+    """One textbook Adam step (Kingma & Ba), t counted from 1, with AdamW's decoupled
+    weight decay w <- w (1 - lr weight_decay) first; returns new params, m, v."""
     new_params, new_m, new_v = [], [], []
     for w, g, m_i, v_i in zip(params, grads, m, v, strict=True):
+        w = w * (1 - lr * weight_decay)
         m_i = b1 * m_i + (1 - b1) * g
         v_i = b2 * v_i + (1 - b2) * g**2
         m_hat = m_i / (1 - b1**t)
@@ -49,10 +51,14 @@ def numpy_adam(params, grads, m, v, t, lr, b1, b2, eps):
     return new_params, new_m, new_v
 
 
-def numpy_sgd(params, grads, buffers, lr, momentum):
-    """One SGD step with PyTorch-style momentum; returns new params and buffers."""
+def numpy_sgd(params, grads, buffers, lr, momentum, weight_decay=0.0, nesterov=False):
+    """One SGD step as torch.optim.SGD (dampening 0); returns new params and buffers."""
+    grads = [g + weight_decay * w for w, g in zip(params, grads, strict=True)]
     buffers = [momentum * buf + g for buf, g in zip(buffers, grads, strict=True)]
-    steps = buffers if momentum else grads
+    if nesterov:
+        steps = [g + momentum * buf for g, buf in zip(grads, buffers, strict=True)]
+    else:
+        steps = buffers if momentum else grads
     return [w - lr * s for w, s in zip(params, steps, strict=True)], buffers
 
 
