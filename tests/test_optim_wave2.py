@@ -363,3 +363,4 @@ def test_wave2_state_names_and_defaults():
     sgd = gc.optim.SGD(params, gc.optim.cosine_decay(0.1, 100), 0.9, nesterov=True)
     assert [s.name for s in sgd.state()][-2:] == ["sgd.momentum[dense2.b]", "sgd.t"]
     assert sgd.t.dtype == "float32" and gc.optim.SGD(params, 0.1).t is None
+    assert gc.optim.SGD(params, np.array(0.5)).lr == 0.5  # a 0-d array is a float lr

@@ -53,6 +53,8 @@ __all__ = [
 
 def _check_number(owner: str, what: str, value, low: float = 0.0, high: float = math.inf):
     """`value` as a float in [low, high) (high included when infinite), else a GraphcError."""
+    if isinstance(value, np.ndarray) and value.shape == ():
+        value = value[()]  # a 0-d array: its scalar
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise GraphcError(f"{owner}: {what} must be a number, got {value!r} (at {user_location()})")
     value = float(value)
