@@ -3,20 +3,42 @@
 from graphc.errors import CompileError, DTypeError, GraphcError, InputError, ShapeError
 from graphc.frontend import distributed, nn, optim
 from graphc.frontend import init as random
-from graphc.frontend.composites import log_softmax, logsumexp, one_hot, relu, softmax
+from graphc.frontend.composites import (
+    clip,
+    cumsum,
+    gelu,
+    layer_norm,
+    leaky_relu,
+    log_softmax,
+    logsumexp,
+    one_hot,
+    relu,
+    scaled_dot_product_attention,
+    silu,
+    softmax,
+    softplus,
+    stack,
+)
 from graphc.frontend.functions import (
     MATH_FUNCTIONS,
     Program,
     abs,
+    ceil,
     check_grad,
     compile,
     concat,
     evaluate,
+    expand_dims,
+    floor,
+    floor_divide,
     grad,
     jvp,
     maximum,
     minimum,
+    remainder,
+    round,
     sign,
+    squeeze,
     stop_gradient,
     where,
 )
@@ -62,6 +84,23 @@ __all__ = [
     "softmax",
     "stop_gradient",
     "where",
+    # wave 2: elementwise, shape, activations, normalisation, attention
+    "ceil",
+    "clip",
+    "cumsum",
+    "expand_dims",
+    "floor",
+    "floor_divide",
+    "gelu",
+    "layer_norm",
+    "leaky_relu",
+    "remainder",
+    "round",
+    "scaled_dot_product_attention",
+    "silu",
+    "softplus",
+    "squeeze",
+    "stack",
 ]
 
 # exp, log, log1p, sin, cos, tanh, sqrt, sigmoid, atan ...: one per math op of the registry

@@ -17,6 +17,7 @@ Adding a primitive: add its spec(s) to SPECS, with the domain its inputs need.
 
 from __future__ import annotations
 
+import math
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -184,6 +185,11 @@ SPECS = [
     unary("cos", gc.cos, np.cos),
     unary("tanh", gc.tanh, np.tanh),
     unary("atan", gc.atan, np.arctan),
+    unary("erf", gc.erf, lambda x: np.vectorize(math.erf, otypes=[x.dtype])(x)),
+    # piecewise constant (gradient 0); away from the jumps in the gradient checks' domain
+    unary("floor", gc.floor, np.floor),
+    unary("ceil", gc.ceil, np.ceil),
+    unary("round", gc.round, np.round),
     # in one process (no mpiexec) the world has one rank: the sum over ranks is the value
     unary("allreduce", lambda x: gc.distributed.allreduce(x, _world(), "sum"), lambda x: x),
     unary("sqrt", gc.sqrt, np.sqrt, "positive"),
@@ -197,6 +203,8 @@ SPECS = [
     binary("pow", lambda a, b: a**b, np.power, ("positive", "real"), FLOATS),
     binary("maximum", gc.maximum, np.maximum),
     binary("minimum", gc.minimum, np.minimum),
+    binary("remainder", lambda a, b: a % b, np.remainder, ("real", "nonzero")),
+    binary("floor_divide", lambda a, b: a // b, np.floor_divide, ("real", "nonzero")),
     *[
         binary(name, fn, ref, ("ties", "ties"), NUMERIC, grad=False)
         for name, fn, ref in [

@@ -68,6 +68,21 @@ sin/cos q = nearest integer to x 2/pi (a double-length product, so q is the true
         ~1100 bits, a table lookup per lane), which in branch-free code every argument
         would pay for; NumPy reduces that way.
 sqrt    ``llvm.sqrt`` (one vsqrtpd/vsqrtps, correctly rounded).
+erf     |x| < 1: x S(x^2), S a degree-12 polynomial; 1 <= |x| <= 6: 1 - t e^(-x^2 + L(t)),
+        t = 2/(2 + |x|) (Numerical Recipes' erfc form), L of degree 17 in t; |x| > 6: +-1
+        (erfc(6) < 2^-55). S and L are Chebyshev interpolants fitted in mpmath by
+        tools/fit_erf.py (1.6e-17 relative, 6.8e-17 absolute in the exponent). Every lane
+        computes both pieces: one division, one exp and 30 FMAs. f32: computed in f64 and
+        rounded.
+remainder, floor_divide  NumPy's x % y and x // y (npy_divmod): fmod(x, y) first, exactly:
+        n = trunc(x/y) is within one of the true quotient for |x/y| < 2^52, fma(-n, y, x)
+        is exact once n is corrected (a remainder of the wrong sign, or as large as |y|,
+        shows which way), then NumPy's own sign fix-ups and floor((x - mod)/y). f32 takes
+        the fmod in f64 (exact) and the rest in f32, as NumPy. Past |x/y| = 2^52 (f32: the
+        same ratio) the remainder is NaN rather than a wrong number (an exact fmod there
+        needs one reduction step per 52 bits of quotient) and floor_divide is x/y (an
+        integer float, within an ulp of NumPy's). Integers: Python's floor rules, x // 0 =
+        x % 0 = 0 as NumPy, INT_MIN // -1 wraps; the divisor is never 0 or -1 (x86 traps).
 pow     f64: exp(y log x) with log|x| as a double-double: s = f/(2+f) as a double-double
         quotient, log(1+f) = 2s + s^3 (2/3 + z T(z)), z = s^2, T the atanh series
         2/5 + 2/7 z + ... + 2/25 z^10 (truncation < 2^-70), 2/3 as a double-double. The
@@ -116,6 +131,7 @@ checks every row on 400000 to 600000 arguments over the same domains:
     atan       1.00      2.30      (Cephes; f32 measured over every 7th float in [0, 30])
     sqrt       0.50      0.50
     pow        0.76      0.50      (f64 with |y log x| up to 700)
+    erf        1.60      0.50      (f64 against mpmath; tests/test_functions_wave2.py)
 
 Special values (all exactly as NumPy, except sin/cos past their domain: NaN): exp(+-0) = 1,
 exp(-inf) = 0, exp(inf) = inf, exp(x > 709.78) = inf (f32: x > 88.72), results below the
@@ -139,7 +155,10 @@ from fractions import Fraction
 
 from llvmlite import ir
 
-__all__ = ["exp", "expm1", "log", "log1p", "tanh", "sigmoid", "sin", "cos", "atan", "sqrt", "pow"]
+__all__ = [
+    "exp", "expm1", "log", "log1p", "tanh", "sigmoid", "sin", "cos", "atan", "sqrt", "pow", "erf",
+    "remainder", "floor_divide",
+]  # fmt: skip
 
 _PI = Fraction(Decimal("3.14159265358979323846264338327950288419716939937510582097494459"))
 
@@ -739,6 +758,126 @@ def atan(b: ir.IRBuilder, x: ir.Value) -> ir.Value:
     else:
         small = _fma(b, b.fmul(_horner(b, z, _ATAN32_P), z), reduced, reduced)
     return _intrinsic(b, "copysign", b.fadd(base, b.fadd(small, low)), x)
+
+
+# --- erf --------------------------------------------------------------------------------
+
+# tools/fit_erf.py: Chebyshev interpolants (in mpmath) in the power basis of u in [-1, 1].
+# erf(x) / x in z = x^2 for |x| < 1 (error 1.6e-17 relative once rounded):
+_ERF_SMALL = [1.1283791670955126, -0.3761263890318375, 0.11283791670954879,
+              -0.026866170645076792, 0.0052239776248180145, -0.000854832698083379,
+              0.0001205533111164271, -1.4925595266831182e-05, 1.6461000484121368e-06,
+              -1.6350312701054695e-07, 1.4659775274047436e-08, -1.1372848856791674e-09,
+              5.957176147748911e-11]  # fmt: skip
+# log(erfc(x) / t) + x^2, t = 2 / (2 + x), in u = (t - 11/24) 24/5 for 1 <= x <= 6 (6.8e-17):
+_ERF_LARGE = [-0.7274922853522042, 0.27658358936131217, 0.01017469538025659,
+              -0.0031116996674261433, -0.0004014712041727664, 9.560006382428187e-05,
+              1.6041266414869052e-05, -4.5271525518308936e-06, -6.019926591015618e-07,
+              2.564387714632306e-07, 1.4524899380622514e-08, -1.460916829514613e-08,
+              5.088258252135452e-10, 7.306410702720627e-10, -1.0252273086998347e-10,
+              -2.6581488877884306e-11, 6.8713164030296784e-12, 3.856922660244085e-13]  # fmt: skip
+
+
+def _erf64(b, x):
+    """x S(x^2) for |x| < 1, else +-(1 - t exp(-x^2 + L(t))), t = 2 / (2 + |x|), |x| <= 6."""
+    t = x.type
+    one, two = _const(t, 1.0), _const(t, 2.0)
+    z = b.fmul(x, x)
+    # x c0 + x z S1(z), rounded once by the FMA: c0 = 2/sqrt(pi) carries most of it
+    small = _fma(b, x, _const(t, _ERF_SMALL[0]), b.fmul(x, b.fmul(z, _poly(b, z, _ERF_SMALL[1:]))))
+    ax = _select_const(b, _gt(b, _intrinsic(b, "fabs", x), _const(t, 6.0)), 6.0,
+                       _intrinsic(b, "fabs", x))  # fmt: skip
+    ratio = b.fdiv(two, b.fadd(two, ax))
+    u = _fma(b, ratio, _const(t, 24 / 5), _const(t, -11 / 5))
+    tail = b.fmul(ratio, exp(b, b.fsub(_poly(b, u, _ERF_LARGE), b.fmul(ax, ax))))
+    large = _intrinsic(b, "copysign", b.fsub(one, tail), x)
+    return _keep_zero(b, x, b.select(_lt(b, z, one), small, large))
+
+
+def erf(b: ir.IRBuilder, x: ir.Value) -> ir.Value:
+    """The error function; float32 is computed in float64 and rounded."""
+    if _bits(x.type) == 64:
+        return _erf64(b, x)
+    return b.fptrunc(_erf64(b, b.fpext(x, _like(x.type, ir.DoubleType()))), x.type)
+
+
+# --- remainder, floor_divide ------------------------------------------------------------
+
+
+def _fmod64(b, x, y):
+    """C's fmod(x, y) exactly, for |x / y| < 2^52; NaN past that (see the docstring).
+
+    n = trunc(x / y) is within one of the true quotient there, and fma(-n, y, x) is
+    exact once n is right: one wrong way shows as a remainder of the wrong sign, the
+    other as one at least |y| in size, and both are corrected in one step."""
+    t = x.type
+    zero = _const(t, 0.0)
+    n = _intrinsic(b, "trunc", b.fdiv(x, y))
+    r = _fma(b, b.fneg(n), y, x)
+    away = _intrinsic(b, "copysign", _const(t, 1.0), b.fdiv(x, y))  # the quotient's sign
+    wrong_sign = b.and_(b.fcmp_ordered("!=", r, zero), b.xor(_lt(b, r, zero), _lt(b, x, zero)))
+    too_large = b.fcmp_ordered(">=", _intrinsic(b, "fabs", r), _intrinsic(b, "fabs", y))
+    step = b.select(wrong_sign, b.fneg(away), b.select(too_large, away, zero))
+    r = _fma(b, b.fneg(b.fadd(n, step)), y, x)
+    r = _intrinsic(b, "copysign", r, x)  # a remainder has x's sign, a zero one too
+    r = b.select(_eq(b, _intrinsic(b, "fabs", y), _const(t, math.inf)), x, r)  # |x| < inf
+    beyond = b.fcmp_unordered(">=", _intrinsic(b, "fabs", n), _const(t, 2.0**52))
+    return _select_const(b, b.or_(beyond, _eq(b, y, zero)), math.nan, r), n
+
+
+def _divmod(b, x, y):
+    """NumPy's npy_divmod for floats: (floor(x / y), x mod y with the sign of y)."""
+    t = x.type
+    zero, one = _const(t, 0.0), _const(t, 1.0)
+    if _bits(t) == 64:
+        mod, n = _fmod64(b, x, y)
+    else:
+        wide = _like(t, ir.DoubleType())
+        mod, n = _fmod64(b, b.fpext(x, wide), b.fpext(y, wide))
+        mod = b.fptrunc(mod, t)  # exact
+    # past |x / y| = 2^52 (x finite) x / y is an integer float: the floor NumPy gives too
+    huge = b.fcmp_ordered(">=", _intrinsic(b, "fabs", n), _const(n.type, 2.0**52))
+    huge = b.and_(huge, b.fcmp_ordered("!=", _intrinsic(b, "fabs", x), _const(t, math.inf)))
+    div = b.fdiv(b.fsub(x, mod), y)
+    adjust = b.and_(b.fcmp_ordered("!=", mod, zero), b.xor(_lt(b, y, zero), _lt(b, mod, zero)))
+    mod = b.select(adjust, b.fadd(mod, y), mod)
+    div = b.select(adjust, b.fsub(div, one), div)
+    mod = b.select(_eq(b, mod, zero), _intrinsic(b, "copysign", zero, y), mod)
+    floor = _intrinsic(b, "floor", div)
+    floor = b.select(_gt(b, b.fsub(div, floor), _const(t, 0.5)), b.fadd(floor, one), floor)
+    floor = b.select(_eq(b, div, zero), _intrinsic(b, "copysign", zero, b.fdiv(x, y)), floor)
+    # y == 0: floor_divide is x / y, remainder fmod(x, 0) = NaN (as NumPy)
+    return b.select(b.or_(huge, _eq(b, y, zero)), b.fdiv(x, y), floor), mod
+
+
+def _int_divmod(b, x, y):
+    """Python's floor division and modulo of integers; 0 and 0 for y == 0 (NumPy's result);
+    INT_MIN // -1 wraps, as in NumPy. Never divides by 0 or -1 (x86 traps on both)."""
+    t = x.type
+    zero, one = _const(t, 0), _const(t, 1)
+    by_zero = b.icmp_signed("==", y, zero)
+    by_minus_one = b.icmp_signed("==", y, b.neg(one))
+    safe = b.select(b.or_(by_zero, by_minus_one), one, y)
+    quotient, rest = b.sdiv(x, safe), b.srem(x, safe)
+    adjust = b.and_(b.icmp_signed("!=", rest, zero), b.icmp_signed("<", b.xor(rest, y), zero))
+    quotient = b.select(adjust, b.sub(quotient, one), quotient)
+    rest = b.select(adjust, b.add(rest, y), rest)
+    quotient = b.select(by_minus_one, b.neg(x), b.select(by_zero, zero, quotient))
+    return quotient, b.select(b.or_(by_zero, by_minus_one), zero, rest)
+
+
+def _is_int(t: ir.Type) -> bool:
+    return isinstance(t.element if isinstance(t, ir.VectorType) else t, ir.IntType)
+
+
+def remainder(b: ir.IRBuilder, x: ir.Value, y: ir.Value) -> ir.Value:
+    """NumPy's x % y: the sign of y (floats: exact, for |x / y| < 2^52; integers too)."""
+    return (_int_divmod if _is_int(x.type) else _divmod)(b, x, y)[1]
+
+
+def floor_divide(b: ir.IRBuilder, x: ir.Value, y: ir.Value) -> ir.Value:
+    """NumPy's x // y (floats: floor((x - x % y) / y) corrected as NumPy does; integers)."""
+    return (_int_divmod if _is_int(x.type) else _divmod)(b, x, y)[0]
 
 
 # Routines that are one instruction, not a polynomial: loops calling them need no extra

@@ -8,6 +8,8 @@ module; `matmul` sits with the Tensor operators in tensor.py.
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 
 from graphc.errors import DTypeError, GraphcError, InputError, ShapeError
@@ -22,9 +24,10 @@ from graphc.frontend.tensor import (
     promote,
     unary,
 )
-from graphc.ir.graph import Graph, Node, Storage, location, topological_order
+from graphc.ir.graph import Graph, Node, Storage, location, topological_order, user_location
 from graphc.ir.interp import run_nodes
 from graphc.ir.ops import OPS, OpDef, apply
+from graphc.ir.types import FLOATS
 from graphc.passes import autodiff
 from graphc.runtime.executable import Executable
 
@@ -74,6 +77,56 @@ def minimum(a, b) -> Tensor:
 UFUNCS.update(absolute=abs, sign=sign, maximum=maximum, minimum=minimum)
 
 
+def _rounding(op: str, doc: str):
+    """`gc.floor` ...: integers (and bools) are returned as they are, as NumPy 2 does."""
+
+    def function(x) -> Tensor:
+        x = as_tensor(x)
+        return x if x.dtype not in FLOATS else unary(op, x)
+
+    function.__name__ = function.__qualname__ = op
+    function.__doc__ = doc
+    return function
+
+
+floor = _rounding("floor", "The largest integer <= x, elementwise (gradient 0).")
+ceil = _rounding("ceil", "The smallest integer >= x, elementwise (gradient 0).")
+_round_half_even = _rounding("round", "")
+
+
+def round(x, decimals: int = 0) -> Tensor:  # noqa: A001 (NumPy's name)
+    """x rounded to `decimals` decimals, halves to even, as np.round (gradient 0)."""
+    x = as_tensor(x)
+    if isinstance(decimals, bool) or not isinstance(decimals, numbers.Integral):
+        raise GraphcError(
+            f"round: decimals must be an int, got {decimals!r} (at {user_location()})"
+        )
+    if decimals == 0 or (x.dtype not in FLOATS and decimals > 0):
+        return _round_half_even(x)
+    if x.dtype not in FLOATS:  # np.round(ints, -1): to tens, halves to even, still ints
+        return round(x.astype("float64"), decimals).astype(x.dtype)
+    scale = 10.0 ** (int(decimals) if decimals > 0 else -int(decimals))  # (abs is gc.abs here)
+    if decimals > 0:
+        return _round_half_even(x * scale) / scale
+    return _round_half_even(x / scale) * scale
+
+
+def remainder(a, b) -> Tensor:
+    """a % b with NumPy's sign rule (the sign of b), floats and integers, with broadcasting."""
+    return binary("remainder", a, b)
+
+
+def floor_divide(a, b) -> Tensor:
+    """a // b rounded toward -inf, as NumPy (integer // 0 is 0), with broadcasting."""
+    return binary("floor_divide", a, b)
+
+
+UFUNCS.update(
+    floor=floor, ceil=ceil, rint=round, remainder=remainder, mod=remainder,
+    floor_divide=floor_divide,
+)  # fmt: skip
+
+
 def stop_gradient(x) -> Tensor:
     """x, through which no gradient flows."""
     return unary("stop_gradient", x)
@@ -96,6 +149,43 @@ def concat(tensors, axis=0) -> Tensor:
     if len(tensors) == 1:
         return tensors[0]
     return Tensor(apply("concat", *[t.node for t in tensors], axis=axis))
+
+
+def _new_axes(axis, ndim: int, op: str) -> tuple[int, ...]:
+    """NumPy's `axis` of expand_dims for a result of rank `ndim`: sorted, distinct."""
+    axes = (axis,) if isinstance(axis, numbers.Integral) else tuple(axis)
+    result = normalize_axes(axes, ndim, op)
+    if len(set(result)) != len(result):
+        raise ShapeError(f"{op}: repeated axis in {axes} (at {user_location()})")
+    return result
+
+
+def expand_dims(x, axis) -> Tensor:
+    """x with new axes of length 1 at `axis` (an int or a tuple, as np.expand_dims)."""
+    x = as_tensor(x)
+    axes = _new_axes(axis, x.ndim + (1 if isinstance(axis, numbers.Integral) else len(axis)),
+                     "expand_dims")  # fmt: skip
+    sizes = iter(x.shape)
+    return x.reshape(tuple(1 if i in axes else next(sizes) for i in range(x.ndim + len(axes))))
+
+
+def squeeze(x, axis=None) -> Tensor:
+    """x without its axes of length 1 (or only `axis`, each of which must have length 1)."""
+    x = as_tensor(x)
+    if axis is None:
+        axes = tuple(i for i, d in enumerate(x.shape) if d == 1)
+    else:
+        axes = normalize_axes(axis, x.ndim, "squeeze")
+        wide = [a for a in axes if x.shape[a] != 1]
+        if wide:
+            raise ShapeError(
+                f"squeeze: axis {wide[0]} of {x.type} has length {x.shape[wide[0]]}, not 1 "
+                f"(at {user_location()})"
+            )
+    return x.reshape(tuple(d for i, d in enumerate(x.shape) if i not in axes))
+
+
+Tensor.squeeze = squeeze
 
 
 # ---- differentiation ------------------------------------------------------------------------

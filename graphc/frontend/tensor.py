@@ -1,3 +1,6 @@
+# Over 500 lines on purpose: the Tensor class with every operator and method NumPy users
+# expect, and beside it the helpers that apply one primitive NumPy's way (promotion,
+# broadcasting, reductions, indexing), which the operators call.
 """The symbolic Tensor: NumPy-like operators that build IR nodes.
 
 A Tensor wraps one IR node. Operators follow NumPy: broadcasting becomes explicit
@@ -116,6 +119,18 @@ class Tensor:
     def __rpow__(self, other):
         return power(other, self)
 
+    def __mod__(self, other):
+        return binary("remainder", self, other)
+
+    def __rmod__(self, other):
+        return binary("remainder", other, self)
+
+    def __floordiv__(self, other):
+        return binary("floor_divide", self, other)
+
+    def __rfloordiv__(self, other):
+        return binary("floor_divide", other, self)
+
     def __matmul__(self, other):
         return matmul(self, other)
 
@@ -173,7 +188,11 @@ class Tensor:
         """The maximum over `axis` (all axes by default)."""
         return reduce("max", _numpy_keywords("max", self, None, out), axis, keepdims)
 
-    mean: Callable[..., Tensor]  # a composite, bound by composites.py
+    # composites, bound by composites.py
+    mean: Callable[..., Tensor]
+    min: Callable[..., Tensor]
+    var: Callable[..., Tensor]
+    std: Callable[..., Tensor]
 
     def argmax(self, axis=-1, keepdims=False) -> Tensor:
         (axis,) = normalize_axes(axis, self.ndim, "argmax")

@@ -35,6 +35,7 @@ unary op with a `math` routine is also public as `gc.<name>`, documented by its 
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -426,6 +427,64 @@ _unary(
     cost=4,
 )
 
+
+_math_erf = np.frompyfunc(math.erf, 1, 1)  # NumPy has no erf; Python's is within 1 ulp
+
+
+def _erf_ref(x):
+    return np.asarray(_math_erf(x.astype(np.float64)), dtype=np.float64).astype(x.dtype)
+
+
+_unary(
+    "erf",
+    _erf_ref,
+    # d/dx erf x = 2/sqrt(pi) exp(-x²)
+    lambda x, y: mul(full(2 / np.sqrt(np.pi), x), apply("exp", neg(mul(x, x)))),
+    math="erf",
+    doc="The error function, elementwise: 2/sqrt(pi) times the integral of exp(-t²) to x.",
+    cost=40,
+)
+# floor, ceil and round (half to even, as np.round) are piecewise constant: derivative 0,
+# as in PyTorch and JAX. (Integers are their own floor: the frontend returns them as is.)
+for _name, _ref, _intrinsic in [
+    ("floor", np.floor, "llvm.floor"),
+    ("ceil", np.ceil, "llvm.ceil"),
+    ("round", np.rint, "llvm.rint"),  # rint rounds half to even in the default mode
+]:
+    _unary(
+        _name,
+        _ref,
+        lambda x, y: full(0, x),
+        scalar=lambda e, x, intrinsic=_intrinsic: e.intrinsic(intrinsic, x),
+        cost=2,
+    )
+
+
+def _divmod_ref(function):
+    def ref(a, b):
+        with np.errstate(all="ignore"):  # x // 0 and x % 0: NumPy's values, no warning
+            return function(a, b)
+
+    return ref
+
+
+# NumPy's % (the sign of the divisor) and // (floor), floats and integers: mathlib's
+# routines. a % b = a - (a // b) b, so its partials are 1 and -(a // b); // is piecewise
+# constant.
+_binary(
+    "remainder",
+    _divmod_ref(np.remainder),
+    lambda n: [full(1, n), neg(apply("floor_divide", *n.inputs))],
+    math="remainder",
+    cost=16,
+)
+_binary(
+    "floor_divide",
+    _divmod_ref(np.floor_divide),
+    lambda n: [full(0, n), full(0, n)],
+    math="floor_divide",
+    cost=16,
+)
 
 def _sigmoid_ref(x):
     with np.errstate(over="ignore"):
