@@ -10,7 +10,14 @@ import sys
 def _demo(args) -> int:
     from graphc.demo import main as demo
 
-    return demo(quick=args.quick)
+    return demo(quick=args.quick, steps_per_call=args.steps_per_call)
+
+
+def _positive(text: str) -> int:
+    """An argparse type: a positive integer."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, not {text!r}")
+    return int(text)
 
 
 def _dump(args) -> int:
@@ -91,6 +98,14 @@ def parser() -> argparse.ArgumentParser:
     commands = root.add_subparsers(dest="command", required=True)
     demo = commands.add_parser("demo", help="train the max-of-five MLP and compare with NumPy")
     demo.add_argument("--quick", action="store_true", help="1000 steps and shorter timings")
+    demo.add_argument(
+        "--steps-per-call",
+        type=_positive,
+        default=1,
+        metavar="K",
+        help="also compile K training steps into one native call (gc.compile steps=K), "
+        "train with it and time it per step beside the one-step call",
+    )
     demo.set_defaults(run=_demo)
     spec_help = "path.py:function (returning a gc.Program or an Executable) or a .gir file"
     dump = commands.add_parser("dump", help="print one stage of IR for a model")

@@ -10,7 +10,10 @@ test error and the throughput, and then times that same step in
     PyTorch eager   torch.nn + torch.optim.Adam, when torch is importable
     jax.jit         jax.value_and_grad + a hand-written Adam under one jit, when jax is
 
-as the median µs per step over many steps on one fixed batch. The model lives here, not in
+as the median µs per step over many steps on one fixed batch. `--steps-per-call K` also
+compiles the step with `gc.compile(..., steps=K)` (K steps in one native call, on batches
+stacked K deep), trains with it, and times it per step beside the one-step call. The model
+lives here, not in
 examples/, because `pip install .` installs only the package; examples/max_of_five.py
 reuses `build_max_of_five` and `sample`.
 """
@@ -47,6 +50,7 @@ class MaxOfFive:
     optimizer: gc.optim.Adam
     train: object  # Executable: (x[32,5], y[32,1]) -> loss, updates params and Adam state
     predict: object  # Executable: x[test_size,5] -> prediction[test_size,1]
+    train_k: object = None  # with steps_per_call K > 1: (x[K,32,5], y[K,32,1]) -> loss[K]
 
     def params(self) -> list[gc.Tensor]:
         return self.model.params()
@@ -57,38 +61,51 @@ class MaxOfFive:
 
 
 def build_max_of_five(
-    seed: int = 0, batch: int = BATCH, lr: float = LR, test_size: int = TEST_SIZE
+    seed: int = 0,
+    batch: int = BATCH,
+    lr: float = LR,
+    test_size: int = TEST_SIZE,
+    steps_per_call: int = 1,
 ) -> MaxOfFive:
-    """Build the 5-32-16-1 ReLU MLP with Adam and compile its training and test steps."""
+    """Build the 5-32-16-1 ReLU MLP with Adam and compile its training and test steps (and,
+    for `steps_per_call` K > 1, the training step K times per call, on the same weights)."""
     x, y = gc.input("x", (batch, WIDTHS[0])), gc.input("y", (batch, 1))
     layers = [gc.nn.Dense(width, "relu") for width in WIDTHS[1:-1]] + [gc.nn.Dense(WIDTHS[-1])]
     model = gc.nn.Sequential(layers, seed=seed)
     loss = gc.nn.mse_loss(model(x), y)
     optimizer = gc.optim.Adam(model.params(), lr=lr, betas=BETAS, eps=EPS)
-    train = gc.compile(
-        inputs=[x, y], outputs=loss, updates=optimizer.updates(loss), name="max_of_five_train"
-    )
+    program = gc.Program([x, y], loss, optimizer.updates(loss), name="max_of_five_train")
+    train = gc.compile(program)
+    train_k = gc.compile(program, steps=steps_per_call) if steps_per_call != 1 else None
     x_test = gc.input("x_test", (test_size, WIDTHS[0]))
     predict = gc.compile(inputs=[x_test], outputs=model(x_test), name="max_of_five_predict")
-    return MaxOfFive(model, optimizer, train, predict)
+    return MaxOfFive(model, optimizer, train, predict, train_k)
 
 
 def train(net: MaxOfFive, steps: int, rng: np.random.Generator, on_step=None) -> float:
     """Run `steps` training steps on fresh batches; returns the mean loss of the last 100.
 
-    `on_step(step, loss)` is called after every step (for progress bars and reports).
+    `on_step(step, loss)` is called after every step (for progress bars and reports). With
+    `net.train_k` (K steps per call), K steps run per call while K are left, then one a call.
     """
     batch = net.train.graph.inputs[0].shape[0]
-    chunk = 1000  # draw the data for 1000 steps at once: a draw per step costs more than the step
+    per_call = net.train_k.steps if net.train_k is not None else 1
+    chunk = 1000 * per_call  # draw the data for many steps at once: a draw costs more than a step
     losses = []
     for start in range(0, steps, chunk):
         xs = rng.standard_normal((min(chunk, steps - start), batch, WIDTHS[0]), dtype=np.float32)
         ys = xs.max(axis=2, keepdims=True)
-        for i in range(len(xs)):
-            loss = float(net.train(xs[i], ys[i]))
-            losses.append(loss)
-            if on_step is not None:
-                on_step(start + i + 1, loss)
+        i = 0
+        while i < len(xs):
+            if len(xs) - i >= per_call > 1:
+                called = net.train_k(xs[i : i + per_call], ys[i : i + per_call])
+            else:
+                called = [net.train(xs[i], ys[i])]
+            for loss in map(float, called):
+                losses.append(loss)
+                i += 1
+                if on_step is not None:
+                    on_step(start + i, loss)
     return float(np.mean(losses[-100:])) if losses else float("nan")
 
 
@@ -226,8 +243,14 @@ def median_step_us(step, x, y, seconds: float, block: int = 10) -> float:
 def time_training_step(net: MaxOfFive, seconds: float = 1.0, seed: int = 1) -> list[tuple]:
     """(implementation, µs per step or None, note) for each implementation of the step."""
     x, y = sample(np.random.default_rng(seed), net.train.graph.inputs[0].shape[0])
-    weights = [p.value.copy() for p in net.params()]
+    weights = [p.value.copy() for p in net.params()]  # before graphc's timing trains them
     rows = [("graphc (compiled)", median_step_us(net.train, x, y, seconds), "")]
+    if net.train_k is not None:  # the same batch K times, one call: µs per step
+        k = net.train_k.steps
+        xs, ys = np.stack([x] * k), np.stack([y] * k)
+        rows.append(
+            (f"graphc ({k} steps/call)", median_step_us(net.train_k, xs, ys, seconds) / k, "")
+        )
     rows.append(
         ("NumPy (hand-written)", median_step_us(NumpyMaxOfFive(weights).step, x, y, seconds), "")
     )
@@ -282,13 +305,15 @@ class ProgressBar:
         self.stream.flush()
 
 
-def main(quick: bool = False) -> int:
-    """Train max-of-five with a progress bar, then time the step against NumPy/PyTorch/JAX."""
+def main(quick: bool = False, steps_per_call: int = 1) -> int:
+    """Train max-of-five with a progress bar, then time the step against NumPy/PyTorch/JAX
+    (and, with `steps_per_call` K > 1, train K steps per native call and time that too)."""
     steps = 1000 if quick else 10_000
     print("graphc demo: a 5-32-16-1 ReLU MLP learns max(x1..x5) of five N(0,1) inputs")
-    print(f"  Adam lr {LR}, batch {BATCH}, {steps} steps, seed 0")
+    per_call = f", {steps_per_call} steps per call" if steps_per_call != 1 else ""
+    print(f"  Adam lr {LR}, batch {BATCH}, {steps} steps{per_call}, seed 0")
     start = time.perf_counter()
-    net = build_max_of_five(seed=0)
+    net = build_max_of_five(seed=0, steps_per_call=steps_per_call)
     print(
         f"  compiled the training step ({len(net.train.kernels)} kernels, "
         f"arena {net.train.memory.arena_bytes} bytes) in {time.perf_counter() - start:.2f} s"
@@ -318,4 +343,6 @@ def main(quick: bool = False) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(quick="--quick" in sys.argv[1:]))
+    from graphc.cli import main as cli_main
+
+    sys.exit(cli_main(["demo", *sys.argv[1:]]))

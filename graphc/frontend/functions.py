@@ -424,12 +424,16 @@ class Program:
         return str(self.graph)
 
 
-def compile(inputs=None, outputs=None, updates=None, *, name=None, opt=None, cache=True):  # noqa: A001
-    """JIT-compile one step: `gc.compile(inputs=[x], outputs=y, updates={w: w2})` or a Program."""
+def compile(  # noqa: A001
+    inputs=None, outputs=None, updates=None, *, name=None, opt=None, cache=True, steps=1
+):
+    """JIT-compile one step: `gc.compile(inputs=[x], outputs=y, updates={w: w2})` or a Program.
+    `steps=K`: a call runs the step K times over inputs stacked on a new leading axis of
+    length K, returns the outputs stacked, and applies the updates after every step."""
     if isinstance(inputs, Program):
         program = inputs
     else:
         program = Program([] if inputs is None else inputs, outputs, updates, name)
     return Executable.build(
-        program.graph, single_output=program.single_output, opt=opt, cache=cache
+        program.graph, single_output=program.single_output, opt=opt, cache=cache, steps=steps
     )

@@ -1,3 +1,5 @@
+# Over 500 lines on purpose: the export is one artifact, and its wrapper module, header text
+# and link steps all follow one layout (state offsets, C names); split, each imports the rest.
 """Ahead-of-time export: a compiled step as `<name>.o`, `lib<name>.so` and `<name>.h` (DESIGN §5).
 
 The exported object is the very LLVM IR the JIT compiled (`executable.llvm_ir`), linked
@@ -5,7 +7,7 @@ with a small wrapper module that gives it a C interface and embeds the state:
 
     size_t NAME_mem_size(void);          bytes of the memory block the caller provides
     void   NAME_init(void *mem);         copies the embedded state into mem, zeroes the arena
-    void   NAME_run(void *mem, const T *in0, ..., T *out0, ...);   one step
+    void   NAME_run(void *mem, const T *in0, ..., T *out0, ...);   one step (or K)
     T     *NAME_state_<param>(void *mem);                          one per state tensor
 
 The memory block holds everything a step reads or writes besides its arguments:
@@ -13,7 +15,10 @@ The memory block holds everything a step reads or writes besides its arguments:
     mem ─► [ param 0 | param 1 | ... (each 64-byte aligned) ][ arena (intermediates) ]
            ^ state block: initial values embedded as constants ^ plan.arena_bytes
 
-so two blocks are two independent models and the code allocates nothing. The JIT's
+so two blocks are two independent models and the code allocates nothing. An executable
+compiled with `steps=K` exports a `NAME_run` that runs K steps over inputs and outputs
+stacked on a leading axis of length K (codegen/steps.py's loop), the state updated after
+each, as the JIT's call does. The JIT's
 `<name>_step` and `<name>_call` become internal symbols of the object: it exports only the C
 interface above, so several models link into one program. When large kernels run on several
 threads, the object carries its own copy of the thread pool (codegen/parallel.py), also
@@ -49,11 +54,12 @@ import numpy as np
 from llvmlite import ir
 
 from graphc.codegen import freestanding, parallel, target
+from graphc.codegen.steps import emit_step_loop
 from graphc.codegen.target import Target
 from graphc.errors import CompileError
 from graphc.passes.memory import aligned
 from graphc.runtime import jit
-from graphc.runtime.executable import symbol_name
+from graphc.runtime.executable import stacked, symbol_name
 
 C_TYPES = {
     "float32": "float",
@@ -212,7 +218,14 @@ def wrapper_module(executable, name: str, pointer_bytes: int = 8) -> ir.Module:
     run = ir.Function(module, ir.FunctionType(ir.VoidType(), run_args), f"{name}_run")
     mem, *buffers = run.args
     b = ir.IRBuilder(run.append_basic_block("entry"))
-    b.call(step, [at(b, mem, state_bytes), *(at(b, mem, t.offset) for t in state), *buffers])
+    fixed = [at(b, mem, state_bytes), *(at(b, mem, t.offset) for t in state)]
+    if executable.steps == 1:
+        b.call(step, [*fixed, *buffers])
+    else:
+        sizes = [n.type.nbytes for n in (*graph.inputs, *graph.outputs)]
+        checks = getattr(executable.plan, "status", None)  # stop at a bad index
+        stop = None if checks is None else at(b, mem, state_bytes + checks)
+        emit_step_loop(b, step, fixed, list(zip(buffers, sizes)), executable.steps, stop)
     b.ret_void()
 
     for tensor in state:
@@ -236,6 +249,7 @@ def export_ir(executable, name: str, cpu: str | Target | None = None) -> str:
         _check_symbols(executable, name, program)
         program.link_in(llvm.parse_assembly(str(wrapper), context=context))
         internal = [f"{executable.name}_step", f"{executable.name}_call"]
+        internal += [f"{executable.name}_steps"] if executable.steps > 1 else []
         if any(f.name in parallel.POOL_SYMBOLS for f in program.functions):
             pool = llvm.parse_assembly(str(parallel.pool_module()), context=context)
             program.link_in(pool)
@@ -269,6 +283,8 @@ def header_text(
     state, state_bytes = state_layout(executable)
     guard = f"GRAPHC_{name.upper()}_H"
     in_names, out_names = argument_names(graph)
+    steps = executable.steps
+    in_nodes, out_nodes = stacked(graph.inputs, steps), stacked(graph.outputs, steps)
 
     def shape(node) -> str:
         return f"[{', '.join(map(str, node.shape))}]" if node.shape else "scalar"
@@ -316,7 +332,8 @@ def header_text(
             else [f" *   static uint8_t mem[{name.upper()}_MEM_SIZE] __attribute__((aligned(64)));"]
         ),
         f" *   {name}_init(mem);        // the embedded state: parameters, optimizer state",
-        f" *   {name}_run(mem, inputs..., outputs...);   // one step"
+        f" *   {name}_run(mem, inputs..., outputs...);   // "
+        + ("one step" if steps == 1 else f"{steps} steps")
         + ("; updates the state in mem" if updated else ""),
         *([" *   free(mem);"] if hosted else []),
         " * Everything a step keeps lives in mem: two blocks are two independent models, and",
@@ -341,11 +358,14 @@ def header_text(
         "/* Writes the embedded initial state into mem (and zeroes the arena). */",
         f"void {name}_init(void *mem);",
         "",
-        "/* One step: inputs, then outputs.",
+        "/* One step: inputs, then outputs."
+        if steps == 1
+        else f"/* {steps} steps: inputs, then outputs, each stacked on a leading axis of length"
+        f"\n * {steps} (step k reads and writes slice k); the state is updated after every step.",
     ]
-    for node, c_name in zip(graph.inputs, in_names):
+    for node, c_name in zip(in_nodes, in_names):
         lines.append(f" *   {describe(node, c_name)}  (input)")
-    for node, c_name in zip(graph.outputs, out_names):
+    for node, c_name in zip(out_nodes, out_names):
         lines.append(f" *   {describe(node, c_name)}  (output, written)")
     if updated:
         lines += textwrap.wrap(

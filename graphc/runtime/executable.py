@@ -58,6 +58,7 @@ from __future__ import annotations
 
 import copy
 import ctypes
+import dataclasses
 import functools
 import re
 import threading
@@ -70,6 +71,7 @@ from graphc.codegen.python_entry import Signature
 from graphc.errors import CompileError, DTypeError, InputError
 from graphc.ir.graph import Graph, Node
 from graphc.ir.printer import print_graph
+from graphc.ir.types import TensorType
 from graphc.passes import lower
 from graphc.passes.memory import ALIGN, format_plan
 from graphc.runtime import jit, python_entry
@@ -126,12 +128,36 @@ def _state_lock(storages) -> threading.Lock:
         return lock
 
 
+def check_steps(steps) -> int:
+    """`steps` if it is a positive int (steps per call), else an InputError."""
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
+        raise InputError(f"steps must be a positive integer (steps per call), got {steps!r}")
+    return int(steps)
+
+
+def entry_symbol(name: str, steps: int) -> str:
+    """The native function a call of `steps` steps enters (codegen/steps.py)."""
+    return f"{name}_call" if steps == 1 else f"{name}_steps"
+
+
+def stacked(nodes, steps: int) -> tuple[Node, ...]:
+    """`nodes` as a call of `steps` steps takes or returns them: stacked on a new leading
+    axis of length `steps` (the nodes themselves for one step)."""
+    if steps == 1:
+        return tuple(nodes)
+    return tuple(
+        dataclasses.replace(n, inputs=(), type=TensorType((steps, *n.shape), n.dtype))
+        for n in nodes
+    )
+
+
 class Lowering:
     """The compiler's intermediate forms of one graph, each computed on first use."""
 
-    def __init__(self, graph: Graph, name: str):
+    def __init__(self, graph: Graph, name: str, steps: int = 1):
         self.graph = graph
         self.name = name
+        self.steps = steps
 
     @functools.cached_property
     def passes(self):
@@ -146,8 +172,13 @@ class Lowering:
         """The LLVM IR of the program tuned for `cpu` (a codegen Target; None: the JIT's)."""
         # imported on first use: a cache hit emits no IR, and `import graphc` need not load codegen
         from graphc.codegen.llvm import emit_program
+        from graphc.codegen.steps import add_steps_entry
 
-        return str(emit_program(*self.passes, self.name, cpu=cpu))
+        module = emit_program(*self.passes, self.name, cpu=cpu)
+        if self.steps > 1:  # (a plan has a status word if its program checks indices)
+            status = getattr(self.passes[2], "status", None)
+            add_steps_entry(module, self.name, self.graph, self.steps, status)
+        return str(module)
 
     def metadata(self) -> dict:
         """What running the compiled code needs besides the code (stored in the cache entry)."""
@@ -156,18 +187,23 @@ class Lowering:
 
 
 class Executable:
-    """A compiled program: `step(*inputs)` runs one inference or training step natively."""
+    """A compiled program: `step(*inputs)` runs one inference or training step natively
+    (or `steps` of them, over inputs and outputs stacked on a leading axis of that length)."""
 
     def __init__(self, graph, lowering, engine, name, single_output, timings):
         self.graph = graph
+        self.steps = lowering.steps
+        # what a call takes and returns: the graph's inputs and outputs, stacked for K steps
+        self._in_nodes = stacked(graph.inputs, self.steps)
+        self._out_nodes = stacked(graph.outputs, self.steps)
         self.engine = engine
         self.name = name
         self.single_output = single_output
         self.timings = timings
         self._lowering = lowering
         self._metadata = engine.metadata
-        self._inputs = [aligned_empty(n.shape, n.type.np_dtype) for n in graph.inputs]
-        self._outputs = [aligned_empty(n.shape, n.type.np_dtype) for n in graph.outputs]
+        self._inputs = [aligned_empty(n.shape, n.type.np_dtype) for n in self._in_nodes]
+        self._outputs = [aligned_empty(n.shape, n.type.np_dtype) for n in self._out_nodes]
         self._arena = aligned_empty((max(self._metadata["arena_bytes"], 1),), np.uint8)
         self._params = [n.attrs["storage"] for n in graph.params]
         self._bound_params = [None] * len(self._params)
@@ -190,7 +226,7 @@ class Executable:
         # No argtypes: ctypes then passes the argument block by reference, the cheapest
         # conversion (docs/performance.md)
         prototype = ctypes.PYFUNCTYPE(None) if small else ctypes.CFUNCTYPE(None)
-        self._call = prototype(engine.address(f"{name}_call"))
+        self._call = prototype(engine.address(entry_symbol(name, self.steps)))
         self._call.argtypes = None
         self._bind_params()
         # A class of its own, whose __call__ is the function _specialize generates: the
@@ -206,15 +242,19 @@ class Executable:
 
     # ---- construction ----
     @classmethod
-    def build(cls, graph: Graph, *, single_output=False, opt=None, cache=True) -> Executable:
+    def build(
+        cls, graph: Graph, *, single_output=False, opt=None, cache=True, steps=1
+    ) -> Executable:
+        """Compile `graph` (through the object cache if `cache`), `steps` steps per call."""
         opt = jit.DEFAULT_OPT if opt is None else opt
+        steps = check_steps(steps)
         name = symbol_name(graph.name)
-        lowering = Lowering(graph, name)
-        entry = [f"{name}_call"]
+        lowering = Lowering(graph, name, steps)
+        entry = [entry_symbol(name, steps)]
         timings, engine, key = {}, None, None
         if cache:
             start = time.perf_counter()
-            key = jit.cache_key(print_graph(graph, locations=False), opt)
+            key = _key(graph, opt, steps)
             timings["key"] = time.perf_counter() - start
             engine = jit.load_cached(
                 key, opt=opt, llvm_ir=_lazy_llvm_ir(lowering), required_symbols=entry
@@ -247,7 +287,7 @@ class Executable:
         /, *rest, **named)` (the fast path for exact ndarrays given by position, else
         `_call_checked`) and `_run(self, *arrays)` (arrays of the exact dtypes and shapes, any
         strides), unrolled over arguments and parameters."""
-        graph = self.graph
+        in_nodes, out_nodes = self._in_nodes, self._out_nodes
         cells = {
             "ndarray": np.ndarray,
             "missing": _MISSING,
@@ -263,12 +303,12 @@ class Executable:
             "state_spans": self._state_spans,
         }
         first_input = 1 + len(self._params)
-        first_output = first_input + len(graph.inputs)
-        names = [f"a{i}" for i in range(len(graph.inputs))]
+        first_output = first_input + len(in_nodes)
+        names = [f"a{i}" for i in range(len(in_nodes))]
         checks, body, results = ["rest", "named"], [], []
         restore = []  # after the call, the block points at the bound buffers again, never at
         # arrays the executable does not own
-        for i, (node, buffer) in enumerate(zip(graph.inputs, self._inputs)):
+        for i, (node, buffer) in enumerate(zip(in_nodes, self._inputs)):
             a, slot = names[i], first_input + i
             cells |= {f"s{i}": node.shape, f"t{i}": node.type.np_dtype}
             cells[f"in{i}"] = buffer
@@ -292,7 +332,7 @@ class Executable:
             cells |= {f"p{i}": storage, f"b{i}": bound}
         if changed:
             body += [f"if {changed}:", "    self._rebind()"]
-        for j, (node, buffer) in enumerate(zip(graph.outputs, self._outputs)):
+        for j, (node, buffer) in enumerate(zip(out_nodes, self._outputs)):
             if node.type.nbytes < LARGE_BYTES:
                 cells[f"copy{j}"] = buffer.copy
                 results.append(f"r{j} = copy{j}()")
@@ -307,7 +347,7 @@ class Executable:
             ]
             restore.append(f"slots[{first_output + j}] = {buffer.ctypes.data}")
         body += ["native(slots)", *results]
-        outputs = [f"r{j}" for j in range(len(graph.outputs))]
+        outputs = [f"r{j}" for j in range(len(out_nodes))]
         result = outputs[0] if self.single_output else "[" + ", ".join(outputs) + "]"
         run = [
             "acquire()",
@@ -346,7 +386,7 @@ class Executable:
     def _touched_bytes(self) -> int:
         """Bytes of memory a step reads or writes at most: arena, parameters and arguments."""
         graph = self.graph
-        arguments = (*graph.params, *graph.inputs, *graph.outputs)
+        arguments = (*graph.params, *self._in_nodes, *self._out_nodes)
         return self._metadata["arena_bytes"] + sum(n.type.nbytes for n in arguments)
 
     def _native_entry(self) -> python_entry.NativeEntry:
@@ -355,8 +395,8 @@ class Executable:
         are read in place and anything else takes the Python path, `_call_python`."""
         graph = self.graph
         signature = Signature(
-            inputs=tuple((n.shape, n.type.nbytes) for n in graph.inputs),
-            outputs=len(graph.outputs),
+            inputs=tuple((n.shape, n.type.nbytes) for n in self._in_nodes),
+            outputs=len(self._out_nodes),
             params=tuple(n.type.nbytes for n in graph.params),
             updated=tuple(self._updated),
             single_output=self.single_output,
@@ -364,12 +404,12 @@ class Executable:
         )
         return python_entry.NativeEntry(
             signature,
-            step=self.engine.address(f"{self.name}_call"),
+            step=self.engine.address(entry_symbol(self.name, self.steps)),
             arena=self._arena,
             # through a weak reference: the entry lives in this executable's class
             fallback=functools.partial(_call_python, weakref.ref(self)),
             input_dtypes=self._dtypes,
-            outputs=[(n.shape, n.type.np_dtype) for n in graph.outputs],
+            outputs=[(n.shape, n.type.np_dtype) for n in self._out_nodes],
             storages=self._params,
             bound=self._bound_params,
             keep=(self.engine,),
@@ -415,7 +455,7 @@ class Executable:
         return changed
 
     def _arguments(self, args, kwargs) -> list:
-        inputs = self.graph.inputs
+        inputs = self._in_nodes
         if len(args) > len(inputs):
             raise InputError(f"{self.name}: takes {len(inputs)} inputs, got {len(args)}")
         values = list(args) + [_MISSING] * (len(inputs) - len(args))
@@ -478,13 +518,14 @@ class Executable:
     # ---- what it is ----
     @property
     def inputs(self) -> tuple[Node, ...]:
-        """The inputs of a call, in order (nodes: `.name`, `.shape`, `.dtype`)."""
-        return self.graph.inputs
+        """The inputs of a call, in order (nodes: `.name`, `.shape`, `.dtype`; stacked on a
+        leading axis of length `steps` when a call runs several steps)."""
+        return self._in_nodes
 
     @property
     def outputs(self) -> tuple[Node, ...]:
-        """The outputs a call returns, in order."""
-        return self.graph.outputs
+        """The outputs a call returns, in order (stacked like the inputs)."""
+        return self._out_nodes
 
     def __repr__(self) -> str:
         def values(nodes) -> str:
@@ -493,6 +534,7 @@ class Executable:
         arena = self._metadata["arena_bytes"]
         kernels = len(self._metadata.get("kernels", ()))
         updates = f", updates {len(self._updated)} params" if self._updated else ""
+        updates += f", {self.steps} steps per call" if self.steps > 1 else ""
         return (
             f"<Executable {self.name}({values(self.inputs)}) -> ({values(self.outputs)}): "
             f"{kernels} kernels, arena {arena} bytes{updates}>"
@@ -513,7 +555,7 @@ class Executable:
         `memo`, parameter Tensors copied in the same deepcopy are the copy's: after
         `model2, step2 = copy.deepcopy((model, step))`, step2 trains model2's weights."""
         graph = _copy_graph(self.graph, memo)
-        return self._sibling(graph, Lowering(graph, self.name))
+        return self._sibling(graph, Lowering(graph, self.name, self.steps))
 
     def _sibling(self, graph: Graph, lowering: Lowering) -> Executable:
         cls = type(self).__bases__[0]  # the class this executable's own class was made from
@@ -531,14 +573,12 @@ class Executable:
     def __reduce_ex__(self, protocol):
         """Pickled as its graph, parameter values and machine code (see `_unpickle`)."""
         if self.engine.key is None:  # built with cache=False: the key of its graph now
-            self.engine.key = jit.cache_key(
-                print_graph(self.graph, locations=False), self.engine.opt
-            )
+            self.engine.key = _key(self.graph, self.engine.opt, self.steps)
         code = [self.engine, *self.engine.runtime()]
         if self._native is not None:
             code.append(self._native.engine)
         graph = _graph_table(self.graph)
-        return _unpickle, (graph, self.single_output, self.engine.opt, code)
+        return _unpickle, (graph, self.single_output, self.engine.opt, code, self.steps)
 
     # ---- inspection ----
     @property
@@ -698,7 +738,9 @@ def _graph_from_table(name, table, inputs, outputs, updates) -> Graph:
     )
 
 
-def _unpickle(table: tuple, single_output: bool, opt: int, code: list) -> Executable:
+def _unpickle(
+    table: tuple, single_output: bool, opt: int, code: list, steps: int = 1
+) -> Executable:
     """An executable from its pickle: the graph built again, its received machine code used
     if this process would compile exactly that code, else compiled."""
     graph = _graph_from_table(*table)
@@ -707,7 +749,12 @@ def _unpickle(table: tuple, single_output: bool, opt: int, code: list) -> Execut
         if not (storage.value.flags.writeable and storage.value.flags.aligned):
             storage.value = storage.value.copy()
     with jit.received(code):
-        return Executable.build(graph, single_output=single_output, opt=opt)
+        return Executable.build(graph, single_output=single_output, opt=opt, steps=steps)
+
+
+def _key(graph: Graph, opt: int, steps: int) -> str:
+    """The cache key of `graph` compiled at `opt`, `steps` steps per call."""
+    return jit.cache_key(print_graph(graph, locations=False) + f"\nsteps {steps}", opt)
 
 
 def _lazy_llvm_ir(lowering: Lowering):

@@ -59,6 +59,14 @@ it dangles (`function()` returns a ctypes callable that holds its Engine).
 Thread safety: LLVM calls are serialized by one module-level lock; each compile parses into
 its own LLVM context, so no global LLVM state grows with the number of programs compiled. A
 process forked while another thread holds the lock gets a fresh one in the child.
+
+Ctrl-C: Python runs signal handlers in the main thread between bytecodes, never inside a C
+call, and LLVM's optimization and code generation are one C call of up to minutes. So on the
+main thread that LLVM work (`_interruptible`) runs in a worker thread while the main thread
+waits for it in short timeouts: SIGINT raises KeyboardInterrupt at once. The abandoned
+worker (a daemon thread) finishes its compile in the background, holding the LLVM lock until
+then, and its result is dropped: the cache entry is written by the waiting thread after the
+compile, through a temporary file, so an interrupted compile leaves no entry, whole or partial.
 """
 
 from __future__ import annotations
@@ -77,6 +85,7 @@ import pathlib
 import stat
 import struct
 import tempfile
+import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable
@@ -169,6 +178,35 @@ def optimize(module: llvm.ModuleRef, tm: llvm.TargetMachine, level: int = DEFAUL
         builder.getModulePassManager().run(module, builder)
 
 
+def _interruptible(work: Callable[[], object]) -> object:
+    """`work()` (LLVM calls), run so that Ctrl-C on the main thread interrupts the wait for it
+    (see the module docstring): elsewhere, or under the LLVM lock already, it runs inline."""
+    if threading.current_thread() is not threading.main_thread() or _LOCK._is_owned():
+        return work()
+    outcome: list = []
+
+    def run() -> None:
+        try:
+            outcome.append((True, work()))
+        except BaseException as error:  # noqa: BLE001 -- handed to the waiting thread
+            outcome.append((False, error))
+
+    worker = threading.Thread(target=run, name="graphc-llvm-compile", daemon=True)
+    worker.start()
+    while worker.is_alive():
+        worker.join(0.05)  # a timed wait: a signal's handler runs within one timeout
+    # Popped, and the error dropped after raising it, so that no reference cycle (error ->
+    # traceback -> frame -> error) keeps LLVM objects for the cycle collector, which may free
+    # a context before its module (see Engine) and crash.
+    succeeded, value = outcome.pop()
+    if succeeded:
+        return value
+    try:
+        raise value
+    finally:
+        del value
+
+
 def _parse(llvm_ir: str, tm: llvm.TargetMachine) -> llvm.ModuleRef:
     """Parse and verify `llvm_ir` in a fresh context, retargeted to `tm`."""
     try:
@@ -194,10 +232,14 @@ def emit_object(
     AOT builds, for `cpu` on `triple` (None: the host's; codegen.target.PLATFORMS lists the
     others)."""
     tm = target_machine(cpu, features, reloc=reloc, opt=opt, triple=triple)
-    with _LOCK:
-        module = _parse(llvm_ir, tm)
-        optimize(module, tm, opt)
-        return tm.emit_object(module)
+
+    def work() -> bytes:
+        with _LOCK:
+            module = _parse(llvm_ir, tm)
+            optimize(module, tm, opt)
+            return tm.emit_object(module)
+
+    return _interruptible(work)
 
 
 def emit_assembly(
@@ -340,11 +382,11 @@ def _write_cache(key: str, obj: bytes, metadata: dict) -> None:
         with os.fdopen(fd, "wb") as file:
             file.write(header + payload)
         os.replace(temp, path)
-    except OSError:
-        try:
+    except BaseException as error:  # an OSError, or KeyboardInterrupt: no temp file is left
+        with contextlib.suppress(OSError):
             os.unlink(temp)
-        except OSError:
-            pass
+        if not isinstance(error, OSError):
+            raise
 
 
 # ELF64 / ELF32 (a 32-bit target's AOT object): section header table offset, its entry size
@@ -592,13 +634,18 @@ def compile_ir(
     timings: dict[str, float] = {}
     start = time.perf_counter()
     tm = target_machine(opt=opt, jit=True)
-    with _LOCK:
-        module = _parse(llvm_ir, tm)
-        timings["parse"] = time.perf_counter() - start
-        optimize(module, tm, opt)
-        timings["optimize"] = time.perf_counter() - start - timings["parse"]
-        obj = tm.emit_object(module)
-        timings["codegen"] = time.perf_counter() - start - sum(timings.values())
+
+    def work() -> tuple[llvm.ModuleRef, bytes]:
+        with _LOCK:
+            module = _parse(llvm_ir, tm)
+            timings["parse"] = time.perf_counter() - start
+            optimize(module, tm, opt)
+            timings["optimize"] = time.perf_counter() - start - timings["parse"]
+            obj = tm.emit_object(module)
+            timings["codegen"] = time.perf_counter() - start - sum(timings.values())
+            return module, obj
+
+    module, obj = _interruptible(work)
     if cache:
         _write_cache(key, obj, metadata)
     start = time.perf_counter()
