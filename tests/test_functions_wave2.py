@@ -205,6 +205,13 @@ def test_values_and_gradients_match_pytorch(name):
         np.testing.assert_allclose(g, t.grad.numpy(), rtol=1e-9, atol=1e-12)
 
 
+def test_attention_keeps_the_dtype_of_q_k_v():
+    """A float64 NumPy mask is added in float32 to float32 scores (PyTorch requires it)."""
+    q = gc.input("q", (3, 4))
+    out = gc.scaled_dot_product_attention(q, q, q, mask=np.zeros((3, 3)))
+    assert out.dtype == "float32"
+
+
 def test_boolean_attention_mask_matches_pytorch():
     torch, _ = _torch_cases()
     rng = np.random.default_rng(8)
@@ -444,16 +451,22 @@ def test_cumsum_and_min_of_integers_and_bools(dtype):
         np.testing.assert_array_equal(interp, ref)
 
 
-def test_min_var_std_like_numpy_functions():
+def test_numpy_functions_of_tensors_call_the_new_methods():
     x = gc.input("x", (3, 4), "float64")
     values = np.random.default_rng(13).standard_normal((3, 4))
     outputs = [np.min(x), np.min(x, axis=1), np.var(x, axis=0), np.std(x, ddof=1),
-               x.var(dtype="float32")]  # fmt: skip
+               x.var(dtype="float32"), np.cumsum(x, axis=1), np.clip(x, -0.5, 0.5),
+               np.round(x, 1), np.squeeze(x[:1])]  # fmt: skip
     got = gc.evaluate(outputs, {x: values})
-    want = [values.min(), values.min(1), values.var(0), values.std(ddof=1), values.var()]
+    want = [values.min(), values.min(1), values.var(0), values.std(ddof=1), values.var(),
+            np.cumsum(values, 1), np.clip(values, -0.5, 0.5), np.round(values, 1),
+            values[0]]  # fmt: skip
     for g, w in zip(got, want, strict=True):
         np.testing.assert_allclose(g, w, rtol=1e-6)
-    assert got[-1].dtype == np.float32
+    assert got[4].dtype == np.float32
+    for call in (lambda: np.cumsum(x, out=values), lambda: np.min(x, out=values)):
+        with pytest.raises(GraphcError, match="out= is not supported"):
+            call()
 
 
 # ---- fusion: what the composites compile into -----------------------------------------------
@@ -510,6 +523,8 @@ def test_bad_input_names_the_function_the_shapes_and_the_line():
         (ShapeError, lambda: gc.scaled_dot_product_attention(x, gc.input("k", (2, 4)), x),
          "scaled_dot_product_attention"),
         (ShapeError, lambda: gc.scaled_dot_product_attention(x, x, x, gc.input("m", (3, 3))),
+         "scaled_dot_product_attention"),
+        (DTypeError, lambda: gc.scaled_dot_product_attention(x, x, x, np.zeros((2, 2), int)),
          "scaled_dot_product_attention"),
         (GraphcError, lambda: gc.gelu(x, approximate="erf"), "gelu"),
         (GraphcError, lambda: gc.clip(x), "clip"),

@@ -93,7 +93,7 @@ def std(x, axis=None, ddof=0, keepdims=False, *, dtype=None, out=None) -> Tensor
     return sqrt(var(x, axis, ddof, keepdims, dtype=dtype, out=out))
 
 
-def cumsum(x, axis=None, dtype=None) -> Tensor:
+def cumsum(x, axis=None, dtype=None, *, out=None) -> Tensor:
     """Running sums along `axis` (None: of the flattened x), as np.cumsum; bools count as
     int64, other integers keep their dtype (as graphc's sums).
 
@@ -101,7 +101,7 @@ def cumsum(x, axis=None, dtype=None) -> Tensor:
     pairs, of pairs of pairs ... (log2 n small reductions), then one loop that walks down
     those levels per element (O(log n) each): exclusive(level j) at 2i is exclusive(j + 1)
     at i, at 2i + 1 that plus level j at 2i. No O(n^2) triangle, no per-element chain."""
-    x = as_tensor(x)
+    x = _no_out(as_tensor(x), out, "cumsum")
     if dtype is not None:
         x = x.astype(dtype)
     if x.dtype == "bool":
@@ -201,6 +201,13 @@ def silu(x) -> Tensor:
     return x * sigmoid(x)
 
 
+def _no_out(x, out, op: str):
+    """x, or the error for NumPy's out= (np.cumsum(t) passes out=None to t.cumsum)."""
+    if out is not None:
+        raise GraphcError(f"{op}: out= is not supported (a Tensor is symbolic: use the result)")
+    return x
+
+
 def _floats(x, op: str) -> Tensor:
     """x as a Tensor; integers become float64 (as NumPy's transcendentals)."""
     x = as_tensor(x)
@@ -223,8 +230,9 @@ def log_softmax(x, axis=-1) -> Tensor:
     return shifted - log(exp(shifted).sum(axis=axis, keepdims=True))
 
 
-def clip(x, lo=None, hi=None) -> Tensor:
+def clip(x, lo=None, hi=None, *, out=None) -> Tensor:
     """x limited to [lo, hi] as np.clip: minimum(maximum(x, lo), hi); either may be None."""
+    _no_out(x, out, "clip")
     if lo is None and hi is None:
         raise GraphcError(f"clip: give lo, hi or both (at {user_location()})")
     result = as_tensor(x) if lo is None else maximum(x, lo)
@@ -316,8 +324,13 @@ def scaled_dot_product_attention(q, k, v, mask=None, causal=False) -> Tensor:
             ) from None
         if mask.dtype == "bool":
             allowed = mask if allowed is None else mask & allowed
+        elif mask.dtype in FLOATS:  # in the scores' dtype, as PyTorch requires
+            scores = scores + mask.astype(scores.dtype)
         else:
-            scores = scores + mask
+            raise DTypeError(
+                f"scaled_dot_product_attention: mask must be bool (True: attend) or float "
+                f"(added to the scores), got {mask.type} (at {user_location()})"
+            )
     if allowed is not None:
         scores = where(allowed, scores, -np.inf)
     return matmul(softmax(scores, axis=-1), v)
@@ -355,3 +368,5 @@ Tensor.mean = mean
 Tensor.min = min
 Tensor.var = var
 Tensor.std = std
+Tensor.cumsum = cumsum
+Tensor.clip = clip

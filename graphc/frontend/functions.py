@@ -94,9 +94,11 @@ ceil = _rounding("ceil", "The smallest integer >= x, elementwise (gradient 0).")
 _round_half_even = _rounding("round", "")
 
 
-def round(x, decimals: int = 0) -> Tensor:  # noqa: A001 (NumPy's name)
+def round(x, decimals: int = 0, *, out=None) -> Tensor:  # noqa: A001 (NumPy's name)
     """x rounded to `decimals` decimals, halves to even, as np.round (gradient 0)."""
     x = as_tensor(x)
+    if out is not None:
+        raise GraphcError("round: out= is not supported (a Tensor is symbolic: use the result)")
     if isinstance(decimals, bool) or not isinstance(decimals, numbers.Integral):
         raise GraphcError(
             f"round: decimals must be an int, got {decimals!r} (at {user_location()})"
@@ -186,6 +188,7 @@ def squeeze(x, axis=None) -> Tensor:
 
 
 Tensor.squeeze = squeeze
+Tensor.round = round
 
 
 # ---- differentiation ------------------------------------------------------------------------
