@@ -3,6 +3,15 @@
 from graphc.errors import CompileError, DTypeError, GraphcError, InputError, ShapeError
 from graphc.frontend import distributed, nn, optim
 from graphc.frontend import init as random
+from graphc.frontend.convolution import (
+    avg_pool,
+    avg_pool2d,
+    conv,
+    conv1d,
+    conv2d,
+    max_pool,
+    max_pool2d,
+)
 from graphc.frontend.composites import (
     clip,
     cumsum,
@@ -58,9 +67,14 @@ __all__ = [
     "Tensor",
     "abs",
     "aot",
+    "avg_pool",
+    "avg_pool2d",
     "check_grad",
     "compile",
     "concat",
+    "conv",
+    "conv1d",
+    "conv2d",
     "distributed",
     "const",
     "evaluate",
@@ -71,6 +85,8 @@ __all__ = [
     "log_softmax",
     "logsumexp",
     "matmul",
+    "max_pool",
+    "max_pool2d",
     "maximum",
     "minimum",
     "nn",

@@ -180,7 +180,13 @@ class Graph:
         """A graph over new outputs (and updates, else this graph's), same inputs and name."""
         if updates is None:
             updates = self.updates
-        return Graph(outputs, updates, inputs=self.inputs, name=self.name)
+        graph = Graph(outputs, updates, inputs=self.inputs, name=self.name)
+        # keep the params in this graph's order: callers bind state to params by position,
+        # and a rewrite (a lowered conv reads its weight first) may reorder the nodes
+        present = set(graph.params)
+        kept = [p for p in self.params if p in present]
+        graph.params = (*kept, *(p for p in graph.params if p not in set(kept)))
+        return graph
 
     def __str__(self) -> str:
         from graphc.ir.printer import print_graph

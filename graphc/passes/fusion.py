@@ -51,6 +51,7 @@ from math import prod
 
 from graphc.ir.graph import Graph, Kernel, Node
 from graphc.ir.ops import opdef
+from graphc.ir.views import affine_view
 from graphc.passes.kernels import (
     COLLECTIVE,
     CONTRACTION,
@@ -114,8 +115,14 @@ def _forced(graph: Graph) -> set[Node]:
                 base = operand
                 while is_affine(base):
                     base = base.inputs[0]
-                if not is_source(base):
-                    stored.add(base if not is_layout(base) else operand)
+                if affine_view(operand, lambda n, base=base: n is base) is None:
+                    stored.add(operand)  # the chain is no view of its base: store it whole
+                elif not is_source(base):
+                    # a computed base is stored and read through the view; a layout base
+                    # (pad, concat) too unless the view reads fewer elements than it holds
+                    # (a slice of a pad), but a window view reads more: its base is stored
+                    smaller = is_layout(base) and operand.type.size < base.type.size
+                    stored.add(operand if smaller else base)
     return stored
 
 
