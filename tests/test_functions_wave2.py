@@ -19,6 +19,7 @@ import math
 
 import numpy as np
 import pytest
+from llvmlite import binding
 from targets import assert_vectorized_at_target_width
 from test_mathlib import _assembly, _compiled
 
@@ -283,18 +284,12 @@ def test_loops_vectorize_without_calls(name, dtype):
             name, {np.float64: mathlib.ir.DoubleType(), np.float32: mathlib.ir.FloatType()}[dtype],
             2, getattr(mathlib, name),
         )  # fmt: skip
-        module.triple = mathlib_triple()
+        module.triple = binding.get_process_triple()
         machine = _target_machine()
         assembly = machine.emit_assembly(_optimized(module, machine))
     body = assembly[assembly.index("kernel:") :]
     assert_vectorized_at_target_width(body)
     assert "call" not in body
-
-
-def mathlib_triple():
-    from llvmlite import binding
-
-    return binding.get_process_triple()
 
 
 # ---- % and //: NumPy's exact results ---------------------------------------------------------
@@ -342,15 +337,11 @@ def test_integer_remainder_and_floor_divide(dtype):
     interpreted = gc.evaluate(outputs, {x: a, y: b})
     with np.errstate(all="ignore"):
         want = [np.remainder(a, b), np.floor_divide(a, b), np.remainder(a, 3),
-                np.floor_divide(dtype_scalar(7, dtype), b)]  # fmt: skip
+                np.floor_divide(np.asarray(7, dtype), b)]  # fmt: skip
     for got, interp, ref in zip(step(a, b), interpreted, want, strict=True):
         assert got.dtype == np.dtype(dtype)
         np.testing.assert_array_equal(got, ref)
         np.testing.assert_array_equal(interp, ref)
-
-
-def dtype_scalar(value, dtype):
-    return np.asarray(value, dtype)
 
 
 def test_remainder_gradient_is_the_fmod_identity():
