@@ -1,8 +1,7 @@
 """graphc: a graph compiler for small and medium numerical models on the CPU."""
 
 from graphc.errors import CompileError, DTypeError, GraphcError, InputError, ShapeError
-from graphc.frontend import distributed, nn, optim
-from graphc.frontend import init as random
+from graphc.frontend import distributed, nn, optim, random
 from graphc.frontend.convolution import (
     avg_pool,
     avg_pool2d,
@@ -46,9 +45,11 @@ from graphc.frontend.functions import (
     minimum,
     remainder,
     round,
+    scatter_add,
     sign,
     squeeze,
     stop_gradient,
+    take,
     where,
 )
 from graphc.frontend.nn import load, save
@@ -117,6 +118,9 @@ __all__ = [
     "softplus",
     "squeeze",
     "stack",
+    # wave 2: gathers (random numbers: gc.random)
+    "scatter_add",
+    "take",
 ]
 
 # exp, log, log1p, sin, cos, tanh, sqrt, sigmoid, atan ...: one per math op of the registry

@@ -60,6 +60,8 @@ DOMAINS: dict[str, Callable] = {
     "ties": lambda rng, shape: rng.integers(-2, 3, shape).astype(np.float64),
     "bool": lambda rng, shape: rng.random(shape) < 0.5,
     "labels": lambda rng, shape: rng.integers(0, 3, shape),
+    # take / scatter_add indices into an axis of 3 or more, negatives counting from the end
+    "indices": lambda rng, shape: rng.integers(-3, 3, shape),
 }
 
 
@@ -573,6 +575,85 @@ SPECS = [
         (((3,),),),
         INTS,
         grad=False,
+    ),
+]
+
+
+
+
+def np_scatter_add(a, indices, updates, axis=0):
+    out = a.copy()
+    np.add.at(out, (slice(None),) * axis + (indices,), updates)
+    return out
+
+
+def np_threefry(key, counter, dtype):
+    from graphc.ir.ops import random_values, threefry2x32
+
+    return random_values(threefry2x32(key, counter).reshape(np.shape(key)), dtype)
+
+
+SPECS += [
+    # -- gathers: indices in [-3, 3) into axes of 3 or 4
+    Spec(
+        "take",
+        lambda a, i: gc.take(a, i, axis=1),
+        lambda a, i: np.take(a, i, axis=1),
+        ("real", "indices"),
+        (((2, 3), (4,)), ((2, 4, 2), (2, 3)), ((1, 3), ())),
+        NUMERIC,
+        fixed=(None, "int64"),
+        op="take",
+        nonfinite=False,
+    ),
+    Spec(
+        "take_index",
+        lambda a, i: a[i],
+        lambda a, i: a[i],
+        ("real", "indices"),
+        (((3,), (5,)), ((4, 2), (2, 2))),
+        FLOATS,
+        fixed=(None, "int32"),
+        op="take",
+        nonfinite=False,
+    ),
+    Spec(
+        "scatter_add",
+        lambda a, i, u: gc.scatter_add(a, i, u, axis=0),
+        np_scatter_add,
+        ("real", "indices", "real"),
+        (((3, 2), (5,), (5, 2)), ((4,), (2, 2), (2, 2))),
+        NUMERIC,
+        fixed=(None, "int32", None),
+        op="scatter_add",
+        nonfinite=False,
+    ),
+    Spec(
+        "scatter_add_axis1",
+        lambda a, i, u: gc.scatter_add(a, i, u, axis=1),
+        lambda a, i, u: np_scatter_add(a, i, u, axis=1),
+        ("real", "indices", "real"),
+        (((2, 3), (4,), (2, 4)),),
+        FLOATS,
+        fixed=(None, "int64", None),
+        op="scatter_add",
+        nonfinite=False,
+    ),
+    # -- counter-based random bits: Threefry-2x32 of (key, counter), as raw bits and uniforms
+    *(
+        Spec(
+            f"threefry_{dtype}",
+            lambda k, c, dtype=dtype: prim("threefry", k, c, dtype=dtype),
+            lambda k, c, dtype=dtype: np_threefry(k, c, dtype),
+            ("real", "real"),
+            (((), ()), ((3,), (3,)), ((2, 3), (2, 3))),
+            (dtype,),
+            grad=False,
+            fixed=("int64", "int64"),
+            op="threefry",
+            nonfinite=False,
+        )
+        for dtype in ("int64", "float32", "float64")
     ),
 ]
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from llvmlite import ir
 
 from graphc.codegen import mathlib
-from graphc.ir.ops import OPS
+from graphc.ir.ops import OPS, THREEFRY_PARITY, THREEFRY_ROTATIONS
 
 FLAGS = ("contract",)
 
@@ -173,3 +173,37 @@ class Emitter:
         if is_bool_type(source) or source.width < target.width:
             return b.zext(x, target) if is_bool_type(source) else b.sext(x, target)
         return b.trunc(x, target)
+
+    # ---- random numbers ----
+    def random_bits(self, key, counter, dtype: str):
+        """Threefry-2x32-20 of i64 `key` and `counter` (ir/ops.py `threefry2x32`, bit for bit)
+        as `dtype` (`random_values`): 32-bit adds, rotates and xors, which vectorize."""
+        b, word = self.b, ir.IntType(32)
+
+        def words(value):
+            return b.trunc(value, word), b.trunc(b.lshr(value, value.type(32)), word)
+
+        k0, k1 = words(key)
+        k = [k0, k1, b.xor(b.xor(k0, k1), word(THREEFRY_PARITY))]
+        x0, x1 = words(counter)
+        x0, x1 = b.add(x0, k[0]), b.add(x1, k[1])
+        for r in range(20):
+            x0 = b.add(x0, x1)
+            rotation = THREEFRY_ROTATIONS[r % 8]
+            x1 = b.or_(b.shl(x1, word(rotation)), b.lshr(x1, word(32 - rotation)))
+            x1 = b.xor(x1, x0)
+            if r % 4 == 3:
+                i = (r + 1) // 4
+                x0 = b.add(x0, k[i % 3])
+                x1 = b.add(b.add(x1, k[(i + 1) % 3]), word(i))
+        if dtype == "float32":  # the top 24 bits of word 0, exactly, over 2**24
+            top = b.sitofp(b.lshr(x0, word(8)), REGISTER_TYPES["float32"])
+            return b.fmul(top, top.type(2.0**-24))
+        wide = ir.IntType(64)
+        bits = b.or_(b.shl(b.zext(x1, wide), wide(32)), b.zext(x0, wide))
+        if dtype == "int64":
+            return bits
+        # the top 52 bits as the mantissa of a double in [1, 2), minus 1: exactly bits / 2**52
+        one_to_two = b.or_(b.lshr(bits, wide(12)), wide(0x3FF0000000000000))
+        double = REGISTER_TYPES["float64"]
+        return b.fsub(b.bitcast(one_to_two, double), double(1.0))

@@ -37,7 +37,7 @@ from graphc.codegen.split import MATMUL_THRESHOLD_NS, Split, matmul_work, split_
 from graphc.codegen.tiling import Operand, takes_row_count, tile_rows
 from graphc.errors import CompileError
 from graphc.ir.graph import Node
-from graphc.ir.ops import opdef
+from graphc.ir.ops import checked_index, opdef
 from graphc.ir.views import affine_view, is_simple, strides_of
 from graphc.passes.kernels import (
     COLLECTIVE,
@@ -45,6 +45,7 @@ from graphc.passes.kernels import (
     LOOP,
     REDUCTION,
     ROWWISE,
+    SCATTER,
     form_of,
     is_alone,
     is_reduction,
@@ -505,6 +506,26 @@ def _mpi_handles(dtype: str, kernel: str) -> tuple[int, int, int]:
     return 8 * MPI._sizeof(MPI.Comm), MPI._handleof(datatype), MPI._handleof(MPI.SUM)
 
 
+def emit_scatter(k) -> None:
+    """scatter_add: out = a, then out[..., indices[j], ...] += updates[..., j, ...] for every
+    update in row-major order (NumPy's np.add.at order, so sums round alike), each index
+    checked (an index out of range adds nothing anywhere but element 0 of its row, and fails
+    the kernel's check)."""
+    (node,) = [n for n in k.kernel.nodes if is_alone(n)]
+    a, indices, updates = node.inputs
+    axis, rank = node.attrs["axis"], indices.ndim
+    k.loop(node.type.size, lambda i: k.store(node, i, k.value(a, k.index(a.shape, flat=i))))
+
+    def add_one(values):
+        where = k.value(indices, k.index(indices.shape, values=values[axis : axis + rank]))
+        position = checked_index(k, where, a.shape[axis])
+        target = k.index(node.shape, values=[*values[:axis], position, *values[axis + rank :]])
+        update = k.value(updates, k.index(updates.shape, values=values))
+        k.store(node, target.flat, k.e.add(k.load(node, target.flat), update))
+
+    k.nest(updates.shape, add_one)
+
+
 @dataclass(frozen=True)
 class Emission:
     """How a kernel form is emitted: its body (or one chunk's, on `k.rows`), how its outer
@@ -521,6 +542,7 @@ EMISSIONS = {
     ROWWISE: Emission(emit_rowwise, _split_rowwise),
     CONTRACTION: Emission(emit_contraction, _split_contraction, _after_contraction),
     COLLECTIVE: Emission(emit_collective, lambda k: None),
+    SCATTER: Emission(emit_scatter, lambda k: None),  # updates may collide: one thread, in order
 }
 
 

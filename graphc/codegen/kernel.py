@@ -29,6 +29,7 @@ from graphc.errors import CompileError
 from graphc.ir.graph import Kernel, Node
 from graphc.ir.ops import is_const, opdef
 from graphc.ir.views import strides_of
+from graphc.passes.kernels import checks
 
 I32 = ir.IntType(32)
 I64 = ir.IntType(64)
@@ -128,7 +129,9 @@ class KernelEmitter:
         for node in (*self.external, *kernel.outputs):
             if place(node) not in self.places:
                 self.places.append(place(node))
-        arg_types = [PTR] * len(self.places) + [I64, I64] * (rows is not None)
+        # a kernel whose ops check indices (OpDef.checked) takes the status word's address
+        self.checked = checks(kernel)
+        arg_types = [PTR] * (len(self.places) + self.checked) + [I64, I64] * (rows is not None)
         name = kernel.name if rows is None else f"{kernel.name}.rows"
         self.function = ir.Function(module, ir.FunctionType(ir.VoidType(), arg_types), name)
         self.function.linkage = "internal"
@@ -137,6 +140,8 @@ class KernelEmitter:
             arg.add_attribute("noalias")
         # the outer loop's range in a chunk's function, else None (the whole loop)
         self.rows = tuple(self.function.args[-2:]) if rows is not None else None
+        self.status = self.function.args[len(self.places)] if self.checked else None
+        self.failures: dict = {}  # function -> an i8 alloca: whether a check failed in it
         self.pointers: dict[Node, ir.Value] = {}
         for node in (*self.external, *kernel.outputs):
             self.pointers[node] = self.function.args[self.places.index(place(node))]
@@ -335,6 +340,23 @@ class KernelEmitter:
     def immediate(self, value, dtype: str):
         """A constant of `dtype` in registers."""
         return immediate_value(value, dtype)
+
+    def check(self, ok) -> None:
+        """Where the i1 `ok` is false, the kernel fails its run-time check: or-ed into one
+        flag (a reduction LLVM vectorizes), reported once the loops are done (codegen/llvm.py
+        `report_checks`)."""
+        b, flag = self.b, ir.IntType(8)
+        if self.failed is None:
+            with b.goto_entry_block():
+                self.failures[self.function] = b.alloca(flag, name="failed")
+                b.store(flag(0), self.failed)
+        bad = b.zext(b.xor(ok, ok.type(1)), flag)
+        b.store(b.or_(b.load(self.failed, typ=flag), bad), self.failed)
+
+    @property
+    def failed(self):
+        """The flag of a failed check in the function being emitted (None: no checks yet)."""
+        return self.failures.get(self.function)
 
     # ---- what the forms tell the emitter ----
     def stored(self, nodes) -> None:

@@ -15,6 +15,8 @@ exactly as without.
 
 from __future__ import annotations
 
+import itertools
+
 from llvmlite import ir
 
 from graphc.codegen import forms, parallel
@@ -33,14 +35,16 @@ from graphc.codegen.kernel import (
 from graphc.codegen.target import Target, host
 from graphc.ir.graph import Graph, Kernel, Node
 from graphc.ir.ops import is_const
+from graphc.passes.kernels import checks
 from graphc.passes.memory import Location, Plan
 
 
 def emit_kernel(
-    module: ir.Module, kernel: Kernel, globals_, place, threads: int, cpu: Target
+    module: ir.Module, kernel: Kernel, globals_, place, threads: int, cpu: Target, code: int = 0
 ) -> KernelEmitter:
     """Emit `kernel` as a function of `module` by its form; a kernel whose work pays for
-    threads runs its outer loop in chunks on the pool, then what must follow them all."""
+    threads runs its outer loop in chunks on the pool, then what must follow them all. A
+    kernel that checks indices reports a failed check as status `code`."""
     k = KernelEmitter(module, kernel, globals_, place, threads, cpu=cpu)
     split = forms.split_of(k)
     if split is None:
@@ -50,17 +54,47 @@ def emit_kernel(
         chunk = KernelEmitter(module, kernel, globals_, place, threads, rows=split, cpu=cpu)
         chunk.hoist_scalars()
         forms.emit(chunk)
+        report_checks(chunk, code)
         chunk.b.ret_void()  # (inlined into its one caller, which knows the chunk bounds)
         k.hoist_scalars()
         parallel.dispatch(k.b, chunk.function, k.function.args, split, threads)
         forms.after_join(k)
+    report_checks(k, code)
     k.b.ret_void()
     if instruction_count(k.function.blocks) >= OUT_OF_LINE_FROM:
         k.function.attributes.add("noinline")
     return k
 
 
+def report_checks(k: KernelEmitter, code: int) -> None:
+    """At the end of a kernel's function: if one of its index checks failed (`k.check`),
+    store `code` in the program's status word (atomically: chunks on several threads may)."""
+    if k.failed is None:
+        return
+    b, flag = k.b, ir.IntType(8)
+    failed = b.icmp_unsigned("!=", b.load(k.failed, typ=flag), flag(0))
+    with b.if_then(failed, likely=False):
+        b.atomic_rmw("xchg", k.status, ir.IntType(32)(code), "monotonic")
+
+
 # ---- the program ----
+
+# LLVM inlines every kernel into `<name>_step` (each is called once), and its optimization
+# and code generation of one function take time growing faster than the function: an LSTM
+# unrolled over 20 steps compiled in 2.5x the time of 10. So kernels are inlined, in schedule
+# order, only while their instructions total at most this; later ones stay calls (a few ns
+# each). Measurements: README, Performance, "Compile time".
+STEP_INLINE_BUDGET = 4000
+
+
+def keep_step_small(emitters: list[KernelEmitter]) -> None:
+    """Mark `noinline` the kernels past STEP_INLINE_BUDGET instructions of inlined ones."""
+    inlined = 0
+    for k in emitters:
+        if "noinline" not in k.function.attributes:
+            inlined += instruction_count(k.function.blocks)
+            if inlined > STEP_INLINE_BUDGET:
+                k.function.attributes.add("noinline")
 
 
 def emit_program(
@@ -87,7 +121,13 @@ def emit_program(
     def place(node: Node):
         return plan.locations.get(node) or node
 
-    functions = [emit_kernel(module, kernel, globals_, place, threads, cpu) for kernel in kernels]
+    # kernels that check indices number their failures from 1, in schedule order
+    codes = itertools.count(1)
+    functions = [
+        emit_kernel(module, k, globals_, place, threads, cpu, next(codes) if checks(k) else 0)
+        for k in kernels
+    ]
+    keep_step_small(functions)
 
     params, inputs, outputs = graph.params, graph.inputs, graph.outputs
     arg_count = 1 + len(params) + len(inputs) + len(outputs)
@@ -105,12 +145,19 @@ def emit_program(
             return b.gep(arena, [i64(where.index)], inbounds=True, source_etype=ir.IntType(8))
         return bases[where.kind][where.index]
 
+    status = None  # the status word: a failed check ends the step right after its kernel
+    if plan.status is not None:
+        status = b.gep(arena, [i64(plan.status)], inbounds=True, source_etype=ir.IntType(8))
     for emitter in functions:
         by_place = {}
         for n in (*emitter.external, *emitter.kernel.outputs):
             by_place.setdefault(place(n), n)
         arguments = [pointer(by_place[where]) for where in emitter.places]
-        b.call(emitter.function, arguments)
+        b.call(emitter.function, arguments + [status] * emitter.checked)
+        if emitter.checked:
+            word = ir.IntType(32)
+            with b.if_then(b.icmp_unsigned("!=", b.load(status, typ=word), word(0)), likely=False):
+                b.ret_void()
 
     copy = module.declare_intrinsic("llvm.memcpy", [PTR, PTR, I64])
     false = ir.IntType(1)(0)

@@ -9,16 +9,20 @@ module; `matmul` sits with the Tensor operators in tensor.py.
 from __future__ import annotations
 
 import numbers
+import weakref
 
 import numpy as np
 
 from graphc.errors import DTypeError, GraphcError, InputError, ShapeError
 from graphc.frontend.tensor import (
+    ARRAY_INDEXING,
     UFUNCS,
     Tensor,
     as_tensor,
     binary,
     broadcast,
+    broadcast_to,
+    const,
     float_unary,
     normalize_axes,
     promote,
@@ -189,6 +193,85 @@ def squeeze(x, axis=None) -> Tensor:
 
 Tensor.squeeze = squeeze
 Tensor.round = round
+
+
+# ---- gather and scatter ---------------------------------------------------------------------
+
+
+def _indices(indices, size: int, axis: int, op: str) -> Tensor:
+    """An integer index Tensor; NumPy indices (a list, an array, an int) are checked against
+    the axis `size` here, at the user's line, and become an int64 constant."""
+    if isinstance(indices, Tensor):
+        return indices
+    array = np.asarray(indices)
+    if array.dtype.kind not in "iu":
+        raise DTypeError(
+            f"{op}: indices must be integers, got {array.dtype} (at {user_location()})"
+        )
+    bad = (array < -size) | (array >= size)
+    if bad.any():
+        raise InputError(
+            f"{op}: index {int(array[bad].flat[0])} is out of range for axis {axis} of size "
+            f"{size} (at {user_location()})"
+        )
+    return const(array.astype(np.int64))
+
+
+def take(a, indices, axis=0) -> Tensor:
+    """`a`'s slices at `indices` along `axis` (np.take): the result has `a`'s shape with that
+    axis replaced by the indices' shape. Negative indices count from the end; an index out
+    of range makes the call raise InputError (compiled code never reads out of bounds)."""
+    a = as_tensor(a)
+    (axis,) = normalize_axes(axis, a.ndim, "take")
+    indices = _indices(indices, a.shape[axis] if a.ndim else 0, axis, "take")
+    return Tensor(apply("take", a.node, indices.node, axis=axis))
+
+
+def scatter_add(a, indices, updates, axis=0) -> Tensor:
+    """A copy of `a` with each slice of `updates` added at its index along `axis`, repeated
+    indices accumulating (np.add.at; take's adjoint). `updates` broadcasts to the shape of
+    take(a, indices, axis); indices as in take."""
+    a, updates = promote(a, updates)
+    (axis,) = normalize_axes(axis, a.ndim, "scatter_add")
+    indices = _indices(indices, a.shape[axis] if a.ndim else 0, axis, "scatter_add")
+    shape = a.shape[:axis] + indices.shape + a.shape[axis + 1 :]
+    if updates.shape != shape and _broadcasts(updates.shape, shape):
+        updates = broadcast_to(updates, shape)
+    return Tensor(apply("scatter_add", a.node, indices.node, updates.node, axis=axis))
+
+
+def _take_index(x: Tensor, index: tuple) -> Tensor:
+    """`x[..., indices, ...]` with one integer index tensor (or array) and `:` elsewhere."""
+    arrays = [i for i, item in enumerate(index) if isinstance(item, (Tensor, np.ndarray, list))]
+    rest = [item for i, item in enumerate(index) if i not in arrays]
+    full = [item is Ellipsis or item == slice(None) for item in rest]
+    if len(arrays) != 1 or not all(full) or rest.count(Ellipsis) > 1:
+        raise GraphcError(
+            "indexing with an index tensor takes one integer index tensor and ':' on the "
+            f"other axes (x[i], x[:, i], x[..., i]); combine gc.take and slices for more "
+            f"(at {user_location()})"
+        )
+    (at,) = arrays
+    if Ellipsis in index[:at]:
+        axis = x.ndim - (len(index) - at)
+    else:
+        axis = at
+    item = index[at]
+    if (item.dtype if isinstance(item, Tensor) else np.asarray(item).dtype) == "bool":
+        raise GraphcError(
+            f"boolean mask indexing is not supported; use gc.where (at {user_location()})"
+        )
+    return take(x, item, axis=axis)
+
+
+def _broadcasts(shape, to) -> bool:
+    try:
+        return np.broadcast_shapes(shape, to) == tuple(to)
+    except ValueError:
+        return False
+
+
+ARRAY_INDEXING["take"] = _take_index
 
 
 # ---- differentiation ------------------------------------------------------------------------
@@ -363,8 +446,25 @@ def _eval_with(y, w, value, feed):
 # ---- programs -------------------------------------------------------------------------------
 
 
+# State a step advances by itself: param node -> its next value (random.py registers each
+# gc.random.key: [seed, step] -> [seed, step + 1]).
+ADVANCES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _advances(outputs, updates) -> list[tuple[Tensor, Tensor]]:
+    """Updates of the self-advancing state (random keys) the step reads and does not update."""
+    targets = {target.node for target, _ in updates}
+    roots = [o.node for o in outputs] + [value.node for _, value in updates]
+    return [
+        (Tensor(node), Tensor(ADVANCES[node](node)))
+        for node in topological_order(roots)
+        if node in ADVANCES and node not in targets
+    ]
+
+
 class Program:
-    """The arguments of `compile`: inputs, outputs and updates of one step."""
+    """The arguments of `compile`: inputs, outputs and updates of one step (and the update
+    of every random key it reads, which advances by one step per call)."""
 
     def __init__(self, inputs, outputs, updates=None, name=None):
         if isinstance(inputs, Tensor):  # one input, as outputs may be one Tensor
@@ -408,6 +508,7 @@ class Program:
                     f"cast to {target.dtype} under NumPy's same_kind rule (use .astype)"
                 )
             self.updates.append((target, value.astype(target.dtype)))
+        self.updates += _advances(self.outputs, self.updates)
         self.name = name or "main"
         self.graph = Graph(
             [o.node for o in self.outputs],

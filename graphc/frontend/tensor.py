@@ -447,6 +447,9 @@ def _binary_op(op: str) -> Callable:
     return lambda a, b: binary(op, a, b)
 
 
+# indexing by an integer index tensor, `x[i]`: gc.take, registered by functions.py
+ARRAY_INDEXING: dict[str, Callable] = {}
+
 UFUNCS: dict[str, Callable] = {
     "power": power,
     "matmul": matmul,
@@ -505,7 +508,7 @@ def getitem(x: Tensor, index) -> Tensor:
     """Basic indexing: integers, slices with positive steps, None and Ellipsis."""
     index = index if isinstance(index, tuple) else (index,)
     if any(isinstance(i, (Tensor, np.ndarray, list)) for i in index):
-        raise GraphcError(f"advanced (array) indexing is not supported (at {user_location()})")
+        return ARRAY_INDEXING["take"](x, index)  # x[indices]: gc.take (functions.py)
     if index.count(Ellipsis) > 1:
         raise ShapeError("an index can only have a single ellipsis")
     used = sum(1 for i in index if i is not None and i is not Ellipsis)

@@ -25,7 +25,10 @@ def run_nodes(roots, feed: dict[Node, np.ndarray]) -> dict[Node, np.ndarray]:
             env[node] = node.attrs["storage"].value
         else:
             with np.errstate(all="ignore"):
-                value = OPS[node.op].ref([env[x] for x in node.inputs], node.attrs)
+                try:
+                    value = OPS[node.op].ref([env[x] for x in node.inputs], node.attrs)
+                except InputError as error:  # a value the op refuses (take: an index)
+                    raise InputError(f"{error} (at {node.loc or '?'})") from None
             env[node] = np.asarray(value, dtype=node.type.np_dtype).reshape(node.shape)
     return env
 

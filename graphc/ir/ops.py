@@ -19,16 +19,21 @@ emitter ever tests an op's name (tests/test_layering.py checks):
 - `index_map(k, node, index)`: a layout op's value at `index` as its inputs' values
   elsewhere, on the codegen's kernel emitter `k` (`k.b` an IRBuilder, `k.value(x, index)`,
   `k.index(shape, values= | flat=)`, `k.i64(n)` an i64 constant, `k.immediate(value,
-  dtype)`, `k.e` the Emitter). `view(node, offset, strides) -> (offset, strides)` when the
-  map is affine (a strided view of its input: a matmul reads such operands in place; an
-  axis may walk several strides, and the rule returns None where its result is no view:
-  ir/views.py);
+  dtype)`, `k.e` the Emitter, `k.cases(value, thresholds)` which intervals an index can be
+  in over the loops emitted: a concat reads only those pieces, codegen/pieces.py).
+  `view(node, offset, strides) -> (offset, strides)` when the map is affine (a strided
+  view of its input: a matmul reads such operands in place; an axis may walk several
+  strides, and the rule returns None where its result is no view: ir/views.py);
   `flat=True` when it reads its input at the output's own flat index (reshape).
 - `reduction`: the identity, combine and (argmax) position rule of a reduction.
 - `lower(node)`: an op computed as other ops (conv: a matmul over a window view); simplify
   replaces it, after differentiation (its own vjp stays cheaper than its lowering's).
 - `fuses_inputs=False`: an anchor whose inputs are never computed inside its kernel;
-  `alone=True`: computed by one call in a kernel of its own (allreduce: MPI_Allreduce).
+  `alone=True`: computed by one call in a kernel of its own (allreduce: MPI_Allreduce), or
+  by a loop of its own: `kernel_form` names the form (scatter_add: "scatter").
+- `checked=True`: its compiled form checks the indices it reads (`k.check(ok)`): an index
+  out of range sets the program's run-time status and the call raises InputError; the
+  address is clamped, so compiled code never reads or writes out of bounds.
 Adding an op touches one stanza (and, for a new transcendental, its math routine): a
 unary op with a `math` routine is also public as `gc.<name>`, documented by its `doc`.
 """
@@ -44,7 +49,7 @@ from math import prod
 
 import numpy as np
 
-from graphc.errors import DTypeError, GraphcError, ShapeError
+from graphc.errors import DTypeError, GraphcError, InputError, ShapeError
 from graphc.ir.graph import Node, user_location
 from graphc.ir import views
 from graphc.ir.types import DTYPES, FLOATS, INTS, TensorType
@@ -103,6 +108,8 @@ class OpDef:
     in_names: bool = True  # shown in the names of the kernels computing it (cast: not)
     doc: str = ""  # a math op's public function (gc.exp ...) is documented by this
     alone: bool = False  # computed by a call of its own, in a kernel of its own (collectives)
+    kernel_form: str = "collective"  # with `alone`: the kernel form computing it (scatter)
+    checked: bool = False  # its compiled form checks indices at run time (take, scatter_add)
     lower: Callable | None = None  # computed as other ops: lower(node) builds them (conv)
 
     def __post_init__(self):
@@ -1413,6 +1420,201 @@ register(
         linear=True,
         fuses_inputs=False,
         alone=True,
+    )
+)
+
+
+# ---- gather and scatter ---------------------------------------------------------------------
+
+
+def _infer_take(types, attrs):
+    a, indices = types[:2]
+    if indices.dtype not in INTS:
+        raise DTypeError(f"indices must be int32 or int64, got {indices}")
+    axis = _integers(attrs, "axis", rank=0)
+    if not 0 <= axis < a.ndim:
+        raise ShapeError(f"axis {axis} out of range for {a}")
+    if a.shape[axis] == 0 and indices.size:
+        raise ShapeError(f"cannot take indices {indices} from the empty axis {axis} of {a}")
+    return a.with_shape(a.shape[:axis] + indices.shape + a.shape[axis + 1 :])
+
+
+def in_range(indices: np.ndarray, size: int, op: str, axis: int) -> np.ndarray:
+    """`indices` with negative ones counted from the end; one outside [-size, size) is an
+    InputError naming it."""
+    bad = (indices < -size) | (indices >= size)
+    if bad.any():
+        raise InputError(
+            f"{op}: index {int(indices[bad].flat[0])} is out of range for axis {axis} of "
+            f"size {size} ({int(bad.sum())} of {indices.size} indices are)"
+        )
+    return np.where(indices < 0, indices + size, indices)
+
+
+def checked_index(k, position, size: int):
+    """An index value read in a kernel (negative: from the end) as an i64 in [0, size): one
+    out of range fails the kernel's check (`k.check`) and reads or writes element 0."""
+    b, position = k.b, k.e.cast(position, "int64")
+    negative = b.icmp_signed("<", position, k.i64(0))
+    wrapped = b.select(negative, b.add(position, k.i64(size)), position)
+    ok = b.icmp_unsigned("<", wrapped, k.i64(size))
+    k.check(ok)
+    return b.select(ok, wrapped, k.i64(0))
+
+
+def _map_take(k, node, index):
+    """a[..., indices[i...], ...]: the index is read at the output's index, then the table."""
+    a, indices = node.inputs
+    axis, rank = node.attrs["axis"], indices.ndim
+    where = k.value(indices, k.index(indices.shape, values=index.values[axis : axis + rank]))
+    values = [*index.values[:axis], checked_index(k, where, a.shape[axis])]
+    values += index.values[axis + rank :]
+    return k.value(a, k.index(a.shape, values=values))
+
+
+def _take_ref(xs, attrs):
+    a, indices = xs
+    axis = attrs["axis"]
+    return np.take(a, in_range(indices, a.shape[axis], "take", axis), axis=axis)
+
+
+register(
+    OpDef(
+        "take",
+        Kind.INJECTIVE,
+        _infer_take,
+        _take_ref,
+        arity=2,
+        # the adjoint of a gather is a scatter-add of the gradient into zeros
+        vjp=lambda n, g: [
+            apply("scatter_add", full(0, n.inputs[0]), n.inputs[1], g, axis=n.attrs["axis"]),
+            None,
+        ],
+        jvp=lambda n, t: (
+            None if t[0] is None else apply("take", t[0], n.inputs[1], axis=n.attrs["axis"])
+        ),
+        cost=2,
+        index_map=_map_take,
+        checked=True,
+    )
+)
+
+
+def _infer_scatter_add(types, attrs):
+    a, indices, updates = types
+    expected = _infer_take([a, indices], attrs)
+    if updates.shape != expected.shape:
+        raise ShapeError(
+            f"updates {updates} must have the shape {expected.shape} of take(a, indices, "
+            f"axis={attrs['axis']}) for a {a} and indices {indices}"
+        )
+    _same_dtypes([a, updates])
+    if a.dtype not in NUMERIC:
+        raise DTypeError(f"does not accept {a}")
+    return a
+
+
+def _scatter_add_ref(xs, attrs):
+    a, indices, updates = xs
+    axis = attrs["axis"]
+    out = a.copy()
+    where = in_range(indices, a.shape[axis], "scatter_add", axis)
+    np.add.at(out, (slice(None),) * axis + (where,), updates)  # in order, repeats accumulate
+    return out
+
+
+def _scatter_add_jvp(n, t):
+    a, indices, updates = n.inputs
+    t_a = t[0] if t[0] is not None else full(0, a)
+    t_updates = t[2] if t[2] is not None else full(0, updates)
+    return apply("scatter_add", t_a, indices, t_updates, axis=n.attrs["axis"])
+
+
+register(
+    OpDef(
+        "scatter_add",
+        Kind.OPAQUE,
+        _infer_scatter_add,
+        _scatter_add_ref,
+        arity=3,
+        vjp=lambda n, g: [g, None, apply("take", g, n.inputs[1], axis=n.attrs["axis"])],
+        jvp=_scatter_add_jvp,
+        fuses_inputs=False,
+        alone=True,  # a loop of its own: a copy of a, then one add per update, in order
+        kernel_form="scatter",
+        checked=True,
+    )
+)
+
+
+# ---- random numbers ---------------------------------------------------------------------------
+
+# Threefry-2x32 with 20 rounds (Salmon et al., "Parallel random numbers: as easy as 1, 2, 3",
+# SC 2011; Random123's threefry2x32_20): a keyed bijection of a 64-bit counter, so each
+# element of a draw is computed from (key, its index) alone and a draw vectorizes. Words are
+# 32-bit; an int64 holds two, the low one first.
+THREEFRY_ROTATIONS = (13, 15, 26, 6, 17, 29, 16, 24)
+THREEFRY_PARITY = 0x1BD11BDA
+RANDOM_DTYPES = ("int64", "float32", "float64")
+
+
+def threefry2x32(key: np.ndarray, counter: np.ndarray) -> np.ndarray:
+    """Threefry-2x32-20 of int64 `key` and `counter` arrays: the 64 output bits as uint64
+    (word 1 high). The reference codegen's Emitter.random_bits must match bit for bit."""
+    key = np.atleast_1d(np.asarray(key, np.int64)).view(np.uint64)
+    counter = np.atleast_1d(np.asarray(counter, np.int64)).view(np.uint64)
+    low, high = np.uint64(0xFFFFFFFF), np.uint64(32)
+    k = [(key & low).astype(np.uint32), (key >> high).astype(np.uint32)]
+    k.append(k[0] ^ k[1] ^ np.uint32(THREEFRY_PARITY))
+    x0 = (counter & low).astype(np.uint32) + k[0]
+    x1 = (counter >> high).astype(np.uint32) + k[1]
+    for r in range(20):
+        x0 = x0 + x1
+        rotation = THREEFRY_ROTATIONS[r % 8]
+        x1 = (x1 << np.uint32(rotation)) | (x1 >> np.uint32(32 - rotation))
+        x1 = x1 ^ x0
+        if r % 4 == 3:
+            i = (r + 1) // 4
+            x0 = x0 + k[i % 3]
+            x1 = x1 + k[(i + 1) % 3] + np.uint32(i)
+    return (x1.astype(np.uint64) << high) | x0.astype(np.uint64)
+
+
+def random_values(bits: np.ndarray, dtype: str) -> np.ndarray:
+    """Threefry output bits as `dtype`: int64, the bits; float32, the top 24 bits of word 0
+    over 2**24; float64, the top 52 bits over 2**52 (uniform in [0, 1), exactly)."""
+    if dtype == "int64":
+        return bits.view(np.int64)
+    if dtype == "float32":
+        top = ((bits & np.uint64(0xFFFFFFFF)) >> np.uint64(8)).astype(np.float32)
+        return top * np.float32(2.0**-24)
+    return (bits >> np.uint64(12)).astype(np.float64) * 2.0**-52
+
+
+def _infer_threefry(types, attrs):
+    _same_shapes(types)
+    if any(t.dtype != "int64" for t in types):
+        raise DTypeError(f"key and counter must be int64, got {', '.join(map(str, types))}")
+    if attrs["dtype"] not in RANDOM_DTYPES:
+        raise DTypeError(f"dtype must be one of {', '.join(RANDOM_DTYPES)}, got {attrs['dtype']!r}")
+    return types[0].with_dtype(attrs["dtype"])
+
+
+def _threefry_ref(xs, attrs):
+    bits = threefry2x32(*np.broadcast_arrays(*xs)).reshape(np.shape(xs[0]))
+    return random_values(bits, attrs["dtype"])
+
+
+register(
+    OpDef(
+        "threefry",
+        Kind.ELEMWISE,
+        _infer_threefry,
+        _threefry_ref,
+        arity=2,
+        differentiable=False,
+        scalar=lambda e, key, counter, dtype: e.random_bits(key, counter, dtype),
+        cost=100,  # 20 rounds of add, rotate (3 ops on AVX2), xor; 5 key injections
     )
 )
 

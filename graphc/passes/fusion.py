@@ -59,8 +59,10 @@ from graphc.passes.kernels import (
     MAX_BODY_COST,
     REDUCTION,
     ROWWISE,
+    SCATTER,
     KernelForm,
     accumulates,
+    alone_form,
     identity_step,
     is_affine,
     is_alone,
@@ -399,7 +401,7 @@ class _Grouping:
     def run(self) -> list[Group]:
         for m in self.members:
             form = (
-                COLLECTIVE
+                alone_form(m)
                 if is_alone(m)
                 else CONTRACTION
                 if is_contraction(m)
@@ -488,6 +490,7 @@ def _join_rowwise(grouping: _Grouping, m: Node, p: Group) -> KernelForm | None:
 
 JOINS = {
     COLLECTIVE: lambda grouping, m, p: None,  # nothing joins a call
+    SCATTER: lambda grouping, m, p: None,  # nor a scatter's loop
     LOOP: _join_loop,
     REDUCTION: _join_reduction,
     ROWWISE: _join_rowwise,

@@ -169,12 +169,24 @@ ROWWISE = KernelForm("rowwise", lambda kernel: [])
 CONTRACTION = KernelForm("contraction", _contraction_stages, updates_params=True, has_product=True)
 # one op computed by a call of its own (an MPI collective: its input and output are buffers)
 COLLECTIVE = KernelForm("collective", lambda kernel: [])
-FORMS = {form.name: form for form in (LOOP, REDUCTION, ROWWISE, CONTRACTION, COLLECTIVE)}
+# one scatter_add: a copy of its base, then each update added at its (checked) index, in order
+SCATTER = KernelForm("scatter", lambda kernel: [])
+FORMS = {form.name: form for form in (LOOP, REDUCTION, ROWWISE, CONTRACTION, COLLECTIVE, SCATTER)}
 
 
 def is_alone(node: Node) -> bool:
-    """An op computed by a call in a kernel of its own, from a stored input (allreduce)."""
+    """An op computed in a kernel of its own, from stored inputs (allreduce, scatter_add)."""
     return opdef(node).alone
+
+
+def checks(kernel: Kernel) -> bool:
+    """Whether a kernel checks indices at run time (an op of it is `OpDef.checked`)."""
+    return any(opdef(n).checked for n in kernel.nodes)
+
+
+def alone_form(node: Node) -> KernelForm:
+    """The kernel form of an op computed alone (its stanza's `kernel_form`)."""
+    return FORMS[opdef(node).kernel_form]
 
 
 def form_of(kernel: Kernel) -> KernelForm:

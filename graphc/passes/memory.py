@@ -22,7 +22,14 @@ from dataclasses import dataclass, field
 
 from graphc.ir.graph import Graph, Kernel, Node
 from graphc.ir.ops import is_const
-from graphc.passes.kernels import form_of, identity_reads, loop_stages, product_host, segments
+from graphc.passes.kernels import (
+    checks,
+    form_of,
+    identity_reads,
+    loop_stages,
+    product_host,
+    segments,
+)
 
 ALIGN = 64
 
@@ -76,6 +83,9 @@ class Plan:
     # value of another parameter that is itself updated (updates={a: b, b: a} must swap)
     staging: dict[Node, int] = field(default_factory=dict)
     buffers: list[Buffer] = field(default_factory=list)  # by offset
+    # arena offset of the run-time status word, when kernels check indices (OpDef.checked):
+    # an int32, 0 or the number (from 1) of the first checked kernel that met a bad index
+    status: int | None = None
 
     def location(self, node: Node) -> Location:
         return self.locations[node]
@@ -144,6 +154,9 @@ def plan_memory(graph: Graph, kernels: list[Kernel]) -> Plan:
     plan = Plan(locations, sorted(slots, key=lambda s: (s.start, s.offset)), staging=staging)
     plan.buffers = sorted(buffers, key=lambda b: (b.offset, b.start))
     plan.arena_bytes = max((b.offset + b.nbytes for b in buffers), default=0)
+    if any(map(checks, kernels)):
+        plan.status = aligned(plan.arena_bytes)
+        plan.arena_bytes = plan.status + ALIGN
     # no reuse: every stored value outside the caller's buffers in its own slot
     plan.naive_bytes = sum(
         aligned(n.type.nbytes)
@@ -244,6 +257,8 @@ def format_plan(plan: Plan, kernels: list[Kernel]) -> str:
                     f"{'param':<8} {'':>10} {out.type.nbytes:>10}  {'in place':<10} "
                     f"{_label(out)} ({kernel.name}) -> param #{where.index}"
                 )
+    if plan.status is not None:
+        lines.append(f"{'status':<8} {plan.status:>10} {4:>10}  {'all':<10} index checks")
     lines.append(
         f"arena_bytes={plan.arena_bytes} naive_bytes={plan.naive_bytes} "
         f"lower_bound_bytes={plan.lower_bound_bytes}"

@@ -137,6 +137,7 @@ def exported_symbols(executable, name: str) -> list[str]:
     """The global symbols an export named `name` defines (its C interface)."""
     state, _ = state_layout(executable)
     fixed = [f"{name}_mem_size", f"{name}_init", f"{name}_run"]
+    fixed += [f"{name}_status"] if executable.plan.status is not None else []
     return fixed + [f"{name}_state_{tensor.c_name}" for tensor in state]
 
 
@@ -218,6 +219,9 @@ def wrapper_module(executable, name: str, pointer_bytes: int = 8) -> ir.Module:
     run = ir.Function(module, ir.FunctionType(ir.VoidType(), run_args), f"{name}_run")
     mem, *buffers = run.args
     b = ir.IRBuilder(run.append_basic_block("entry"))
+    status = executable.plan.status  # index checks report here (codegen/llvm.py)
+    if status is not None:
+        b.store(ir.IntType(32)(0), at(b, mem, state_bytes + status))
     fixed = [at(b, mem, state_bytes), *(at(b, mem, t.offset) for t in state)]
     if executable.steps == 1:
         b.call(step, [*fixed, *buffers])
@@ -227,6 +231,12 @@ def wrapper_module(executable, name: str, pointer_bytes: int = 8) -> ir.Module:
         stop = None if checks is None else at(b, mem, state_bytes + checks)
         emit_step_loop(b, step, fixed, list(zip(buffers, sizes)), executable.steps, stop)
     b.ret_void()
+
+    if status is not None:
+        word = ir.IntType(32)
+        check = ir.Function(module, ir.FunctionType(word, [PTR]), f"{name}_status")
+        b = ir.IRBuilder(check.append_basic_block("entry"))
+        b.ret(b.load(at(b, check.args[0], state_bytes + status), typ=word))
 
     for tensor in state:
         accessor = ir.Function(module, ir.FunctionType(PTR, [PTR]), f"{name}_state_{tensor.c_name}")
@@ -381,6 +391,8 @@ def header_text(
     arguments += [f"{C_TYPES[n.dtype]} *{c}" for n, c in zip(graph.outputs, out_names)]
     lines.append(f"void {name}_run({', '.join(arguments)});")
     lines.append("")
+    if executable.plan.status is not None:
+        lines += _status_doc(executable, name)
     if state:
         lines += [
             "/* State tensors: pointers into mem, to read or write weights after init.",
@@ -394,6 +406,26 @@ def header_text(
         lines.append(f"{C_TYPES[node.dtype]} *{name}_state_{tensor.c_name}(void *mem);")
     lines += ["", "#ifdef __cplusplus", "}", "#endif", "", f"#endif /* {guard} */", ""]
     return "\n".join(lines)
+
+
+def _status_doc(executable, name: str) -> list[str]:
+    """The header's declaration of NAME_status: how a C caller learns of a bad index."""
+    checks = executable._metadata.get("checks") or []
+    lines = [
+        f"/* 0 when every index the last {name}_run read was in range. Else the number of",
+        " * the first kernel that met one out of range (below): the run stopped after that",
+        " * kernel, so its outputs are not written and only state updates made before it",
+        " * happened. No memory outside mem and the arguments is ever read or written.",
+    ]
+    for code, check in enumerate(checks, 1):
+        lines += textwrap.wrap(
+            f"{code}: {check}".replace("*/", "* /"),
+            width=92,
+            initial_indent=" *   ",
+            subsequent_indent=" *     ",
+            break_on_hyphens=False,
+        )
+    return [*lines, " */", f"int {name}_status(const void *mem);", ""]
 
 
 def _version() -> str:

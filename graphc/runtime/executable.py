@@ -70,9 +70,11 @@ import numpy as np
 from graphc.codegen.python_entry import Signature
 from graphc.errors import CompileError, DTypeError, InputError
 from graphc.ir.graph import Graph, Node
+from graphc.ir.ops import opdef
 from graphc.ir.printer import print_graph
 from graphc.ir.types import TensorType
 from graphc.passes import lower
+from graphc.passes.kernels import checks
 from graphc.passes.memory import ALIGN, format_plan
 from graphc.runtime import jit, python_entry
 
@@ -183,7 +185,24 @@ class Lowering:
     def metadata(self) -> dict:
         """What running the compiled code needs besides the code (stored in the cache entry)."""
         _, kernels, plan = self.passes
-        return {"arena_bytes": plan.arena_bytes, "kernels": [k.name for k in kernels]}
+        return {
+            "arena_bytes": plan.arena_bytes,
+            "kernels": [k.name for k in kernels],
+            # where the index checks report, and what each status number means
+            "status": plan.status,
+            "checks": [_checked_ops(k) for k in kernels if checks(k)],
+        }
+
+
+def _checked_ops(kernel) -> str:
+    """What a kernel that checks indices checks: its ops, their axes and the user's lines."""
+    sites = [
+        f"{n.op} from axis {n.attrs['axis']} of size {n.inputs[0].shape[n.attrs['axis']]} "
+        f"(at {n.loc or '?'})"
+        for n in kernel.nodes
+        if opdef(n).checked
+    ]
+    return f"kernel {kernel.name}: " + "; ".join(sites)
 
 
 class Executable:
@@ -205,6 +224,12 @@ class Executable:
         self._inputs = [aligned_empty(n.shape, n.type.np_dtype) for n in self._in_nodes]
         self._outputs = [aligned_empty(n.shape, n.type.np_dtype) for n in self._out_nodes]
         self._arena = aligned_empty((max(self._metadata["arena_bytes"], 1),), np.uint8)
+        # the run-time status word of a program that checks indices (codegen/llvm.py): 0, or
+        # the number of the checked kernel that met an index out of range
+        status = self._metadata.get("status")
+        self._status = None if status is None else self._arena[status : status + 4].view(np.int32)
+        if self._status is not None:
+            self._status[0] = 0
         self._params = [n.attrs["storage"] for n in graph.params]
         self._bound_params = [None] * len(self._params)
         updated = {p for p, _ in graph.updates}
@@ -223,6 +248,9 @@ class Executable:
         # the GIL; so must the Python path then, or the two could run it at once.
         self._native = None
         small = self._touched_bytes() <= NATIVE_ENTRY_MAX_BYTES and python_entry.supported()
+        # (the native entry does not read the status word: a program that checks indices
+        # takes the Python path, which does)
+        native = small and self._status is None
         # No argtypes: ctypes then passes the argument block by reference, the cheapest
         # conversion (docs/performance.md)
         prototype = ctypes.PYFUNCTYPE(None) if small else ctypes.CFUNCTYPE(None)
@@ -236,7 +264,7 @@ class Executable:
         # than by the cycle collector.
         self.__class__ = type(type(self).__name__, (type(self),), {"__slots__": ()})
         weakref.finalize(self, _forget_generated, type(self))
-        if small:
+        if native:
             self._native = self._native_entry()
         self._specialize()
 
@@ -347,6 +375,9 @@ class Executable:
             ]
             restore.append(f"slots[{first_output + j}] = {buffer.ctypes.data}")
         body += ["native(slots)", *results]
+        if self._status is not None:  # an index out of range: the step stopped, raise
+            cells |= {"status": self._status, "out_of_range": self._out_of_range}
+            body.insert(body.index("native(slots)") + 1, "if status[0]: out_of_range()")
         outputs = [f"r{j}" for j in range(len(out_nodes))]
         result = outputs[0] if self.single_output else "[" + ", ".join(outputs) + "]"
         run = [
@@ -382,6 +413,17 @@ class Executable:
         call, run = namespace["make"](**cells)
         type(self)._call_python, type(self)._run = call, run
         type(self).__call__ = call if self._native is None else self._native.function
+
+    def _out_of_range(self) -> None:
+        """Raise the InputError of a failed index check (and clear the status word)."""
+        code = int(self._status[0])
+        self._status[0] = 0
+        checks = self._metadata.get("checks") or ["?"]
+        raise InputError(
+            f"{self.name}: an index is out of range in {checks[min(code, len(checks)) - 1]}. "
+            f"The step stopped after that kernel: no outputs, and only the state updates of "
+            f"earlier kernels were applied (gc.evaluate on the same values names the index)"
+        )
 
     def _touched_bytes(self) -> int:
         """Bytes of memory a step reads or writes at most: arena, parameters and arguments."""
