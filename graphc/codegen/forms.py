@@ -38,7 +38,8 @@ from graphc.codegen.tiling import Operand, takes_row_count, tile_rows
 from graphc.errors import CompileError
 from graphc.ir.graph import Node
 from graphc.ir.ops import checked_index, opdef
-from graphc.ir.views import affine_view, is_simple, strides_of
+from graphc.ir.ops import affine_view
+from graphc.ir.views import is_simple, strides_of
 from graphc.passes.kernels import (
     COLLECTIVE,
     CONTRACTION,
@@ -70,10 +71,11 @@ def _needs_axes(kernel) -> bool:
 
 
 def _over(k, shape, outputs) -> None:
-    """Store `outputs` (all of `shape`'s size) over a loop nest on `shape`."""
+    """Store `outputs` (all of `shape`'s size) over a loop nest on `shape`, split into boxes
+    where its concats and pads change pieces (codegen/pieces.py)."""
     if _needs_axes(k.kernel):
         store = lambda values: k.store_outputs(k.index(shape, values=values), outputs)  # noqa: E731
-        k.nest(shape, store, outer=True)
+        k.nest_boxes(k.boxes(shape, store), store, outer=True)
     else:
         k.outer_loop(prod(shape), lambda i: k.store_outputs(k.index(shape, flat=i), outputs))
 

@@ -1,3 +1,5 @@
+# Over 500 lines on purpose: the loops, the boxes they are cut into, probes and values at an
+# index all read and swap one emitter's state (builder, scopes, loop ranges).
 """One kernel as an LLVM function: loops, memory and values at an index.
 
 Every kernel is a loop nest over a static domain. Values inside a kernel are computed
@@ -7,6 +9,9 @@ reshape, slice, pad, concat, iota) by its op's index map (ir/ops.py) — layout 
 copy. Loads read kernel inputs from their buffers; results are stored to the kernel's
 output buffers. `KernelEmitter` holds these emission primitives; the kernel forms
 (codegen/forms.py) build loop nests from them, and codegen/llvm.py assembles the program.
+The emitter knows each loop counter's range, so a concat or pad asks `cases` which pieces an
+index can be in there; a loop kernel's nest is cut into boxes where each knows its piece
+(`boxes`, `nest_boxes`: codegen/pieces.py).
 
 Profiling: LLVM inlines every kernel of fewer than OUT_OF_LINE_FROM instructions into
 `<name>_step`. With the environment variable GRAPHC_NOINLINE=1 all kernels and their
@@ -16,12 +21,14 @@ each kernel; the code is otherwise the same.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import os
 
 import numpy as np
 from llvmlite import ir
 
+from graphc.codegen import pieces
 from graphc.codegen.emitter import MEMORY_TYPES, REGISTER_TYPES, Emitter
 from graphc.codegen.split import Split
 from graphc.codegen.target import Target, host
@@ -153,6 +160,11 @@ class KernelEmitter:
         self.materialized: set[Node] = set()  # body nodes stored to memory and read back
         self.known: dict[Node, ir.Value] = {}  # reduced / row values valid in the current loop
         self.invariant: dict[Node, ir.Value] = {}  # one-element values computed at the entry
+        self.ranges: dict[ir.Value, tuple[int, int]] = {}  # loop counter -> its values, lo..hi
+        self.forms: dict = {}  # index value -> its affine form (pieces.affine)
+        self.axes: dict[ir.Value, int] = {}  # counter of a box's loop -> its axis (nest_boxes)
+        self.questions: list | None = None  # in a probe: the `cases` with several answers
+        self.pieces = pieces.enabled()
 
     # ---- loops ----
     def loop(self, count: int, body, name="i"):
@@ -175,8 +187,10 @@ class KernelEmitter:
             return self.loop(count, body, name)
         self._counted_loop(*self.rows, body, name, count, may_be_empty=True)
 
-    def _counted_loop(self, start, end, body, name, count, may_be_empty):
-        """for i in range(start, end): body(i), as a header block that is also the latch.
+    def _counted_loop(self, start, end, body, name, count, may_be_empty, within=None):
+        """for i in range(start, end): body(i), as a header block that is also the latch; i
+        takes values in `within` (inclusive), by default start .. start + count - 1 (from 0
+        for a run-time start).
 
         LLVM's vectorizer interleaves a loop only while its body is small (below 20
         instructions) or when it has a reduction, so a long elementwise body ran one vector
@@ -200,6 +214,8 @@ class KernelEmitter:
         b.position_at_end(header)
         phi = b.phi(I64, name=name)
         phi.add_incoming(start, before)
+        first = start.constant if isinstance(start, ir.Constant) else 0
+        self.ranges[phi] = within or (first, first + count - 1)
         self.scopes.append({})
         math_calls, self.contains_loop = self.e.math_calls, False
         body(phi)
@@ -228,6 +244,91 @@ class KernelEmitter:
             return
         loop = self.outer_loop if outer and depth == 0 else self.loop
         loop(shape[depth], lambda v: self.nest(shape, body, depth + 1, (*values, v)), f"i{depth}")
+
+    def nest_boxes(self, boxes, body, outer=False, depth=0, values=()):
+        """Nested loops over each box of `boxes` (per axis a range [lo, hi), together a
+        partition of the domain: pieces.plan), calling body(list of index values). Boxes with
+        the same range on an axis share its loop; where their ranges overlap without being
+        equal, each box gets loops of its own from there. With `outer`, the loops over the
+        first axis are the `outer_loop` (each box's rows within a thread's chunk)."""
+        if depth == len(boxes[0]):
+            body(list(values))
+            return
+        groups: dict[tuple[int, int], list] = {}
+        for box in boxes:
+            groups.setdefault(box[depth], []).append(box)
+        edges = sorted(groups)
+        if any(a[1] > b[0] for a, b in zip(edges, edges[1:])):
+            for box in boxes:
+                self.nest_boxes([box], body, outer, depth, values)
+            return
+        for (lo, hi), members in groups.items():
+
+            def inner(v, members=members):
+                if not isinstance(v, ir.Constant):
+                    self.axes[v] = depth
+                self.nest_boxes(members, body, outer, depth + 1, (*values, v))
+
+            self._span(lo, hi, inner, f"i{depth}", outer and depth == 0)
+
+    def _span(self, lo: int, hi: int, body, name, outer: bool) -> None:
+        """for i in range(lo, hi): body(i) (a constant i when there is one); the outer loop
+        over only the part of [lo, hi) in a thread's chunk."""
+        if outer and self.rows is not None:
+            b, (start, end) = self.b, self.rows
+            start = b.select(b.icmp_unsigned("<", start, i64(lo)), i64(lo), start)
+            end = b.select(b.icmp_unsigned(">", end, i64(hi)), i64(hi), end)
+            self._counted_loop(start, end, body, name, hi - lo, True, within=(lo, hi - 1))
+        elif hi - lo == 1:
+            body(i64(lo))
+        elif hi > lo:
+            self._counted_loop(i64(lo), i64(hi), body, name, hi - lo, may_be_empty=False)
+
+    # ---- which piece: concat and pad ask (codegen/pieces.py) ----
+    def cases(self, value, thresholds) -> range:
+        """Which of the intervals cut by the sorted `thresholds` an i64 index `value` may
+        fall in at any iteration of the loops around the code being emitted: case j is
+        [thresholds[j-1], thresholds[j]) (unbounded at the ends). An op's index map emits
+        only the cases in the range; one with several is a question `pieces.plan` cuts
+        loops by."""
+        every = range(len(thresholds) + 1)
+        if not self.pieces:
+            return every
+        form = pieces.affine(value, self.ranges, self.forms)
+        if form is None:
+            return every
+        lo, hi = form.bounds(self.ranges)
+        first, last = bisect.bisect_right(thresholds, lo), bisect.bisect_right(thresholds, hi)
+        if first < last and self.questions is not None:
+            self.questions.append((form, tuple(thresholds)))
+        return range(first, last + 1)
+
+    def boxes(self, shape, body) -> list:
+        """The boxes a loop nest over `shape` calling body(index values) is split into, so
+        that its concats and pads know their pieces (pieces.plan, probing the body)."""
+        whole = [tuple((0, d) for d in shape)]
+        if not self.pieces or not any(map(pieces.chooses, self.kernel.nodes)) or 0 in shape:
+            return whole
+        return pieces.plan(shape, lambda box: self._probe(box, body))
+
+    def _probe(self, box, body):
+        """Emit the loops over `box` into a throwaway function: (its instruction count, the
+        points where the answers of its questions change: pieces.cut_points)."""
+        saved = self.module, self.function, self.b, self.e, self.scopes, self.contains_loop
+        saved_maps = self.ranges, self.forms, self.axes
+        self.module = ir.Module()
+        self.function = ir.Function(self.module, ir.FunctionType(ir.VoidType(), []), "probe")
+        self.b = ir.IRBuilder(self.function.append_basic_block("entry"))
+        self.e, self.scopes, self.questions = Emitter(self.b), [{}], []
+        self.ranges, self.forms, self.axes = dict(self.ranges), {}, {}
+        try:
+            self.nest_boxes([box], body, outer=True)
+            points = pieces.cut_points(self.questions, self.axes, box)
+            return pieces.code_size(self.function.blocks), points
+        finally:
+            self.module, self.function, self.b, self.e, self.scopes, self.contains_loop = saved
+            self.ranges, self.forms, self.axes = saved_maps
+            self.questions = None
 
     # ---- memory ----
     def address(self, node: Node, flat) -> ir.Value:

@@ -863,19 +863,37 @@ def _pad_jvp(n, t):
 
 
 def _map_pad(k, node, index):
+    """The input where the index is over it, else the fill value: per axis, `k.cases` says
+    whether the index can be below the input (case 0), over it (1) or past it (2) in the
+    loops being emitted, and only the tests for the cases it can be in are emitted."""
     x, b = node.inputs[0], k.b
-    inside, values = None, []
+    fill = k.immediate(node.attrs["value"], node.dtype)
+    axes = []
     for v, d, (low, _, interior) in zip(index.values, x.shape, node.attrs["widths"]):
         shifted = b.sub(v, k.i64(low))
-        step = interior + 1
+        where = k.cases(shifted, (0, (d - 1) * (interior + 1) + 1)) if d else range(0)
+        if 1 not in where:
+            return fill  # outside the input along this axis everywhere here
+        axes.append((shifted, d, interior + 1, where))
+    inside, values = None, []
+    for shifted, d, step, where in axes:
         source = b.sdiv(shifted, k.i64(step)) if step > 1 else shifted
-        ok = b.and_(b.icmp_signed(">=", shifted, k.i64(0)), b.icmp_signed("<", source, k.i64(d)))
+        tests = []
+        if 0 in where:
+            tests.append(b.icmp_signed(">=", shifted, k.i64(0)))
+        if 2 in where:
+            tests.append(b.icmp_signed("<", source, k.i64(d)))
         if step > 1:
-            ok = b.and_(ok, b.icmp_signed("==", b.srem(shifted, k.i64(step)), k.i64(0)))
+            tests.append(b.icmp_signed("==", b.srem(shifted, k.i64(step)), k.i64(0)))
+        if not tests:
+            values.append(source)
+            continue
+        ok = tests[0]
+        for test in tests[1:]:
+            ok = b.and_(ok, test)
         inside = ok if inside is None else b.and_(inside, ok)
         values.append(b.select(ok, source, k.i64(0)))  # clamp: the load stays in bounds
     value = k.value(x, k.index(x.shape, values=values))
-    fill = k.immediate(node.attrs["value"], node.dtype)
     return b.select(inside, value, fill) if inside is not None else value
 
 
@@ -926,19 +944,26 @@ def _concat_vjp(n, g):
 
 
 def _map_concat(k, node, index):
+    """The input whose piece holds the index: only the pieces `k.cases` says it can be in
+    over the loops being emitted are read (one, where the loops are cut at the pieces)."""
     axis, b = node.attrs["axis"], k.b
     position = index.values[axis]
-    result, start = None, 0
+    starts = [0]
     for x in node.inputs:
-        size = x.shape[axis]
+        starts.append(starts[-1] + x.shape[axis])
+    # an empty piece starts where the next one does: the index is never in it
+    pieces = [j for j in k.cases(position, starts[1:-1]) if starts[j + 1] > starts[j]]
+    result = None
+    for j in pieces:
+        x, start, size = node.inputs[j], starts[j], starts[j + 1] - starts[j]
         local = b.sub(position, k.i64(start))
-        clamped = b.select(b.icmp_unsigned("<", local, k.i64(size)), local, k.i64(0))
+        if len(pieces) > 1:  # clamp: the load of a piece not chosen stays in bounds
+            local = b.select(b.icmp_unsigned("<", local, k.i64(size)), local, k.i64(0))
         values = list(index.values)
-        values[axis] = clamped
+        values[axis] = local
         v = k.value(x, k.index(x.shape, values=values))
         before = b.icmp_unsigned("<", position, k.i64(start))
         result = v if result is None else b.select(before, result, v)
-        start += size
     return result
 
 
