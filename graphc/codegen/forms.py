@@ -38,8 +38,7 @@ from graphc.codegen.tiling import Operand, takes_row_count, tile_rows
 from graphc.errors import CompileError
 from graphc.ir.graph import Node
 from graphc.ir.ops import checked_index, opdef
-from graphc.ir.ops import affine_view
-from graphc.ir.views import is_simple, strides_of
+from graphc.ir.views import affine_view, is_simple, strides_of
 from graphc.passes.kernels import (
     COLLECTIVE,
     CONTRACTION,
