@@ -161,37 +161,54 @@ def _capped(graph: Graph, stored: set[Node]) -> set[Node]:
 
 
 def stored_values(graph: Graph) -> set[Node]:
-    """The values kept in memory (or at least computed once per kernel)."""
+    """The values kept in memory (or at least computed once per kernel).
+
+    Candidates are taken last first: the cut nearest the consumers (a bool mask, not the
+    pre-activation it is computed from). Storing a candidate changes only the trees that
+    inlined it (its owners), and never makes a later value a candidate (its owners and
+    broadcasts are later than the cut, and its tree only loses nodes: a light value is no
+    anchor), so one backward walk, updating those trees, takes them all: linear time where
+    recomputing every tree per candidate took time quadratic in an unrolled model."""
     stored = _capped(graph, _forced(graph))
-    while True:
-        owners: dict[Node, set[Node]] = {}
-        expanded: set[Node] = set()
-        for node in graph.nodes:
-            if node not in stored:
-                continue
-            body, _ = tree(node, stored)
-            for n in body:
-                owners.setdefault(n, set()).add(node)
-                if is_broadcast(n) and n.type.size >= 4 * n.inputs[0].type.size:
-                    expanded.add(n.inputs[0])
-        chosen = None  # the last candidate: the cut nearest the consumers (a bool mask, not
-        for node in reversed(graph.nodes):  # the pre-activation it is computed from)
-            if node in stored or not is_light(node) or is_layout(node):
-                continue
-            shared = len(owners.get(node, ())) >= 2
-            if not shared and node not in expanded:
-                continue  # cheap test first: the tree walk below makes this loop quadratic
-            body, leaves = tree(node, stored)
-            anchored = any(is_anchor(x) for x in leaves)
-            costly = anchored or any(is_expensive(n) for n in body)
-            if (shared and (is_expensive(node) or anchored)) or (
-                node in expanded and node.type.size > 1 and costly
-            ):
-                chosen = node
-                break
-        if chosen is None:
-            return stored
-        stored.add(chosen)
+    owners: dict[Node, set[Node]] = {}  # value -> the stored values whose trees inline it
+    expanded: dict[Node, int] = {}  # value -> how many trees broadcast it 4x or more
+    bodies: dict[Node, list[Node]] = {}
+
+    def account(root: Node, sign: int) -> None:
+        """Count `root`'s tree in (1) or out of (-1) `owners` and `expanded`."""
+        if sign > 0:
+            bodies[root] = tree(root, stored)[0]
+        for n in bodies[root]:
+            if sign > 0:
+                owners.setdefault(n, set()).add(root)
+            else:
+                owners[n].discard(root)
+            if is_broadcast(n) and n.type.size >= 4 * n.inputs[0].type.size:
+                expanded[n.inputs[0]] = expanded.get(n.inputs[0], 0) + sign
+
+    for node in graph.nodes:
+        if node in stored:
+            account(node, 1)
+    for node in reversed(graph.nodes):
+        if node in stored or not is_light(node) or is_layout(node):
+            continue
+        shared = len(owners.get(node, ())) >= 2
+        broadcast = expanded.get(node, 0) > 0
+        if not shared and not broadcast:
+            continue  # cheap test first: most values are neither
+        body, leaves = tree(node, stored)
+        anchored = any(is_anchor(x) for x in leaves)
+        costly = anchored or any(is_expensive(n) for n in body)
+        if (shared and (is_expensive(node) or anchored)) or (
+            broadcast and node.type.size > 1 and costly
+        ):
+            inlining = list(owners.get(node, ()))
+            for root in inlining:
+                account(root, -1)
+            stored.add(node)
+            for root in (*inlining, node):
+                account(root, 1)
+    return stored
 
 
 # ---- steps 2 and 3: groups (horizontal fusion is `horizontal`) ----------------------------------
@@ -257,6 +274,7 @@ class _Grouping:
         self.trees = {m: tree(m, stored) for m in self.members}
         self.group_of: dict[Node, Group] = {}
         self.groups: list[Group] = []
+        self._succs: dict[Group, set[Group]] = {}  # kept up to date by `add` and `merge`
 
     # -- the kernel graph --
     def preds(self, group: Group) -> set[Group]:
@@ -269,11 +287,19 @@ class _Grouping:
         return result
 
     def succs(self) -> dict[Group, set[Group]]:
-        result = {g: set() for g in self.groups}
-        for g in self.groups:
-            for p in self.preds(g):
-                result[p].add(g)
-        return result
+        """Each group's successors (maintained, not recomputed: recomputing them for every
+        merge made fusion quadratic in the size of the graph)."""
+        return self._succs
+
+    def add(self, group: Group) -> None:
+        """A new group of members later than every group's (the walk is in schedule order):
+        it has predecessors, but no successors yet."""
+        for m in group.members:
+            self.group_of[m] = group
+        self.groups.append(group)
+        self._succs[group] = set()
+        for p in self.preds(group):
+            self._succs[p].add(group)
 
     def mergeable(self, a: Group, b: Group) -> bool:
         """No path between a and b through a third group (the merge keeps the graph acyclic)."""
@@ -299,6 +325,12 @@ class _Grouping:
         return sum(map(op_cost, body)) <= MAX_BODY_COST
 
     def merge(self, into: Group, other: Group) -> None:
+        for p in self.preds(other):  # other's edges become into's
+            self._succs[p].discard(other)
+            if p is not into:
+                self._succs[p].add(into)
+        self._succs[into] |= self._succs.pop(other)
+        self._succs[into].discard(into)
         into.members = sorted(into.members + other.members, key=lambda n: self.position[n])
         into.anchors += other.anchors
         for m in other.members:
@@ -410,8 +442,7 @@ class _Grouping:
                 else LOOP
             )
             group = Group([m], form, [m] if is_anchor(m) else [])
-            self.group_of[m] = group
-            self.groups.append(group)
+            self.add(group)
             if not opdef(m).fuses_inputs:
                 continue
             candidates = sorted(
