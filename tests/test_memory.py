@@ -90,7 +90,7 @@ def check_plan(graph, kernels, plan):
             kernel = kernels[k]
             assert kernel.form == "loop" and before in kernel.inputs
             stage = next(i for i, (_, outs) in enumerate(loop_stages(kernel)) if after in outs)
-            assert identity_reads(kernel)[id(before)] == (stage, True)
+            assert identity_reads(kernel)[before] == (stage, True)
             for later in kernels[k + 1 :]:
                 assert before not in later.inputs
     param_index = {id(p): p for p in graph.params}

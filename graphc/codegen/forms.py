@@ -37,8 +37,8 @@ from graphc.codegen.split import MATMUL_THRESHOLD_NS, Split, matmul_work, split_
 from graphc.codegen.tiling import Operand, takes_row_count, tile_rows
 from graphc.errors import CompileError
 from graphc.ir.graph import Node
-from graphc.ir.ops import checked_index, opdef
-from graphc.ir.views import affine_view, is_simple, strides_of
+from graphc.ir.ops import affine_view, checked_index, opdef
+from graphc.ir.views import is_simple, strides_of
 from graphc.passes.kernels import (
     COLLECTIVE,
     CONTRACTION,

@@ -69,6 +69,8 @@ _INT_TYPES = {dtype: ir.IntType(8 * ITEMSIZE[dtype]) for dtype in INTS}
 _I64 = ir.IntType(64)
 _PTR = ir.PointerType()
 _K_UNROLL = 2  # micro-kernel k loop unroll: 1, 2, 4 within noise; 2 never lost
+_I32 = ir.IntType(32)
+_TABLE_LIMIT = 1 << 16  # offset tables of axes of pairs up to 256 KiB
 
 
 @dataclass(frozen=True)
@@ -223,6 +225,11 @@ class _Emitter:
             if isinstance(stride, int) or isinstance(index, int):
                 expanded.append((index, stride))
                 continue
+            table = self.offset_table(stride)
+            if table is not None:  # one load instead of a division per digit
+                offset = self.b.load(self.gep(table, index, _I32), typ=_I32)
+                expanded.append((self.b.sext(offset, _I64), 1))
+                continue
             for size, inner in reversed(stride):  # the digits of index, innermost first
                 expanded.append((self.b.urem(index, _i64(size)), inner))
                 index = self.b.udiv(index, _i64(size))
@@ -244,6 +251,24 @@ class _Emitter:
                 return ptr
             index = ir.Constant(_I64, index)
         return self.b.gep(ptr, [index], inbounds=True, source_etype=etype or self.elem)
+
+    def offset_table(self, axis: tuple[tuple[int, int], ...]) -> ir.GlobalVariable | None:
+        """The offsets of every index along an axis of pairs, as a constant i32 array (an
+        indirection table, as XNNPACK's indirect convolution has), or None if too large."""
+        count = math.prod(size for size, _ in axis)
+        offsets = [offset_at(axis, i) for i in range(count)] if count <= _TABLE_LIMIT else []
+        if not offsets or max(map(abs, offsets)) >= 2**31:
+            return None
+        module = self.b.module
+        name = f"offsets.{abs(hash(axis)):x}.{count}"
+        if name not in module.globals:
+            array = ir.ArrayType(_I32, count)
+            table = ir.GlobalVariable(module, array, name)
+            table.initializer = ir.Constant(array, offsets)
+            table.global_constant = True
+            table.linkage = "internal"
+            table.align = 64
+        return module.globals[name]
 
     def at(self, view: _View, r: ir.Value | int, c: ir.Value | int) -> ir.Value:
         r = r if is_simple(view.rows) else self.plus(view.r0, r)

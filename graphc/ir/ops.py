@@ -50,8 +50,8 @@ from math import prod
 import numpy as np
 
 from graphc.errors import DTypeError, GraphcError, InputError, ShapeError
-from graphc.ir.graph import Node, user_location
 from graphc.ir import views
+from graphc.ir.graph import Node, user_location
 from graphc.ir.types import DTYPES, FLOATS, INTS, TensorType
 
 
@@ -140,6 +140,24 @@ def register(opdef: OpDef) -> OpDef:
 def opdef(node: Node) -> OpDef:
     """The stanza of `node`'s op."""
     return OPS[node.op]
+
+
+def affine_view(node: Node, is_source) -> views.View | None:
+    """`node` as a view of the first value down its layout chain for which `is_source` holds,
+    if every op on the way has a `view` rule that maps its input's view to its own."""
+    chain = []
+    while not is_source(node):
+        if OPS[node.op].view is None:
+            return None
+        chain.append(node)
+        node = node.inputs[0]
+    view = views.View(node, 0, views.strides_of(node.shape))
+    for n in reversed(chain):
+        mapped = OPS[n.op].view(n, view.offset, view.strides)
+        if mapped is None:
+            return None
+        view = views.View(view.source, mapped[0], tuple(mapped[1]))
+    return view
 
 
 def is_input(node: Node) -> bool:
@@ -493,6 +511,7 @@ _binary(
     cost=16,
 )
 
+
 def _sigmoid_ref(x):
     with np.errstate(over="ignore"):
         return (1 / (1 + np.exp(-x))).astype(x.dtype)
@@ -692,6 +711,31 @@ register(
 )
 
 
+def _map_reshape(k, node, index):
+    """The input's index: axes the two shapes share in front and behind keep their values;
+    only the axes in between go through a flat index (divisions by constants)."""
+    x = node.inputs[0]
+    same = min(x.ndim, node.ndim)
+    lead = next((i for i in range(same) if x.shape[i] != node.shape[i]), same)
+    tail = 0
+    while tail < same - lead and x.shape[x.ndim - 1 - tail] == node.shape[node.ndim - 1 - tail]:
+        tail += 1
+    inner_out = node.shape[lead : node.ndim - tail]
+    inner_in = x.shape[lead : x.ndim - tail]
+    local = k.index(inner_out, values=index.values[lead : node.ndim - tail]).flat
+    values = [
+        *index.values[:lead],
+        *k.index(inner_in, flat=local).values,
+        *index.values[node.ndim - tail :],
+    ]
+    return k.value(x, k.index(x.shape, values=values))
+
+
+def _view_reshape(node, offset, strides):
+    axes = views.reshape(node.inputs[0].shape, strides, node.shape)
+    return None if axes is None else (offset, axes)
+
+
 def _infer_reshape(types, attrs):
     (x,) = types
     shape = _integers(attrs, "shape")
@@ -710,18 +754,11 @@ register(
         vjp=lambda n, g: [reshape(g, n.inputs[0].shape)],
         linear=True,
         cost=0,
-        index_map=lambda k, node, index: k.value(
-            node.inputs[0], k.index(node.inputs[0].shape, flat=index.flat)
-        ),
-        view=lambda node, offset, strides: _view_reshape(node, offset, strides),
+        index_map=_map_reshape,
+        view=_view_reshape,
         flat=True,
     )
 )
-
-
-def _view_reshape(node, offset, strides):
-    axes = views.reshape(node.inputs[0].shape, strides, node.shape)
-    return None if axes is None else (offset, axes)
 
 
 def _infer_transpose(types, attrs):
@@ -1207,12 +1244,22 @@ def _view_window(node, offset, strides):
 
 def _window_vjp(n, g):
     """The input gradient: every tap's slice of g padded back to where it was read from
-    (strided by the window's stride), summed."""
+    (strided by the window's stride), summed; where the windows tile the input (stride =
+    kernel, no dilation) it is g's taps put back in place, a transpose and a reshape."""
     x = n.inputs[0]
     kernel, stride, dilation = n.attrs["kernel"], n.attrs["stride"], n.attrs["dilation"]
     rank = len(kernel)
     lead = x.ndim - rank
     out = n.shape[lead : lead + rank]
+    if tuple(stride) == tuple(kernel) and set(dilation) == {1}:
+        interleaved = [a for i in range(rank) for a in (lead + i, lead + rank + i)]
+        tiles = apply("transpose", g, perm=(*range(lead), *interleaved))
+        covered = reshape(tiles, (*x.shape[:lead], *(o * k for o, k in zip(out, kernel))))
+        rest = tuple(size - o * k for size, o, k in zip(x.shape[lead:], out, kernel))
+        if not any(rest):
+            return [covered]
+        widths = ((0, 0, 0),) * lead + tuple((0, r, 0) for r in rest)
+        return [apply("pad", covered, widths=widths, value=0.0)]
     terms = []
     for tap in np.ndindex(*kernel):
         starts = (0,) * (lead + rank) + tap

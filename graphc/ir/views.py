@@ -13,8 +13,9 @@ digits of i over the sizes, each times its stride::
         axis 1 (c, kh, kw) = ((3, 64), (3, 8), (3, 1))   -- 27 rows
         axis 2 (oh, ow)    = ((6, 8), (6, 1))            -- 36 columns
 
-Each layout op's `view(node, offset, strides)` rule (ir/ops.py) maps its input's view to its
-own, or returns None where its result is no such view (then the operand is stored first).
+Each layout op's `view(node, offset, strides)` rule maps its input's view to its own, or
+returns None where its result is no such view (then the operand is stored first);
+`ops.affine_view` follows a layout chain through those rules.
 """
 
 from __future__ import annotations
@@ -110,23 +111,3 @@ class View:
     def simple(self) -> bool:
         """One stride per axis (what every layout op's own rule can read)."""
         return all(isinstance(s, int) for s in self.strides)
-
-
-def affine_view(node: Node, is_source) -> View | None:
-    """`node` as a view of the first value down its layout chain for which `is_source` holds,
-    if every op on the way has a `view` rule that maps its input's view to its own."""
-    from graphc.ir.ops import opdef  # ops imports this module for its view rules
-
-    chain = []
-    while not is_source(node):
-        if opdef(node).view is None:
-            return None
-        chain.append(node)
-        node = node.inputs[0]
-    view = View(node, 0, strides_of(node.shape))
-    for n in reversed(chain):
-        mapped = opdef(n).view(n, view.offset, view.strides)
-        if mapped is None:
-            return None
-        view = View(view.source, mapped[0], tuple(mapped[1]))
-    return view

@@ -50,8 +50,7 @@ from dataclasses import dataclass, field
 from math import prod
 
 from graphc.ir.graph import Graph, Kernel, Node
-from graphc.ir.ops import opdef
-from graphc.ir.views import affine_view
+from graphc.ir.ops import affine_view, opdef
 from graphc.passes.kernels import (
     COLLECTIVE,
     CONTRACTION,
