@@ -232,6 +232,15 @@ def test_demo_times_the_step_both_ways():
     assert all(row[1] > 0 for row in rows[:2])
 
 
+def test_demo_refuses_a_step_count_that_is_not_positive(capsys):
+    from graphc import cli
+
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["demo", "--steps-per-call", "0"])
+    assert exit_.value.code == 2
+    assert "--steps-per-call: must be a positive integer, not '0'" in capsys.readouterr().err
+
+
 # ---- Ctrl-C during a compile ----
 
 INTERRUPTED = """
