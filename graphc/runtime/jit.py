@@ -189,7 +189,9 @@ def _interruptible(work: Callable[[], object]) -> object:
         try:
             outcome.append((True, work()))
         except BaseException as error:  # noqa: BLE001 -- handed to the waiting thread
-            outcome.append((False, error))
+            # its traceback without this frame, which holds `outcome`: an error a worker
+            # left after an interrupt would otherwise stay in a reference cycle (see below)
+            outcome.append((False, error.with_traceback(error.__traceback__.tb_next)))
 
     worker = threading.Thread(target=run, name="graphc-llvm-compile", daemon=True)
     worker.start()
