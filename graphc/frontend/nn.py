@@ -9,167 +9,88 @@ next to training) reuses the same param Tensors and hence the same storage.
     loss = gc.nn.mse_loss(model(x), y)
     model.params()    # [dense1.w, dense1.b, dense2.w, dense2.b, dense3.w, dense3.b]
 
-Naming: a model names its unnamed Dense layers `dense1`, `dense2`, ... in order, counting
-through unnamed nested models (prefixed `<model>.` when the model has a name, and then
-left alone by an enclosing model); a Dense used on its own is numbered process-wide when
-it is first called. Parameters are `<layer>.w` and `<layer>.b`.
+Naming: a model names its unnamed layers by kind and number in order (`dense1`, `dense2`,
+`conv1`, `batchnorm1` ...), counting through unnamed nested models (prefixed `<model>.`
+when the model has a name, and then left alone by an enclosing model); a layer used on its
+own is numbered process-wide when it is first called. Parameters are `<layer>.w` and
+`<layer>.b`; state is `<layer>.running_mean`, `<layer>.key` ...
+
+Training: `model(x, training=True)` passes the flag to every layer (dropout on, batch
+statistics). `model.params()` are the trainable params, `model.state()` the rest (saved
+with them by `gc.save(path, model)`), and `model.state_updates()` the running statistics'
+new values, which the training step applies next to the optimizer's:
+
+    loss = gc.nn.softmax_cross_entropy(model(x, training=True), labels)
+    step = gc.compile(inputs=[x, labels], outputs=loss,
+                      updates={**opt.updates(loss), **model.state_updates()})
+    predict = gc.compile(inputs=[x], outputs=model(x))    # reads the running statistics
+
+The layers themselves are in layers.py.
 """
 
 from __future__ import annotations
 
-import itertools
+import collections
+import inspect
 import numbers
 import os
 import zipfile
-from collections.abc import Callable
 
 import numpy as np
 
 from graphc.errors import DTypeError, GraphcError, InputError, ShapeError
 from graphc.frontend import init
-from graphc.frontend.composites import gelu, log_softmax, one_hot, relu
-from graphc.frontend.functions import abs, exp, log1p, maximum, sigmoid, tanh, where
-from graphc.frontend.tensor import Tensor, as_tensor, const, param
+from graphc.frontend.composites import log_softmax, one_hot
+from graphc.frontend.functions import abs, exp, log1p, maximum, where
+from graphc.frontend.layers import (  # noqa: F401 (gc.nn's public layers)
+    ACTIVATIONS,
+    AvgPool2D,
+    BatchNorm,
+    Conv1D,
+    Conv2D,
+    Dense,
+    Dropout,
+    Embedding,
+    Flatten,
+    Layer,
+    LayerNorm,
+    MaxPool2D,
+    MultiHeadAttention,
+    TransformerEncoderLayer,
+    activation_function,
+)
+from graphc.frontend.tensor import Tensor, as_tensor, const
 from graphc.ir.graph import user_location
-from graphc.ir.types import FLOATS, INTS, canonical_dtype
+from graphc.ir.types import FLOATS, INTS
 
-# ---- activations ----------------------------------------------------------------------------
-
-
-def _identity(x):
-    return x
+# ---- models ---------------------------------------------------------------------------------
 
 
-ACTIVATIONS: dict[str | None, Callable] = {
-    None: _identity,
-    "identity": _identity,
-    "relu": relu,
-    "tanh": tanh,
-    "sigmoid": sigmoid,
-    "gelu": gelu,
-}
-
-
-def activation_function(activation) -> Callable:
-    """The function for an activation given by name, None, or as a callable."""
-    if callable(activation):
-        return activation
-    if activation not in ACTIVATIONS:
-        choices = ", ".join(repr(k) for k in ACTIVATIONS)
-        raise GraphcError(
-            f"unknown activation {activation!r}; choose one of {choices} or a callable"
-        )
-    return ACTIVATIONS[activation]
-
-
-# ---- layers ---------------------------------------------------------------------------------
-
-_standalone_dense = itertools.count(1)
-
-
-class Dense:
-    """`activation(x @ w + b)` with `w: (in, units)` and `b: (units,)` created on first call.
-
-    Initialization is PyTorch's nn.Linear default: w and b ~ U(-1/sqrt(in), 1/sqrt(in)),
-    drawn from `key` or `seed` (neither: fresh OS entropy, or the key a model derives).
-    """
-
-    def __init__(
-        self,
-        units: int,
-        activation=None,
-        *,
-        seed: int | None = None,
-        key: init.Key | None = None,
-        dtype="float32",
-        name: str | None = None,
-        use_bias: bool = True,
-    ):
-        if int(units) < 1:
-            raise ShapeError(f"Dense needs units >= 1, got {units}")
-        if seed is not None and key is not None:
-            raise GraphcError("Dense: give either seed or key, not both")
-        self.units = int(units)
-        self.activation = activation
-        self.activation_fn = activation_function(activation)
-        self.dtype = canonical_dtype(dtype)
-        if self.dtype not in FLOATS:
-            raise DTypeError(f"Dense: dtype must be float32 or float64, got {self.dtype}")
-        self.key = None if seed is None and key is None else init.as_key(key or seed)
-        self.name = name
-        self.named_by_user = name is not None
-        self.use_bias = use_bias
-        self.w: Tensor | None = None
-        self.b: Tensor | None = None
-
-    @property
-    def built(self) -> bool:
-        return self.w is not None
-
-    @property
-    def in_features(self) -> int | None:
-        return self.w.shape[0] if self.w is not None else None
-
-    def build(self, in_features: int) -> None:
-        """Create `w` and `b` for inputs whose last dimension is `in_features`."""
-        if self.built:
-            raise GraphcError(f"Dense {self.name} is already built")
-        if self.name is None:
-            self.name = f"dense{next(_standalone_dense)}"
-        key_w, key_b = init.as_key(self.key).split(2)
-        shape = (in_features, self.units)
-        self.w = param(
-            f"{self.name}.w", init.kaiming_uniform(key_w, shape, in_features, self.dtype)
-        )
-        if self.use_bias:
-            bias = init.kaiming_uniform(key_b, (self.units,), in_features, self.dtype)
-            self.b = param(f"{self.name}.b", bias)
-
-    def __call__(self, x) -> Tensor:
-        x = as_tensor(x)
-        if x.ndim == 0:
-            raise ShapeError(f"Dense {self.name or ''}: input must have rank >= 1, got {x.type}")
-        if x.dtype not in FLOATS:
-            x = x.astype(self.dtype)
-        if not self.built:
-            self.build(x.shape[-1])
-        elif x.shape[-1] != self.in_features:
-            raise ShapeError(
-                f"Dense {self.name}: built for inputs of last dimension {self.in_features} "
-                f"(w: {self.w.type}), called on {x.type}"
-            )
-        y = x @ self.w
-        if self.b is not None:
-            y = y + self.b
-        return self.activation_fn(y)
-
-    def params(self) -> list[Tensor]:
-        """[w, b] (or [w] without bias); the layer must have been called or built."""
-        if not self.built:
-            raise GraphcError(
-                f"Dense {self.name or '(unnamed)'} has no params yet: call it on an input first "
-                f"(shapes cascade from the input) or call .build(in_features)"
-            )
-        return [self.w] if self.b is None else [self.w, self.b]
-
-    def __repr__(self) -> str:
-        shape = f"{self.in_features}->{self.units}" if self.built else f"?->{self.units}"
-        return f"Dense({self.name}: {shape}, activation={self.activation!r}, {self.dtype})"
-
-
-def _dense_layers(layers) -> list[Dense]:
-    """The Dense layers of `layers` in call order, looking into unnamed nested models."""
+def _named_layers(layers) -> list[Layer]:
+    """The layers with a name (params or state) in call order, looking into unnamed models."""
     found = []
     for layer in layers:
-        if isinstance(layer, Dense):
+        if isinstance(layer, Layer) and layer.kind is not None:
             found.append(layer)
         elif isinstance(layer, Sequential) and layer.name is None:
-            found.extend(_dense_layers(layer.layers))
+            found.extend(_named_layers(layer.layers))
     return found
 
 
+def _takes_training(layer) -> bool:
+    """Whether `layer(x, training=...)` is how to call it (layers, models, user callables
+    with a `training` parameter); plain functions such as gc.relu are called as f(x)."""
+    if isinstance(layer, (Layer, Sequential)):
+        return True
+    try:
+        return "training" in inspect.signature(layer).parameters
+    except (TypeError, ValueError):  # builtins without a signature
+        return False
+
+
 class Sequential:
-    """Layers (or plain callables such as `gc.relu`) applied in order."""
+    """Layers (or plain callables such as `gc.relu`) applied in order; `model(x,
+    training=True)` passes `training` to every layer that takes it."""
 
     def __init__(self, layers, *, seed: int | None = None, key=None, name: str | None = None):
         if seed is not None and key is not None:
@@ -178,34 +99,50 @@ class Sequential:
         for layer in self.layers:
             if not callable(layer):
                 raise GraphcError(f"Sequential: {layer!r} is not a layer or callable")
+        self.training_flags = [_takes_training(layer) for layer in self.layers]
         self.name = name
-        dense = _dense_layers(self.layers)
+        named = _named_layers(self.layers)
         prefix = f"{name}." if name else ""
-        for i, layer in enumerate(dense, 1):
+        counts = collections.Counter()
+        for layer in named:
+            counts[layer.kind] += 1
             if not layer.named_by_user and not layer.built:
-                layer.name = f"{prefix}dense{i}"
+                layer.name = f"{prefix}{layer.kind}{counts[layer.kind]}"
         if seed is not None or key is not None:
-            keys = init.as_key(key or seed).split(len(dense))
-            for layer, layer_key in zip(dense, keys, strict=True):
+            keys = init.as_key(key or seed).split(len(named))
+            for layer, layer_key in zip(named, keys, strict=True):
                 if layer.key is None and not layer.built:
                     layer.key = layer_key
-        names = [layer.name for layer in dense]
+        names = [layer.name for layer in named]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise GraphcError(f"Sequential: layer names must be unique, repeated: {duplicates}")
 
-    def __call__(self, x) -> Tensor:
-        for layer in self.layers:
-            x = layer(x)
+    def __call__(self, x, training: bool = False) -> Tensor:
+        for layer, takes_training in zip(self.layers, self.training_flags, strict=True):
+            x = layer(x, training=training) if takes_training else layer(x)
         return x
 
+    def _gather(self, method: str) -> list:
+        return [item for layer in self.layers if hasattr(layer, method)
+                for item in getattr(layer, method)()]  # fmt: skip
+
     def params(self) -> list[Tensor]:
-        """All parameters, layer by layer (w before b); the model must have been called."""
-        result = []
+        """All trainable params, layer by layer (w before b); the model must have been called."""
+        return self._gather("params")
+
+    def state(self) -> list[Tensor]:
+        """All non-trainable state (running statistics, random keys), layer by layer."""
+        return self._gather("state")
+
+    def state_updates(self) -> dict[Tensor, Tensor]:
+        """The new state values of every layer's latest training call (BatchNorm), for
+        `updates={**opt.updates(loss), **model.state_updates()}`."""
+        updates = {}
         for layer in self.layers:
-            if hasattr(layer, "params"):
-                result.extend(layer.params())
-        return result
+            if hasattr(layer, "state_updates"):
+                updates.update(layer.state_updates())
+        return updates
 
     def __repr__(self) -> str:
         inner = ", ".join(repr(layer) for layer in self.layers)
@@ -355,7 +292,9 @@ def huber_loss(pred, target, delta: float = 1.0) -> Tensor:
 
 
 def _named_params(params) -> dict[str, Tensor]:
-    if hasattr(params, "params"):
+    if isinstance(params, (Layer, Sequential)):  # a model: its params and its state
+        params = params.params() + params.state()
+    elif hasattr(params, "params"):
         params = params.params()
     result: dict[str, Tensor] = {}
     for p in params:
