@@ -65,7 +65,7 @@ def limit_blas_threads():
 def available() -> dict[str, str | None]:
     """Version of every optional peer, or None when it is not importable."""
     found = {}
-    for name in ("torch", "jax"):
+    for name in ("torch", "jax", "onnxruntime"):
         module = _import(name)
         found[name] = getattr(module, "__version__", "?") if module else None
     return found

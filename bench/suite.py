@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 
-from . import host, peers, timing, workloads
+from . import host, models, peers, timing, workloads
 
 QUICK = {"sample_seconds": 1e-3, "warmup_seconds": 0.02, "budget_seconds": 0.4}
 FULL = {"sample_seconds": 2e-3, "warmup_seconds": 0.1, "budget_seconds": 2.0}
@@ -236,9 +236,10 @@ def main(quick: bool = False, json_path: str | None = None, only=None) -> int:
     prefixes in `only`), print the table, optionally write JSON."""
     start = time.perf_counter()
     versions = peers.available()
-    names = ["graphc", "numpy", *[n for n in ("torch", "jax") if versions[n]]]
+    optional = ("torch", "jax", "onnxruntime")
+    names = ["graphc", "numpy", *[n for n in optional if versions[n]]]
     notes = [f"note: {n} is not installed; skipped (pip install graphc[bench])"
-             for n in ("torch", "jax") if not versions[n]]  # fmt: skip
+             for n in optional if not versions[n]]  # fmt: skip
     if peers.PEER_THREADS:
         notes.append(f"graphc and peers held to {peers.PEER_THREADS} thread(s) (graphc bench "
                      "--threads N)")  # fmt: skip
@@ -246,7 +247,10 @@ def main(quick: bool = False, json_path: str | None = None, only=None) -> int:
              if k in os.environ]  # fmt: skip
     if quiet:
         notes.append(f"idle peer threads sleep instead of spinning: {' '.join(quiet)}")
-    cases = select(workloads.all_cases(names, quick=quick), only)
+    cases = workloads.all_cases(names, quick=quick)
+    if not quick:
+        cases += models.model_cases(names)
+    cases = select(cases, only)
     if not cases:
         print(f"graphc bench: no case id starts with {' or '.join(only)}", file=sys.stderr)
         return 2

@@ -25,7 +25,7 @@ import graphc as gc
 
 from . import peers
 
-PEER_ORDER = ("graphc", "numpy", "torch", "jax")
+PEER_ORDER = ("graphc", "numpy", "torch", "jax", "onnxruntime")
 
 
 @dataclass
@@ -66,12 +66,14 @@ GROUPS = {
     "W3": "elementwise chain tanh(a*b + c)*sigmoid(d) - 0.5*a",
     "W4": "square matmul",
     "W5": "784-100-10 softmax network, one SGD step",
+    "W6": "LeNet-5 on 1x28x28: Adam training step at batch 64, inference (bench/models.py)",
+    "W7": "pre-LayerNorm transformer encoder block (8x64x128, 4 heads, FFN 512): AdamW step",
 }
 
 
 def _peer_factories(names, numpy_fn, torch_fn, jax_fn, *args) -> dict:
     table = {"numpy": numpy_fn, "torch": torch_fn, "jax": jax_fn}
-    return {n: functools.partial(table[n], *args) for n in names if n in table}
+    return {n: functools.partial(table[n], *args) for n in names if table.get(n) is not None}
 
 
 def _mlp(sizes, dtype, name):
@@ -218,4 +220,11 @@ TARGETS = [
     *[Target(f"W4 {n} {d}", "numpy", 1.5) for n in (32, 64) for d in ("f32", "f64")],
     *[Target(f"W4 {n} {d}", "numpy", 0.8) for n in (256, 512, 1024) for d in ("f32", "f64")],
     Target("W5", "numpy", 1.3),
+    # issue 21's targets for the models people train (not met yet: see README, Performance)
+    Target("W6 train b64", "jax", 2),
+    Target("W6 train b64", "torch", 3),
+    Target("W6 infer b1", "onnxruntime", 1.5),
+    Target("W6 infer b64", "onnxruntime", 1),
+    Target("W7", "jax", 1.5),
+    Target("W7", "torch", 3),
 ]
