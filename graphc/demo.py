@@ -343,6 +343,4 @@ def main(quick: bool = False, steps_per_call: int = 1) -> int:
 
 
 if __name__ == "__main__":
-    from graphc.cli import main as cli_main
-
-    sys.exit(cli_main(["demo", *sys.argv[1:]]))
+    sys.exit(main(quick="--quick" in sys.argv[1:]))  # all options: `graphc demo --help`
