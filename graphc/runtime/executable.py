@@ -19,9 +19,11 @@ process that would compile the same code (same cache key: CPU, features, version
 maps that code like a cache hit, without LLVM, else it compiles (see "pickling" below).
 
 A call is one ctypes call with one pointer argument: the block of argument addresses
-[arena, params..., inputs..., outputs...] is bound once. An input or output of fewer than
-LARGE_BYTES goes through a buffer bound at build time (a copy costs less than looking up an
-array's address from Python); a larger one is passed by address — the caller's
+[arena, params..., inputs..., outputs...] is bound once. Built with `steps=K`, the call
+enters `<name>_steps` (codegen/steps.py) instead of `<name>_call`, and the inputs and outputs
+it binds are stacked K deep (`stacked`); the rest of this is the same. An input or output
+of fewer than LARGE_BYTES goes through a buffer bound at build time (a copy costs less than
+looking up an array's address from Python); a larger one is passed by address — the caller's
 array itself if it is C-contiguous, of the exact dtype, aligned to its itemsize and not
 overlapping a parameter the step updates (kernels only write the arena, outputs and updated
 parameters), and a fresh np.empty result for an output. Parameters are read and updated in
