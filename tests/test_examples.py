@@ -1,16 +1,21 @@
 """The examples in examples/, each run in quick mode through its main(argv), plus the
-claims they illustrate: digits accuracy, and one Sequential model compiled at batch 1 and
-batch 32 sharing trained weights."""
+claims they illustrate: digits accuracy (MLP and CNN, the CNN also from C), one Sequential
+model compiled at batch 1 and batch 32 sharing trained weights, a transformer that sorts."""
 
 from __future__ import annotations
 
+import os
 import runpy
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
 
 
 def load(name: str) -> dict:
@@ -80,3 +85,40 @@ def test_sequential_batch_1_and_32_share_trained_weights():
     # the batch-1 executable, compiled before training, sees the trained weights
     assert np.abs(result["one_by_one"][:1] - result["before"]).max() > 0.1
     assert result["test_error"] < 0.1
+
+
+def _accuracy(text: str, label: str) -> float:
+    """The number after `label` in an example's output."""
+    return float(text.split(label, 1)[1].split()[0].rstrip(","))
+
+
+def test_digits_cnn_quick_reaches_097(capsys):
+    pytest.importorskip("sklearn", reason="scikit-learn is not installed (pip install .[examples])")
+    assert load("digits_cnn")["main"](["--quick"]) == 0
+    captured = capsys.readouterr()
+    assert _accuracy(captured.out, "final test accuracy:") >= 0.97  # 0.98 here
+    assert "220/220" in captured.err  # the progress bar
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_digits_cnn_c_example_classifies_as_the_jit(tmp_path):
+    pytest.importorskip("sklearn", reason="scikit-learn is not installed (pip install .[examples])")
+    build = tmp_path / "build"
+    make = ["make", "-C", str(EXAMPLES / "aot_digits_cnn"), f"BUILD={build}"]
+    arguments = [f"PYTHON={sys.executable}", "TRAIN=--quick", "run"]
+    environment = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(
+        make + arguments, check=True, capture_output=True, text=True, env=environment
+    )
+    jit = _accuracy(result.stdout, "the exported classifier at batch 1: test accuracy")
+    assert _accuracy(result.stdout, "test digits right: accuracy") == jit >= 0.97
+    assert "digit 0: label" in result.stdout
+
+
+def test_transformer_sort_quick_reaches_095_and_exports(capsys, tmp_path):
+    assert load("transformer_sort")["main"](["--quick", "--export", str(tmp_path)]) == 0
+    captured = capsys.readouterr()
+    assert _accuracy(captured.out, "test token accuracy") >= 0.95  # 0.999 here
+    assert "500/500" in captured.err
+    header = (tmp_path / "transformer_sort.h").read_text()
+    assert "void transformer_sort_run(void *mem, const int64_t *tokens, int64_t *out0);" in header

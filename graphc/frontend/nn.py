@@ -145,7 +145,10 @@ class Sequential:
         return updates
 
     def __repr__(self) -> str:
-        inner = ", ".join(repr(layer) for layer in self.layers)
+        inner = ", ".join(
+            repr(layer) if hasattr(layer, "params") else getattr(layer, "__name__", repr(layer))
+            for layer in self.layers
+        )
         return f"{type(self).__name__}({inner})"
 
 
