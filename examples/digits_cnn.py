@@ -89,7 +89,8 @@ def train_digits(epochs: int = 20, lr: float = 3e-3, seed: int = 0, log=print, p
                 bar.update((epoch - 1) * batches + i + 1, losses[-1])
         accuracy = float(np.mean(classify(test_x).argmax(axis=1) == test_y))
         if epoch % 5 == 0 or epoch == epochs:
-            log(f"epoch {epoch:>3}  loss {np.mean(losses):.4f}  test accuracy {accuracy:.4f}")
+            line = f"epoch {epoch:>3}  loss {np.mean(losses):.4f}  test accuracy {accuracy:.4f}"
+            log(f"\r{line:<76}" if bar else line)  # over the bar's line; the bar redraws below
     return model, accuracy, (test_x, test_y)
 
 
