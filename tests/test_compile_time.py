@@ -2,8 +2,9 @@
 
 Counted, not timed: the trees fusion walks (passes/fusion.py `stored_values` walks the graph
 once; it used to walk every tree again for each value it decided to store), the groups'
-successor sets it keeps instead of recomputing them, and the instructions LLVM gets in one
-function (codegen/llvm.py STEP_INLINE_BUDGET keeps `<name>_step` within a budget).
+successor sets it keeps instead of recomputing them, the bit sets its horizontal merge tests
+read instead of searching the kernel graph, and the instructions LLVM gets in one function
+(codegen/llvm.py STEP_INLINE_BUDGET keeps `<name>_step` within a budget).
 """
 
 from __future__ import annotations
@@ -75,6 +76,34 @@ def test_kept_successors_equal_recomputed_ones(case):
         for p in grouping.preds(g):
             recomputed[p].add(g)
     assert grouping.succs() == recomputed
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@given(programs(max_ops=14))
+def test_bit_set_merge_tests_answer_as_the_graph_search(monkeypatch, case):
+    """Every merge test horizontal fusion makes from its bit sets (`_Reach`) gives what the
+    search of the kernel graph (`_Grouping.mergeable`) gives at that moment."""
+    asked = []
+    grouping_of = {}
+    original_init = fusion._Grouping.__init__
+
+    def remembering_init(self, *args):
+        original_init(self, *args)
+        grouping_of["current"] = self
+
+    def checked(self, a, b, succs):
+        answer = reach_mergeable(self, a, b, succs)
+        assert answer == grouping_of["current"].mergeable(a, b)
+        asked.append(answer)
+        return answer
+
+    reach_mergeable = fusion._Reach.mergeable
+    monkeypatch.setattr(fusion._Grouping, "__init__", remembering_init)
+    monkeypatch.setattr(fusion._Reach, "mergeable", checked)
+    program, _ = case
+    fusion.fuse(optimize(program.graph))
+    fusion.fuse(optimize(lstm_program(3).graph))
+    assert True in asked and False in asked  # the LSTM's loops merge and refuse to
 
 
 def kernels_of(module, name: str) -> list:

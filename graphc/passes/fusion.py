@@ -484,16 +484,61 @@ class _Grouping:
                     break
 
     def horizontal(self) -> None:
-        """Loop groups with no path between them through another group become one kernel."""
+        """Loop groups with no path between them through another group become one kernel.
+        (Merge tests of every pair: answered from `_Reach`'s bit sets, not a search each.)"""
         loops = [g for g in self.groups if g.form is LOOP]
+        reach = _Reach(self.groups, self.succs())
         merged: list[Group] = []
         for g in loops:
             for target in merged:
-                if self.fits(target, g) and self.mergeable(target, g):
+                if self.fits(target, g) and reach.mergeable(target, g, self.succs()):
                     self.merge(target, g)
+                    reach.merge(target, g)
                     break
             else:
                 merged.append(g)
+
+
+class _Reach:
+    """Reachability in the kernel graph as bit sets, one bit per group: `below[g]` is the set
+    of g's descendants. Kept up to date through merges, it answers `_Grouping.mergeable`
+    without a search of the graph (a search per pair of loop groups made horizontal fusion
+    quadratic in the number of kernels of an unrolled model)."""
+
+    def __init__(self, groups: list[Group], succs: dict[Group, set[Group]]):
+        self.bit = {g: 1 << i for i, g in enumerate(groups)}
+        waiting = {g: 0 for g in groups}
+        for g in groups:
+            for s in succs[g]:
+                waiting[s] += 1
+        order = [g for g in groups if not waiting[g]]
+        for g in order:  # topological order (the list grows as it is walked)
+            for s in succs[g]:
+                waiting[s] -= 1
+                if not waiting[s]:
+                    order.append(s)
+        self.below: dict[Group, int] = {}
+        for g in reversed(order):
+            self.below[g] = 0
+            for s in succs[g]:
+                self.below[g] |= self.bit[s] | self.below[s]
+
+    def mergeable(self, a: Group, b: Group, succs: dict[Group, set[Group]]) -> bool:
+        """`_Grouping.mergeable(a, b)`: no path from one to the other through a third group."""
+        for start, goal in ((a, b), (b, a)):
+            bit = self.bit[goal]
+            if any(s is not goal and self.below[s] & bit for s in succs[start]):
+                return False
+        return True
+
+    def merge(self, into: Group, other: Group) -> None:
+        """`other` merged into `into`: whatever reached either reaches what both reached."""
+        gone, both = self.bit[other], self.bit[into] | self.bit[other]
+        self.below[into] = (self.below[into] | self.below.pop(other)) & ~both
+        merged = self.below[into] | self.bit[into]
+        for g, bits in self.below.items():
+            if bits & both:
+                self.below[g] = (bits | merged) & ~gone
 
 
 # ---- the join rule of each form: the form a group takes when a node joins it ------------------
