@@ -728,7 +728,7 @@ def _map_reshape(k, node, index):
         *k.index(inner_in, flat=local).values,
         *index.values[node.ndim - tail :],
     ]
-    return k.value(x, k.index(x.shape, values=values))
+    return k.value(x, k.index(x.shape, values=values, flat=index.flat))  # same flat index
 
 
 def _view_reshape(node, offset, strides):
