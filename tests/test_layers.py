@@ -1,3 +1,5 @@
+# Over 500 lines on purpose: one test file for the eleven layers of gc.nn, each against NumPy
+# and PyTorch with shared helpers (weights copied into torch modules, forward both ways).
 """The layers of gc.nn: each forward against NumPy and (where installed) PyTorch's module
 with the same weights copied in; gradients against finite differences and compiled against
 the interpreter; BatchNorm's running statistics through compiled steps against PyTorch's;
@@ -321,6 +323,21 @@ def test_dropout_gradient_is_the_mask_scaled():
     out, g = gc.evaluate([y, gc.grad(y.sum(), x)], {x: xv})
     np.testing.assert_array_equal(g, np.where(out != 0, 2.0, 0.0))
     np.testing.assert_allclose(out, np.where(out != 0, 2 * xv, 0.0))
+
+
+def test_dropout_draws_the_same_in_the_interpreter_and_compiled():
+    layer = gc.nn.TransformerEncoderLayer(8, 2, 16, dropout=0.5, seed=0, dtype="float64")
+    x = gc.input("x", (2, 5, 8), "float64")
+    y = layer(x, training=True)
+    xv = _normal(2, 5, 8)
+    expected = gc.evaluate(y, {x: xv})  # what the next call draws
+    step = gc.compile(inputs=[x], outputs=y)
+    np.testing.assert_allclose(step(xv), expected, rtol=1e-12, atol=1e-12)
+    assert not np.allclose(step(xv), expected)  # the next call draws anew
+    assert [s.name for s in layer.state()] == [f"{layer.name}.dropout.key"]
+    without = gc.nn.TransformerEncoderLayer(8, 2, 16)
+    without(x, training=True)
+    assert without.state() == []  # dropout 0 draws nothing: no key
 
 
 # ---- attention ------------------------------------------------------------------------------

@@ -544,8 +544,9 @@ class Dropout(Layer):
         return x
 
     def create(self, x: Tensor) -> None:
-        (key,) = self.keys(1)
-        self.random_key = random.key(f"{self.name}.key", key)
+        if self.rate > 0.0:  # rate 0 draws nothing: no key
+            (key,) = self.keys(1)
+            self.random_key = random.key(f"{self.name}.key", key)
 
     def forward(self, x: Tensor, training: bool) -> Tensor:
         if not training or self.rate == 0.0:
@@ -558,7 +559,7 @@ class Dropout(Layer):
         return where(keep, x * (1.0 / (1.0 - self.rate)), 0.0)
 
     def state(self) -> list[Tensor]:
-        return [self.random_key] if self.built else []
+        return [self.random_key] if self.random_key is not None else []
 
     def __repr__(self) -> str:
         return f"Dropout({self.rate})"
@@ -573,7 +574,9 @@ class _Composite(Layer):
     parts: tuple[str, ...] = ()
 
     def create(self, x: Tensor) -> None:
-        for part, key in zip(self.parts, self.keys(len(self.parts)), strict=True):
+        """Name the parts after this layer and give each a key (one more is `own_key`)."""
+        *keys, self.own_key = self.keys(len(self.parts) + 1)
+        for part, key in zip(self.parts, keys, strict=True):
             layer = getattr(self, part)
             layer.name, layer.key = f"{self.name}.{part}", key
 
@@ -636,8 +639,7 @@ class MultiHeadAttention(_Composite):
 
     def create(self, x: Tensor) -> None:
         super().create(x)
-        (key,) = self.keys(1)
-        generator = key.generator()
+        generator = self.own_key.generator()
         bound = math.sqrt(6.0 / (self.dim + 3 * self.dim))  # xavier over PyTorch's (3 dim, dim)
         for part in self.parts:
             layer = getattr(self, part)
