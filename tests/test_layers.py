@@ -467,17 +467,17 @@ GRADIENT_MODELS = {
         ),
         (3, 2, 4),
     ),
-    "conv2d-avgpool": lambda: (
+    "conv2d-pools-layernorm": lambda: (
         gc.nn.Sequential(
             [
-                gc.nn.Conv2D(2, 2, stride=1, dtype="float64"),
-                gc.nn.AvgPool2D(2),
-                gc.nn.MaxPool2D(1),
+                gc.nn.Conv2D(3, 2, dtype="float64"),
+                gc.nn.MaxPool2D(2),
+                gc.nn.AvgPool2D(2, stride=1),
                 gc.nn.LayerNorm(dtype="float64"),
             ],
             seed=0,
         ),
-        (2, 2, 5, 5),
+        (2, 2, 7, 7),
     ),
     "encoder": lambda: (
         gc.nn.TransformerEncoderLayer(4, 2, 6, causal=True, seed=0, dtype="float64"),

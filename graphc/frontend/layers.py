@@ -224,7 +224,12 @@ class Dense(Layer):
         self.build(x.shape[-1])
 
     def forward(self, x: Tensor, training: bool) -> Tensor:
-        y = x @ self.w
+        if x.ndim > 2:  # one matrix product over all rows (w's gradient: one product too)
+            y = (x.reshape(x.size // x.shape[-1], x.shape[-1]) @ self.w).reshape(
+                *x.shape[:-1], self.units
+            )
+        else:
+            y = x @ self.w
         if self.b is not None:
             y = y + self.b
         return self.activation_fn(y)
