@@ -28,6 +28,9 @@ emitter ever tests an op's name (tests/test_layering.py checks):
 - `reduction`: the identity, combine and (argmax) position rule of a reduction.
 - `lower(node)`: an op computed as other ops (conv: a matmul over a window view); simplify
   replaces it, after differentiation (its own vjp stays cheaper than its lowering's).
+- `together(node)`: a key; nodes with equal keys are computed by one kernel (the outputs of
+  one loop: ir/scan.py), and differentiated by one call `vjp(node, {node: adjoint, ...})`
+  with the adjoints of all of them that have one.
 - `fuses_inputs=False`: an anchor whose inputs are never computed inside its kernel;
   `alone=True`: computed by one call in a kernel of its own (allreduce: MPI_Allreduce), or
   by a loop of its own: `kernel_form` names the form (scatter_add: "scatter").
@@ -111,6 +114,7 @@ class OpDef:
     kernel_form: str = "collective"  # with `alone`: the kernel form computing it (scatter)
     checked: bool = False  # its compiled form checks indices at run time (take, scatter_add)
     lower: Callable | None = None  # computed as other ops: lower(node) builds them (conv)
+    together: Callable | None = None  # nodes of equal together(node) share a kernel (scan)
 
     def __post_init__(self):
         if self.math is not None and self.scalar is None:
@@ -1292,9 +1296,7 @@ register(
 
 def _infer_reverse(types, attrs):
     (x,) = types
-    axes = _integers(attrs, "axes")
-    if any(not 0 <= a < x.ndim for a in axes) or len(set(axes)) != len(axes):
-        raise ShapeError(f"axes {axes} invalid for {x}")
+    _reduced_shape(x, _integers(attrs, "axes"), True)  # the axes' check
     return x
 
 
