@@ -53,6 +53,7 @@ from graphc.frontend.functions import (
     where,
 )
 from graphc.frontend.nn import load, save
+from graphc.frontend.scan import scan
 from graphc.frontend.tensor import Tensor, const, input, matmul, param
 from graphc.runtime import aot
 
@@ -114,6 +115,7 @@ __all__ = [
     "remainder",
     "round",
     "scaled_dot_product_attention",
+    "scan",
     "silu",
     "softplus",
     "squeeze",

@@ -658,6 +658,43 @@ SPECS += [
 ]
 
 
+def _scan_cell(c, x):
+    """A loop body for the `scan` specs: c' = sin(c) * x + c, y = c' * c'."""
+    new = gc.sin(c) * x + c
+    return new, new * new
+
+
+def np_scan(init, xs, reverse=False):
+    c, ys = init, [None] * len(xs)
+    for t in reversed(range(len(xs))) if reverse else range(len(xs)):
+        c = np.sin(c) * xs[t] + c
+        ys[t] = c * c
+    return c, np.stack(ys)
+
+
+SPECS += [
+    # -- a loop (gc.scan): its stacked ys, and its final carry walking xs from the end
+    Spec(
+        "scan",
+        lambda c, xs: gc.scan(_scan_cell, c, xs)[1],
+        lambda c, xs: np_scan(c, xs)[1],
+        ("real", "real"),
+        (((3,), (4, 3)), ((), (5,))),
+        op="scan",
+        nonfinite=False,
+    ),
+    Spec(
+        "scan_reverse_carry",
+        lambda c, xs: gc.scan(_scan_cell, c, xs, reverse=True)[0],
+        lambda c, xs: np_scan(c, xs, reverse=True)[0],
+        ("real", "real"),
+        (((2, 3), (3, 2, 3)),),
+        op="scan",
+        nonfinite=False,
+    ),
+]
+
+
 def specs_of(op: str | None) -> list[Spec]:
     """The specs that exercise primitive `op` (None: the frontend's composites)."""
     return [spec for spec in SPECS if spec.op == op]

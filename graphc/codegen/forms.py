@@ -32,6 +32,7 @@ from graphc.codegen.kernel import (
     immediate_value,
     keep_out_of_line,
 )
+from graphc.codegen.loops import emit_scan
 from graphc.codegen.matmul import define_matmul
 from graphc.codegen.split import MATMUL_THRESHOLD_NS, Split, matmul_work, split_rows, work_of
 from graphc.codegen.tiling import Operand, takes_row_count, tile_rows
@@ -45,6 +46,7 @@ from graphc.passes.kernels import (
     LOOP,
     REDUCTION,
     ROWWISE,
+    SCAN,
     SCATTER,
     form_of,
     is_alone,
@@ -544,6 +546,7 @@ EMISSIONS = {
     CONTRACTION: Emission(emit_contraction, _split_contraction, _after_contraction),
     COLLECTIVE: Emission(emit_collective, lambda k: None),
     SCATTER: Emission(emit_scatter, lambda k: None),  # updates may collide: one thread, in order
+    SCAN: Emission(emit_scan, lambda k: None),  # steps in order; the body's kernels may split
 }
 
 

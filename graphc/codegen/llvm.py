@@ -15,6 +15,7 @@ exactly as without.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 from llvmlite import ir
@@ -46,6 +47,7 @@ def emit_kernel(
     threads runs its outer loop in chunks on the pool, then what must follow them all. A
     kernel that checks indices reports a failed check as status `code`."""
     k = KernelEmitter(module, kernel, globals_, place, threads, cpu=cpu)
+    k.emit_body = lambda graph, prefix: emit_body(module, graph, prefix, threads, cpu)
     split = forms.split_of(k)
     if split is None:
         k.hoist_scalars()
@@ -77,6 +79,18 @@ def report_checks(k: KernelEmitter, code: int) -> None:
         b.atomic_rmw("xchg", k.status, ir.IntType(32)(code), "monotonic")
 
 
+def emit_body(
+    module: ir.Module, graph: Graph, prefix: str, threads: int, cpu: Target
+) -> tuple[ir.Function, int]:
+    """A loop's body (codegen/loops.py) lowered on its own and emitted into `module` as the
+    internal function `<prefix>_step(arena, inputs..., outputs...)`; with its arena's size."""
+    from graphc.passes import lower
+
+    optimized, kernels, plan = lower(graph)
+    emit_program(optimized, kernels, plan, prefix, threads, cpu, module=module)
+    return module.get_global(f"{prefix}_step"), plan.arena_bytes
+
+
 # ---- the program ----
 
 # LLVM inlines every kernel into `<name>_step` (each is called once), and its optimization
@@ -104,19 +118,26 @@ def emit_program(
     name: str,
     threads: int | None = None,
     cpu: Target | None = None,
+    module: ir.Module | None = None,
 ) -> ir.Module:
     """The LLVM module of a compiled program: kernels, constants and the exported entries.
     Large kernels run on `threads` threads (default: `parallel.thread_count()`); the code is
-    tuned for `cpu` (default: the JIT's target, `target.host()`)."""
+    tuned for `cpu` (default: the JIT's target, `target.host()`). Given a `module`, the
+    program is added to it with every symbol prefixed by `name.` and only an internal
+    `<name>_step` (a loop's body, codegen/loops.py)."""
     cpu = cpu or host()
     threads = parallel.thread_count(cpu) if threads is None else threads
-    module = ir.Module(name=name)
+    inner = module is not None
+    prefix = f"{name}." if inner else ""
+    if inner:
+        kernels = [dataclasses.replace(k, name=prefix + k.name) for k in kernels]
+    module = module if inner else ir.Module(name=name)
     globals_: dict[Node, ir.GlobalVariable] = {}
     for node in graph.nodes:
         # scalars too: loops use them as immediates, but a matmul reads a broadcast scalar
         # through memory (unused globals are dropped by the optimizer)
         if is_const(node):
-            globals_[node] = constant_global(module, node, f"const.{len(globals_)}")
+            globals_[node] = constant_global(module, node, f"{prefix}const.{len(globals_)}")
 
     def place(node: Node):
         return plan.locations.get(node) or node
@@ -194,6 +215,9 @@ def emit_program(
         else:
             copy_value(destination, value)
     b.ret_void()
+    if inner:
+        step.linkage = "internal"
+        return module
 
     call = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR]), f"{name}_call")
     b = ir.IRBuilder(call.append_basic_block("entry"))

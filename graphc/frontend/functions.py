@@ -401,8 +401,17 @@ def _in_float64(roots) -> dict[Node, Node]:
     """A copy of the graph of `roots` computing in float64 where it computed in float32:
     {node: its copy}; a float32 param's copy holds a float64 copy of its value."""
     copies: dict[Node, Node] = {}
+    bodies: dict[Graph, Graph] = {}
     for node in topological_order(roots):
         attrs = dict(node.attrs)
+        if isinstance(attrs.get("body"), Graph):  # a loop's body (gc.scan): in float64 too
+            body = attrs["body"]
+            if body not in bodies:
+                inside = _in_float64([*body.inputs, *body.outputs])
+                outputs = [inside[o] for o in body.outputs]
+                inputs = [inside[i] for i in body.inputs]
+                bodies[body] = Graph(outputs, inputs=inputs, name=body.name)
+            attrs["body"] = bodies[body]
         if attrs.get("dtype") == "float32":
             attrs["dtype"] = "float64"
         if node.op == "const" and node.dtype == "float32":

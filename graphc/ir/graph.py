@@ -197,7 +197,7 @@ class Graph:
         return f"<Graph {self.name}: {len(self.nodes)} nodes>"
 
 
-FORMS = ("loop", "reduction", "rowwise", "contraction", "collective", "scatter")
+FORMS = ("loop", "reduction", "rowwise", "contraction", "collective", "scatter", "scan")
 
 
 @dataclass(frozen=True, eq=False)

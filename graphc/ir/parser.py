@@ -2,7 +2,9 @@
 
 The parser rebuilds every node with `apply`, so types are re-inferred and checked against
 the printed ones. The text carries shapes, not weights: parsed params get zero-filled
-storage of their declared type. Header declarations carry no source location.
+storage of their declared type. A nested `graph` block is a loop body (ir/scan.py), read in
+a scope of its own and named by the scan nodes after it. Header declarations carry no
+source location.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import re
 import numpy as np
 
 from graphc.errors import GraphcError, ParseError, VerifyError
+from graphc.ir import scan  # noqa: F401 -- registers the loop op `scan` read in bodies
 from graphc.ir.graph import FORMS, Graph, Kernel, Node, Storage, location
 from graphc.ir.ops import OPS, apply
 from graphc.ir.printer import DECLARED, PLAIN_NAME, WORDS, quote
@@ -60,6 +63,7 @@ class Parser:
         self.block: int | None = None  # the kernel block being read (None: top level)
         self.blocks = 0  # kernel blocks begun
         self.updated_at: dict[Node, int] = {}  # param -> line of its update
+        self.bodies: dict[str, Graph] = {}  # loop bodies (nested graph blocks) by label
 
     def _tokenize(self, text: str):
         line, line_start, pos = 1, 0, 0
@@ -259,6 +263,10 @@ class Parser:
             self.next()
             for item in self.comma_list(self.attribute, "}"):
                 attrs.update([item])
+        if "body" in attrs:  # a loop's body: a nested graph block read before
+            if attrs["body"] not in self.bodies:
+                self.fail(f"undefined body {attrs['body']!r}", op_token)
+            attrs["body"] = self.bodies[attrs["body"]]
         loc = self.comments.get(token.line)
         try:
             with location(loc or f"{self.filename}:{token.line}"):
@@ -350,7 +358,22 @@ class Parser:
         self.updated_at[target] = update_token.line
         return target, value
 
-    def graph(self) -> tuple[Graph, list[Kernel] | None]:
+    def body(self) -> None:
+        """A nested `graph NAME(...) { ... }` block: a loop body, in a scope of its own."""
+        scope = ("env", "defined_at", "defined_in", "block", "blocks", "updated_at", "bodies")
+        saved = {key: getattr(self, key) for key in scope}
+        for key in ("env", "defined_at", "defined_in", "updated_at", "bodies"):
+            setattr(self, key, {})
+        self.block, self.blocks = None, 0
+        token = self.peek()
+        graph, _ = self.graph(nested=True)
+        for key, value in saved.items():
+            setattr(self, key, value)
+        if graph.name in self.bodies:
+            self.fail(f"duplicate body {graph.name!r}", token)
+        self.bodies[graph.name] = graph
+
+    def graph(self, nested: bool = False) -> tuple[Graph, list[Kernel] | None]:
         graph_token = self.expect("graph")
         name = self.word_or_string("a graph name")
         inputs = self.declarations("input")
@@ -372,12 +395,14 @@ class Parser:
                 outputs = self.uses()
             elif self.at("update"):
                 updates.append(self.update(updates))
+            elif self.at("graph"):
+                self.body()
             else:
                 self.fail(
                     f"expected an equation, 'return', 'update' or 'kernel', found {token.text!r}"
                 )
         self.next()
-        if self.peek().kind != "end":
+        if not nested and self.peek().kind != "end":
             self.fail(f"unexpected {self.peek().text!r} after the end of the graph")
         graph = Graph(outputs, updates, inputs=inputs, name=name)
         try:

@@ -19,6 +19,8 @@ One typed equation per line, jaxpr-like, with the user's names and source lines:
   value's dtype; `nan`, `inf`, `-0.0` as such).
 - With kernels, nodes outside every kernel print first; each kernel is an indented block
   `kernel NAME (FORM) (%in, ...) -> (%out, ...) { ... }` in schedule order.
+- A loop's body (ir/scan.py) is a nested `graph NAME(...) { ... }` block, printed before the
+  equations, whose scan nodes name it: `scan %h0, %xs, %w {body=NAME, ...}`.
 
 The printer reads nodes, graphs and kernels only through their attributes, so it imports
 nothing of the IR at run time: `Graph.__str__` can use it without an import cycle.
@@ -110,9 +112,11 @@ def format_array(array: np.ndarray) -> str:
     return nest(array.shape, 0)
 
 
-def _equation(node: Node, label) -> str:
+def _equation(node: Node, label, bodies=None) -> str:
     text = f"{label(node)}: {node.type} = {node.op}"
     attrs = dict(node.attrs)
+    if "body" in attrs and bodies is not None:  # a loop's body graph, printed before its use
+        attrs["body"] = _Word(bodies[id(attrs["body"])])
     if node.op == "const":
         text += " " + format_array(np.asarray(attrs.pop("value")))
     if node.inputs:
@@ -123,10 +127,39 @@ def _equation(node: Node, label) -> str:
     return text
 
 
-def print_graph(graph: Graph, kernels=None, *, locations: bool = True) -> str:
+class _Word(str):
+    """A body's label: printed bare (or quoted) as a name, like a dtype."""
+
+    def __repr__(self) -> str:
+        return quote(self)
+
+
+def _body_rows(nodes, locations: bool) -> tuple[list[tuple[str, str | None]], dict[int, str]]:
+    """The nested `graph` blocks of the loop bodies `nodes` read (ir/scan.py), each under a
+    label unique in this text, and the labels by body id."""
+    labels: dict[int, str] = {}
+    rows: list[tuple[str, str | None]] = []
+    for node in nodes:
+        body = node.attrs.get("body")
+        if body is None or id(body) in labels:
+            continue
+        label, n = body.name, 0
+        while label in labels.values():
+            n += 1
+            label = f"{body.name}.{n}"
+        labels[id(body)] = label
+        text = print_graph(body, locations=locations, name=label)
+        rows += [("  " + line, None) for line in text.rstrip("\n").split("\n")]
+    return rows, labels
+
+
+def print_graph(
+    graph: Graph, kernels=None, *, locations: bool = True, name: str | None = None
+) -> str:
     """The text form of `graph`; with `kernels`, each kernel as an indented block; without
     `locations`, no `# file:line` comments (what the compile cache keys on: no generated
-    code depends on them)."""
+    code depends on them). Loop bodies print as nested `graph` blocks before the
+    equations, and their scan nodes name them (`body=cell`); `name` overrides the graph's."""
     kernels = list(kernels or ())
     in_kernel = {n for k in kernels for n in k.nodes}
     top = [n for n in graph.nodes if n.op not in DECLARED and n not in in_kernel]
@@ -137,15 +170,17 @@ def print_graph(graph: Graph, kernels=None, *, locations: bool = True) -> str:
     def decls(nodes):
         return ", ".join(f"{label(n)}: {n.type}" for n in nodes)
 
-    header = f"graph {quote(graph.name)}({decls(graph.inputs)})"
+    header = f"graph {quote(name or graph.name)}({decls(graph.inputs)})"
     if graph.params:
         header += f" state({decls(graph.params)})"
     rows: list[tuple[str, str | None]] = [(header + " {", None)]
-    rows += [("  " + _equation(n, label), n.loc) for n in top]
+    nested, bodies = _body_rows(graph.nodes, locations)
+    rows += nested
+    rows += [("  " + _equation(n, label, bodies), n.loc) for n in top]
     for k in kernels:
         ins, outs = ", ".join(map(label, k.inputs)), ", ".join(map(label, k.outputs))
         rows.append((f"  kernel {quote(k.name)} ({k.form}) ({ins}) -> ({outs}) {{", None))
-        rows += [("    " + _equation(n, label), n.loc) for n in k.nodes]
+        rows += [("    " + _equation(n, label, bodies), n.loc) for n in k.nodes]
         rows.append(("  }", None))
     if graph.outputs:
         rows.append(("  return " + ", ".join(map(label, graph.outputs)), None))

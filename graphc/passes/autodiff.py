@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 
 from graphc.errors import DTypeError, GraphcError, ShapeError
+from graphc.ir import scan
 from graphc.ir.graph import Node, location, topological_order
 from graphc.ir.ops import OPS, add_all, apply, full, is_variable, mul
 from graphc.ir.types import FLOATS
@@ -53,8 +54,6 @@ def input_adjoints(node: Node, g: Node) -> list[Node | None]:
 def differentiate(y: Node, wrt: list[Node], seed: Node | None = None) -> list[Node]:
     """Adjoint nodes d(seed·y)/d(w) for each w in `wrt` (zeros where y does not depend on w)."""
     _check_differentiable(y, "output")
-    for w in wrt:
-        _check_differentiable(w, "argument")
     if seed is None:
         if y.shape != ():
             raise ShapeError(
@@ -63,31 +62,64 @@ def differentiate(y: Node, wrt: list[Node], seed: Node | None = None) -> list[No
         seed = full(1.0, y)
     elif seed.shape != y.shape or seed.dtype != y.dtype:
         raise ShapeError(f"grad: seed {seed.type} does not match output {y.type}")
+    return differentiate_all([y], [seed], wrt)
 
-    order = topological_order([y])
+
+def differentiate_all(ys: list[Node], seeds: list[Node], wrt: list[Node]) -> list[Node]:
+    """Adjoint nodes d(Σ seed_k·y_k)/d(w) for each w in `wrt` (a loop body's adjoint:
+    ir/scan.py); zeros where no y depends on w."""
+    for w in wrt:
+        _check_differentiable(w, "argument")
+    order = topological_order(ys)
     wanted = set(wrt)
     on_path = set(wanted)  # nodes that depend on some wrt
     for node in order:
         if any(x in on_path for x in node.inputs):
             on_path.add(node)
 
-    partial: dict[Node, list[Node]] = {y: [seed]}
+    partial: dict[Node, list[Node]] = {}
+    for y, seed in zip(ys, seeds):
+        partial.setdefault(y, []).append(seed)
+    # nodes computed together (a loop's results, OpDef.together) get one vjp call, at the
+    # first of them in topological order: by then every user of any of them is done
+    first: dict = {}
+    for node in order:
+        key = _together(node)
+        if key is not None:
+            first.setdefault(key, node)
+    pending: dict = {}  # together key -> {node: its adjoint}
     adjoint: dict[Node, Node] = {}
     for node in reversed(order):
         terms = partial.pop(node, None)
-        if terms is None or node not in on_path:
+        key = _together(node)
+        fires = key is not None and first[key] is node and key in pending
+        if node not in on_path or (terms is None and not fires):
             continue
         with location(node.loc):
-            g = add_all(terms)
-            if node in wanted:
-                g = _named(g, f"grad({_label(node)})")
-                adjoint[node] = g
+            if terms is not None:
+                g = add_all(terms)
+                if node in wanted:
+                    g = _named(g, f"grad({_label(node)})")
+                    adjoint[node] = g
             if not OPS[node.op].differentiable or not node.inputs:
                 continue
-            for x, gx in zip(node.inputs, input_adjoints(node, g)):
+            if key is None:
+                contributions = input_adjoints(node, g)
+            else:
+                if terms is not None:
+                    pending.setdefault(key, {})[node] = g
+                if first[key] is not node:
+                    continue
+                contributions = OPS[node.op].vjp(node, pending.pop(key))
+            for x, gx in zip(node.inputs, contributions):
                 if gx is not None and x in on_path and x.dtype in FLOATS:
                     partial.setdefault(x, []).append(gx)
     return [adjoint[w] if w in adjoint else full(0.0, w) for w in wrt]
+
+
+def _together(node: Node):
+    together = OPS[node.op].together
+    return None if together is None else together(node)
 
 
 def tangent_of(node: Node, tangents: list[Node | None]) -> Node | None:
@@ -124,3 +156,7 @@ def forward_tangents(ys: list[Node], seeds: dict[Node, Node]) -> list[Node]:
         if t is not None:
             tangent[node] = t
     return [tangent.get(y) or full(0.0, y) for y in ys]
+
+
+# the loop's rules (ir/scan.py) differentiate its body with these
+scan.RULES.update(differentiate=differentiate_all, tangents=forward_tangents)

@@ -58,6 +58,7 @@ from graphc.passes.kernels import (
     MAX_BODY_COST,
     REDUCTION,
     ROWWISE,
+    SCAN,
     SCATTER,
     KernelForm,
     accumulates,
@@ -274,6 +275,7 @@ class _Grouping:
         self.group_of: dict[Node, Group] = {}
         self.groups: list[Group] = []
         self._succs: dict[Group, set[Group]] = {}  # kept up to date by `add` and `merge`
+        self.firsts: dict = {}  # OpDef.together key -> the group of the first node with it
 
     # -- the kernel graph --
     def preds(self, group: Group) -> set[Group]:
@@ -442,7 +444,7 @@ class _Grouping:
             )
             group = Group([m], form, [m] if is_anchor(m) else [])
             self.add(group)
-            if not opdef(m).fuses_inputs:
+            if self.together(m, group) or not opdef(m).fuses_inputs:
                 continue
             candidates = sorted(
                 self.preds(group), key=lambda g: -max(self.position[x] for x in g.members)
@@ -462,6 +464,18 @@ class _Grouping:
         self.merge_rows()
         self.horizontal()
         return self.groups
+
+    def together(self, m: Node, group: Group) -> bool:
+        """Whether `m` joined the group of a node it shares a kernel with (`OpDef.together`:
+        the results of one loop)."""
+        if opdef(m).together is None:
+            return False
+        key = opdef(m).together(m)
+        first = self.firsts.setdefault(key, group)
+        if first is group or not self.mergeable(first, group):
+            return False
+        self.merge(first, group)
+        return True
 
     def merge_rows(self) -> None:
         """A row-wise group joins a row-wise producer over the same rows (softmax backward
@@ -566,6 +580,7 @@ def _join_rowwise(grouping: _Grouping, m: Node, p: Group) -> KernelForm | None:
 JOINS = {
     COLLECTIVE: lambda grouping, m, p: None,  # nothing joins a call
     SCATTER: lambda grouping, m, p: None,  # nor a scatter's loop
+    SCAN: lambda grouping, m, p: None,  # nor a loop over a body (its results come together)
     LOOP: _join_loop,
     REDUCTION: _join_reduction,
     ROWWISE: _join_rowwise,

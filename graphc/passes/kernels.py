@@ -171,7 +171,11 @@ CONTRACTION = KernelForm("contraction", _contraction_stages, updates_params=True
 COLLECTIVE = KernelForm("collective", lambda kernel: [])
 # one scatter_add: a copy of its base, then each update added at its (checked) index, in order
 SCATTER = KernelForm("scatter", lambda kernel: [])
-FORMS = {form.name: form for form in (LOOP, REDUCTION, ROWWISE, CONTRACTION, COLLECTIVE, SCATTER)}
+# the nodes of one loop (ir/scan.py): its body compiled once, called once per step
+SCAN = KernelForm("scan", lambda kernel: [])
+FORMS = {
+    form.name: form for form in (LOOP, REDUCTION, ROWWISE, CONTRACTION, COLLECTIVE, SCATTER, SCAN)
+}
 
 
 def is_alone(node: Node) -> bool:
