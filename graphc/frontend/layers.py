@@ -1,7 +1,8 @@
 # Over 500 lines on purpose: every gc.nn layer, one class each on the shared Layer base
 # (naming, build on first call, params and state); apart they would only import each other.
-"""The layers of `gc.nn`: Dense, convolution, pooling, normalisation, embedding, dropout and
-attention, as plain Python objects that build graph nodes when called.
+"""The layers of `gc.nn`: Dense, convolution, pooling, normalisation, embedding, dropout,
+recurrent (GRU, LSTM: gc.scan) and attention, as plain Python objects that build graph nodes
+when called.
 
 Shapes cascade from the input: a layer creates its params on its first call (a Conv2D
 from the input's channels, a LayerNorm from its last axis) and every later call reuses
@@ -34,6 +35,7 @@ from graphc.frontend import init, random
 from graphc.frontend.composites import gelu, layer_norm, relu, scaled_dot_product_attention
 from graphc.frontend.convolution import avg_pool, conv, max_pool
 from graphc.frontend.functions import sigmoid, sqrt, take, tanh, where
+from graphc.frontend.scan import scan
 from graphc.frontend.tensor import Tensor, as_tensor, param
 from graphc.ir.graph import user_location
 from graphc.ir.types import FLOATS, INTS, canonical_dtype
@@ -568,6 +570,129 @@ class Dropout(Layer):
 
     def __repr__(self) -> str:
         return f"Dropout({self.rate})"
+
+
+# ---- recurrent ------------------------------------------------------------------------------
+
+
+class _Recurrent(Layer):
+    """A recurrent layer over batch-first sequences (N, T, features), on gc.scan: one native
+    loop over the steps, its body compiled once. PyTorch's weight layout and initialization:
+    `weight_ih: (gates·units, features)`, `weight_hh: (gates·units, units)`, `bias_ih`,
+    `bias_hh: (gates·units,)`, all U(±1/sqrt(units)); the state starts at zeros. The input
+    projection of every step is one matrix product before the loop."""
+
+    gates = 1
+    param_names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+
+    def __init__(
+        self,
+        units: int,
+        return_sequences: bool = False,
+        *,
+        seed=None,
+        key=None,
+        dtype="float32",
+        name: str | None = None,
+    ):
+        if int(units) < 1:
+            raise ShapeError(f"{type(self).__name__} needs units >= 1, got {units}")
+        super().__init__(seed=seed, key=key, dtype=dtype, name=name)
+        self.units = int(units)
+        self.return_sequences = bool(return_sequences)
+
+    def check(self, x: Tensor) -> Tensor:
+        if x.ndim != 3:
+            raise ShapeError(
+                f"{self.where()}: input must be (batch, steps, features), got {x.type} "
+                f"(at {user_location()})"
+            )
+        x = super().check(x)
+        if self.built and x.shape[-1] != self.weight_ih.shape[1]:
+            raise ShapeError(
+                f"{self.where()}: built for {self.weight_ih.shape[1]} features "
+                f"(weight_ih: {self.weight_ih.type}), called on {x.type} (at {user_location()})"
+            )
+        return x
+
+    def create(self, x: Tensor) -> None:
+        rows = self.gates * self.units
+        shapes = {
+            "weight_ih": (rows, x.shape[-1]),
+            "weight_hh": (rows, self.units),
+            "bias_ih": (rows,),
+            "bias_hh": (rows,),
+        }
+        for key, (attribute, shape) in zip(self.keys(4), shapes.items()):
+            value = _uniform(key, shape, self.units, self.dtype)  # U(±1/sqrt(units))
+            setattr(self, attribute, _user_param(self, attribute, value))
+
+    def forward(self, x: Tensor, training: bool) -> Tensor:
+        n, steps, features = x.shape
+        projected = x.reshape(n * steps, features) @ self.weight_ih.T + self.bias_ih
+        xs = projected.reshape(n, steps, self.gates * self.units).transpose(1, 0, 2)
+        w_hh = self.weight_hh.T  # read every step: computed once, before the loop
+        zeros = as_tensor(np.zeros((n, self.units), self.dtype))
+
+        def step(state, gates_x):
+            return self.cell(state, gates_x, self.hidden(state) @ w_hh + self.bias_hh)
+
+        state, hs = scan(step, self.initial(zeros), xs)
+        return hs.transpose(1, 0, 2) if self.return_sequences else self.hidden(state)
+
+    def split(self, gates: Tensor) -> list[Tensor]:
+        """The gate blocks of a (N, gates·units) product, in PyTorch's order."""
+        u = self.units
+        return [gates[:, i * u : (i + 1) * u] for i in range(self.gates)]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name}: {self.units} units, {self.dtype})"
+
+
+class GRU(_Recurrent):
+    """PyTorch's nn.GRU (one layer, batch_first): r = σ(x W_ir + b_ir + h W_hr + b_hr),
+    z = σ(... _z), n = tanh(x W_in + b_in + r ⊙ (h W_hn + b_hn)), h' = (1 − z) ⊙ n + z ⊙ h;
+    gates stacked (r, z, n). Returns the last h (N, units), or every h (N, T, units) with
+    `return_sequences=True`."""
+
+    kind = "gru"
+    gates = 3
+
+    def initial(self, zeros: Tensor):
+        return zeros
+
+    def hidden(self, state):
+        return state
+
+    def cell(self, h, gates_x, gates_h):
+        r_x, z_x, n_x = self.split(gates_x)
+        r_h, z_h, n_h = self.split(gates_h)
+        r, z = sigmoid(r_x + r_h), sigmoid(z_x + z_h)
+        new = (1 - z) * tanh(n_x + r * n_h) + z * h
+        return new, new
+
+
+class LSTM(_Recurrent):
+    """PyTorch's nn.LSTM (one layer, batch_first): gates stacked (i, f, g, o) from
+    x W_ih + b_ih + h W_hh + b_hh; i, f, o = σ(...), g = tanh(...), c' = f ⊙ c + i ⊙ g,
+    h' = o ⊙ tanh(c'); the carry is (h, c). Returns the last h (N, units), or every h
+    (N, T, units) with `return_sequences=True`."""
+
+    kind = "lstm"
+    gates = 4
+
+    def initial(self, zeros: Tensor):
+        return (zeros, zeros)
+
+    def hidden(self, state):
+        return state[0]
+
+    def cell(self, state, gates_x, gates_h):
+        h, c = state
+        i, f, g, o = (a + b for a, b in zip(self.split(gates_x), self.split(gates_h)))
+        c = sigmoid(f) * c + sigmoid(i) * tanh(g)
+        h = sigmoid(o) * tanh(c)
+        return (h, c), h
 
 
 # ---- attention ------------------------------------------------------------------------------

@@ -44,6 +44,8 @@ from graphc.frontend.composites import log_softmax, one_hot
 from graphc.frontend.functions import abs, exp, log1p, maximum, where
 from graphc.frontend.layers import (  # noqa: F401 (gc.nn's public layers)
     ACTIVATIONS,
+    GRU,
+    LSTM,
     AvgPool2D,
     BatchNorm,
     Conv1D,
