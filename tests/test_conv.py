@@ -231,3 +231,21 @@ def test_bad_shapes_are_shape_errors_naming_the_op_and_line(build, message):
     with pytest.raises(ShapeError, match=message) as error:
         build(x)
     assert "test_conv.py" in str(error.value)
+
+
+def test_a_batched_convolution_splits_its_samples_over_threads_with_equal_results(monkeypatch):
+    rng = np.random.default_rng(7)
+    x = gc.input("x", (16, 6, 14, 14), "float32")
+    w = gc.param("w", rng.standard_normal((16, 6, 5, 5)).astype(np.float32))
+    y = gc.relu(gc.conv(x, w))
+    gx, gw = gc.grad((y * y).sum(), [x, w])
+    xv = rng.standard_normal(x.shape).astype(np.float32)
+    results = []
+    for threads in (1, 2):
+        monkeypatch.setenv("GRAPHC_THREADS", str(threads))
+        step = gc.compile(inputs=[x], outputs=[y, gx, gw])
+        results.append(step(xv))
+        split = ".batch8" in step.dump("llvm")  # two chunks of 8 samples
+        assert split == (threads == 2)
+    for one, two in zip(*results):
+        np.testing.assert_array_equal(one, two)

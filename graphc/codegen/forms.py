@@ -352,11 +352,16 @@ def _operands(views) -> list[Operand]:
     return [Operand(v.strides, v.offset) for v in views]
 
 
-def _matmul(k, mm: Node, views, m: int, suffix: str = "", rows=None) -> ir.Function:
+def _matmul(
+    k, mm: Node, views, m: int, suffix: str = "", rows=None, batch0: int | None = None
+) -> ir.Function:
     """The generated matmul of `m` rows of the kernel's product (all of them by default);
-    with `rows`, of any of those row counts, given at run time (define_matmul)."""
+    with `rows`, of any of those row counts, given at run time (define_matmul); with
+    `batch0`, of that many entries of the first batch axis."""
 
     *batch, _, inner = mm.inputs[0].shape
+    if batch0 is not None:
+        batch[0] = batch0
     a, b = _operands(views)
     function = define_matmul(
         k.module,
@@ -383,6 +388,8 @@ def emit_contraction(k) -> None:
     sources = [k.globals.get(v.source) or k.pointers[v.source] for v in views]
     if k.rows is None:
         k.b.call(_matmul(k, mm, views, mm.inputs[0].shape[-2]), [target, *sources])
+    elif mm.ndim > 2:  # entries [start, end) of the first batch axis
+        _batch_chunk(k, mm, views, target, sources)
     else:  # rows [start, end) of C from the same rows of A
         b, (start, end) = k.b, k.rows
         element = MEMORY_TYPES[mm.dtype]
@@ -415,6 +422,30 @@ def emit_contraction(k) -> None:
     k.stored(epilogue)
     if k.rows is None:
         _stages(k, stages)
+
+
+def _batch_chunk(k, mm: Node, views, target, sources) -> None:
+    """A chunk of a batched product (a convolution's samples): the operands and C from the
+    chunk's first entry of the first batch axis on, one function per chunk length."""
+    b, (start, end) = k.b, k.rows
+    element = MEMORY_TYPES[mm.dtype]
+    strides = [v.strides[0] for v in views] + [strides_of(mm.shape)[0]]
+    a, bb, c = (
+        b.gep(pointer, [b.mul(start, ir.IntType(64)(stride))], inbounds=True, source_etype=element)
+        for pointer, stride in zip([*sources, target], strides)
+    )
+    lengths = sorted({e - s for s, e in k.split.chunks}, reverse=True)
+    functions = {n: _matmul(k, mm, views, mm.inputs[0].shape[-2], f".batch{n}", batch0=n)
+                 for n in lengths}  # fmt: skip
+    if len(lengths) == 1:
+        b.call(functions[lengths[0]], [c, a, bb])
+        return
+    full = b.icmp_unsigned("==", b.sub(end, start), ir.IntType(64)(lengths[0]))
+    with b.if_else(full) as (then, otherwise):
+        with then:
+            b.call(functions[lengths[0]], [c, a, bb])
+        with otherwise:
+            b.call(functions[lengths[1]], [c, a, bb])
 
 
 def _stages(k, stages) -> None:
@@ -456,11 +487,18 @@ def _split_rowwise(k) -> Split | None:
 def _split_contraction(k) -> Split | None:
     kernel = k.kernel
     mm, views, _, stages = _contraction(k)
-    if mm.ndim != 2 or (stages and _on_stack(mm, kernel)) or not is_simple(views[0].strides[0]):
+    if (stages and _on_stack(mm, kernel)) or not is_simple(views[0].strides[0]):
         return None
     operands = {k.place(v.source) for v in views if v.source not in k.globals}
     if any(k.place(o) in operands for o in kernel.outputs):
         return None  # an operand updated in place: a chunk would read rows another wrote
+    if mm.ndim > 2:  # batched (a convolution: its samples): chunks of the first batch axis
+        if not is_simple(views[1].strides[0]):
+            return None
+        *batch, m, inner = mm.inputs[0].shape
+        work = prod(batch) * matmul_work(m, mm.shape[-1], inner, mm.dtype)
+        work += work_of(kernel, mm.shape)
+        return split_rows(batch[0], work, k.threads, per_thread=1, threshold=MATMUL_THRESHOLD_NS)
     m, inner = mm.inputs[0].shape
     work = matmul_work(m, mm.shape[1], inner, mm.dtype) + work_of(kernel, mm.shape)
     # one chunk per thread of whole register tiles: each chunk packs its own copy of B, and
