@@ -579,8 +579,10 @@ class _Recurrent(Layer):
     """A recurrent layer over batch-first sequences (N, T, features), on gc.scan: one native
     loop over the steps, its body compiled once. PyTorch's weight layout and initialization:
     `weight_ih: (gates·units, features)`, `weight_hh: (gates·units, units)`, `bias_ih`,
-    `bias_hh: (gates·units,)`, all U(±1/sqrt(units)); the state starts at zeros. The input
-    projection of every step is one matrix product before the loop."""
+    `bias_hh: (gates·units,)`, all U(±1/sqrt(units)); the state starts at zeros. Each step
+    projects its own slice of x inside the loop: one product over all steps would read x
+    through a view of N·T gathered rows (time-major from batch-first), whose offset table
+    grows with T, and so would the compile."""
 
     gates = 1
     param_names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
@@ -628,16 +630,15 @@ class _Recurrent(Layer):
             setattr(self, attribute, _user_param(self, attribute, value))
 
     def forward(self, x: Tensor, training: bool) -> Tensor:
-        n, steps, features = x.shape
-        projected = x.reshape(n * steps, features) @ self.weight_ih.T + self.bias_ih
-        xs = projected.reshape(n, steps, self.gates * self.units).transpose(1, 0, 2)
-        w_hh = self.weight_hh.T  # read every step: computed once, before the loop
+        n = x.shape[0]
+        w_ih, w_hh = self.weight_ih.T, self.weight_hh.T  # computed once, before the loop
         zeros = as_tensor(np.zeros((n, self.units), self.dtype))
 
-        def step(state, gates_x):
+        def step(state, x_t):
+            gates_x = x_t @ w_ih + self.bias_ih
             return self.cell(state, gates_x, self.hidden(state) @ w_hh + self.bias_hh)
 
-        state, hs = scan(step, self.initial(zeros), xs)
+        state, hs = scan(step, self.initial(zeros), x.transpose(1, 0, 2))
         return hs.transpose(1, 0, 2) if self.return_sequences else self.hidden(state)
 
     def split(self, gates: Tensor) -> list[Tensor]:
