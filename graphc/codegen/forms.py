@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from math import prod
 
+import numpy as np
 from llvmlite import ir
 
 from graphc.codegen.emitter import MEMORY_TYPES, REGISTER_TYPES
@@ -119,7 +120,11 @@ def reduce_stage(k, reduce: Node, outputs) -> None:
                 flat = k.index(reduced, values=red_values).flat
                 b.store(b.select(better, flat, b.load(position)), position)
 
-        k.nest(reduced, per_element)
+        if prod(reduced) <= UNROLL_REDUCED:  # the loop over the outputs becomes innermost
+            for red in np.ndindex(*reduced):
+                per_element([i64(v) for v in red])
+        else:
+            k.nest(reduced, per_element)
         result = b.load(position if position is not None else accumulator)
         out_index = k.index(reduce.shape, flat=k.index(kept, values=out_values).flat)
         with k.knowing({reduce: result}):
@@ -129,6 +134,10 @@ def reduce_stage(k, reduce: Node, outputs) -> None:
 
 
 ROW_BLOCK = 512  # kept elements accumulated at once by a row-order reduction (4 KiB of f64)
+# A reduction over at most this many elements per output (a pooling window's taps) is
+# unrolled, in the same order, so that the loop over the outputs is innermost and vectorizes
+# (argmax over the 2x2 windows of 64x6x28x28: 0.96 -> 0.08 ms, max 0.74 -> 0.05 ms).
+UNROLL_REDUCED = 16
 
 
 def by_rows(reduce: Node) -> tuple[list[int], list[int], list[int]] | None:

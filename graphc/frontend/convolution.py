@@ -3,9 +3,8 @@
     conv(x, w)      pad (zeros) -> conv: lowered to a batched matmul over the window view of
                     the padded input (ir/ops.py "windows and convolution"), so the taps are
                     read in place; its gradients are a conv and a matmul over the same view
-    max_pool(x, k)  pad (-inf) -> window view -> per tap (a strided view of x): the maximum,
-                    the first tap holding it, and its value: the gradient goes to that one
-                    element, as PyTorch's does
+    max_pool(x, k)  pad (-inf) -> window view -> the first arg-max of each window, and the
+                    value there: the gradient goes to that one element, as PyTorch's does
     avg_pool(x, k)  pad (zeros) -> window view -> sum / taps (padding counted, as PyTorch)
 
 1-, 2- or 3-D by the rank of the input; `conv1d` / `conv2d` / `max_pool2d` / `avg_pool2d`
@@ -18,7 +17,7 @@ import numbers
 from math import prod
 
 from graphc.errors import DTypeError, ShapeError
-from graphc.frontend.functions import maximum, where
+from graphc.frontend.functions import where
 from graphc.frontend.tensor import Tensor, as_tensor
 from graphc.ir.graph import user_location
 from graphc.ir.ops import apply
@@ -133,21 +132,13 @@ def max_pool(x, kernel, stride=None, padding=0) -> Tensor:
     padding is -inf). The gradient goes to the first maximum of each window, as PyTorch's."""
     x = _spatial_input(x, "max_pool")
     windows = _windows(x, kernel, stride, padding, float("-inf"), "max_pool")
-    # Elementwise over the taps (each a strided view of x), so that forward and backward are
-    # one vectorized loop each: the maximum, then which tap holds it first. The value is
-    # that tap's (its gradient goes there alone); a window with a NaN has no such tap and
-    # gives the maximum itself, NaN, as PyTorch.
-    taps = [windows[..., t] for t in range(windows.shape[-1])]
-    top = taps[0]
-    for tap in taps[1:]:
-        top = maximum(top, tap)
-    found = picked = None
-    for tap in taps:
-        hit = tap == top if found is None else (tap == top) & ~found
-        found = hit if found is None else found | hit
-        term = where(hit, tap, 0.0)
-        picked = term if picked is None else picked + term
-    return where(found, picked, top)
+    # The first arg-max of each window (a reduction over its taps: stored, so the backward
+    # pass reads it instead of comparing the taps again), and the value there: the gradient
+    # goes to that one element.
+    last = windows.ndim - 1
+    first = Tensor(apply("argmax", windows.node, axis=last, keepdims=True))
+    taps = Tensor(apply("iota", shape=windows.shape, axis=last, dtype=first.dtype))
+    return where(taps == first, windows, 0.0).sum(axis=-1)
 
 
 def avg_pool(x, kernel, stride=None, padding=0) -> Tensor:
