@@ -295,3 +295,23 @@ def test_grad_of_grad_against_the_unrolled_loop():
     want = gc.evaluate(uhvp, {ux: feed[x], uh0: feed[h0]})
     np.testing.assert_allclose(gc.evaluate(hvp, feed), want, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(compiled([hvp], feed)[0], want, rtol=1e-10, atol=1e-12)
+
+
+def test_an_index_out_of_range_in_the_body_raises_compiled_and_interpreted():
+    table = gc.param("table", np.arange(12.0).reshape(4, 3))
+    idx = gc.input("idx", (5,), "int64")
+
+    def body(c, i):
+        row = gc.take(table, i, axis=0)
+        return c + row, row.sum()
+
+    c, ys = gc.scan(body, gc.const(np.zeros(3)), idx)
+    step = gc.compile([idx], [c, ys], cache=False)
+    good = np.array([0, 1, 2, 3, -1])
+    for a, b in zip(step(good), gc.evaluate([c, ys], {idx: good})):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(gc.InputError, match="kernel scan.*body body.*take from axis 0 of size 4"):
+        step(np.array([0, 1, 7, 3, 0]))
+    with pytest.raises(gc.InputError, match="index 7 is out of range"):
+        gc.evaluate([c, ys], {idx: np.array([0, 1, 7, 3, 0])})
+    np.testing.assert_array_equal(step(good)[1], [3.0, 12.0, 21.0, 30.0, 30.0])  # reset

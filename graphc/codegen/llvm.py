@@ -79,16 +79,15 @@ def report_checks(k: KernelEmitter, code: int) -> None:
         b.atomic_rmw("xchg", k.status, ir.IntType(32)(code), "monotonic")
 
 
-def emit_body(
-    module: ir.Module, graph: Graph, prefix: str, threads: int, cpu: Target
-) -> tuple[ir.Function, int]:
+def emit_body(module: ir.Module, graph: Graph, prefix: str, threads: int, cpu: Target):
     """A loop's body (codegen/loops.py) lowered on its own and emitted into `module` as the
-    internal function `<prefix>_step(arena, inputs..., outputs...)`; with its arena's size."""
+    internal function `<prefix>_step(arena, inputs..., outputs...)`; with its arena's size
+    and the offset of its status word there (None: the body checks no index)."""
     from graphc.passes import lower
 
     optimized, kernels, plan = lower(graph)
     emit_program(optimized, kernels, plan, prefix, threads, cpu, module=module)
-    return module.get_global(f"{prefix}_step"), plan.arena_bytes
+    return module.get_global(f"{prefix}_step"), plan.arena_bytes, plan.status
 
 
 # ---- the program ----

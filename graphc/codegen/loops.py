@@ -32,6 +32,7 @@ I8 = ir.IntType(8)
 
 
 def _scratch(module: ir.Module, name: str, nbytes: int) -> ir.GlobalVariable:
+    """A zeroed internal global of `nbytes` (at least 1), 64-byte aligned."""
     array = ir.ArrayType(I8, max(nbytes, 1))
     variable = ir.GlobalVariable(module, array, name)
     variable.linkage = "internal"
@@ -62,7 +63,7 @@ def emit_scan(k) -> None:
         [*body.outputs[:c], *(body.outputs[i] for i in ys_kept)], inputs=body.inputs, name=body.name
     )
     prefix = f"{k.kernel.name}.body"
-    step, arena_bytes = k.emit_body(kept, prefix)
+    step, arena_bytes, status = k.emit_body(kept, prefix)
     b = k.b
 
     def pointer(x):
@@ -93,6 +94,10 @@ def emit_scan(k) -> None:
         if not results.get(i):
             y_scratch[i] = _scratch(k.module, f"{prefix}.y{i}", body.outputs[i].type.nbytes)
 
+    word = ir.IntType(32)
+    if status is not None:  # the body's index checks: its status word, 0 while all is well
+        status_word = b.bitcast(at(arena, status), word.as_pointer())
+        b.store(word(0), status_word)
     before = b.block
     loop = b.append_basic_block("scan")
     done = b.append_basic_block("scan_done")
@@ -125,6 +130,8 @@ def emit_scan(k) -> None:
     side.add_incoming(b.sub(i64(1), side), b.block)
     b.cbranch(b.icmp_unsigned("<", step_next, i64(length)), loop, done)
     b.position_at_end(done)
+    if status is not None:  # a step whose check failed fails the loop's kernel
+        k.check(b.icmp_unsigned("==", b.load(status_word, typ=word), word(0)))
 
     for i in range(c):
         for out in results.get(i, []):

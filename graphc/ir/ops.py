@@ -112,7 +112,8 @@ class OpDef:
     doc: str = ""  # a math op's public function (gc.exp ...) is documented by this
     alone: bool = False  # computed by a call of its own, in a kernel of its own (collectives)
     kernel_form: str = "collective"  # with `alone`: the kernel form computing it (scatter)
-    checked: bool = False  # its compiled form checks indices at run time (take, scatter_add)
+    checked: bool | Callable = False  # its compiled form checks indices at run time (take);
+    # a function of the node when that depends on the node (a loop: on its body's ops)
     lower: Callable | None = None  # computed as other ops: lower(node) builds them (conv)
     together: Callable | None = None  # nodes of equal together(node) share a kernel (scan)
 

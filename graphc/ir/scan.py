@@ -34,7 +34,7 @@ import numpy as np
 from graphc.errors import DTypeError, GraphcError, ShapeError
 from graphc.ir.graph import Graph, Node, topological_order
 from graphc.ir.interp import run_nodes
-from graphc.ir.ops import Kind, OpDef, apply, full, register
+from graphc.ir.ops import OPS, Kind, OpDef, apply, full, register
 from graphc.ir.types import FLOATS, TensorType
 from graphc.ir.verify import verify
 
@@ -121,6 +121,15 @@ def _ref(values, attrs):
         results = run(attrs["body"], values, attrs)
         _last[:] = [(key, list(values)), results]
     return results[attrs["output"]]
+
+
+def _checks(node: Node) -> bool:
+    """Whether a loop's body checks indices (`gc.take` in it): the loop then reports them."""
+    for n in node.attrs["body"].nodes:
+        checked = OPS[n.op].checked
+        if checked(n) if callable(checked) else checked:
+            return True
+    return False
 
 
 def root(body: Graph) -> Graph:
@@ -347,6 +356,7 @@ register(
         kernel_form="scan",
         fuses_inputs=False,
         together=_together,
+        checked=_checks,
         cost=0,
     )
 )

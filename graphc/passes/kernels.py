@@ -185,7 +185,13 @@ def is_alone(node: Node) -> bool:
 
 def checks(kernel: Kernel) -> bool:
     """Whether a kernel checks indices at run time (an op of it is `OpDef.checked`)."""
-    return any(opdef(n).checked for n in kernel.nodes)
+    return any(is_checked(n) for n in kernel.nodes)
+
+
+def is_checked(node: Node) -> bool:
+    """Whether `node`'s compiled form checks indices (`OpDef.checked`, or its answer)."""
+    checked = opdef(node).checked
+    return checked(node) if callable(checked) else checked
 
 
 def alone_form(node: Node) -> KernelForm:

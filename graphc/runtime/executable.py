@@ -72,11 +72,10 @@ import numpy as np
 from graphc.codegen.python_entry import Signature
 from graphc.errors import CompileError, DTypeError, InputError
 from graphc.ir.graph import Graph, Node
-from graphc.ir.ops import opdef
 from graphc.ir.printer import print_graph
 from graphc.ir.types import TensorType
 from graphc.passes import lower
-from graphc.passes.kernels import checks
+from graphc.passes.kernels import checks, is_checked
 from graphc.passes.memory import ALIGN, format_plan
 from graphc.runtime import jit, python_entry
 
@@ -198,13 +197,18 @@ class Lowering:
 
 def _checked_ops(kernel) -> str:
     """What a kernel that checks indices checks: its ops, their axes and the user's lines."""
-    sites = [
-        f"{n.op} from axis {n.attrs['axis']} of size {n.inputs[0].shape[n.attrs['axis']]} "
-        f"(at {n.loc or '?'})"
-        for n in kernel.nodes
-        if opdef(n).checked
-    ]
+    sites = dict.fromkeys(_checked_site(n) for n in kernel.nodes if is_checked(n))
     return f"kernel {kernel.name}: " + "; ".join(sites)
+
+
+def _checked_site(node) -> str:
+    """An op that checks indices, and where; a loop (gc.scan): the ops of its body."""
+    body = node.attrs.get("body")
+    if body is not None:
+        inside = dict.fromkeys(_checked_site(n) for n in body.nodes if is_checked(n))
+        return f"{node.op} of body {body.name} (at {node.loc or '?'}): " + "; ".join(inside)
+    axis = node.attrs["axis"]
+    return f"{node.op} from axis {axis} of size {node.inputs[0].shape[axis]} (at {node.loc or '?'})"
 
 
 class Executable:
