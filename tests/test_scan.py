@@ -315,3 +315,13 @@ def test_an_index_out_of_range_in_the_body_raises_compiled_and_interpreted():
     with pytest.raises(gc.InputError, match="index 7 is out of range"):
         gc.evaluate([c, ys], {idx: np.array([0, 1, 7, 3, 0])})
     np.testing.assert_array_equal(step(good)[1], [3.0, 12.0, 21.0, 30.0, 30.0])  # reset
+
+
+def test_the_interpreter_reads_state_updated_in_place():
+    """The nodes of one loop share one run per interpreter run, not across runs: a param
+    updated in place (as compiled steps do) is seen by the next evaluation."""
+    w = gc.param("w", np.ones(3))
+    c, ys = gc.scan(lambda c, _: (c + w, c.sum()), gc.const(np.zeros(3)), length=4)
+    np.testing.assert_array_equal(gc.evaluate(ys), [0, 3, 6, 9])
+    w.value[:] = 2.0
+    np.testing.assert_array_equal(gc.evaluate([c, ys])[1], [0, 6, 12, 18])

@@ -6,15 +6,33 @@ simple: one pass over the nodes in topological order, one NumPy call per node.
 
 from __future__ import annotations
 
+import contextvars
+
 import numpy as np
 
 from graphc.errors import InputError
 from graphc.ir.graph import Graph, Node, topological_order
 from graphc.ir.ops import OPS
 
+_MEMO: contextvars.ContextVar = contextvars.ContextVar("graphc_interp_memo", default=None)
+
+
+def run_memo() -> dict | None:
+    """A dict that lives as long as the innermost `run_nodes` call (None outside one): the
+    nodes of one loop (ir/scan.py) compute its results once per run."""
+    return _MEMO.get()
+
 
 def run_nodes(roots, feed: dict[Node, np.ndarray]) -> dict[Node, np.ndarray]:
     """Values of every node reachable from `roots`; `feed` supplies inputs (and may override)."""
+    token = _MEMO.set({})
+    try:
+        return _run(roots, feed)
+    finally:
+        _MEMO.reset(token)
+
+
+def _run(roots, feed: dict[Node, np.ndarray]) -> dict[Node, np.ndarray]:
     env: dict[Node, np.ndarray] = {}
     for node in topological_order(roots):
         if node in feed:

@@ -33,7 +33,7 @@ import numpy as np
 
 from graphc.errors import DTypeError, GraphcError, ShapeError
 from graphc.ir.graph import Graph, Node, topological_order
-from graphc.ir.interp import run_nodes
+from graphc.ir.interp import run_memo, run_nodes
 from graphc.ir.ops import OPS, Kind, OpDef, apply, full, register
 from graphc.ir.types import FLOATS, TensorType
 from graphc.ir.verify import verify
@@ -108,19 +108,17 @@ def run(body: Graph, values, attrs) -> list[np.ndarray]:
     return [*carries, *(np.stack(y) for y in ys)]
 
 
-_last: list = [None, None]  # (body, input arrays) -> results of the last loop run
-
-
 def _ref(values, attrs):
-    """Output `output` of the loop; the nodes of one loop read one run (the interpreter
-    evaluates them one after another)."""
-    key = (attrs["body"], attrs["length"], attrs["reverse"], attrs["carries"], attrs["xs"])
-    cached_key, results = _last
-    same = cached_key is not None and cached_key[0] == key and len(cached_key[1]) == len(values)
-    if not (same and all(a is b for a, b in zip(cached_key[1], values))):
-        results = run(attrs["body"], values, attrs)
-        _last[:] = [(key, list(values)), results]
-    return results[attrs["output"]]
+    """Output `output` of the loop; the nodes of one loop share one run of it per run of
+    the interpreter (their input arrays are the same objects there)."""
+    memo = run_memo()
+    if memo is None:
+        return run(attrs["body"], values, attrs)[attrs["output"]]
+    key = ("scan", attrs["body"], attrs["length"], attrs["reverse"], attrs["carries"])
+    key += (attrs["xs"], *map(id, values))
+    if key not in memo:
+        memo[key] = run(attrs["body"], values, attrs)
+    return memo[key][attrs["output"]]
 
 
 def _checks(node: Node) -> bool:
@@ -142,10 +140,13 @@ def _together(node: Node):
     return (root(a["body"]), node.inputs, a["length"], a["reverse"], a["carries"], a["xs"])
 
 
-def scan_nodes(body: Graph, inputs, carries: int, xs: int, length: int, reverse: bool, outputs):
-    """The scan nodes of results `outputs` (indices into the body's outputs)."""
+def scan_nodes(
+    body: Graph, inputs, carries: int, xs: int, length: int, reverse: bool, outputs, names=None
+):
+    """The scan nodes of results `outputs` (indices into the body's outputs), named `names`."""
     attrs = dict(body=body, carries=carries, xs=xs, length=length, reverse=reverse)
-    return [apply("scan", *inputs, output=i, **attrs) for i in outputs]
+    names = names or [None] * len(outputs)
+    return [apply("scan", *inputs, output=i, name=n, **attrs) for i, n in zip(outputs, names)]
 
 
 def _derived(body: Graph, key, build):
@@ -255,9 +256,10 @@ def _vjp(node: Node, adjoints: dict[Node, Node]) -> list[Node | None]:
     seeded = tuple(sorted(o - c for o in by_output if o >= c))
     pieces = _derived(body, ("vjp", seeded), lambda: Backward(body, c, nx, seeded))
     n_out = len(body.outputs)
+    names = [f"residual({r.name or r.op})" for r in pieces.residuals]  # as memory plans show
     forward = scan_nodes(
         pieces.augmented, node.inputs, c, nx, length, a["reverse"],
-        range(n_out, n_out + len(pieces.residuals)),
+        range(n_out, n_out + len(pieces.residuals)), names,
     )  # fmt: skip
     x_in = parts(a, body.inputs)[1]
     x_stacks = [xs[x_in.index(x)] for x in pieces.x_read]
