@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 
-from . import host, models, peers, timing, workloads
+from . import host, models, peers, recurrent, timing, workloads
 
 QUICK = {"sample_seconds": 1e-3, "warmup_seconds": 0.02, "budget_seconds": 0.4}
 FULL = {"sample_seconds": 2e-3, "warmup_seconds": 0.1, "budget_seconds": 2.0}
@@ -249,7 +249,7 @@ def main(quick: bool = False, json_path: str | None = None, only=None) -> int:
         notes.append(f"idle peer threads sleep instead of spinning: {' '.join(quiet)}")
     cases = workloads.all_cases(names, quick=quick)
     if not quick:
-        cases += models.model_cases(names)
+        cases += models.model_cases(names) + recurrent.recurrent_cases(names)
     cases = select(cases, only)
     if not cases:
         print(f"graphc bench: no case id starts with {' or '.join(only)}", file=sys.stderr)

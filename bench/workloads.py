@@ -68,6 +68,7 @@ GROUPS = {
     "W5": "784-100-10 softmax network, one SGD step",
     "W6": "LeNet-5 on 1x28x28: Adam training step at batch 64, inference (bench/models.py)",
     "W7": "pre-LayerNorm transformer encoder block (8x64x128, 4 heads, FFN 512): AdamW step",
+    "W8": "GRU 64 units over 32 steps (16 features, batch 32) -> Dense(1), MSE, Adam step",
 }
 
 
@@ -227,4 +228,7 @@ TARGETS = [
     Target("W6 infer b64", "onnxruntime", 1),
     Target("W7", "jax", 1.5),
     Target("W7", "torch", 3),
+    # issue 17's: a GRU as one native loop (bench/recurrent.py)
+    Target("W8", "jax", 2),
+    Target("W8", "torch", 3),
 ]

@@ -12,7 +12,7 @@ import pytest
 import tomllib
 
 bench = pytest.importorskip("bench.suite", reason="bench/ is not importable")
-from bench import host, models, peers, workloads  # noqa: E402
+from bench import host, models, peers, recurrent, workloads  # noqa: E402
 
 TINY = {"sample_seconds": 1e-4, "warmup_seconds": 0.0, "budget_seconds": 0.0,
         "min_rounds": 3, "max_rounds": 3}  # fmt: skip
@@ -75,6 +75,7 @@ def test_table_and_json_render(results):
 
 def test_targets_name_measured_cases():
     cases = workloads.all_cases(["graphc", "numpy"]) + models.model_cases(["graphc", "numpy"])
+    cases += recurrent.recurrent_cases(["graphc", "numpy"])
     ids = {c.id for c in cases}
     for target in workloads.TARGETS:
         assert target.case_id in ids and target.peer in workloads.PEER_ORDER[1:]
