@@ -325,3 +325,15 @@ def test_the_interpreter_reads_state_updated_in_place():
     np.testing.assert_array_equal(gc.evaluate(ys), [0, 3, 6, 9])
     w.value[:] = 2.0
     np.testing.assert_array_equal(gc.evaluate([c, ys])[1], [0, 6, 12, 18])
+
+
+def test_kernels_of_a_program_with_loops_print_and_parse_back():
+    from graphc.ir.parser import parse
+
+    (x, h0, w), (h, ys), _ = rnn("float64")
+    grads = gc.grad(ys.sum() + h.sum(), [w, x])
+    optimized, kernels, _ = lower(Graph([g.node for g in grads]))
+    text = print_graph(optimized, kernels)
+    graph, parsed = parse(text)
+    assert [k.form for k in parsed].count("scan") == 2
+    assert print_graph(graph, parsed) == text
