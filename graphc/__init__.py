@@ -57,6 +57,8 @@ from graphc.frontend.scan import scan
 from graphc.frontend.tensor import Tensor, const, input, matmul, param
 from graphc.runtime import aot
 
+from graphc import onnx  # noqa: E402 (after the frontend it builds on; imports onnx lazily)
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -93,6 +95,7 @@ __all__ = [
     "minimum",
     "nn",
     "one_hot",
+    "onnx",
     "optim",
     "param",
     "random",

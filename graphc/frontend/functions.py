@@ -533,6 +533,11 @@ class Program:
                     f"which is not among its inputs {[x.name for x in self.inputs]}"
                 )
 
+    def params(self) -> list[Tensor]:
+        """The float param Tensors the program reads or updates, in the graph's order: what
+        an optimizer takes (integer state such as random keys is left out)."""
+        return [Tensor(node) for node in self.graph.params if node.dtype in FLOATS]
+
     def __str__(self) -> str:
         return str(self.graph)
 

@@ -1,0 +1,377 @@
+"""ONNX's elementwise ops, comparisons, casts and reductions as graphc composites (the
+table's conventions: table.py)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+import graphc.frontend.composites as composites
+import graphc.frontend.functions as functions
+from graphc.frontend.tensor import Tensor
+from graphc.ir.ops import apply
+from graphc.ir.types import FLOATS
+from graphc.onnx.table import (
+    DTYPES,
+    axis_of,
+    entry,
+    floats_only,
+    ints,
+    same_dtype,
+    scalar_like,
+    tensor,
+)
+
+# ---- elementwise ----------------------------------------------------------------------------
+
+
+def _unary(function, floats=True):
+    def convert(node, inputs, attributes, opset):
+        x = tensor(inputs[0])
+        if floats:
+            floats_only(node, x)
+        return function(x)
+
+    return convert
+
+
+def _asinh(x):
+    magnitude = abs(x)
+    return functions.sign(x) * functions.log(magnitude + functions.sqrt(magnitude * magnitude + 1))
+
+
+def _asin(x):
+    return functions.atan(x / functions.sqrt((1 - x) * (1 + x)))
+
+
+ELEMENTWISE = {
+    "Abs": (abs, False),
+    "Neg": (lambda x: -x, False),
+    "Sign": (functions.sign, False),
+    "Exp": (functions.exp, True),
+    "Log": (functions.log, True),
+    "Sqrt": (functions.sqrt, True),
+    "Tanh": (functions.tanh, True),
+    "Sigmoid": (functions.sigmoid, True),
+    "Sin": (functions.sin, True),
+    "Cos": (functions.cos, True),
+    "Tan": (lambda x: functions.sin(x) / functions.cos(x), True),
+    "Atan": (functions.atan, True),
+    "Asin": (_asin, True),
+    "Acos": (lambda x: math.pi / 2 - _asin(x), True),
+    "Sinh": (lambda x: (functions.exp(x) - functions.exp(-x)) * 0.5, True),
+    "Cosh": (lambda x: (functions.exp(x) + functions.exp(-x)) * 0.5, True),
+    "Asinh": (_asinh, True),
+    "Acosh": (lambda x: functions.log(x + functions.sqrt((x - 1) * (x + 1))), True),
+    "Atanh": (lambda x: functions.log((1 + x) / (1 - x)) * 0.5, True),
+    "Erf": (functions.erf, True),
+    "Floor": (functions.floor, True),
+    "Ceil": (functions.ceil, True),
+    "Round": (functions.round, True),
+    "Reciprocal": (lambda x: 1 / x, True),
+    "Relu": (lambda x: functions.maximum(x, scalar_like(x, 0)), False),
+    "Softsign": (lambda x: x / (1 + abs(x)), True),
+    "Softplus": (composites.softplus, True),
+    "Mish": (lambda x: x * functions.tanh(composites.softplus(x)), True),
+    "IsNaN": (lambda x: x != x, True),
+}
+for _name, (_function, _floats) in ELEMENTWISE.items():
+    entry(_name)(_unary(_function, _floats))
+
+
+@entry("Not")
+def not_(node, inputs, attributes, opset):
+    return ~tensor(inputs[0])
+
+
+@entry("Identity")
+def identity(node, inputs, attributes, opset):
+    if inputs[0] is not None and not isinstance(inputs[0], (Tensor, np.ndarray)):
+        raise node.unsupported("a sequence or optional input")
+    return inputs[0]
+
+
+@entry("IsInf")
+def is_inf(node, inputs, attributes, opset):
+    x = tensor(inputs[0])
+    floats_only(node, x)
+    positive = x == scalar_like(x, np.inf)
+    negative = x == scalar_like(x, -np.inf)
+    if not attributes.get("detect_positive", 1):
+        return negative
+    if not attributes.get("detect_negative", 1):
+        return positive
+    return positive | negative
+
+
+@entry("Elu", "Selu", "Celu", "LeakyRelu", "ThresholdedRelu", "HardSigmoid", "HardSwish",
+       "Shrink", "Gelu", "Swish")  # fmt: skip
+def activation(node, inputs, attributes, opset):
+    """The parameterized activations, with ONNX's default for each attribute."""
+    x = tensor(inputs[0])
+    floats_only(node, x)
+    zero = scalar_like(x, 0)
+    alpha = attributes.get("alpha")
+    kind = node.op_type
+    if kind == "Elu":
+        return functions.where(x > 0, x, (functions.exp(x) - 1) * (1.0 if alpha is None else alpha))
+    if kind == "Selu":
+        a, gamma = attributes.get("alpha", 1.67326319), attributes.get("gamma", 1.05070102)
+        return functions.where(x > 0, x * gamma, (functions.exp(x) - 1) * (a * gamma))
+    if kind == "Celu":
+        a = 1.0 if alpha is None else alpha
+        return functions.maximum(x, zero) + functions.minimum(zero, (functions.exp(x / a) - 1) * a)
+    if kind == "LeakyRelu":
+        return functions.where(x >= 0, x, x * (0.01 if alpha is None else alpha))
+    if kind == "ThresholdedRelu":
+        return functions.where(x > (1.0 if alpha is None else alpha), x, zero)
+    if kind == "HardSigmoid":
+        a, beta = (0.2 if alpha is None else alpha), attributes.get("beta", 0.5)
+        return composites.clip(x * a + beta, 0, 1)
+    if kind == "HardSwish":
+        return x * composites.clip(x * (1 / 6) + 0.5, 0, 1)
+    if kind == "Shrink":
+        bias, lambd = attributes.get("bias", 0.0), attributes.get("lambd", 0.5)
+        return functions.where(x < -lambd, x + bias, functions.where(x > lambd, x - bias, zero))
+    if kind == "Swish":
+        return x * functions.sigmoid(x * (1.0 if alpha is None else alpha))
+    approximate = attributes.get("approximate", "none")
+    if approximate not in ("none", "tanh"):
+        raise node.unsupported(f"approximate={approximate!r}")
+    return composites.gelu(x, approximate=approximate == "tanh")
+
+
+@entry("PRelu")
+def prelu(node, inputs, attributes, opset):
+    x, slope = tensor(inputs[0]), tensor(inputs[1])
+    return functions.where(x < 0, x * slope, x)
+
+
+def _truncated_divide(a: Tensor, b: Tensor) -> Tensor:
+    """Integer a / b rounded toward zero (C's, ONNX's): floor, plus 1 where inexact and the
+    signs differ."""
+    quotient = functions.floor_divide(a, b)
+    inexact = functions.remainder(a, b) != scalar_like(a, 0)
+    signs = (a < scalar_like(a, 0)) != (b < scalar_like(b, 0))
+    return quotient + (inexact & signs).astype(a.dtype)
+
+
+@entry("Add", "Sub", "Mul", "Div", "Equal", "Less", "LessOrEqual", "Greater", "GreaterOrEqual",
+       "And", "Or", "Xor")  # fmt: skip
+def binary(node, inputs, attributes, opset):
+    a, b = tensor(inputs[0]), tensor(inputs[1])
+    same_dtype(node, a, b)
+    kind = node.op_type
+    if kind == "Div" and a.dtype not in FLOATS:
+        return _truncated_divide(a, b)
+    if kind == "Xor":
+        return a != b
+    operators = {
+        "Add": lambda: a + b, "Sub": lambda: a - b, "Mul": lambda: a * b, "Div": lambda: a / b,
+        "Equal": lambda: a == b, "Less": lambda: a < b, "LessOrEqual": lambda: a <= b,
+        "Greater": lambda: a > b, "GreaterOrEqual": lambda: a >= b, "And": lambda: a & b,
+        "Or": lambda: a | b,
+    }  # fmt: skip
+    result = operators[kind]()
+    if kind in ("Add", "Sub", "Mul") and a.dtype == "bool":
+        raise node.unsupported("element type bool")
+    return result
+
+
+@entry("Pow")
+def power(node, inputs, attributes, opset):
+    base, exponent = tensor(inputs[0]), tensor(inputs[1])
+    if base.dtype in FLOATS:
+        return base ** exponent.astype(base.dtype)
+    result = base.astype("float64") ** exponent.astype("float64")
+    return functions.round(result).astype(base.dtype)
+
+
+@entry("Mod")
+def mod(node, inputs, attributes, opset):
+    a, b = tensor(inputs[0]), tensor(inputs[1])
+    same_dtype(node, a, b)
+    if not attributes.get("fmod", 0):  # NumPy's: the sign of b
+        return functions.remainder(a, b)
+    # C's fmod: the sign of a
+    return functions.sign(a) * functions.remainder(abs(a), abs(b))
+
+
+@entry("Max", "Min", "Sum", "Mean")
+def variadic(node, inputs, attributes, opset):
+    xs = [tensor(x) for x in inputs if x is not None]
+    combine = {"Max": functions.maximum, "Min": functions.minimum}.get(node.op_type)
+    result = xs[0]
+    for x in xs[1:]:
+        same_dtype(node, result, x)
+        result = combine(result, x) if combine else result + x
+    if len(xs) == 1:
+        shape = result.shape
+        result = result + scalar_like(result, 0) if result.dtype != "bool" else result
+        assert result.shape == shape
+    if node.op_type == "Mean":
+        floats_only(node, result)
+        result = result / len(xs)
+    return result
+
+
+@entry("Where")
+def where(node, inputs, attributes, opset):
+    condition, a, b = (tensor(x) for x in inputs)
+    same_dtype(node, a, b)
+    return functions.where(condition, a, b)
+
+
+@entry("Clip")
+def clip(node, inputs, attributes, opset):
+    x = tensor(inputs[0])
+    lo = None if len(inputs) < 2 or inputs[1] is None else tensor(inputs[1], x.dtype)
+    hi = None if len(inputs) < 3 or inputs[2] is None else tensor(inputs[2], x.dtype)
+    if lo is not None:
+        x = functions.maximum(x, lo)
+    if hi is not None:
+        x = functions.minimum(x, hi)
+    return x
+
+
+@entry("Cast", "CastLike")
+def cast(node, inputs, attributes, opset):
+    x = tensor(inputs[0])
+    if node.op_type == "CastLike":
+        dtype = tensor(inputs[1]).dtype
+    else:
+        to = attributes["to"]
+        if to not in DTYPES:
+            raise node.unsupported(f"to={to} (graphc has float32, float64, int32, int64, bool)")
+        dtype = DTYPES[to]
+    return x.astype(dtype)
+
+
+# ---- reductions -----------------------------------------------------------------------------
+
+
+def _reduce_axes(node, inputs, attributes, opset, x: Tensor):
+    """The reduced axes: the attribute (opset < 18, ReduceSum < 13) or the second input;
+    none given reduces all axes unless noop_with_empty_axes."""
+    takes_input = opset >= 18 or node.op_type == "ReduceSum"
+    if takes_input:
+        axes = ints(node, inputs[1], "axes") if len(inputs) > 1 else None
+    else:
+        axes = attributes.get("axes")
+    if not axes:
+        return None if attributes.get("noop_with_empty_axes", 0) else tuple(range(x.ndim))
+    return tuple(sorted(axis_of(node, a, x.ndim) for a in axes))
+
+
+def _product(x: Tensor, axes) -> Tensor:
+    """The product over `axes`: a product of slices per axis (small tensors only)."""
+    for axis in axes:
+        parts = [x[(slice(None),) * axis + (slice(i, i + 1),)] for i in range(x.shape[axis])]
+        result = parts[0]
+        for part in parts[1:]:
+            result = result * part
+        x = result
+    return x
+
+
+@entry("ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1",
+       "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare")  # fmt: skip
+def reduce(node, inputs, attributes, opset):
+    x = tensor(inputs[0])
+    axes = _reduce_axes(node, inputs, attributes, opset, x)
+    keepdims = bool(attributes.get("keepdims", 1))
+    kind = node.op_type
+    if axes is None:
+        return x
+    if any(x.shape[a] == 0 for a in axes):
+        raise node.unsupported("a reduction over an empty axis")
+    if kind in ("ReduceMax", "ReduceMin") and x.dtype == "bool":
+        result = (x.astype("int32").max(axes, True) if kind == "ReduceMax"
+                  else composites.min(x.astype("int32"), axes, True)).astype("bool")  # fmt: skip
+    elif kind == "ReduceMax":
+        result = x.max(axes, keepdims=True)
+    elif kind == "ReduceMin":
+        result = composites.min(x, axes, keepdims=True)
+    elif kind == "ReduceProd":
+        if x.dtype == "bool":
+            raise node.unsupported("element type bool")
+        result = _product(x, axes)
+    elif kind == "ReduceLogSumExp":
+        floats_only(node, x)
+        result = composites.logsumexp(x, axes, keepdims=True)
+    else:
+        if x.dtype == "bool":
+            raise node.unsupported("element type bool")
+        if kind in ("ReduceL2", "ReduceSumSquare"):
+            x = x * x
+        elif kind == "ReduceL1":
+            x = abs(x)
+        result = x.sum(axes, keepdims=True)
+        if kind == "ReduceMean":
+            count = math.prod(x.shape[a] for a in axes)
+            result = (result / count if x.dtype in FLOATS else
+                      functions.floor_divide(result, scalar_like(result, count)))  # fmt: skip
+        elif kind == "ReduceL2":
+            result = (functions.sqrt(result) if x.dtype in FLOATS else
+                      functions.sqrt(result.astype("float64")).astype(x.dtype))  # fmt: skip
+        elif kind == "ReduceLogSum":
+            floats_only(node, x)
+            result = functions.log(result)
+    if not keepdims:
+        result = result.reshape(tuple(d for i, d in enumerate(x.shape) if i not in axes))
+    return result
+
+
+@entry("ArgMax", "ArgMin")
+def arg_extreme(node, inputs, attributes, opset):
+    x = tensor(inputs[0])
+    if x.dtype == "bool":
+        x = x.astype("int32")
+    axis = axis_of(node, attributes.get("axis", 0), x.ndim)
+    keepdims = bool(attributes.get("keepdims", 1))
+    if node.op_type == "ArgMin":
+        x = -x if x.dtype in FLOATS else -x - 1  # ~x keeps the most negative integer exact
+    if attributes.get("select_last_index", 0):
+        n = x.shape[axis]
+        flipped = Tensor(apply("reverse", x.node, axes=(axis,)))
+        return scalar_like(x.argmax(axis=axis, keepdims=keepdims), n - 1) - flipped.argmax(
+            axis=axis, keepdims=keepdims
+        )
+    return x.argmax(axis=axis, keepdims=keepdims)
+
+
+@entry("CumSum")
+def cumsum(node, inputs, attributes, opset):
+    x = tensor(inputs[0])
+    axis = axis_of(node, ints(node, inputs[1], "axis")[0], x.ndim)
+    reverse = attributes.get("reverse", 0)
+    if reverse:
+        x = Tensor(apply("reverse", x.node, axes=(axis,)))
+    result = composites.cumsum(x, axis=axis)
+    if attributes.get("exclusive", 0):
+        result = result - x
+    if reverse:
+        result = Tensor(apply("reverse", result.node, axes=(axis,)))
+    return result
+
+
+@entry("CumProd")
+def cumprod(node, inputs, attributes, opset):
+    """Running products along the axis, one product per element after the first."""
+    x = tensor(inputs[0])
+    axis = axis_of(node, ints(node, inputs[1], "axis")[0], x.ndim)
+    reverse, exclusive = attributes.get("reverse", 0), attributes.get("exclusive", 0)
+    n = x.shape[axis]
+    order = list(range(n - 1, -1, -1)) if reverse else list(range(n))
+    parts = {}
+    running = None
+    for i in order:
+        part = x[(slice(None),) * axis + (slice(i, i + 1),)]
+        if exclusive:
+            parts[i] = running if running is not None else part * 0 + 1
+            running = part if running is None else running * part
+        else:
+            running = part if running is None else running * part
+            parts[i] = running
+    return functions.concat([parts[i] for i in range(n)], axis=axis) if n else x

@@ -1,0 +1,505 @@
+"""ONNX's contractions, convolution, pooling, normalization, losses and attention as
+graphc composites (the table's conventions: table.py)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+import graphc.frontend.composites as composites
+import graphc.frontend.convolution as convolution
+import graphc.frontend.functions as functions
+from graphc.frontend.tensor import Tensor, broadcast_to, const, matmul
+from graphc.ir.ops import apply
+from graphc.ir.types import FLOATS
+from graphc.onnx.table import (
+    DTYPES,
+    axis_of,
+    entry,
+    floats_only,
+    pad_tensor,
+    same_dtype,
+    scalar_like,
+    tensor,
+)
+
+# ---- contractions, convolution, pooling, normalization --------------------------------------
+
+
+@entry("MatMul")
+def matmul_(node, inputs, attributes, opset):
+    a, b = tensor(inputs[0]), tensor(inputs[1])
+    same_dtype(node, a, b)
+    return matmul(a, b)
+
+
+@entry("Gemm")
+def gemm(node, inputs, attributes, opset):
+    a, b = tensor(inputs[0]), tensor(inputs[1])
+    if attributes.get("transA", 0):
+        a = a.T
+    if attributes.get("transB", 0):
+        b = b.T
+    result = matmul(a, b)
+    alpha, beta = attributes.get("alpha", 1.0), attributes.get("beta", 1.0)
+    if alpha != 1.0:
+        result = result * alpha
+    if len(inputs) > 2 and inputs[2] is not None and beta != 0.0:
+        c = tensor(inputs[2], result.dtype)
+        result = result + (c if beta == 1.0 else c * beta)
+    return result
+
+
+def _spatial(node, x: Tensor, attributes, kernel) -> tuple:
+    """(strides, dilations, (low, high) pads) of a conv or pool: auto_pad, or pads."""
+    rank = len(kernel)
+    strides = tuple(attributes.get("strides", (1,) * rank))
+    dilations = tuple(attributes.get("dilations", (1,) * rank))
+    auto_pad = attributes.get("auto_pad", "NOTSET")
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        widths = []
+        for size, k, s, d in zip(x.shape[2:], kernel, strides, dilations):
+            out = -(-size // s)
+            total = max((out - 1) * s + (k - 1) * d + 1 - size, 0)
+            small, large = total // 2, total - total // 2
+            widths.append((small, large) if auto_pad == "SAME_UPPER" else (large, small))
+        return strides, dilations, tuple(widths)
+    if auto_pad == "VALID":
+        return strides, dilations, ((0, 0),) * rank
+    if auto_pad != "NOTSET":
+        raise node.unsupported(f"auto_pad={auto_pad!r}")
+    pads = attributes.get("pads", (0,) * (2 * rank))
+    return strides, dilations, tuple(zip(pads[:rank], pads[rank:]))
+
+
+@entry("Conv")
+def conv(node, inputs, attributes, opset):
+    x, w = tensor(inputs[0]), tensor(inputs[1])
+    floats_only(node, x, w)
+    kernel = tuple(attributes.get("kernel_shape", w.shape[2:]))
+    strides, dilations, widths = _spatial(node, x, attributes, kernel)
+    result = convolution.conv(
+        pad_tensor(x, ((0, 0), (0, 0), *widths), 0.0), w, stride=strides, dilation=dilations,
+        groups=attributes.get("group", 1),
+    )  # fmt: skip
+    if len(inputs) > 2 and inputs[2] is not None:
+        bias = tensor(inputs[2], result.dtype)
+        result = result + bias.reshape((1, -1) + (1,) * (result.ndim - 2))
+    return result
+
+
+def _pool_widths(node, x: Tensor, attributes, kernel, strides, dilations, widths):
+    """The pads with ceil_mode's extra elements at the high end, and the output sizes."""
+    ceil = attributes.get("ceil_mode", 0)
+    padded, outs = [], []
+    for size, k, s, d, (lo, hi) in zip(x.shape[2:], kernel, strides, dilations, widths):
+        span = size + lo + hi - ((k - 1) * d + 1)
+        out = (-(-span // s) if ceil else span // s) + 1
+        if ceil and (out - 1) * s >= size + lo:  # the last window would start in the padding
+            out -= 1
+        extra = max((out - 1) * s + (k - 1) * d + 1 - (size + lo + hi), 0)
+        padded.append((lo, hi + extra))
+        outs.append(out)
+    return padded, outs
+
+
+def _windows(x: Tensor, kernel, strides, dilations, widths, outs, fill) -> Tensor:
+    """x's windows as (N, C, *out, taps), padded with `fill`."""
+    padded = pad_tensor(x, ((0, 0), (0, 0), *widths), fill)
+    node = apply("window", padded.node, kernel=tuple(kernel), stride=tuple(strides),
+                 dilation=tuple(dilations))  # fmt: skip
+    windows = Tensor(node).reshape(*x.shape[:2], *node.shape[2 : 2 + len(kernel)],
+                                   math.prod(kernel))  # fmt: skip
+    index = (slice(None),) * 2 + tuple(slice(0, o) for o in outs)
+    return windows[index]
+
+
+@entry("MaxPool", "AveragePool", "LpPool")
+def pool(node, inputs, attributes, opset):
+    x = tensor(inputs[0])
+    floats_only(node, x)
+    if len(node.outputs) > 1 and node.outputs[1]:
+        raise node.unsupported("the Indices output")
+    if attributes.get("storage_order", 0):
+        raise node.unsupported("storage_order=1")
+    kernel = tuple(attributes["kernel_shape"])
+    strides, dilations, explicit = _spatial(node, x, attributes, kernel)
+    widths, outs = _pool_widths(node, x, attributes, kernel, strides, dilations, explicit)
+    if node.op_type == "MaxPool":
+        return _windows(x, kernel, strides, dilations, widths, outs, -np.inf).max(axis=-1)
+    if node.op_type == "LpPool":
+        p = attributes.get("p", 2)
+        windows = _windows(abs(x) ** float(p), kernel, strides, dilations, widths, outs, 0.0)
+        return windows.sum(axis=-1) ** (1.0 / p)
+    total = _windows(x, kernel, strides, dilations, widths, outs, 0.0).sum(axis=-1)
+    ones = const(np.ones((1, 1, *x.shape[2:]), x.dtype))
+    if attributes.get("count_include_pad", 0):  # the explicit pads count, ceil_mode's not
+        ones = pad_tensor(ones, ((0, 0), (0, 0), *explicit), 1.0)
+        widths = [(0, hi - explicit_hi) for (_, hi), (_, explicit_hi) in zip(widths, explicit)]
+    counts = _windows(ones, kernel, strides, dilations, widths, outs, 0.0).sum(axis=-1)
+    return total / counts
+
+
+@entry("GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool")
+def global_pool(node, inputs, attributes, opset):
+    x = tensor(inputs[0])
+    floats_only(node, x)
+    axes = tuple(range(2, x.ndim))
+    if node.op_type == "GlobalMaxPool":
+        return x.max(axis=axes, keepdims=True)
+    if node.op_type == "GlobalLpPool":
+        p = float(attributes.get("p", 2))
+        return (abs(x) ** p).sum(axis=axes, keepdims=True) ** (1.0 / p)
+    return composites.mean(x, axis=axes, keepdims=True)
+
+
+def _channel(value, x: Tensor) -> Tensor:
+    """A per-channel vector as (C, 1, ...) against x's (N, C, *spatial)."""
+    return tensor(value, x.dtype).reshape((-1,) + (1,) * (x.ndim - 2))
+
+
+@entry("BatchNormalization")
+def batch_norm(node, inputs, attributes, opset):
+    x = tensor(inputs[0])
+    floats_only(node, x)
+    if attributes.get("training_mode", 0) or len([o for o in node.outputs if o]) > 1:
+        raise node.unsupported("training_mode=1 (batch statistics)")
+    scale, bias, mean, var = (_channel(v, x) for v in inputs[1:5])
+    eps = attributes.get("epsilon", 1e-5)
+    return (x - mean) * (scale / functions.sqrt(var + eps)) + bias
+
+
+@entry("InstanceNormalization")
+def instance_norm(node, inputs, attributes, opset):
+    x = tensor(inputs[0])
+    floats_only(node, x)
+    axes = tuple(range(2, x.ndim))
+    normalized = _normalize(x, axes, attributes.get("epsilon", 1e-5))
+    return normalized * _channel(inputs[1], x) + _channel(inputs[2], x)
+
+
+def _normalize(x: Tensor, axes, eps) -> Tensor:
+    centered = x - composites.mean(x, axis=axes, keepdims=True)
+    variance = composites.mean(centered * centered, axis=axes, keepdims=True)
+    return centered / functions.sqrt(variance + eps)
+
+
+def _trailing_axes(node, x: Tensor, attributes) -> tuple[int, ...]:
+    """The axes from `axis` on that LayerNormalization and RMSNormalization normalize."""
+    floats_only(node, x)
+    if attributes.get("stash_type", 1) != 1 and x.dtype != "float64":
+        raise node.unsupported(f"stash_type={attributes['stash_type']}")
+    return tuple(range(axis_of(node, attributes.get("axis", -1), x.ndim), x.ndim))
+
+
+@entry("LayerNormalization")
+def layer_norm(node, inputs, attributes, opset):
+    x = tensor(inputs[0])
+    axes = _trailing_axes(node, x, attributes)
+    mean = composites.mean(x, axis=axes, keepdims=True)
+    centered = x - mean
+    variance = composites.mean(centered * centered, axis=axes, keepdims=True)
+    inverse_std = 1 / functions.sqrt(variance + attributes.get("epsilon", 1e-5))
+    result = centered * inverse_std * tensor(inputs[1], x.dtype)
+    if len(inputs) > 2 and inputs[2] is not None:
+        result = result + tensor(inputs[2], x.dtype)
+    return [result, mean, inverse_std]
+
+
+def _negative_log_likelihood(node, log_probs: Tensor, labels: Tensor, weight, attributes):
+    """NegativeLogLikelihoodLoss over (N, C, *d) scores and (N, *d) labels."""
+    labels = labels.astype("int64")
+    ignored = None
+    if "ignore_index" in attributes:
+        ignored = labels == scalar_like(labels, attributes["ignore_index"])
+        labels = functions.where(ignored, scalar_like(labels, 0), labels)
+    positions = Tensor(apply("iota", shape=log_probs.shape, axis=1, dtype="int64"))
+    hot = positions == broadcast_to(functions.expand_dims(labels, 1), log_probs.shape)
+    picked = functions.where(hot, log_probs, scalar_like(log_probs, 0)).sum(axis=1)
+    weights = (const(np.ones(labels.shape, log_probs.dtype)) if weight is None else
+               functions.take(tensor(weight, log_probs.dtype), labels))  # fmt: skip
+    if ignored is not None:
+        weights = functions.where(ignored, scalar_like(weights, 0), weights)
+    loss = -picked * weights
+    reduction = attributes.get("reduction", "mean")
+    if reduction == "none":
+        return loss
+    if reduction == "sum":
+        return loss.sum()
+    if reduction != "mean":
+        raise node.unsupported(f"reduction={reduction!r}")
+    return loss.sum() / weights.sum()
+
+
+@entry("NegativeLogLikelihoodLoss")
+def nll_loss(node, inputs, attributes, opset):
+    log_probs = tensor(inputs[0])
+    floats_only(node, log_probs)
+    weight = inputs[2] if len(inputs) > 2 else None
+    return _negative_log_likelihood(node, log_probs, tensor(inputs[1]), weight, attributes)
+
+
+@entry("SoftmaxCrossEntropyLoss")
+def softmax_cross_entropy(node, inputs, attributes, opset):
+    scores = tensor(inputs[0])
+    floats_only(node, scores)
+    log_probs = composites.log_softmax(scores, axis=1)
+    weight = inputs[2] if len(inputs) > 2 else None
+    loss = _negative_log_likelihood(node, log_probs, tensor(inputs[1]), weight, attributes)
+    return [loss, log_probs]
+
+
+@entry("RMSNormalization")
+def rms_norm(node, inputs, attributes, opset):
+    x = tensor(inputs[0])
+    axes = _trailing_axes(node, x, attributes)
+    square = composites.mean(x * x, axis=axes, keepdims=True)
+    eps = attributes.get("epsilon", 1e-5)
+    return x / functions.sqrt(square + eps) * tensor(inputs[1], x.dtype)
+
+
+@entry("GroupNormalization")
+def group_norm(node, inputs, attributes, opset):
+    x = tensor(inputs[0])
+    floats_only(node, x)
+    if opset < 21:
+        raise node.unsupported("opset < 21 (per-group scale and bias)")
+    groups = attributes["num_groups"]
+    n, c = x.shape[:2]
+    grouped = x.reshape(n, groups, -1)
+    normalized = _normalize(grouped, (2,), attributes.get("epsilon", 1e-5)).reshape(x.shape)
+    return normalized * _channel(inputs[1], x) + _channel(inputs[2], x)
+
+
+@entry("LpNormalization")
+def lp_norm(node, inputs, attributes, opset):
+    x = tensor(inputs[0])
+    floats_only(node, x)
+    axis, p = attributes.get("axis", -1), attributes.get("p", 2)
+    if p == 1:
+        norm = abs(x).sum(axis=axis, keepdims=True)
+    elif p == 2:
+        norm = functions.sqrt((x * x).sum(axis=axis, keepdims=True))
+    else:
+        raise node.unsupported(f"p={p}")
+    return functions.where(norm == 0, scalar_like(x, 0), x / norm)
+
+
+@entry("MeanVarianceNormalization")
+def mean_variance_norm(node, inputs, attributes, opset):
+    x = tensor(inputs[0])
+    floats_only(node, x)
+    axes = tuple(attributes.get("axes", (0, 2, 3)))
+    centered = x - composites.mean(x, axis=axes, keepdims=True)
+    variance = composites.mean(centered * centered, axis=axes, keepdims=True)
+    return centered / (functions.sqrt(variance) + 1e-9)
+
+
+@entry("Softmax", "LogSoftmax", "Hardmax")
+def softmax(node, inputs, attributes, opset):
+    x = tensor(inputs[0])
+    floats_only(node, x)
+    axis = axis_of(node, attributes.get("axis", -1), x.ndim)
+    if node.op_type == "Softmax":
+        return composites.softmax(x, axis=axis)
+    if node.op_type == "LogSoftmax":
+        return composites.log_softmax(x, axis=axis)
+    first = x.argmax(axis=axis, keepdims=True)
+    positions = Tensor(apply("iota", shape=x.shape, axis=axis, dtype="int64"))
+    return (positions == broadcast_to(first, x.shape)).astype(x.dtype)
+
+
+def _heads(x: Tensor, heads: int) -> Tensor:
+    """(batch, seq, heads * size) -> (batch, heads, seq, size)."""
+    batch, sequence, hidden = x.shape
+    return x.reshape(batch, sequence, heads, hidden // heads).transpose(0, 2, 1, 3)
+
+
+def _repeat_heads(x: Tensor, repeat: int) -> Tensor:
+    """(batch, heads, seq, size) -> (batch, heads * repeat, seq, size), each head repeated
+    in place: h0, h0, h1, h1 ... (grouped-query attention)."""
+    batch, heads, *rest = x.shape
+    spread = broadcast_to(x.reshape(batch, heads, 1, *rest), (batch, heads, repeat, *rest))
+    return spread.reshape(batch, heads * repeat, *rest)
+
+
+def _masked_softmax(scores: Tensor) -> Tensor:
+    """softmax over the last axis; a row of -inf gives zeros (ONNX Attention's)."""
+    top = scores.max(axis=-1, keepdims=True)
+    top = functions.where(top == scalar_like(top, -np.inf), scalar_like(top, 0), top)
+    weights = functions.exp(scores - top)
+    total = weights.sum(axis=-1, keepdims=True)
+    total = functions.where(total == scalar_like(total, 0), scalar_like(total, 1), total)
+    return weights / total
+
+
+def _additive(mask: Tensor, dtype: str) -> Tensor:
+    if mask.dtype != "bool":
+        return mask.astype(dtype)
+    zero, minus = const(np.zeros((), dtype)), const(np.array(-np.inf, dtype))
+    return functions.where(mask, zero, minus)
+
+
+@entry("Attention")
+def attention(node, inputs, attributes, opset):
+    """Scaled dot-product attention as ONNX's reference computes it (opsets 23-25): 3-D
+    inputs split into heads, past keys and values prepended, GQA by repeating key/value
+    heads, bottom-right causal and sliding-window masks, softcap, fully masked rows 0."""
+    inputs = list(inputs) + [None] * (7 - len(inputs))
+    q, k, v = (tensor(x) for x in inputs[:3])
+    floats_only(node, q, k, v)
+    mask, past_key, past_value, nonpad = inputs[3:7]
+    dtype = q.dtype
+    rank = q.ndim
+    if rank == 3:
+        q = _heads(q, attributes["q_num_heads"])
+        k = _heads(k, attributes["kv_num_heads"])
+        v = _heads(v, attributes["kv_num_heads"])
+    scale = attributes.get("scale")
+    scale = dtype_scalar(dtype, math.sqrt(1 / math.sqrt(q.shape[3]) if scale is None else scale))
+    if past_key is not None:
+        k = functions.concat([tensor(past_key, dtype), k], axis=2)
+        v = functions.concat([tensor(past_value, dtype), v], axis=2)
+    present_key, present_value = k, v
+    q_length, kv_length = q.shape[2], k.shape[2]
+    bias = const(np.zeros((q_length, kv_length), dtype))
+    if mask is not None:
+        mask = tensor(mask)
+        if mask.shape[-1] < kv_length:
+            fill = False if mask.dtype == "bool" else -np.inf
+            widths = ((0, 0),) * (mask.ndim - 1) + ((0, kv_length - mask.shape[-1]),)
+            mask = pad_tensor(mask, widths, fill)
+        mask = _additive(mask, dtype)
+    rows = Tensor(apply("iota", shape=(q_length, kv_length), axis=0, dtype="int64"))
+    columns = Tensor(apply("iota", shape=(q_length, kv_length), axis=1, dtype="int64"))
+    if nonpad is not None:
+        offset = (tensor(nonpad).astype("int64") - q_length).reshape(-1, 1, 1, 1)
+    else:
+        offset = const(np.array(0 if past_key is None else past_key.shape[2], np.int64))
+    if attributes.get("is_causal", 0):
+        base = bias if mask is None else mask
+        bias = base + _additive(columns <= rows + offset, dtype)
+    elif mask is not None:
+        bias = bias + mask
+    left, right = attributes.get("left_window_size", -1), attributes.get("right_window_size", -1)
+    if left >= 0 or right >= 0:
+        difference = rows + offset - columns
+        allowed = None
+        if left >= 0:
+            allowed = difference <= left
+        if right >= 0:
+            near = -difference <= right
+            allowed = near if allowed is None else allowed & near
+        bias = bias + _additive(allowed, dtype)
+    if nonpad is not None:
+        lengths = tensor(nonpad).astype("int64").reshape(-1, 1, 1, 1)
+        positions = Tensor(apply("iota", shape=(1, 1, 1, kv_length), axis=3, dtype="int64"))
+        bias = bias + _additive(positions < lengths, dtype)
+    heads = q.shape[1]
+    if heads != k.shape[1]:
+        if heads % k.shape[1]:
+            raise node.error(f"{heads} query heads for {k.shape[1]} key heads")
+        repeat = heads // k.shape[1]
+        k, v = (_repeat_heads(t, repeat) for t in (k, v))
+    scores = matmul(q * scale, (k * scale).transpose(0, 1, 3, 2))
+    softcap = attributes.get("softcap", 0.0)
+    if softcap:
+        scores = functions.tanh(scores / softcap) * softcap
+    with_bias = scores + bias
+    mode = attributes.get("qk_matmul_output_mode", 0)
+    precision = attributes.get("softmax_precision")
+    if precision is not None and DTYPES.get(precision) not in FLOATS:
+        raise node.unsupported(f"softmax_precision={precision}")
+    probabilities = _masked_softmax(with_bias.astype(DTYPES.get(precision, dtype)))
+    masked_rows = bias.max(axis=-1, keepdims=True) == const(np.array(-np.inf, dtype))
+    probabilities = functions.where(masked_rows, scalar_like(probabilities, 0), probabilities)
+    probabilities = probabilities.astype(dtype)
+    qk_output = {2: with_bias, 3: probabilities}.get(mode, scores)
+    y = matmul(probabilities, v)
+    if rank == 3:
+        y = y.transpose(0, 2, 1, 3)
+        y = y.reshape(y.shape[0], y.shape[1], -1)
+    return [y, present_key, present_value, qk_output]
+
+
+def dtype_scalar(dtype: str, value) -> Tensor:
+    return const(np.asarray(value, dtype=dtype))
+
+
+@entry("ConvTranspose")
+def conv_transpose(node, inputs, attributes, opset):
+    """The gradient of a conv as a conv: x spread out by the strides (interior zeros), padded
+    by dilation * (kernel - 1) less the pads, against the flipped, transposed kernel."""
+    x, w = tensor(inputs[0]), tensor(inputs[1])
+    floats_only(node, x, w)
+    rank = x.ndim - 2
+    kernel = tuple(w.shape[2:])
+    strides = tuple(attributes.get("strides", (1,) * rank))
+    dilations = tuple(attributes.get("dilations", (1,) * rank))
+    extra = tuple(attributes.get("output_padding", (0,) * rank))
+    group = attributes.get("group", 1)
+    auto_pad = attributes.get("auto_pad", "NOTSET")
+    full = [s * (n - 1) + e + (k - 1) * d + 1
+            for n, s, e, k, d in zip(x.shape[2:], strides, extra, kernel, dilations)]  # fmt: skip
+    pads = attributes.get("pads")
+    if pads is None and (auto_pad in ("SAME_UPPER", "SAME_LOWER") or "output_shape" in attributes):
+        shape = attributes.get("output_shape", [n * s for n, s in zip(x.shape[2:], strides)])
+        totals = [f - o for f, o in zip(full, shape[-rank:])]
+        if auto_pad == "SAME_UPPER":
+            pads = [t // 2 for t in totals] + [t - t // 2 for t in totals]
+        else:
+            pads = [t - t // 2 for t in totals] + [t // 2 for t in totals]
+    elif auto_pad not in ("NOTSET", "VALID"):
+        raise node.unsupported(f"auto_pad={auto_pad!r}")
+    pads = pads or (0,) * (2 * rank)
+    spread = ((0, 0, 0), (0, 0, 0)) + tuple((0, 0, s - 1) for s in strides)
+    x = Tensor(apply("pad", x.node, widths=spread, value=0.0))
+    widths = [
+        (d * (k - 1) - lo, d * (k - 1) - hi + e)
+        for k, d, lo, hi, e in zip(kernel, dilations, pads[:rank], pads[rank:], extra)
+    ]
+    x = pad_tensor(x, ((0, 0), (0, 0), *widths), 0.0)
+    c_in, c_out = w.shape[0], w.shape[1] * group
+    w = w.reshape(group, c_in // group, c_out // group, *kernel)
+    w = w.transpose(0, 2, 1, *range(3, 3 + rank)).reshape(c_out, c_in // group, *kernel)
+    w = Tensor(apply("reverse", w.node, axes=tuple(range(2, 2 + rank))))
+    result = convolution.conv(x, w, dilation=dilations, groups=group)
+    if len(inputs) > 2 and inputs[2] is not None:
+        result = result + tensor(inputs[2], result.dtype).reshape((1, -1) + (1,) * rank)
+    return result
+
+
+@entry("RotaryEmbedding")
+def rotary_embedding(node, inputs, attributes, opset):
+    """RoPE as ONNX's reference: rotate the first rotary_embedding_dim features of each head
+    by the cached angles (halves, or interleaved pairs)."""
+    x, cos, sin = (tensor(v) for v in inputs[:3])
+    floats_only(node, x)
+    positions = inputs[3] if len(inputs) > 3 else None
+    shape = x.shape
+    if x.ndim == 4:
+        x = x.transpose(0, 2, 1, 3)
+    else:
+        heads = attributes.get("num_heads", 0)
+        if not heads:
+            raise node.error("3-D input needs num_heads")
+        x = x.reshape(shape[0], shape[1], heads, shape[2] // heads)
+    size = x.shape[3]
+    dim = attributes.get("rotary_embedding_dim", 0) or size
+    rotate, keep = x[..., :dim], x[..., dim:]
+    if positions is not None:
+        cos, sin = functions.take(cos, tensor(positions)), functions.take(sin, tensor(positions))
+    cos, sin = functions.expand_dims(cos, 2), functions.expand_dims(sin, 2)
+    interleaved = attributes.get("interleaved", 0)
+    if interleaved:
+        x1, x2 = rotate[..., 0::2], rotate[..., 1::2]
+    else:
+        x1, x2 = rotate[..., : dim // 2], rotate[..., dim // 2 :]
+    real, imaginary = cos * x1 - sin * x2, sin * x1 + cos * x2
+    if interleaved:
+        rotate = composites.stack([real, imaginary], axis=-1).reshape(rotate.shape)
+    else:
+        rotate = functions.concat([real, imaginary], axis=-1)
+    result = functions.concat([rotate, keep], axis=-1) if keep.shape[-1] else rotate
+    return result.reshape(shape) if len(shape) == 3 else result.transpose(0, 2, 1, 3)

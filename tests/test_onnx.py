@@ -1,0 +1,283 @@
+"""gc.onnx: import (names, params, shapes, folding, errors, training an imported model),
+export (graphc -> ONNX -> onnxruntime equals graphc) and the backend's re-imports."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import graphc as gc
+
+onnx = pytest.importorskip("onnx")
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+from graphc.onnx import UnsupportedError  # noqa: E402
+
+FLOAT_TYPES = {"float32": TensorProto.FLOAT, "float64": TensorProto.DOUBLE}
+
+
+def _model(nodes, inputs, outputs, initializers=(), opset=18):
+    graph = helper.make_graph(nodes, "test_graph", inputs, outputs, initializer=list(initializers))
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def _mlp(dtype="float32", batch=4, opset=18):
+    """x(batch, 3) -> Gemm(w1, b1) -> Relu -> MatMul(w2) + b2 -> Softmax: an MLP as exporters
+    write it; weights drawn from a fixed seed."""
+    rng = np.random.default_rng(0)
+    arrays = {
+        "w1": rng.normal(size=(5, 3)), "b1": rng.normal(size=5),
+        "w2": rng.normal(size=(5, 2)), "b2": rng.normal(size=2),
+    }  # fmt: skip
+    initializers = [numpy_helper.from_array(a.astype(dtype), n) for n, a in arrays.items()]
+    nodes = [
+        helper.make_node("Gemm", ["x", "w1", "b1"], ["h"], transB=1, name="fc1"),
+        helper.make_node("Relu", ["h"], ["r"], name="relu"),
+        helper.make_node("MatMul", ["r", "w2"], ["m"], name="fc2"),
+        helper.make_node("Add", ["m", "b2"], ["logits"], name="bias2"),
+        helper.make_node("Softmax", ["logits"], ["y"], axis=-1, name="softmax"),
+    ]
+    t = FLOAT_TYPES[dtype]
+    inputs = [helper.make_tensor_value_info("x", t, [batch, 3])]
+    outputs = [helper.make_tensor_value_info("y", t, [batch, 2])]
+    return _model(nodes, inputs, outputs, initializers, opset), arrays
+
+
+def _numpy_mlp(x, arrays):
+    h = np.maximum(x @ arrays["w1"].T + arrays["b1"], 0) @ arrays["w2"] + arrays["b2"]
+    e = np.exp(h - h.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_load_names_params_and_values(dtype, tmp_path):
+    model, arrays = _mlp(dtype)
+    path = tmp_path / "mlp.onnx"
+    onnx.save(model, str(path))
+    program = gc.onnx.load(path)
+    assert [x.name for x in program.inputs] == ["x"]
+    assert sorted(p.name for p in program.params()) == ["b1", "b2", "w1", "w2"]
+    assert all(p.dtype == dtype for p in program.params())
+    x = np.random.default_rng(1).normal(size=(4, 3)).astype(dtype)
+    expected = _numpy_mlp(x.astype(np.float64), arrays)
+    (interpreted,) = gc.evaluate(program.outputs, {"x": x})
+    (compiled,) = gc.compile(program)(x)
+    tolerance = 1e-5 if dtype == "float32" else 1e-12
+    np.testing.assert_allclose(interpreted, expected, rtol=tolerance, atol=tolerance)
+    np.testing.assert_allclose(compiled, interpreted, rtol=tolerance, atol=tolerance)
+    assert compiled.dtype == dtype
+
+
+def test_matches_onnxruntime():
+    ort = pytest.importorskip("onnxruntime")
+    model, _ = _mlp("float32")
+    x = np.random.default_rng(2).normal(size=(4, 3)).astype(np.float32)
+    (expected,) = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})
+    (got,) = gc.compile(gc.onnx.load(model))(x)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_imported_params_train_with_gc_optim():
+    """Initializers are params: gradients match finite differences, SGD lowers the loss."""
+    model, _ = _mlp("float64")
+    program = gc.onnx.load(model)
+    (y,) = program.outputs
+    target = gc.input("target", y.shape, "float64")
+    loss = ((y - target) ** 2).mean()
+    rng = np.random.default_rng(3)
+    feed = {program.inputs[0]: rng.normal(size=(4, 3)), target: rng.uniform(size=(4, 2))}
+    gc.check_grad(loss, program.params(), feed)
+    optimizer = gc.optim.SGD(program.params(), lr=0.5)
+    step = gc.compile(inputs=[program.inputs[0], target], outputs=loss,
+                      updates=optimizer.updates(loss))  # fmt: skip
+    losses = [float(step(feed[program.inputs[0]], feed[target])) for _ in range(20)]
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_symbolic_dimensions_need_shapes():
+    model, _ = _mlp("float32")
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "batch"
+    model.graph.output[0].type.tensor_type.shape.dim[0].dim_param = "batch"
+    with pytest.raises(gc.ShapeError, match="symbolic dimension 'batch'.*shapes="):
+        gc.onnx.load(model)
+    program = gc.onnx.load(model, shapes={"x": (7, 3)})
+    assert program.inputs[0].shape == (7, 3) and program.outputs[0].shape == (7, 2)
+    with pytest.raises(gc.GraphcError, match="not graph inputs"):
+        gc.onnx.load(model, shapes={"x": (7, 3), "nope": (1,)})
+
+
+def test_unsupported_op_names_node_op_and_opset():
+    nodes = [helper.make_node("Det", ["x"], ["y"], name="determinant")]
+    model = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 3])],
+                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, [])])  # fmt: skip
+    with pytest.raises(UnsupportedError, match=r"'determinant' \(Det, opset 18\)"):
+        gc.onnx.load(model)
+    assert issubclass(UnsupportedError, gc.GraphcError)
+
+
+def test_unsupported_attribute_and_dtype():
+    nodes = [helper.make_node("Pad", ["x", "pads"], ["y"], mode="bogus", name="p")]
+    pads = numpy_helper.from_array(np.array([1, 1], np.int64), "pads")
+    model = _model(
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [5])],
+        [pads],
+    )
+    with pytest.raises(UnsupportedError, match=r"'p' \(Pad, opset 18\): mode='bogus'"):
+        gc.onnx.load(model)
+    nodes = [helper.make_node("Abs", ["x"], ["y"])]
+    model = _model(
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT16, [3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT16, [3])],
+    )
+    with pytest.raises(UnsupportedError, match="graph input 'x': element type FLOAT16"):
+        gc.onnx.load(model)
+
+
+def test_older_opsets_only_where_the_op_is_unchanged():
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])
+    sine = _model([helper.make_node("Sin", ["x"], ["y"])], [x], [y], opset=11)
+    (value,) = gc.evaluate(gc.onnx.load(sine).outputs, {"x": np.ones((2, 3), np.float32)})
+    np.testing.assert_allclose(value, np.sin(np.ones((2, 3))), rtol=1e-6)
+    # Softmax changed at opset 13 (it used to flatten to 2-D): refused, not computed anew
+    softmax = _model([helper.make_node("Softmax", ["x"], ["y"], name="s")], [x], [y], opset=11)
+    with pytest.raises(UnsupportedError, match=r"'s' \(Softmax, opset 11\).*before opset 13"):
+        gc.onnx.load(softmax)
+
+
+def test_shape_arithmetic_folds():
+    """Shape -> Gather -> Concat -> Reshape, as exporters write a flatten: folded while
+    importing (no shape op left in the program)."""
+    nodes = [
+        helper.make_node("Shape", ["x"], ["s"]),
+        helper.make_node("Gather", ["s", "zero"], ["n"], axis=0),
+        helper.make_node("Unsqueeze", ["n", "zero1"], ["n1"]),
+        helper.make_node("Concat", ["n1", "minus_one"], ["shape"], axis=0),
+        helper.make_node("Reshape", ["x", "shape"], ["y"]),
+    ]
+    initializers = [numpy_helper.from_array(np.array(0, np.int64), "zero"),
+                    numpy_helper.from_array(np.array([0], np.int64), "zero1"),
+                    numpy_helper.from_array(np.array([-1], np.int64), "minus_one")]  # fmt: skip
+    model = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 4])],
+                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 12])],
+                   initializers)  # fmt: skip
+    program = gc.onnx.load(model)
+    assert {n.op for n in program.graph.nodes} == {"input", "reshape"}
+
+
+def test_bad_files_and_declared_outputs(tmp_path):
+    path = tmp_path / "junk.onnx"
+    path.write_bytes(b"not a model")
+    with pytest.raises(gc.GraphcError, match="junk.onnx"):
+        gc.onnx.load(path)
+    with pytest.raises(gc.GraphcError, match="ModelProto or a path"):
+        gc.onnx.load(42)
+    nodes = [helper.make_node("Abs", ["x"], ["y"])]
+    model = _model(
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])],
+    )
+    with pytest.raises(gc.ShapeError, match="declares shape"):
+        gc.onnx.load(model)
+
+
+def test_graphc_does_not_import_onnx():
+    code = "import sys, graphc; assert 'onnx' not in sys.modules; print(graphc.onnx.load)"
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+def test_backend_imports_symbolic_and_run_time_shapes():
+    """A symbolic batch is fixed by the first run's arrays; a Reshape whose shape is a graph
+    input is imported with that input's value, again when the value changes."""
+    from graphc.onnx import backend
+
+    model, arrays = _mlp("float32")
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "batch"
+    model.graph.output[0].type.tensor_type.shape.dim[0].dim_param = "batch"
+    x = np.random.default_rng(4).normal(size=(6, 3)).astype(np.float32)
+    (y,) = backend.run_model(model, [x])
+    np.testing.assert_allclose(y, _numpy_mlp(x.astype(np.float64), arrays), rtol=1e-5, atol=1e-6)
+    nodes = [helper.make_node("Reshape", ["x", "shape"], ["y"])]
+    reshape = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 6]),
+                             helper.make_tensor_value_info("shape", TensorProto.INT64, [2])],
+                     [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])  # fmt: skip
+    rep = backend.prepare(reshape, "CPU", mode="interpret")
+    data = np.arange(12, dtype=np.float32).reshape(2, 6)
+    assert rep.run([data, np.array([3, 4])])[0].shape == (3, 4)
+    assert rep.run([data, np.array([4, -1])])[0].shape == (4, 3)
+    assert backend.supports_device("CPU") and not backend.supports_device("CUDA")
+
+
+# ---- export ---------------------------------------------------------------------------------
+
+
+def _round_trip(program, feed, tmp_path, rtol=1e-5, atol=1e-6, onnxruntime=True):
+    """graphc -> ONNX file -> onnxruntime equals graphc; and ONNX -> graphc again too."""
+    path = tmp_path / "exported.onnx"
+    gc.onnx.export(program, path)
+    expected = gc.evaluate(program.outputs, feed)
+    if onnxruntime:
+        ort = pytest.importorskip("onnxruntime")
+        names = {x.name: v for x, v in feed.items()}
+        got = ort.InferenceSession(str(path)).run(None, names)
+        for a, b in zip(got, expected):
+            assert a.dtype == b.dtype and a.shape == b.shape
+            np.testing.assert_allclose(a, b, rtol=rtol, atol=atol)
+    again = gc.onnx.load(path)
+    assert sorted(p.name for p in again.params()) == sorted(p.name for p in program.params())
+    for a, b in zip(gc.compile(again)(*feed.values()), expected):
+        np.testing.assert_allclose(a, b, rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_export_cnn_round_trip(dtype, tmp_path):
+    rng = np.random.default_rng(5)
+    x = gc.input("x", (2, 1, 8, 8), dtype)
+    model = gc.nn.Sequential([
+        gc.nn.Conv2D(4, 3, padding=1, activation=gc.relu), gc.nn.MaxPool2D(2),
+        gc.nn.Conv2D(4, 3), gc.nn.AvgPool2D(2), gc.nn.Flatten(), gc.nn.Dense(3),
+    ])  # fmt: skip
+    logits = model(x)
+    program = gc.Program([x], [gc.softmax(logits), gc.log_softmax(logits).argmax(axis=-1)])
+    # onnxruntime has no float64 Conv on the CPU: that case goes back through graphc alone
+    _round_trip(program, {x: rng.normal(size=x.shape).astype(dtype)}, tmp_path,
+                onnxruntime=dtype == "float32")  # fmt: skip
+
+
+def test_export_elementwise_gathers_and_layout(tmp_path):
+    rng = np.random.default_rng(6)
+    x = gc.input("x", (3, 4))  # float32: onnxruntime has no float64 Erf, Atan ... kernels
+    i = gc.input("i", (5,), "int64")
+    w = gc.param("w", rng.normal(size=(4, 4)).astype(np.float32))
+    parts = [
+        gc.take(x, i, axis=1), x % 0.7, x // 0.3, gc.erf(x) * gc.atan(x), gc.log1p(abs(x)),
+        gc.gelu(x), gc.layer_norm(x @ w), gc.cumsum(x, axis=1), gc.clip(x, -0.5, 0.5),
+        gc.scatter_add(x, i[:2], gc.exp(x[:, :2]), axis=1), x.T.reshape(3, 4),
+        gc.concat([x[:, 1:], x[:, :1]], axis=1), gc.where(x > 0, x, -x), (x != 0).astype("float32"),
+    ]  # fmt: skip
+    program = gc.Program([x, i], parts)
+    feed = {x: rng.normal(size=(3, 4)).astype(np.float32), i: np.array([3, -1, 0, 2, -4])}
+    _round_trip(program, feed, tmp_path, rtol=2e-5, atol=2e-6)
+
+
+def test_export_refuses_updates_and_ops_without_onnx_form():
+    x = gc.input("x", (2,))
+    w = gc.param("w", np.ones(2, np.float32))
+    with pytest.raises(gc.GraphcError, match="without updates"):
+        gc.onnx.export(gc.Program([x], [x * w], updates={w: w * 2}))
+    key = gc.random.key("noise", 0)  # a random key advances: an update too
+    noisy = gc.Program([x], [x + gc.random.uniform(key, (2,), "float32")])
+    with pytest.raises(gc.GraphcError, match=r"updates \['noise'\]"):
+        gc.onnx.export(noisy)
+    from graphc.ir.ops import apply
+
+    spread = gc.Tensor(apply("pad", x.node, widths=((0, 0, 1),), value=0.0))  # interior pad
+    with pytest.raises(gc.GraphcError, match="interior padding has no ONNX form"):
+        gc.onnx.export(gc.Program([x], [spread]))
