@@ -9,7 +9,7 @@ import math
 import numpy as np
 
 import graphc.frontend.functions as functions
-from graphc.frontend.tensor import Tensor, broadcast_to, const
+from graphc.frontend.tensor import Tensor, broadcast_to, const, matmul
 from graphc.ir.ops import apply
 from graphc.ir.types import FLOATS
 from graphc.onnx.table import (
@@ -394,3 +394,63 @@ def scatter_nd(node, inputs, attributes, opset):
     hit = functions.scatter_add(rows * 0, positions, values * 0 + 1)
     placed = functions.scatter_add(rows * 0, positions, values)
     return functions.where(hit > 0, placed, rows).reshape(x.shape)
+
+
+def _resize_matrix(node, attributes, length: int, scale, size, roi) -> np.ndarray:
+    """The (out, length) matrix of one axis of Resize: ONNX's Resize is linear in the input
+    and separable by axis, so its reference (onnx.reference) applied to the identity gives
+    the interpolation weights of every mode, coordinate transform and antialias exactly."""
+    from onnx import TensorProto, helper
+    from onnx.reference import ReferenceEvaluator
+
+    keep = ("mode", "coordinate_transformation_mode", "cubic_coeff_a", "exclude_outside",
+            "nearest_mode", "antialias")  # fmt: skip
+    settings = {k: v for k, v in attributes.items() if k in keep}
+    given = ("scales", "") if size is None else ("", "sizes")
+    resize = helper.make_node("Resize", ["x", "roi", *given], ["y"], **settings)
+    graph = helper.make_graph(
+        [resize], "resize_axis", [helper.make_tensor_value_info("x", TensorProto.DOUBLE, None)],
+        [helper.make_tensor_value_info("y", TensorProto.DOUBLE, None)],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", node.opset)])
+    feeds = {"x": np.eye(length), "roi": np.array([0.0, roi[0], 1.0, roi[1]])}
+    if size is None:
+        feeds["scales"] = np.array([1.0, scale], np.float32)
+    else:
+        feeds["sizes"] = np.array([length, size], np.int64)
+    (weights,) = ReferenceEvaluator(model).run(None, feeds)
+    return weights.T
+
+
+@entry("Resize")
+def resize(node, inputs, attributes, opset):
+    """Per resized axis, a product with its interpolation matrix (built while importing)."""
+    x = tensor(inputs[0])
+    if x.dtype not in FLOATS:
+        raise node.unsupported(f"element type {x.dtype}")
+    if attributes.get("keep_aspect_ratio_policy", "stretch") != "stretch":
+        raise node.unsupported(
+            f"keep_aspect_ratio_policy={attributes['keep_aspect_ratio_policy']!r}"
+        )
+    if attributes.get("extrapolation_value", 0.0) != 0.0:
+        raise node.unsupported("extrapolation_value other than 0")
+    inputs = list(inputs) + [None] * (4 - len(inputs))
+    roi = static(node, inputs[1], "roi")
+    scales = static(node, inputs[2], "scales")
+    sizes = ints(node, inputs[3], "sizes")
+    axes = attributes.get("axes", list(range(x.ndim)))
+    axes = [axis_of(node, a, x.ndim) for a in axes]
+    count = len(axes)
+    for i, axis in enumerate(axes):
+        scale = None if scales is None or scales.size == 0 else float(scales[i])
+        size = None if not sizes else sizes[i]
+        if (scale == 1.0 and size is None) or size == x.shape[axis]:
+            if attributes.get("coordinate_transformation_mode") != "tf_crop_and_resize":
+                continue
+        span = (0.0, 1.0) if roi is None or roi.size == 0 else (roi[i], roi[i + count])
+        matrix = _resize_matrix(node, attributes, x.shape[axis], scale, size, span)
+        order = [a for a in range(x.ndim) if a != axis] + [axis]
+        moved = x.transpose(order)
+        result = matmul(moved, const(matrix.T.astype(x.dtype)))
+        x = result.transpose([int(a) for a in np.argsort(order)])
+    return x
