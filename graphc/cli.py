@@ -92,6 +92,15 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _input_shape(text: str) -> tuple[str, tuple[int, ...]]:
+    """An argparse type: NAME=1,3,28,28 -> ("NAME", (1, 3, 28, 28))."""
+    name, equals, dims = text.partition("=")
+    parts = dims.split(",")
+    if not equals or not name or not all(p.strip().isdigit() for p in parts):
+        raise argparse.ArgumentTypeError(f"expected NAME=1,3,28,28, got {text!r}")
+    return name, tuple(int(p) for p in parts)
+
+
 def parser() -> argparse.ArgumentParser:
     """The argument parser of `graphc` and its four subcommands."""
     root = argparse.ArgumentParser(prog="graphc", description="A graph compiler for small models.")
@@ -107,7 +116,10 @@ def parser() -> argparse.ArgumentParser:
         "train with it and time it per step beside the one-step call",
     )
     demo.set_defaults(run=_demo)
-    spec_help = "path.py:function (returning a gc.Program or an Executable) or a .gir file"
+    spec_help = (
+        "path.py:function (returning a gc.Program or an Executable), a .gir or an .onnx file"
+    )
+    shape_help = "an .onnx SPEC's input shape, fixing its symbolic dimensions (repeatable)"
     dump = commands.add_parser("dump", help="print one stage of IR for a model")
     dump.add_argument("spec", help=spec_help)
     dump.add_argument(
@@ -117,6 +129,8 @@ def parser() -> argparse.ArgumentParser:
     dump.add_argument(
         "--dot", metavar="FILE", help="also the graph as Graphviz DOT (.svg/.png: rendered)"
     )
+    dump.add_argument("--shape", action="append", type=_input_shape, metavar="NAME=1,3,28,28",
+                      help=shape_help)  # fmt: skip
     dump.set_defaults(run=_dump)
     aot = commands.add_parser("aot", help="write <name>.o, lib<name>.so and <name>.h")
     aot.add_argument("spec", help=spec_help)
@@ -132,6 +146,8 @@ def parser() -> argparse.ArgumentParser:
         help="CPU baseline (default: x86-64-v3; generic on aarch64, cortex-m4 on thumbv7em)",
     )
     aot.add_argument("--name", help="export name (default: the program's name)")
+    aot.add_argument("--shape", action="append", type=_input_shape, metavar="NAME=1,3,28,28",
+                     help=shape_help)  # fmt: skip
     aot.set_defaults(run=_aot)
     bench = commands.add_parser("bench", help="the benchmark suite against NumPy/PyTorch/JAX")
     bench.add_argument("--quick", action="store_true")

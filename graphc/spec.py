@@ -6,6 +6,8 @@ A SPEC names a program to compile:
                                  gc.Program or a compiled Executable
     path/to/program.gir          a graph in the text format (`graphc dump --stage graph`);
                                  the text carries shapes, not weights: params start at zero
+    path/to/model.onnx           an ONNX model (gc.onnx.load; `--shape NAME=1,3,28,28` fixes
+                                 a symbolic dimension), its initializers as params
 
 This module sits above `runtime` (it runs user code built with the frontend), which is why
 it is not `graphc.runtime.spec`. Every user mistake surfaces as a `SpecError` or another
@@ -41,11 +43,18 @@ class SpecError(GraphcError):
     """A SPEC that does not name a loadable program."""
 
 
-def load_spec(spec: str) -> Executable:
-    """The compiled program a SPEC names (`path.py:function` or a `.gir` file)."""
+def load_spec(spec: str, shapes=None) -> Executable:
+    """The compiled program a SPEC names (`path.py:function`, a `.gir` or an `.onnx` file;
+    `shapes` {input name: shape} fixes an ONNX model's symbolic dimensions)."""
     if spec.endswith(".gir"):
         path = pathlib.Path(spec)
         return Executable.build(parse_graph(_read(path), filename=str(path)))
+    if spec.endswith(".onnx"):
+        from graphc.onnx import load
+
+        return compile_program(load(spec, shapes=shapes))
+    if shapes:
+        raise SpecError("--shape applies to an .onnx SPEC")
     path_text, colon, function_name = spec.rpartition(":")
     if not colon or not path_text.endswith(".py") or not function_name.isidentifier():
         raise SpecError(f"bad SPEC {spec!r}: expected path.py:function or a .gir file")
@@ -354,7 +363,7 @@ def dump_command(args) -> int:
     """`graphc dump SPEC --stage STAGE [-o FILE] [--dot FILE]`."""
     if args.stage not in STAGES:
         raise SpecError(f"unknown stage {args.stage!r}; stages are {', '.join(STAGES)}")
-    executable = load_spec(args.spec)
+    executable = load_spec(args.spec, dict(getattr(args, "shape", None) or ()))
     text = executable.dump(args.stage)
     if not text.endswith("\n"):
         text += "\n"
@@ -377,7 +386,7 @@ def aot_command(args) -> int:
     """`graphc aot SPEC -o DIR [--target TRIPLE] [--cpu NAME] [--name NAME]`."""
     from graphc.runtime import aot
 
-    executable = load_spec(args.spec)
+    executable = load_spec(args.spec, dict(getattr(args, "shape", None) or ()))
     target = getattr(args, "target", None)
     paths = aot.export(executable, args.output, name=args.name, cpu=args.cpu, target=target)
     for path in paths:

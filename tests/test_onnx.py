@@ -281,3 +281,63 @@ def test_export_refuses_updates_and_ops_without_onnx_form():
     spread = gc.Tensor(apply("pad", x.node, widths=((0, 0, 1),), value=0.0))  # interior pad
     with pytest.raises(gc.GraphcError, match="interior padding has no ONNX form"):
         gc.onnx.export(gc.Program([x], [spread]))
+
+
+# ---- command line ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def mlp_file(tmp_path):
+    """The MLP with a symbolic batch dimension, as a file."""
+    model, arrays = _mlp("float32")
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "batch"
+    model.graph.output[0].type.tensor_type.shape.dim[0].dim_param = "batch"
+    path = tmp_path / "mlp.onnx"
+    onnx.save(model, str(path))
+    return path, arrays
+
+
+@pytest.mark.parametrize("stage", ["graph", "optimized", "fused", "memory", "llvm", "asm"])
+def test_cli_dump_every_stage_of_an_onnx_model(mlp_file, stage, capsys):
+    from graphc.cli import main
+
+    path, _ = mlp_file
+    assert main(["dump", str(path), "--stage", stage, "--shape", "x=2,3"]) == 0
+    text = capsys.readouterr().out
+    assert text.strip()
+    if stage == "graph":
+        assert "%x: f32[2,3]" in text and "%w1: f32[5,3]" in text
+
+
+def test_cli_onnx_errors_are_one_line(mlp_file, capsys):
+    from graphc.cli import main
+
+    path, _ = mlp_file
+    assert main(["dump", str(path)]) == 2
+    assert "symbolic dimension 'batch'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["aot", str(path), "-o", "out", "--shape", "x=2,three"])
+
+
+def test_cli_aot_of_an_onnx_model_runs_without_python_runtime(mlp_file, tmp_path, capsys):
+    """`graphc aot model.onnx`: the shared library's NAME_run gives the JIT's outputs."""
+    import ctypes
+
+    from graphc.cli import main
+
+    path, arrays = mlp_file
+    out = tmp_path / "build"
+    argv = ["aot", str(path), "-o", str(out), "--shape", "x=4,3", "--name", "mlp"]
+    assert main(argv) == 0
+    assert {p.name for p in out.iterdir()} >= {"mlp.o", "libmlp.so", "mlp.h"}
+    assert "mlp_run" in (out / "mlp.h").read_text()
+    library = ctypes.CDLL(str(out / "libmlp.so"))
+    library.mlp_mem_size.restype = ctypes.c_size_t
+    memory = np.zeros(library.mlp_mem_size() + 64, np.uint8)
+    base = memory.ctypes.data + (-memory.ctypes.data) % 64
+    library.mlp_init(ctypes.c_void_p(base))
+    x = np.random.default_rng(7).normal(size=(4, 3)).astype(np.float32)
+    y = np.zeros((4, 2), np.float32)
+    library.mlp_run(ctypes.c_void_p(base), x.ctypes.data_as(ctypes.c_void_p),
+                    y.ctypes.data_as(ctypes.c_void_p))  # fmt: skip
+    np.testing.assert_allclose(y, _numpy_mlp(x.astype(np.float64), arrays), rtol=1e-5, atol=1e-6)
