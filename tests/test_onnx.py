@@ -341,3 +341,24 @@ def test_cli_aot_of_an_onnx_model_runs_without_python_runtime(mlp_file, tmp_path
     library.mlp_run(ctypes.c_void_p(base), x.ctypes.data_as(ctypes.c_void_p),
                     y.ctypes.data_as(ctypes.c_void_p))  # fmt: skip
     np.testing.assert_allclose(y, _numpy_mlp(x.astype(np.float64), arrays), rtol=1e-5, atol=1e-6)
+
+
+def test_example_imports_a_users_file(mlp_file, capsys, tmp_path):
+    """examples/onnx_import.py on a file with a symbolic batch: graphc's outputs agree with
+    onnxruntime's, and --aot writes the C artifacts."""
+    import importlib.util
+    import pathlib
+    import re
+
+    pytest.importorskip("onnxruntime")
+    source = pathlib.Path(__file__).parent.parent / "examples" / "onnx_import.py"
+    spec = importlib.util.spec_from_file_location("onnx_import_example", source)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    path, _ = mlp_file
+    assert example.main([str(path), "--shape", "x=3,3", "--aot", str(tmp_path / "c")]) == 0
+    out = capsys.readouterr().out
+    assert "inputs {'x': (3, 3)}, 4 params" in out
+    difference = float(re.search(r"largest difference (\S+)", out).group(1))
+    assert difference < 1e-5
+    assert (tmp_path / "c" / "test_graph.h").exists()
