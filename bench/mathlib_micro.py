@@ -84,6 +84,7 @@ def compile_loop(lib, name: str, dtype: str, interleave: int = codegen.INTERLEAV
     tuning = llvm.create_pipeline_tuning_options(speed_level=3)
     builder = llvm.create_pass_builder(machine, tuning)
     builder.getModulePassManager().run(parsed, builder)
+    mathlib.link_trig(parsed, builder)  # sin/cos, linked in after optimization (older: no-op)
     assembly = machine.emit_assembly(parsed)
     engine = llvm.create_mcjit_compiler(parsed, machine)
     engine.finalize_object()

@@ -28,7 +28,7 @@ import os
 import numpy as np
 from llvmlite import ir
 
-from graphc.codegen import pieces
+from graphc.codegen import mathlib, pieces
 from graphc.codegen.emitter import MEMORY_TYPES, REGISTER_TYPES, Emitter
 from graphc.codegen.split import Split
 from graphc.codegen.target import Target, host
@@ -85,7 +85,12 @@ def keep_out_of_line(function: ir.Function) -> None:
 
 
 def instruction_count(blocks) -> int:
-    return sum(len(block.instructions) for block in blocks)
+    """Instructions; a call of sin or cos counts as what it becomes once linked in after
+    optimization (codegen/mathlib.py `link_trig`)."""
+    return sum(
+        len(block.instructions) + sum(map(mathlib.linked_size, block.instructions))
+        for block in blocks
+    )
 
 
 def i64(value: int) -> ir.Constant:

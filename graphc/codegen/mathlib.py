@@ -8,7 +8,9 @@ code is straight-line: arithmetic, float<->int bitcasts, ``select`` and intrinsi
 single instructions on x86-64-v3 (``llvm.fma``, ``llvm.fabs``, ``llvm.rint``, ``llvm.floor``,
 ``llvm.copysign``, ``llvm.sqrt``). There are no calls into libm and no branches, so the loop
 vectorizer turns a loop calling these functions into vector code (ymm on AVX2, zmm where the
-target prefers 512-bit vectors). Special cases are computed
+target prefers 512-bit vectors); sin and cos alone branch, once per vector, to an out-of-line
+routine for arguments past 2^50 (f32: 2^22), and reach the loops as calls that `link_trig`
+resolves after optimization (see sin/cos below). Special cases are computed
 alongside and chosen with ``fcmp`` + ``select``. No fast-math flags are set on anything: the
 double-double steps below rely on exact IEEE rounding, and NaN/Inf propagate as in NumPy.
 
@@ -60,13 +62,23 @@ sin/cos q = nearest integer to x 2/pi (a double-length product, so q is the true
         three-float pi/2, also next to the zeros of sin/cos (tested near k pi/2). Kernels on
         [-pi/4, pi/4] with the r_low tail: fdlibm/musl ``__sin``/``__cos`` (degree 13/14)
         for f64, Cephes ``sinf``/``cosf`` for f32. Quadrant from the low bits of
-        q + 1.5 2^52 (f32: 2^23), right for |q| < 2^51 (f32: 2^22). Domain: |x| <= 2^50 =
-        1125899906842624 (f64) and |x| <= 2^22 = 4194304 (f32), the limits included, at
-        the errors of the table below; every larger |x|, from the next float on, gives
-        NaN, deliberately, instead of a wrong number. Past about 2^53 (f32: 2^24) q is no
-        longer an integer float, so a wider domain needs Payne-Hanek reduction (2/pi to
-        ~1100 bits, a table lookup per lane), which in branch-free code every argument
-        would pay for; NumPy reduces that way.
+        q + 1.5 2^52 (f32: 2^23), right for |q| < 2^51 (f32: 2^22). That path covers
+        |x| <= 2^50 (f64) and |x| <= 2^22 (f32). Past it (q no longer an integer float
+        from about 2^53, f32: 2^24) Payne-Hanek, out of line (`_trig_reduce_large`): x's
+        exponent picks 4 x 52 bits of 2/pi from a 1344-bit table (computed here from
+        Machin's formula in integers), three exact products with FMA, the integer parts
+        split off exactly: the fraction is good to ~2^-88 relative at the float closest to
+        a multiple of pi/2 (6381956970095103 2^797), then the same kernels; f32 takes the
+        f64 routine and rounds. In a loop: the branch-free path for every lane, then one
+        test of the whole vector for a lane past the limit (inf too: NaN) and, if one is,
+        a call computing all its lanes' Payne-Hanek values. LLVM's loop vectorizer cannot
+        make that test of code it sees (it tests lane by lane under a condition: 10-25 %
+        slower), so sin(x) of a scalar is emitted as a call to `graphc_sin_f64` (...) whose
+        vector variants (`graphc_sin_f64_v4` ...) the vectorizer calls, and `link_trig`
+        links their definitions in and inlines them after optimization (jit.optimize does,
+        every pipeline must). Small arguments cost 1-5 % more than the NaN-past-the-limit
+        code before (bench/mathlib_micro.py --baseline; a compiled sin(x) cos(x) + x 8-16 %),
+        lane-by-lane tests cost 10-25 %; all-large arguments take ~31 ns per element (10-20x).
 sqrt    ``llvm.sqrt`` (one vsqrtpd/vsqrtps, correctly rounded).
 erf     |x| < 1: x S(x^2), S a degree-12 polynomial; 1 <= |x| <= 6: 1 - t e^(-x^2 + L(t)),
         t = 2/(2 + |x|) (Numerical Recipes' erfc form), L of degree 17 in t; |x| > 6: +-1
@@ -126,14 +138,15 @@ checks every row on 400000 to 600000 arguments over the same domains:
                                    f64 also at 2e7 points of its worst stretch, [0.17, 0.26];
                                    f32 measured over every float in [2^-30, 9.5])
     sigmoid    2.31      2.41      (one plain division: speed over accuracy)
-    sin        0.82      0.85      (up to |x| = 2^50 / 2^22; NaN past it)
-    cos        0.82      0.84
+    sin        0.82      0.85      (the whole range; past |x| = 2^50 / 2^22 against mpmath,
+    cos        0.82      0.84       120000 arguments of every binade to the largest float and
+                                   the floats nearest to k pi/2 there: f64 0.73, f32 0.50)
     atan       1.00      2.30      (Cephes; f32 measured over every 7th float in [0, 30])
     sqrt       0.50      0.50
     pow        0.76      0.50      (f64 with |y log x| up to 700)
     erf        1.60      0.50      (f64 against mpmath; tests/test_functions_wave2.py)
 
-Special values (all exactly as NumPy, except sin/cos past their domain: NaN): exp(+-0) = 1,
+Special values (all exactly as NumPy): exp(+-0) = 1,
 exp(-inf) = 0, exp(inf) = inf, exp(x > 709.78) = inf (f32: x > 88.72), results below the
 normal range are subnormal then 0; log(+-0) = -inf, log(x < 0) = nan, log(inf) = inf;
 log1p(-1) = -inf, log1p(x < -1) = nan, log1p(+-0) = +-0; sin(+-0) = +-0, sin/cos(+-inf) =
@@ -148,6 +161,7 @@ pow(+-inf, y) as in C99.
 
 from __future__ import annotations
 
+import functools
 import math
 import struct
 from decimal import Decimal
@@ -687,29 +701,333 @@ def _cos_kernel(b, r, r_low, z):
     return b.fadd(w, b.fadd(b.fsub(b.fsub(one, w), half_z), tail))
 
 
-def _sin_cos(b, x, quadrant_offset: int):
-    """sin(x + quadrant_offset pi/2), with NaN beyond the documented argument range."""
-    c = _C[_bits(x.type)]
-    t = x.type
-    r, r_low, q = _trig_reduce(b, x)
+def _sin_cos_reduced(b, r, r_low, q, quadrant_offset: int):
+    """sin(q pi/2 + r + r_low + quadrant_offset pi/2), q as the int bits of q + shifter."""
+    t = r.type
     q = b.add(q, _iconst(t, quadrant_offset))
     z = b.fmul(r, r)
     odd = b.icmp_unsigned("!=", b.and_(q, _iconst(t, 1)), _iconst(t, 0))
     result = b.select(odd, _cos_kernel(b, r, r_low, z), _sin_kernel(b, r, r_low, z))
     sign = b.shl(b.and_(q, _iconst(t, 2)), _iconst(t, _bits(t) - 2))
-    result = b.bitcast(b.xor(_int_bits(b, result), sign), t)
-    too_large = _gt(b, _intrinsic(b, "fabs", x), _const(t, c["trig_limit"]))
-    return _select_const(b, too_large, math.nan, result)
+    return b.bitcast(b.xor(_int_bits(b, result), sign), t)
+
+
+def _pi_bits(bits: int) -> int:
+    """floor(pi 2^bits), from Machin's formula pi = 16 atan(1/5) - 4 atan(1/239) in integers."""
+
+    def atan_inverse(k: int, scale: int) -> int:  # atan(1/k) 2^scale, rounded down per term
+        total, power, n = 0, (1 << scale) // k, 0
+        while power:
+            total += (-1) ** n * (power // (2 * n + 1))
+            power //= k * k
+            n += 1
+        return total
+
+    guard = 32  # each of the ~bits/1.4 terms truncates by < 1: 2^32 absorbs them all
+    return (16 * atan_inverse(5, bits + guard) - 4 * atan_inverse(239, bits + guard)) >> guard
+
+
+# 2/pi's first 1344 bits after the binary point, behind 64 zero bits, as 22 big-endian
+# 64-bit words: bit 64 + j of the string is 2/pi's bit of weight 2^-(j + 1).
+_TWO_OVER_PI_BITS = 1344
+_TWO_OVER_PI_WORDS = [
+    (((1 << (2 * _TWO_OVER_PI_BITS + 65)) // _pi_bits(_TWO_OVER_PI_BITS + 64)) >> (64 * i))
+    & (2**64 - 1)
+    for i in reversed(range(22))
+]
+
+
+def _two_over_pi_table(module: ir.Module) -> ir.GlobalVariable:
+    name = "graphc_two_over_pi"
+    table = module.globals.get(name)
+    if table is None:
+        words = ir.ArrayType(ir.IntType(64), len(_TWO_OVER_PI_WORDS))
+        table = ir.GlobalVariable(module, words, name)
+        table.linkage, table.global_constant = "internal", True
+        table.initializer = ir.Constant(words, _TWO_OVER_PI_WORDS)
+    return table
+
+
+def _trig_reduce_large(b, x):
+    """(r, r_low, q) as _trig_reduce, for finite float64 x with |x| >= 2^22 (Payne-Hanek).
+
+    x = m 2^(E - 52), m a 53-bit integer. The bits of 2/pi of weight >= 2^(54 - E) times x
+    are multiples of 4 and drop out; the next 4 x 52 bits, T0..T3 (read out of the bit
+    string at E), give x T_k = m' c_k with m' = m 2^-52 (x with exponent 0) and c_k the
+    52-bit integer N_k times 2^(2 - 52 k): E cancels, nothing over- or underflows. x T0,
+    x T1 and x T2 are exact double-doubles (FMA); their integer parts are split off exactly
+    (rint), leaving f = x 2/pi - Q, Q the integer nearest to it: the leading fractions are on
+    grids of 2^-50 and 2^-102 and add exactly, the rest (|.| < 2^-48) is summed with errors
+    below 2^-150, and 2/pi's bits past T3 weigh < 2^-153 |x|^-1: |f| is never below 2^-62
+    for a float64 x (the closest to a multiple of pi/2 is 6381956970095103 2^797, 2^-60.9
+    away), so f is good to ~2^-88 relative. r = f pi/2 as a double-double."""
+    i64, f64 = ir.IntType(64), ir.DoubleType()
+    bits = b.bitcast(x, i64)
+    # m' in [1, 2) with x's sign; start: where T0 starts in the bit string (E + 10)
+    m = b.bitcast(b.or_(b.and_(bits, i64(0x800FFFFFFFFFFFFF)), i64(0x3FF0000000000000)), f64)
+    exponent = b.and_(b.lshr(bits, i64(52)), i64(0x7FF))
+    # (a vector's small lanes come here too, their results discarded: keep the reads in the table)
+    exponent = b.select(b.icmp_unsigned("<", exponent, i64(1023)), i64(1023), exponent)
+    start = b.sub(exponent, i64(1023 - 10))
+    table = _two_over_pi_table(b.module)
+
+    def word(index):
+        return b.load(b.gep(table, [ir.IntType(32)(0), index], inbounds=True), typ=i64)
+
+    chunks = []
+    for k in range(4):
+        position = b.add(start, i64(52 * k))
+        index, shift = b.lshr(position, i64(6)), b.and_(position, i64(63))
+        following = b.lshr(b.lshr(word(b.add(index, i64(1))), i64(1)), b.sub(i64(63), shift))
+        window = b.lshr(b.or_(b.shl(word(index), shift), following), i64(12))  # 52 bits
+        # N_k exactly as a double: the bits of 2^52 + N_k, minus 2^52
+        exact = b.fsub(b.bitcast(b.or_(window, i64(0x4330000000000000)), f64), f64(2.0**52))
+        chunks.append(b.fmul(exact, f64(2.0 ** (2 - 52 * k))))
+    (p0, e0), (p1, e1), (p2, e2) = (_two_prod(b, m, c) for c in chunks[:3])
+    p3 = b.fmul(m, chunks[3])
+
+    def split(v):  # (integer part, fraction), exactly
+        n = _intrinsic(b, "rint", v)
+        return n, b.fsub(v, n)
+
+    n0, f0 = split(p0)
+    n1, f1 = split(e0)
+    n2, s = split(b.fadd(f0, f1))  # exact: both on the grid of 2^-50, |sum| <= 1
+    n3, f2 = split(p1)
+    u, u_low = _two_sum(b, s, f2)
+    n4, u = split(u)
+    g, g_low = _two_sum(b, u, b.fadd(u_low, e1))  # u_low + e1: exact (grid 2^-102, < 2^-50)
+    h, h_low = _two_sum(b, g, p2)
+    low = b.fadd(b.fadd(g_low, h_low), b.fadd(e2, p3))
+    f, f_low = _two_sum(b, h, low)
+    # Q mod 4 (n0 may be as large as 2^55: its multiple of 4 goes first, exactly)
+    n0 = b.fsub(n0, b.fmul(_intrinsic(b, "rint", b.fmul(n0, f64(0.25))), f64(4.0)))
+    q = b.fadd(b.fadd(b.fadd(n0, n1), b.fadd(n2, n3)), n4)
+    half_pi, half_pi_low = _split(_PI / 2, 64, 2)
+    r, r_low = _two_prod(b, f, f64(half_pi))
+    r_low = _fma(b, f, f64(half_pi_low), _fma(b, f_low, f64(half_pi), r_low))
+    r, r_low = _two_sum(b, r, r_low)
+    return r, r_low, _int_bits(b, b.fadd(q, f64(_C[64]["shifter"])))
+
+
+def _large_routine(module: ir.Module, t: ir.Type, quadrant_offset: int) -> ir.Function:
+    """The scalar `sin` (quadrant_offset 0) or `cos` (1) of float type t for |x| > trig_limit
+    (inf: NaN): Payne-Hanek; float32 computed in float64 and rounded. Out of line: only the
+    branch to it sits in the loops."""
+    name = f"graphc_{_TRIG_NAMES[quadrant_offset]}_large_f{_bits(t)}"
+    routine, b = _out_of_line(module, t, name)
+    if b is None:
+        return routine
+    x = routine.args[0]
+    wide = x if _bits(t) == 64 else b.fpext(x, ir.DoubleType())
+    result = _sin_cos_reduced(b, *_trig_reduce_large(b, wide), quadrant_offset)
+    result = _select_const(
+        b, _eq(b, _intrinsic(b, "fabs", wide), _const(wide.type, math.inf)), math.nan, result
+    )
+    b.ret(result if _bits(t) == 64 else b.fptrunc(result, t))
+    return routine
+
+
+_TRIG_NAMES = ("sin", "cos")
+
+
+def _out_of_line(module: ir.Module, t: ir.Type, name: str):
+    """(the internal noinline function `name` of type t(t), a builder at its entry if it is
+    new, else None)."""
+    function = module.globals.get(name)
+    if function is not None:
+        return function, None
+    function = ir.Function(module, ir.FunctionType(t, [t]), name)
+    function.linkage = "internal"
+    function.attributes.add("noinline")
+    function.attributes.add("nounwind")
+    return function, ir.IRBuilder(function.append_basic_block("entry"))
+
+
+def _large_vector_routine(module: ir.Module, t: ir.VectorType, quadrant_offset: int, keep: bool):
+    """_large_routine lane by lane on a vector. keep: with preserve_allcc, so that the vector
+    registers of the loop calling it survive the call without being saved around it (x86-64:
+    vzeroupper must then stay out of it, which LLVM would put before its return)."""
+    routine = _large_routine(module, t.element, quadrant_offset)
+    vector_routine, b = _out_of_line(module, t, f"{routine.name}_v{t.count}{'_kept' * keep}")
+    if b is None:
+        return vector_routine
+    if keep:
+        vector_routine.calling_convention = "preserve_allcc"
+        set.add(vector_routine.attributes, '"target-features"="-vzeroupper"')
+    x, result = vector_routine.args[0], ir.Constant(t, None)
+    for lane in range(t.count):
+        i = ir.IntType(32)(lane)
+        result = b.insert_element(result, b.call(routine, [b.extract_element(x, i)]), i)
+    b.ret(result)
+    return vector_routine
+
+
+def _sin_cos_inline(b, x, quadrant_offset: int, keep: bool = False):
+    """sin(x + quadrant_offset pi/2): the branch-free reduction for |x| <= trig_limit, and a
+    branch (scalar x: on x; a vector: on any lane) to Payne-Hanek for the others (a vector:
+    all its lanes, one by one, out of line; `keep`: see _large_vector_routine). NaN stays NaN
+    (an ordered compare is false); inf takes the branch (NaN there)."""
+    t = x.type
+    result = _sin_cos_reduced(b, *_trig_reduce(b, x), quadrant_offset)
+    if quadrant_offset == 0:
+        result = _keep_zero(b, x, result)
+    large = _gt(b, _intrinsic(b, "fabs", x), _const(t, _C[_bits(t)]["trig_limit"]))
+    vector = isinstance(t, ir.VectorType)
+    if vector:
+        routine = _large_vector_routine(b.module, t, quadrant_offset, keep)
+        lanes = ir.IntType(t.count)
+        any_large = b.icmp_unsigned("!=", b.bitcast(large, lanes), lanes(0))
+    else:
+        routine, any_large = _large_routine(b.module, t, quadrant_offset), large
+    before = b.block
+    with b.if_then(any_large, likely=False):
+        slow = b.call(routine, [x], cconv=routine.calling_convention)
+        if vector:
+            slow = b.select(large, slow, result)
+        slow_block = b.block
+    merged = b.phi(t)
+    merged.add_incoming(result, before)
+    merged.add_incoming(slow, slow_block)
+    return merged
+
+
+# sin and cos of a scalar are calls to `graphc_sin_f64` (...), declared, with vector variants
+# of these widths (`graphc_sin_f64_v4` ...), also declared: LLVM's loop vectorizer turns the
+# call into a call of the variant of its width. The routines themselves are linked in and
+# inlined once the module is optimized (`link_trig`): a loop that computes sin this way tests
+# its vector once for a large lane (a branch LLVM's vectorizer would not make of code inlined
+# before it: it would test lane by lane, 10-25 % slower).
+_TRIG_WIDTHS = (2, 4, 8, 16, 32)
+
+
+def _trig_symbol(quadrant_offset: int, t: ir.Type, lanes: int = 1) -> str:
+    name = f"graphc_{_TRIG_NAMES[quadrant_offset]}_f{_bits(t)}"
+    return name if lanes == 1 else f"{name}_v{lanes}"
+
+
+class _CallAttributes(ir.instructions.CallInstrAttributes):
+    """Call-site attributes that also take LLVM's string attributes ("name"="value")."""
+
+    def add(self, name):
+        return set.add(self, name) if name.startswith('"') else super().add(name)
+
+
+def _compiler_used(module: ir.Module, values: list) -> None:
+    """Keep `values` until code generation (`@llvm.compiler.used`; it emits nothing itself):
+    the vectorizer finds a variant by name, and an unused declaration would be gone by then."""
+    array = ir.ArrayType(ir.PointerType(), len(values))
+    used = ir.GlobalVariable(module, array, "llvm.compiler.used")
+    used.linkage, used.section = "appending", "llvm.metadata"
+    used.initializer = ir.Constant(array, values)
+
+
+def _sin_cos(b, x, quadrant_offset: int):
+    t = x.type
+    if isinstance(t, ir.VectorType):
+        return _sin_cos_inline(b, x, quadrant_offset)
+    module, name = b.module, _trig_symbol(quadrant_offset, t)
+    routine = module.globals.get(name)
+    if routine is None:
+        routine = ir.Function(module, ir.FunctionType(t, [t]), name)
+        variants = []
+        for lanes in _TRIG_WIDTHS:
+            vector = ir.VectorType(t, lanes)
+            variant = _trig_symbol(quadrant_offset, t, lanes)
+            variants.append(ir.Function(module, ir.FunctionType(vector, [vector]), variant))
+        if "llvm.compiler.used" in module.globals:  # one array per module: append to it
+            used = module.globals["llvm.compiler.used"]
+            variants = [*used.initializer.constant, *variants]
+            del module.globals["llvm.compiler.used"]
+            module.scope._useset.discard("llvm.compiler.used")
+        _compiler_used(module, variants)
+    call = b.call(routine, [x])
+    mangled = ",".join(
+        f"_ZGV_LLVM_N{n}v_{name}({_trig_symbol(quadrant_offset, t, n)})" for n in _TRIG_WIDTHS
+    )
+    call.attributes = _CallAttributes(
+        ["nounwind", "readnone", '"vector-function-abi-variant"="' + mangled + '"']
+    )
+    return call
+
+
+@functools.cache
+def _inlined_size(name: str) -> int:
+    """Instructions of the scalar routine `name` (graphc_sin_f64 ...) once inlined."""
+    offset = _TRIG_NAMES.index(name.split("_")[1])
+    t = ir.FloatType() if name.endswith("f32") else ir.DoubleType()
+    function = ir.Function(ir.Module(), ir.FunctionType(t, [t]), "size")
+    b = ir.IRBuilder(function.append_basic_block())
+    _sin_cos_inline(b, function.args[0], offset)
+    return sum(len(block.instructions) for block in function.blocks)
+
+
+def linked_size(instruction: ir.Instruction) -> int:
+    """The instructions a call of scalar sin or cos becomes after `link_trig`, less the call;
+    0 for any other instruction (how large a kernel is: codegen/kernel.py)."""
+    if not isinstance(instruction, ir.CallInstr) or not isinstance(instruction.callee, ir.Function):
+        return 0
+    name = instruction.callee.name
+    if not (name.startswith(("graphc_sin_f", "graphc_cos_f")) and name[-3:] in ("f32", "f64")):
+        return 0
+    return _inlined_size(name) - 1
 
 
 def sin(b: ir.IRBuilder, x: ir.Value) -> ir.Value:
-    """Sine; NaN for |x| > 2^50 (f32: 2^22), see the module docstring."""
-    return _keep_zero(b, x, _sin_cos(b, x, 0))
+    """Sine over the whole range (scalar x: a call `link_trig` resolves; see the docstring)."""
+    return _sin_cos(b, x, 0)
 
 
 def cos(b: ir.IRBuilder, x: ir.Value) -> ir.Value:
-    """Cosine; NaN for |x| > 2^50 (f32: 2^22), see the module docstring."""
+    """Cosine over the whole range (scalar x: a call `link_trig` resolves; see the docstring)."""
     return _sin_cos(b, x, 1)
+
+
+def trig_definitions(names: set[str], keep: bool = False) -> str | None:
+    """LLVM IR defining those of the sin/cos symbols (scalar and vector variants) in `names`
+    as `available_externally` + `alwaysinline` functions (inlined, then never emitted), with
+    the out-of-line Payne-Hanek routines they call; None if `names` has none of them. keep:
+    vector registers survive the calls (x86-64; see _large_vector_routine)."""
+    module = ir.Module(name="graphc_trig")
+    found = False
+    for offset in (0, 1):
+        for t in (ir.FloatType(), ir.DoubleType()):
+            for lanes in (1, *_TRIG_WIDTHS):
+                name = _trig_symbol(offset, t, lanes)
+                if name not in names:
+                    continue
+                found = True
+                vt = t if lanes == 1 else ir.VectorType(t, lanes)
+                function = ir.Function(module, ir.FunctionType(vt, [vt]), name)
+                function.linkage = "available_externally"
+                function.attributes.add("alwaysinline")
+                function.attributes.add("nounwind")
+                b = ir.IRBuilder(function.append_basic_block("entry"))
+                b.ret(_sin_cos_inline(b, function.args[0], offset, keep))
+    return str(module) if found else None
+
+
+def link_trig(module, pass_builder) -> None:
+    """Resolve the sin/cos calls of an optimized `module` (llvmlite.binding.ModuleRef): link
+    in `trig_definitions` and inline them (then clean up with instcombine and simplifycfg).
+    Every pipeline that compiles mathlib's sin or cos runs this after its optimization."""
+    from llvmlite import binding
+
+    names = {f.name for f in module.functions if f.is_declaration}
+    text = trig_definitions(names, keep=module.triple.startswith("x86_64"))
+    if text is None:
+        return
+    # in the module's own LLVM context (llvmlite keeps it, unexported, on the ModuleRef)
+    context = getattr(module, "_context", None) or binding.get_global_context()
+    definitions = binding.parse_assembly(text, context=context)
+    definitions.triple, definitions.data_layout = module.triple, module.data_layout
+    module.link_in(definitions)
+    passes = binding.create_new_module_pass_manager()
+    passes.add_always_inliner_pass()
+    passes.add_instruction_combine_pass()
+    passes.add_simplify_cfg_pass()
+    passes.add_global_dead_code_eliminate_pass()  # the routines no variant called
+    passes.run(module, pass_builder)
 
 
 def sqrt(b: ir.IRBuilder, x: ir.Value) -> ir.Value:
@@ -991,7 +1309,7 @@ def loop_module(name: str, t: ir.Type, arity: int, emit) -> ir.Module:
     b.store(emit(b, *args), b.gep(out, [i], inbounds=True, source_etype=t))
     following = b.add(i, ir.Constant(i64, 1))
     i.add_incoming(ir.Constant(i64, 0), entry)
-    i.add_incoming(following, body)
+    i.add_incoming(following, b.block)  # sin and cos end in a block of their own
     b.cbranch(b.icmp_signed("<", following, n), body, done)
     b.position_at_end(done)
     b.ret_void()

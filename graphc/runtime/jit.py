@@ -94,7 +94,7 @@ import llvmlite
 import llvmlite.binding as llvm
 import numpy as np
 
-from graphc.codegen import parallel, target
+from graphc.codegen import mathlib, parallel, target
 from graphc.errors import CompileError, InputError
 
 _LOCK = target.LLVM_LOCK
@@ -169,13 +169,15 @@ def target_machine(
 
 
 def optimize(module: llvm.ModuleRef, tm: llvm.TargetMachine, level: int = DEFAULT_OPT) -> None:
-    """Run the new pass manager's default pipeline at `level`, with loop and SLP vectorization."""
+    """Run the new pass manager's default pipeline at `level`, with loop and SLP vectorization;
+    then link in and inline the sin/cos routines (codegen/mathlib.py `link_trig`)."""
     with _LOCK:
         tuning = llvm.create_pipeline_tuning_options(speed_level=level)
         tuning.loop_vectorization = level >= 2
         tuning.slp_vectorization = level >= 2
         builder = llvm.create_pass_builder(tm, tuning)
         builder.getModulePassManager().run(module, builder)
+        mathlib.link_trig(module, builder)  # sin/cos: their routines, after vectorization
 
 
 def _interruptible(work: Callable[[], object]) -> object:
