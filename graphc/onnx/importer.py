@@ -219,7 +219,8 @@ def _check_declared(tensor: Tensor, value_info) -> None:
     declared = value_info.type.tensor_type
     if not value_info.type.HasField("tensor_type"):
         raise UnsupportedError(f"graph output {value_info.name!r}: only tensors are supported")
-    if declared.elem_type and DTYPES.get(declared.elem_type) != tensor.dtype:
+    what = f"graph output {value_info.name!r}"
+    if declared.elem_type and dtype_of(declared.elem_type, what) != tensor.dtype:
         raise GraphcError(
             f"graph output {value_info.name!r} is {tensor.type}, the model declares element "
             f"type {declared.elem_type}"
