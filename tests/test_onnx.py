@@ -362,3 +362,72 @@ def test_example_imports_a_users_file(mlp_file, capsys, tmp_path):
     difference = float(re.search(r"largest difference (\S+)", out).group(1))
     assert difference < 1e-5
     assert (tmp_path / "c" / "test_graph.h").exists()
+
+
+def test_gradients_through_imported_layers():
+    """float64 finite differences through the layer entries an imported CNN uses: Conv with
+    asymmetric pads, BatchNormalization, MaxPool with ceil_mode, AveragePool without the
+    padding counted, ConvTranspose, Resize (linear), Gemm, LayerNormalization, Softmax."""
+    rng = np.random.default_rng(8)
+    arrays = {
+        "w": rng.normal(size=(3, 2, 3, 3)), "b": rng.normal(size=3),
+        "scale": rng.uniform(0.5, 1.5, 3), "shift": rng.normal(size=3),
+        "mean": rng.normal(size=3) * 0.1, "var": rng.uniform(0.5, 1.5, 3),
+        "wt": rng.normal(size=(3, 2, 2, 2)), "fc": rng.normal(size=(4, 18)),
+        "gamma": rng.uniform(0.5, 1.5, 4), "beta": rng.normal(size=4),
+    }  # fmt: skip
+    constants = {"scales": np.array([1.0, 1.0, 1.5, 1.5], np.float32)}
+    initializers = [numpy_helper.from_array(a, n) for n, a in arrays.items()]
+    initializers += [numpy_helper.from_array(a, n) for n, a in constants.items()]
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 0, 2, 1]),
+        helper.make_node("BatchNormalization", ["c", "scale", "shift", "mean", "var"], ["n"]),
+        helper.make_node("Relu", ["n"], ["r"]),
+        helper.make_node("MaxPool", ["r"], ["m"], kernel_shape=[2, 2], strides=[2, 2], ceil_mode=1),
+        helper.make_node(
+            "AveragePool", ["m"], ["a"], kernel_shape=[2, 2], strides=[2, 2], pads=[1, 1, 0, 0]
+        ),
+        helper.make_node("ConvTranspose", ["a", "wt"], ["t"], strides=[2, 2]),
+        helper.make_node("Resize", ["t", "", "scales"], ["z"], mode="linear"),
+        helper.make_node("ReduceMean", ["z", "axes"], ["p"], keepdims=0),
+        helper.make_node("Flatten", ["p"], ["f"]),
+        helper.make_node("Gemm", ["f", "fc"], ["g"], transB=1),
+        helper.make_node("LayerNormalization", ["g", "gamma", "beta"], ["l"]),
+        helper.make_node("Softmax", ["l"], ["y"]),
+    ]
+    initializers.append(numpy_helper.from_array(np.array([1], np.int64), "axes"))
+    model = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.DOUBLE, [2, 2, 6, 5])],
+                   [helper.make_tensor_value_info("y", TensorProto.DOUBLE, None)],
+                   initializers)  # fmt: skip
+    model.graph.output[0].type.tensor_type.ClearField("shape")
+    program = gc.onnx.load(model)
+    (y,) = program.outputs
+    assert y.shape == (2, 4)
+    weights = gc.const(rng.normal(size=y.shape))
+    loss = (y * weights).sum()
+    feed = {"x": rng.normal(size=(2, 2, 6, 5))}
+    gc.check_grad(loss, program.params(), feed)
+    gc.check_grad(loss, [program.inputs[0]], feed)
+    (interpreted,) = gc.evaluate(program.outputs, feed)
+    (compiled,) = gc.compile(program)(feed["x"])
+    np.testing.assert_allclose(compiled, interpreted, rtol=1e-10, atol=1e-12)
+    # onnxruntime has no float64 Conv: the same model in float32 against it
+    ort = pytest.importorskip("onnxruntime")
+    single = _as_float32(model)
+    x32 = feed["x"].astype(np.float32)
+    (expected,) = ort.InferenceSession(single.SerializeToString()).run(None, {"x": x32})
+    (got,) = gc.compile(gc.onnx.load(single))(x32)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def _as_float32(model):
+    """A copy of `model` with its float64 initializers, inputs and outputs in float32."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    for i, tensor in enumerate(copy.graph.initializer):
+        if tensor.data_type == TensorProto.DOUBLE:
+            array = numpy_helper.to_array(tensor).astype(np.float32)
+            copy.graph.initializer[i].CopyFrom(numpy_helper.from_array(array, tensor.name))
+    for value in [*copy.graph.input, *copy.graph.output]:
+        value.type.tensor_type.elem_type = TensorProto.FLOAT
+    return copy

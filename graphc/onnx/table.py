@@ -90,6 +90,8 @@ def static(node, value, what: str) -> np.ndarray:
     """An input whose value must be known while importing (a shape, axes, pads ...)."""
     if value is None or isinstance(value, np.ndarray):
         return value
+    if value.node.op == "param":  # a float initializer read as scales, pads ...: its value
+        return np.array(value.value)
     raise node.needs_constant(what)
 
 
