@@ -1,7 +1,11 @@
-"""A recurrent model as a benchmark case (issue 17's W8):
+"""Loops as benchmark cases (issue 17's W8 and W9):
 
     W8  a GRU of 64 units over 32 steps of 16 features at batch 32, its last state through
         Dense(1), MSE to a target, one Adam step (float32)
+    W9  K = 100 and 1000 Adam steps of the max-of-five MLP (5-32-16-1, batch 32) in one call
+        (gc.compile(..., steps=K)), against jax.jit of lax.scan over the K steps and against
+        graphc's one-step executable called K times (peer "graphc1"); a call returns the K
+        losses
 
 graphc runs the GRU as one native loop (gc.scan); jax.jit as `lax.scan`; PyTorch eager as
 `nn.GRU`. Every peer starts from graphc's initial weights (nn.GRU's layout; the Dense's `w`
@@ -14,7 +18,7 @@ import numpy as np
 
 import graphc as gc
 
-from . import peers
+from . import peers, workloads
 from .workloads import Case, _peer_factories, _symbol
 
 
@@ -88,6 +92,72 @@ def jax_gru_train(arrays, x, target):
     return peers._jax_train(jax, pairs, loss_fn, update, [x, target])
 
 
+def steps_case(case_id: str, steps: int, peer_names, batch=32) -> Case:
+    """W9: `steps` Adam steps of the 5-32-16-1 MLP on the max of five inputs, one call."""
+    rng = np.random.default_rng(10)
+    x = gc.input("x", (batch, 5), "float32")
+    y = gc.input("y", (batch, 1), "float32")
+    model = workloads._mlp((5, 32, 16, 1), "float32", "mlp")
+    loss = gc.nn.mse_loss(model(x), y)
+    opt = gc.optim.Adam(model.params(), **peers.ADAM)
+    program = gc.Program([x, y], loss, opt.updates(loss), name=_symbol(case_id))
+    xv = rng.normal(size=(steps, batch, 5)).astype(np.float32)
+    yv = xv.max(axis=2, keepdims=True)
+    weights = workloads._weights(model)
+    factories = {}
+    if "jax" in peer_names:
+        factories["jax"] = lambda: jax_mlp_scan_train(weights, xv, yv)
+
+    def one_step():  # a model of its own (params are state), from the same weights
+        x1, y1 = gc.input("x", x.shape, "float32"), gc.input("y", y.shape, "float32")
+        twin = workloads._mlp((5, 32, 16, 1), "float32", "mlp")
+        loss1 = gc.nn.mse_loss(twin(x1), y1)
+        for p, value in zip(twin.params(), (a for wb in weights for a in wb)):
+            p.value[...] = value
+        updates = gc.optim.Adam(twin.params(), **peers.ADAM).updates(loss1)
+        executable = gc.compile(gc.Program([x1, y1], loss1, updates, name="w9_one_step"))
+        return lambda: np.array([executable(xs, ys) for xs, ys in zip(xv, yv)])
+
+    factories["graphc1"] = one_step
+    return Case(case_id, "W9", "float32", program, (xv, yv), factories, steps=steps)
+
+
+def jax_mlp_scan_train(weights, xs, ys):
+    """jax.jit of lax.scan over the K Adam steps of peers.jax_mlp_train's step."""
+    jax = peers._import("jax")
+    jnp = jax.numpy
+    update = peers._JaxAdam(jnp, xs.dtype)
+
+    def loss_fn(params, x, y):
+        return jnp.mean((peers._jax_forward(jnp, params, x) - y) ** 2)
+
+    grad_fn = jax.value_and_grad(loss_fn)
+
+    def body(state, batch):
+        params, opt_state = state
+        loss, grads = grad_fn(params, *batch)
+        return update.apply(params, grads, opt_state), loss
+
+    @jax.jit
+    def train(params, opt_state, xs, ys):
+        (params, opt_state), losses = jax.lax.scan(body, (params, opt_state), (xs, ys))
+        return params, opt_state, losses
+
+    params = [jnp.asarray(a) for wb in weights for a in wb]
+    state = {"params": params, "opt": update.init(params)}
+    xj, yj = jnp.asarray(xs), jnp.asarray(ys)
+
+    def call():
+        state["params"], state["opt"], losses = train(state["params"], state["opt"], xj, yj)
+        return losses.block_until_ready()
+
+    return call
+
+
 def recurrent_cases(peer_names) -> list[Case]:
-    """W8."""
-    return [gru_train_case("W8", peer_names)]
+    """W8 and W9."""
+    return [
+        gru_train_case("W8", peer_names),
+        steps_case("W9 K=100", 100, peer_names),
+        steps_case("W9 K=1000", 1000, peer_names),
+    ]

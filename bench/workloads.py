@@ -25,7 +25,8 @@ import graphc as gc
 
 from . import peers
 
-PEER_ORDER = ("graphc", "numpy", "torch", "jax", "onnxruntime")
+# graphc1: graphc's one-step executable called K times from Python (W9's second peer)
+PEER_ORDER = ("graphc", "numpy", "torch", "jax", "onnxruntime", "graphc1")
 
 
 @dataclass
@@ -40,6 +41,7 @@ class Case:
     factories: dict[str, Callable[[], Callable]]
     flops: float | None = None
     compile_timings: dict = field(default_factory=dict)
+    steps: int = 1  # training steps per call (gc.compile(..., steps=K))
 
     def graphc(self) -> Callable:
         """Compile cold (fresh cache: the caller sets GRAPHC_CACHE_DIR), then warm; run warm."""
@@ -47,7 +49,7 @@ class Case:
 
         for kind in ("cold", "warm"):
             start = time.perf_counter()
-            executable = gc.compile(self.program)
+            executable = gc.compile(self.program, steps=self.steps)
             self.compile_timings[kind] = {
                 "total": time.perf_counter() - start,
                 **executable.timings,
@@ -69,6 +71,7 @@ GROUPS = {
     "W6": "LeNet-5 on 1x28x28: Adam training step at batch 64, inference (bench/models.py)",
     "W7": "pre-LayerNorm transformer encoder block (8x64x128, 4 heads, FFN 512): AdamW step",
     "W8": "GRU 64 units over 32 steps (16 features, batch 32) -> Dense(1), MSE, Adam step",
+    "W9": "K Adam steps of the 5-32-16-1 max-of-five MLP (batch 32) in one call (steps=K)",
 }
 
 
@@ -231,4 +234,6 @@ TARGETS = [
     # issue 17's: a GRU as one native loop (bench/recurrent.py)
     Target("W8", "jax", 2),
     Target("W8", "torch", 3),
+    *[Target(f"W9 K={k}", "jax", 20) for k in (100, 1000)],
+    *[Target(f"W9 K={k}", "graphc1", 2) for k in (100, 1000)],
 ]
