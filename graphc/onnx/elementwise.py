@@ -310,8 +310,8 @@ def reduce(node, inputs, attributes, opset):
         result = x.sum(axes, keepdims=True)
         if kind == "ReduceMean":
             count = math.prod(x.shape[a] for a in axes)
-            result = (result / count if x.dtype in FLOATS else
-                      functions.floor_divide(result, scalar_like(result, count)))  # fmt: skip
+            result = (result / count if x.dtype in FLOATS else  # integers: toward zero
+                      _truncated_divide(result, scalar_like(result, count)))  # fmt: skip
         elif kind == "ReduceL2":
             result = (functions.sqrt(result) if x.dtype in FLOATS else
                       functions.sqrt(result.astype("float64")).astype(x.dtype))  # fmt: skip
