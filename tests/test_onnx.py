@@ -431,3 +431,24 @@ def _as_float32(model):
     for value in [*copy.graph.input, *copy.graph.output]:
         value.type.tensor_type.elem_type = TensorProto.FLOAT
     return copy
+
+
+@pytest.mark.parametrize(
+    "equation, shapes",
+    [("ij,jk->ik", [(2, 3), (3, 4)]), ("...ij,...jk", [(2, 2, 3), (3, 4)]), ("ii->i", [(3, 3)]),
+     ("ij->", [(2, 3)]), ("bij,bkj->bik", [(2, 3, 4), (2, 5, 4)]), ("i,j", [(2,), (3,)]),
+     ("iij->ji", [(3, 3, 2)])],
+)  # fmt: skip
+def test_einsum_against_numpy(equation, shapes):
+    rng = np.random.default_rng(9)
+    arrays = [rng.normal(size=s) for s in shapes]
+    names = [f"x{i}" for i in range(len(shapes))]
+    nodes = [helper.make_node("Einsum", names, ["y"], equation=equation)]
+    inputs = [
+        helper.make_tensor_value_info(n, TensorProto.DOUBLE, s) for n, s in zip(names, shapes)
+    ]
+    model = _model(nodes, inputs, [helper.make_tensor_value_info("y", TensorProto.DOUBLE, None)])
+    model.graph.output[0].type.tensor_type.ClearField("shape")
+    program = gc.onnx.load(model)
+    (got,) = gc.evaluate(program.outputs, dict(zip(names, arrays)))
+    np.testing.assert_allclose(got, np.einsum(equation, *arrays), rtol=1e-12, atol=1e-12)

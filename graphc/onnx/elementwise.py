@@ -1,5 +1,5 @@
-"""ONNX's elementwise ops, comparisons, casts and reductions as graphc composites (the
-table's conventions: table.py)."""
+"""ONNX's elementwise ops, comparisons, casts, reductions (Einsum among them) and losses as
+graphc composites (the table's conventions: table.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 
 import graphc.frontend.composites as composites
 import graphc.frontend.functions as functions
-from graphc.frontend.tensor import Tensor
+from graphc.frontend.tensor import Tensor, broadcast_to, const
 from graphc.ir.ops import apply
 from graphc.ir.types import FLOATS
 from graphc.onnx.table import (
@@ -375,3 +375,115 @@ def cumprod(node, inputs, attributes, opset):
             running = part if running is None else running * part
             parts[i] = running
     return functions.concat([parts[i] for i in range(n)], axis=axis) if n else x
+
+
+def _einsum_terms(node, equation: str, ranks: list[int]) -> tuple[list[str], str]:
+    """The letters of each operand and of the output, "..." spelled as capital letters
+    (aligned from the right, as broadcasting is)."""
+    equation = equation.replace(" ", "")
+    inputs, arrow, output = equation.partition("->")
+    terms = inputs.split(",")
+    if len(terms) != len(ranks):
+        raise node.error(f"equation {equation!r} names {len(terms)} operands, got {len(ranks)}")
+    spread = max([r - len(t.replace("...", "")) for t, r in zip(terms, ranks)] + [0])
+    ellipsis = "".join(chr(ord("A") + i) for i in range(spread))
+    letters = []
+    for term, rank in zip(terms, ranks):
+        count = rank - len(term.replace("...", ""))
+        letters.append(term.replace("...", ellipsis[spread - count :]))
+    if not arrow:  # implicit: the letters seen once, in alphabetical order, after "..."
+        seen = "".join(letters)
+        output = ellipsis + "".join(
+            sorted(c for c in set(seen) if seen.count(c) == 1 and c.islower())
+        )
+    else:
+        output = output.replace("...", ellipsis)
+    return letters, output
+
+
+def _diagonal(x: Tensor, letters: str) -> tuple[Tensor, str]:
+    """x with each repeated letter reduced to its diagonal (`ii` -> `i`)."""
+    while len(set(letters)) < len(letters):
+        letter = next(c for c in letters if letters.count(c) > 1)
+        first = letters.index(letter)
+        second = letters.index(letter, first + 1)
+        rows = Tensor(apply("iota", shape=x.shape, axis=first, dtype="int64"))
+        columns = Tensor(apply("iota", shape=x.shape, axis=second, dtype="int64"))
+        x = functions.where(rows == columns, x, scalar_like(x, 0)).sum(axis=second)
+        letters = letters[:second] + letters[second + 1 :]
+    return x, letters
+
+
+@entry("Einsum")
+def einsum(node, inputs, attributes, opset):
+    """Each operand's diagonals taken, all aligned on one order of the letters, multiplied
+    with broadcasting and summed over the letters the output does not keep."""
+    xs = [tensor(x) for x in inputs]
+    if any(x.dtype == "bool" for x in xs):
+        raise node.unsupported("element type bool")
+    letters, output = _einsum_terms(node, attributes["equation"], [x.ndim for x in xs])
+    everything = "".join(dict.fromkeys("".join(letters) + output))
+    sizes, product = {}, None
+    for x, term in zip(xs, letters):
+        x, term = _diagonal(x, term)
+        for c, d in zip(term, x.shape):
+            sizes[c] = max(sizes.get(c, 1), d)
+        order = sorted(range(len(term)), key=lambda i: everything.index(term[i]))
+        x = x.transpose(order) if len(order) > 1 else x
+        term = "".join(term[i] for i in order)
+        x = x.reshape(tuple(x.shape[term.index(c)] if c in term else 1 for c in everything))
+        product = x if product is None else product * x
+    summed = tuple(i for i, c in enumerate(everything) if c not in output)
+    if summed:
+        product = product.sum(axis=summed)
+    kept = "".join(c for c in everything if c in output)
+    shape = tuple(sizes[c] for c in kept)
+    if product.shape != shape:
+        product = broadcast_to(product, shape)
+    return product.transpose([kept.index(c) for c in output]) if len(output) > 1 else product
+
+
+# ---- losses ---------------------------------------------------------------------------------
+
+
+def _negative_log_likelihood(node, log_probs: Tensor, labels: Tensor, weight, attributes):
+    """NegativeLogLikelihoodLoss over (N, C, *d) scores and (N, *d) labels."""
+    labels = labels.astype("int64")
+    ignored = None
+    if "ignore_index" in attributes:
+        ignored = labels == scalar_like(labels, attributes["ignore_index"])
+        labels = functions.where(ignored, scalar_like(labels, 0), labels)
+    positions = Tensor(apply("iota", shape=log_probs.shape, axis=1, dtype="int64"))
+    hot = positions == broadcast_to(functions.expand_dims(labels, 1), log_probs.shape)
+    picked = functions.where(hot, log_probs, scalar_like(log_probs, 0)).sum(axis=1)
+    weights = (const(np.ones(labels.shape, log_probs.dtype)) if weight is None else
+               functions.take(tensor(weight, log_probs.dtype), labels))  # fmt: skip
+    if ignored is not None:
+        weights = functions.where(ignored, scalar_like(weights, 0), weights)
+    loss = -picked * weights
+    reduction = attributes.get("reduction", "mean")
+    if reduction == "none":
+        return loss
+    if reduction == "sum":
+        return loss.sum()
+    if reduction != "mean":
+        raise node.unsupported(f"reduction={reduction!r}")
+    return loss.sum() / weights.sum()
+
+
+@entry("NegativeLogLikelihoodLoss")
+def nll_loss(node, inputs, attributes, opset):
+    log_probs = tensor(inputs[0])
+    floats_only(node, log_probs)
+    weight = inputs[2] if len(inputs) > 2 else None
+    return _negative_log_likelihood(node, log_probs, tensor(inputs[1]), weight, attributes)
+
+
+@entry("SoftmaxCrossEntropyLoss")
+def softmax_cross_entropy(node, inputs, attributes, opset):
+    scores = tensor(inputs[0])
+    floats_only(node, scores)
+    log_probs = composites.log_softmax(scores, axis=1)
+    weight = inputs[2] if len(inputs) > 2 else None
+    loss = _negative_log_likelihood(node, log_probs, tensor(inputs[1]), weight, attributes)
+    return [loss, log_probs]

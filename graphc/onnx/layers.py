@@ -1,4 +1,4 @@
-"""ONNX's contractions, convolution, pooling, normalization, losses and attention as
+"""ONNX's contractions, convolution, pooling, normalization and attention as
 graphc composites (the table's conventions: table.py)."""
 
 from __future__ import annotations
@@ -163,11 +163,24 @@ def _channel(value, x: Tensor) -> Tensor:
 def batch_norm(node, inputs, attributes, opset):
     x = tensor(inputs[0])
     floats_only(node, x)
-    if attributes.get("training_mode", 0) or len([o for o in node.outputs if o]) > 1:
-        raise node.unsupported("training_mode=1 (batch statistics)")
     scale, bias, mean, var = (_channel(v, x) for v in inputs[1:5])
     eps = attributes.get("epsilon", 1e-5)
-    return (x - mean) * (scale / functions.sqrt(var + eps)) + bias
+    if not attributes.get("training_mode", 0):
+        if len([o for o in node.outputs if o]) > 1:
+            raise node.unsupported("the running statistics outputs without training_mode")
+        return (x - mean) * (scale / functions.sqrt(var + eps)) + bias
+    # training: the batch's statistics (variance over N), and the running ones updated
+    axes = (0, *range(2, x.ndim))
+    batch_mean = composites.mean(x, axis=axes, keepdims=True)
+    centered = x - batch_mean
+    batch_var = composites.mean(centered * centered, axis=axes, keepdims=True)
+    y = centered * (scale / functions.sqrt(batch_var + eps)) + bias
+    momentum = attributes.get("momentum", 0.9)
+    running = [
+        (old * momentum + new * (1 - momentum)).reshape(-1)
+        for old, new in ((mean, batch_mean), (var, batch_var))
+    ]
+    return [y, *running]
 
 
 @entry("InstanceNormalization")
@@ -205,49 +218,6 @@ def layer_norm(node, inputs, attributes, opset):
     if len(inputs) > 2 and inputs[2] is not None:
         result = result + tensor(inputs[2], x.dtype)
     return [result, mean, inverse_std]
-
-
-def _negative_log_likelihood(node, log_probs: Tensor, labels: Tensor, weight, attributes):
-    """NegativeLogLikelihoodLoss over (N, C, *d) scores and (N, *d) labels."""
-    labels = labels.astype("int64")
-    ignored = None
-    if "ignore_index" in attributes:
-        ignored = labels == scalar_like(labels, attributes["ignore_index"])
-        labels = functions.where(ignored, scalar_like(labels, 0), labels)
-    positions = Tensor(apply("iota", shape=log_probs.shape, axis=1, dtype="int64"))
-    hot = positions == broadcast_to(functions.expand_dims(labels, 1), log_probs.shape)
-    picked = functions.where(hot, log_probs, scalar_like(log_probs, 0)).sum(axis=1)
-    weights = (const(np.ones(labels.shape, log_probs.dtype)) if weight is None else
-               functions.take(tensor(weight, log_probs.dtype), labels))  # fmt: skip
-    if ignored is not None:
-        weights = functions.where(ignored, scalar_like(weights, 0), weights)
-    loss = -picked * weights
-    reduction = attributes.get("reduction", "mean")
-    if reduction == "none":
-        return loss
-    if reduction == "sum":
-        return loss.sum()
-    if reduction != "mean":
-        raise node.unsupported(f"reduction={reduction!r}")
-    return loss.sum() / weights.sum()
-
-
-@entry("NegativeLogLikelihoodLoss")
-def nll_loss(node, inputs, attributes, opset):
-    log_probs = tensor(inputs[0])
-    floats_only(node, log_probs)
-    weight = inputs[2] if len(inputs) > 2 else None
-    return _negative_log_likelihood(node, log_probs, tensor(inputs[1]), weight, attributes)
-
-
-@entry("SoftmaxCrossEntropyLoss")
-def softmax_cross_entropy(node, inputs, attributes, opset):
-    scores = tensor(inputs[0])
-    floats_only(node, scores)
-    log_probs = composites.log_softmax(scores, axis=1)
-    weight = inputs[2] if len(inputs) > 2 else None
-    loss = _negative_log_likelihood(node, log_probs, tensor(inputs[1]), weight, attributes)
-    return [loss, log_probs]
 
 
 @entry("RMSNormalization")

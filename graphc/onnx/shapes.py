@@ -344,8 +344,14 @@ def depth_space(node, inputs, attributes, opset):
 @entry("Dropout")
 def dropout(node, inputs, attributes, opset):
     training = inputs[2] if len(inputs) > 2 else None
-    if training is not None and (not isinstance(training, np.ndarray) or bool(training)):
-        raise node.unsupported("training_mode (random dropout)")
+    ratio = inputs[1] if len(inputs) > 1 else None
+    if training is not None and not isinstance(training, np.ndarray):
+        raise node.needs_constant("training_mode")
+    if training is not None and bool(training):
+        if ratio is not None and not isinstance(ratio, np.ndarray):
+            raise node.needs_constant("ratio")  # training with ratio 0 is the identity
+        if ratio is None or float(ratio) != 0.0:
+            raise node.unsupported("training_mode with a ratio other than 0 (random dropout)")
     x = inputs[0]
     if len(node.outputs) > 1 and node.outputs[1]:
         return [x, np.ones(shape_of(x), bool)]
