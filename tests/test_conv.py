@@ -249,3 +249,19 @@ def test_a_batched_convolution_splits_its_samples_over_threads_with_equal_result
         assert split == (threads == 2)
     for one, two in zip(*results):
         np.testing.assert_array_equal(one, two)
+
+
+def test_dumps_print_window_views_as_index_maps_and_parse_back():
+    from graphc.ir.parser import parse_graph
+    from graphc.ir.printer import print_graph
+
+    x = gc.input("x", (1, 2, 9, 9), "float32")
+    y = gc.conv(x, np.ones((3, 2, 3, 3), np.float32), stride=2, dilation=(1, 2))
+    step = gc.compile(inputs=[x], outputs=y)
+    fused = step.dump("fused")
+    assert "= window %" in fused and "[i0, i1, 2*i2 + i4, 2*i3 + 2*i5]" in fused
+    text = print_graph(step.optimized)  # with the comments
+    assert "reads %" in text
+    assert print_graph(parse_graph(text), locations=False) == print_graph(
+        step.optimized, locations=False
+    )

@@ -53,7 +53,7 @@ from math import prod
 import numpy as np
 
 from graphc.errors import DTypeError, GraphcError, InputError, ShapeError
-from graphc.ir import views
+from graphc.ir import printer, views
 from graphc.ir.graph import Node, user_location
 from graphc.ir.types import DTYPES, FLOATS, INTS, TensorType
 
@@ -115,6 +115,7 @@ class OpDef:
     checked: bool | Callable = False  # its compiled form checks indices at run time (take);
     # a function of the node when that depends on the node (a loop: on its body's ops)
     lower: Callable | None = None  # computed as other ops: lower(node) builds them (conv)
+    index_text: Callable | None = None  # a layout op's index map for dumps: (node, input) -> str
     together: Callable | None = None  # nodes of equal together(node) share a kernel (scan)
 
     def __post_init__(self):
@@ -139,6 +140,8 @@ OPS: dict[str, OpDef] = {}
 def register(opdef: OpDef) -> OpDef:
     """Add `opdef` to the registry OPS."""
     OPS[opdef.name] = opdef
+    if opdef.index_text is not None:
+        printer.INDEX_TEXT[opdef.name] = opdef.index_text
     return opdef
 
 
@@ -1237,6 +1240,17 @@ def _map_window(k, node, index):
     return k.value(x, k.index(x.shape, values=values))
 
 
+def _window_text(node, source: str) -> str:
+    """`%x[i0, i1, 2*i2 + i4, ...]`: which input element each output index reads."""
+    rank = len(node.attrs["kernel"])
+    lead = node.ndim - 2 * rank
+    terms = [f"i{a}" for a in range(lead)]
+    for axis, (s, d) in enumerate(zip(node.attrs["stride"], node.attrs["dilation"])):
+        out, tap = f"i{lead + axis}", f"i{lead + rank + axis}"
+        terms.append(f"{out if s == 1 else f'{s}*{out}'} + {tap if d == 1 else f'{d}*{tap}'}")
+    return f"{source}[{', '.join(terms)}]"
+
+
 def _view_window(node, offset, strides):
     rank = len(node.attrs["kernel"])
     lead, spatial = strides[: len(strides) - rank], strides[len(strides) - rank :]
@@ -1291,6 +1305,7 @@ register(
         cost=0,
         index_map=_map_window,
         view=_view_window,
+        index_text=_window_text,
     )
 )
 

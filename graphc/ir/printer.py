@@ -42,6 +42,8 @@ PLAIN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*\Z")
 _LOC_COLUMN_MAX = 72
 WORDS = {"True": True, "False": False, "None": None, "nan": np.nan, "inf": np.inf, "-inf": -np.inf}
 _HIDDEN_ATTRS = {"input": ("shape", "dtype"), "param": ("shape", "dtype", "storage")}
+# op -> its stanza's `index_text` (ir/ops.py fills this as it registers each op)
+INDEX_TEXT: dict = {}
 
 
 # ---- printing -------------------------------------------------------------------------------
@@ -153,6 +155,15 @@ def _body_rows(nodes, locations: bool) -> tuple[list[tuple[str, str | None]], di
     return rows, labels
 
 
+def _note(node: Node, label) -> str | None:
+    """The comment after an equation: the user's line, and for a layout op that says it
+    (a window), which input element each output index reads."""
+    text = INDEX_TEXT.get(node.op)
+    if text is None or node.loc is None:
+        return node.loc
+    return f"{node.loc}  reads {text(node, label(node.inputs[0]))}"
+
+
 def print_graph(
     graph: Graph, kernels=None, *, locations: bool = True, name: str | None = None
 ) -> str:
@@ -176,11 +187,11 @@ def print_graph(
     rows: list[tuple[str, str | None]] = [(header + " {", None)]
     nested, bodies = _body_rows(graph.nodes, locations)
     rows += nested
-    rows += [("  " + _equation(n, label, bodies), n.loc) for n in top]
+    rows += [("  " + _equation(n, label, bodies), _note(n, label)) for n in top]
     for k in kernels:
         ins, outs = ", ".join(map(label, k.inputs)), ", ".join(map(label, k.outputs))
         rows.append((f"  kernel {quote(k.name)} ({k.form}) ({ins}) -> ({outs}) {{", None))
-        rows += [("    " + _equation(n, label, bodies), n.loc) for n in k.nodes]
+        rows += [("    " + _equation(n, label, bodies), _note(n, label)) for n in k.nodes]
         rows.append(("  }", None))
     if graph.outputs:
         rows.append(("  return " + ", ".join(map(label, graph.outputs)), None))
