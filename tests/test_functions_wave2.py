@@ -231,7 +231,7 @@ def test_boolean_attention_mask_matches_pytorch():
 
 # ---- erf: the math routine -------------------------------------------------------------------
 
-ERF_ULP = {np.float64: 1.6, np.float32: 0.5}  # the rows of mathlib's accuracy table
+ERF_ULP = {np.float64: 1.6, np.float32: 1.0}  # the rows of mathlib's accuracy table
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
