@@ -74,7 +74,7 @@ def attributes(node: OnnxNode) -> dict:
     return result
 
 
-def _shape_of(value_info, shapes: dict, what: str) -> tuple[int, ...]:
+def _shape_of(value_info, what: str) -> tuple[int, ...]:
     dims = []
     for i, dim in enumerate(value_info.type.tensor_type.shape.dim):
         if dim.HasField("dim_value"):
@@ -169,7 +169,7 @@ def load(model_or_path, shapes=None) -> Program:
         if value_info.name in shapes:
             shape = tuple(int(d) for d in shapes.pop(value_info.name))
         else:
-            shape = _shape_of(value_info, shapes, f"graph input {value_info.name!r}")
+            shape = _shape_of(value_info, f"graph input {value_info.name!r}")
         values[value_info.name] = tensor = input(value_info.name, shape, dtype)
         inputs.append(tensor)
     if shapes:
@@ -182,7 +182,7 @@ def load(model_or_path, shapes=None) -> Program:
         if node.op_type not in TABLE:
             raise node.unsupported("this op")
         args = [_lookup(values, name, node) for name in proto.input]
-        results = TABLE[node.op_type](node, args, attributes(node), opset)
+        results = TABLE[node.op_type](node, args, attributes(node), node.opset)
         results = list(results) if isinstance(results, (list, tuple)) else [results]
         if all(a is None or isinstance(a, np.ndarray) for a in args):
             results = _fold(results)
@@ -220,11 +220,9 @@ def _check_declared(tensor: Tensor, value_info) -> None:
     if not value_info.type.HasField("tensor_type"):
         raise UnsupportedError(f"graph output {value_info.name!r}: only tensors are supported")
     what = f"graph output {value_info.name!r}"
-    if declared.elem_type and dtype_of(declared.elem_type, what) != tensor.dtype:
-        raise GraphcError(
-            f"graph output {value_info.name!r} is {tensor.type}, the model declares element "
-            f"type {declared.elem_type}"
-        )
+    dtype = dtype_of(declared.elem_type, what) if declared.elem_type else tensor.dtype
+    if dtype != tensor.dtype:
+        raise GraphcError(f"{what} is {tensor.type}, the model declares {dtype}")
     if declared.HasField("shape"):
         dims = declared.shape.dim
         fixed = [d.dim_value if d.HasField("dim_value") else None for d in dims]
