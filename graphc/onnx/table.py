@@ -1,8 +1,9 @@
 """The importer's table: `TABLE[op_type](node, inputs, attributes, opset)` returns the ONNX
 node's outputs (a Tensor, an array, or a list of them). One entry per ONNX op, registered with
-`@entry` by elementwise.py (math, comparisons, casts, reductions), shapes.py (shapes, indexing,
-gathers and scatters) and layers.py (contractions, convolution, pooling, normalization,
-losses, attention); this module holds the table and the helpers the entries share.
+`@entry` by elementwise.py (math, comparisons, casts, reductions, losses), shapes.py (shapes,
+indexing, gathers and scatters, Resize) and layers.py (contractions, convolution, pooling,
+normalization, attention); this module holds the table, the node being imported, the errors
+and the helpers the entries share.
 
 Inputs are Tensors, NumPy arrays (values known while importing, see importer.py) or None (an
 optional input left out). Each entry handles the opset differences of its op (attributes
