@@ -1,3 +1,5 @@
+# Over 500 lines on purpose: one module for the functions that apply one primitive and the
+# program-level entry points (grad, jvp, evaluate, Program, compile) that share its helpers.
 """Functions of the public API: primitives, differentiation, evaluation, Program, compile.
 
 The math here applies one primitive each (`exp`, `maximum`, `where`, `concat` ...), with
