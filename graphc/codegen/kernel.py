@@ -97,6 +97,27 @@ def i64(value: int) -> ir.Constant:
     return ir.Constant(I64, int(value))
 
 
+def call_loop(b: ir.IRBuilder, count: int, body, name: str, stop=None) -> None:
+    """`for k in range(count): body(k)` (count >= 1) as one block that is its own latch,
+    for loops around calls (K steps, a scan's body); with `stop`, the loop also ends after
+    an iteration where `stop()`, evaluated after the body, is true."""
+    before = b.block
+    loop = b.append_basic_block(name)
+    done = b.append_basic_block(f"{name}_done")
+    b.branch(loop)
+    b.position_at_end(loop)
+    k = b.phi(I64, name="k")
+    k.add_incoming(i64(0), before)
+    body(k)
+    following = b.add(k, i64(1), name="k.next")
+    k.add_incoming(following, b.block)
+    more = b.icmp_unsigned("<", following, i64(count))
+    if stop is not None:
+        more = b.and_(more, b.not_(stop()))
+    b.cbranch(more, loop, done)
+    b.position_at_end(done)
+
+
 class Index:
     """A position in a shape, as per-axis i64 values and the row-major linear offset."""
 

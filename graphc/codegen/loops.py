@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from llvmlite import ir
 
-from graphc.codegen.kernel import I64, PTR, i64
+from graphc.codegen.kernel import I64, PTR, call_loop, i64
 from graphc.errors import CompileError
 from graphc.ir.graph import Graph
 from graphc.ir.ops import opdef
@@ -98,38 +98,29 @@ def emit_scan(k) -> None:
     if status is not None:  # the body's index checks: its status word, 0 while all is well
         status_word = b.bitcast(at(arena, status), word.as_pointer())
         b.store(word(0), status_word)
-    before = b.block
-    loop = b.append_basic_block("scan")
-    done = b.append_basic_block("scan_done")
-    b.branch(loop)
-    b.position_at_end(loop)
-    step_index = b.phi(I64, name="k")
-    step_index.add_incoming(i64(0), before)
-    side = b.phi(I64, name="side")  # 0: carries in the first half, 1: in the second
-    side.add_incoming(i64(0), before)
-    t = b.sub(i64(length - 1), step_index) if attrs["reverse"] else step_index
-    here = b.mul(side, i64(total))
-    there = b.mul(b.sub(i64(1), side), i64(total))
-    current = [b.gep(buffers, [b.add(here, i64(o))], source_etype=I8) for o in offsets]
-    following = [b.gep(buffers, [b.add(there, i64(o))], source_etype=I8) for o in offsets]
-    slices = [
-        b.gep(pointer(x), [b.mul(t, i64(stand.type.nbytes))], inbounds=True, source_etype=I8)
-        for x, stand in zip(xs, x_in)
-    ]
-    outs = []
-    for i in ys_kept:
-        if i in y_scratch:
-            outs.append(at(y_scratch[i], 0))
-        else:
-            size = body.outputs[i].type.nbytes
-            target = pointer(results[i][0])
-            outs.append(b.gep(target, [b.mul(t, i64(size))], inbounds=True, source_etype=I8))
-    b.call(step, [at(arena, 0), *current, *slices, *map(pointer, captured), *following, *outs])
-    step_next = b.add(step_index, i64(1), name="k.next")
-    step_index.add_incoming(step_next, b.block)
-    side.add_incoming(b.sub(i64(1), side), b.block)
-    b.cbranch(b.icmp_unsigned("<", step_next, i64(length)), loop, done)
-    b.position_at_end(done)
+
+    def run(step_index):
+        side = b.and_(step_index, i64(1))  # 0: carries in the first half, 1: in the second
+        t = b.sub(i64(length - 1), step_index) if attrs["reverse"] else step_index
+        here = b.mul(side, i64(total))
+        there = b.mul(b.sub(i64(1), side), i64(total))
+        current = [b.gep(buffers, [b.add(here, i64(o))], source_etype=I8) for o in offsets]
+        following = [b.gep(buffers, [b.add(there, i64(o))], source_etype=I8) for o in offsets]
+        slices = [
+            b.gep(pointer(x), [b.mul(t, i64(x_t.type.nbytes))], inbounds=True, source_etype=I8)
+            for x, x_t in zip(xs, x_in)
+        ]
+        outs = []
+        for i in ys_kept:
+            if i in y_scratch:
+                outs.append(at(y_scratch[i], 0))
+            else:
+                size = body.outputs[i].type.nbytes
+                target = pointer(results[i][0])
+                outs.append(b.gep(target, [b.mul(t, i64(size))], inbounds=True, source_etype=I8))
+        b.call(step, [at(arena, 0), *current, *slices, *map(pointer, captured), *following, *outs])
+
+    call_loop(b, length, run, "scan")
     if status is not None:  # a step whose check failed fails the loop's kernel
         k.check(b.icmp_unsigned("==", b.load(status_word, typ=word), word(0)))
 

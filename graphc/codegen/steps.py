@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 from llvmlite import ir
 
-from graphc.codegen.kernel import I64, PTR, i64
+from graphc.codegen.kernel import PTR, call_loop, i64
 
 I8 = ir.IntType(8)
 
@@ -38,26 +38,19 @@ def emit_step_loop(
     """At `b`, call `step(*fixed, *stacked pointers)` `count` times, each pointer of
     `stacked` (pointer, bytes per step) advanced by its bytes per step after each call;
     stop early after a call that leaves the i32 at `status` (if given) other than 0."""
-    before = b.block
-    body = b.append_basic_block("step")
-    done = b.append_basic_block("steps_done")
-    b.branch(body)
-    b.position_at_end(body)
-    k = b.phi(I64, name="k")
-    k.add_incoming(i64(0), before)
-    advanced = [
-        b.gep(pointer, [b.mul(k, i64(nbytes))], inbounds=True, source_etype=ir.IntType(8))
-        for pointer, nbytes in stacked
-    ]
-    b.call(step, [*fixed, *advanced])
-    following = b.add(k, i64(1), name="k.next")
-    k.add_incoming(following, b.block)
-    more = b.icmp_unsigned("<", following, i64(count))
-    if status is not None:
-        word = ir.IntType(32)
-        more = b.and_(more, b.icmp_unsigned("==", b.load(status, typ=word), word(0)))
-    b.cbranch(more, body, done)
-    b.position_at_end(done)
+    word = ir.IntType(32)
+
+    def call(k):
+        advanced = [
+            b.gep(pointer, [b.mul(k, i64(nbytes))], inbounds=True, source_etype=I8)
+            for pointer, nbytes in stacked
+        ]
+        b.call(step, [*fixed, *advanced])
+
+    failed = None if status is None else (
+        lambda: b.icmp_unsigned("!=", b.load(status, typ=word), word(0))
+    )  # fmt: skip
+    call_loop(b, count, call, "step", failed)
 
 
 def add_steps_entry(
