@@ -1,16 +1,8 @@
 """graphc: a graph compiler for small and medium numerical models on the CPU."""
 
+from graphc import onnx  # noqa: E402 (after the frontend it builds on; imports onnx lazily)
 from graphc.errors import CompileError, DTypeError, GraphcError, InputError, ShapeError
 from graphc.frontend import distributed, nn, optim, random
-from graphc.frontend.convolution import (
-    avg_pool,
-    avg_pool2d,
-    conv,
-    conv1d,
-    conv2d,
-    max_pool,
-    max_pool2d,
-)
 from graphc.frontend.composites import (
     clip,
     cumsum,
@@ -26,6 +18,15 @@ from graphc.frontend.composites import (
     softmax,
     softplus,
     stack,
+)
+from graphc.frontend.convolution import (
+    avg_pool,
+    avg_pool2d,
+    conv,
+    conv1d,
+    conv2d,
+    max_pool,
+    max_pool2d,
 )
 from graphc.frontend.functions import (
     MATH_FUNCTIONS,
@@ -56,8 +57,6 @@ from graphc.frontend.nn import load, save
 from graphc.frontend.scan import scan
 from graphc.frontend.tensor import Tensor, const, input, matmul, param
 from graphc.runtime import aot
-
-from graphc import onnx  # noqa: E402 (after the frontend it builds on; imports onnx lazily)
 
 __version__ = "0.1.0"
 

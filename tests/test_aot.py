@@ -14,17 +14,17 @@ import shutil
 import subprocess
 import sys
 
+import cprogram
 import numpy as np
 import pytest
+from cprogram import GCC
 
 import graphc as gc
 from graphc.codegen import target
 from graphc.runtime import aot, jit
 
-GCC = shutil.which("gcc")
 pytestmark = pytest.mark.skipif(GCC is None, reason="gcc is not installed (AOT tests build C)")
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-CFLAGS = ["-O1", "-Wall", "-Werror", "-std=c11"]
 
 
 # ---- helpers ----
@@ -59,14 +59,8 @@ def c_array(name: str, array) -> str:
 
 def build_and_run(tmp_path, source: str, objects, libm=True) -> list[list[float]]:
     """Compile `source` with the exported objects, run it; each output line as floats."""
-    main = tmp_path / "main.c"
-    main.write_text(source)
-    program = tmp_path / "main"
-    command = [GCC, *CFLAGS, f"-I{tmp_path}", "-o", str(program), str(main), *map(str, objects)]
-    built = subprocess.run(command + (["-lm"] if libm else []), capture_output=True, text=True)
-    assert built.returncode == 0, built.stderr
-    result = subprocess.run([str(program)], check=True, capture_output=True, text=True)
-    return [[float(v) for v in line.split()] for line in result.stdout.splitlines()]
+    printed = cprogram.build_and_run(tmp_path, source, objects, ("-lm",) if libm else ())
+    return [[float(v) for v in line.split()] for line in printed.splitlines()]
 
 
 PRELUDE = """#include <stdio.h>

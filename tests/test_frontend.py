@@ -426,8 +426,8 @@ def test_a_bad_param_value_names_the_param_and_the_line(value, dtype, error):
 
 # each frontend module imports only those before it (composites.py says why)
 FRONTEND_ORDER = (
-    "init", "tensor", "functions", "composites", "scan", "random", "convolution", "distributed", "optim",
-    "layers", "nn"
+    "init", "tensor", "functions", "composites", "scan", "random", "convolution", "distributed",
+    "optim", "layers", "nn"
 )  # fmt: skip
 
 

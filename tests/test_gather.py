@@ -9,11 +9,10 @@ indexing a Tensor with an index tensor, bad input, and PyTorch as a second oracl
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 
 import numpy as np
 import pytest
+from cprogram import GCC, build_and_run
 
 import graphc as gc
 
@@ -226,7 +225,7 @@ def test_pytorch_agrees_on_take_and_scatter_add():
     np.testing.assert_allclose(added, ta.index_add(0, ti, tu).numpy(), rtol=1e-15)
 
 
-@pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc to build the C caller")
+@pytest.mark.skipif(GCC is None, reason="needs gcc to build the C caller")
 def test_aot_code_reports_a_bad_index_through_name_status(tmp_path):
     table = gc.param("table", np.arange(12, dtype=np.float32).reshape(4, 3))
     i = gc.input("i", (2,), "int32")
@@ -234,7 +233,8 @@ def test_aot_code_reports_a_bad_index_through_name_status(tmp_path):
     gc.aot.export(step, tmp_path, name="lookup")
     header = (tmp_path / "lookup.h").read_text()
     assert "int lookup_status(const void *mem);" in header and "take from axis 0" in header
-    (tmp_path / "main.c").write_text(
+    out = build_and_run(
+        tmp_path,
         '#include <stdio.h>\n#include <stdlib.h>\n#include "lookup.h"\n'
         "int main(void) {\n"
         "  void *mem = aligned_alloc(64, LOOKUP_MEM_SIZE + 64);\n"
@@ -243,10 +243,7 @@ def test_aot_code_reports_a_bad_index_through_name_status(tmp_path):
         '  printf("%d %g %g\\n", lookup_status(mem), y[0], y[3]);\n'
         '  lookup_run(mem, bad, y);\n  printf("%d\\n", lookup_status(mem));\n'
         '  lookup_run(mem, good, y);\n  printf("%d\\n", lookup_status(mem));\n'
-        "  free(mem);\n  return 0;\n}\n"
+        "  free(mem);\n  return 0;\n}\n",
+        ["lookup.o"],
     )
-    subprocess.run(
-        ["gcc", "-Wall", "-Werror", "-o", "main", "main.c", "lookup.o"], cwd=tmp_path, check=True
-    )
-    out = subprocess.run(["./main"], cwd=tmp_path, capture_output=True, text=True, check=True)
-    assert out.stdout.split("\n")[:3] == ["0 18 0", "1", "0"]
+    assert out.split("\n")[:3] == ["0 18 0", "1", "0"]

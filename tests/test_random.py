@@ -9,11 +9,10 @@ compiled step; distinct draws per call site; and statistical sanity with fixed s
 from __future__ import annotations
 
 import math
-import shutil
-import subprocess
 
 import numpy as np
 import pytest
+from cprogram import GCC, build_and_run
 
 import graphc as gc
 from graphc.ir.ops import apply, threefry2x32
@@ -178,24 +177,22 @@ def test_bad_arguments_are_graphc_errors():
     assert gc.random.kaiming_uniform(gc.random.Key(0), (2, 2), 2).shape == (2, 2)
 
 
-@pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc to build the C caller")
+@pytest.mark.skipif(GCC is None, reason="needs gcc to build the C caller")
 def test_aot_c_draws_the_jits_numbers(tmp_path):
     key = gc.random.key("rng", 99)
     u = gc.random.uniform(key, (6,), "float64")
     step = gc.compile([], u, name="draw")
     gc.aot.export(step, tmp_path, name="draw")
     expected = [step(), step()]
-    (tmp_path / "main.c").write_text(
+    out = build_and_run(
+        tmp_path,
         '#include <stdio.h>\n#include <stdlib.h>\n#include "draw.h"\n'
         "int main(void) {\n  void *mem = aligned_alloc(64, DRAW_MEM_SIZE + 64);\n"
         "  double u[6];\n  draw_init(mem);\n"
         "  for (int s = 0; s < 2; s++) {\n    draw_run(mem, u);\n"
         '    for (int i = 0; i < 6; i++) printf("%a\\n", u[i]);\n  }\n'
-        "  free(mem);\n  return 0;\n}\n"
+        "  free(mem);\n  return 0;\n}\n",
+        ["draw.o"],
     )
-    subprocess.run(
-        ["gcc", "-Wall", "-Werror", "-o", "main", "main.c", "draw.o"], cwd=tmp_path, check=True
-    )
-    out = subprocess.run(["./main"], cwd=tmp_path, capture_output=True, text=True, check=True)
-    got = np.array([float.fromhex(v) for v in out.stdout.split()]).reshape(2, 6)
+    got = np.array([float.fromhex(v) for v in out.split()]).reshape(2, 6)
     np.testing.assert_array_equal(got, np.array(expected))  # the state embedded at export

@@ -12,7 +12,6 @@ import copy
 import os
 import pathlib
 import pickle
-import shutil
 import signal
 import subprocess
 import sys
@@ -21,10 +20,10 @@ import time
 
 import numpy as np
 import pytest
+from cprogram import GCC, build_and_run
 
 import graphc as gc
 
-GCC = shutil.which("gcc")
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 POOL_CALL = 'call void @"graphc_pool_run"'
 
@@ -205,16 +204,7 @@ def test_aot_run_performs_k_steps(tmp_path):
         """
     )
     source += calls + "    free(mem);\n    return 0;\n}\n"
-    (tmp_path / "main.c").write_text(source)
-    binary = tmp_path / "main"
-    command = [GCC, "-O1", "-Wall", "-Werror", "-std=c11", f"-I{tmp_path}", "-o", str(binary)]
-    built = subprocess.run(
-        [*command, str(tmp_path / "main.c"), str(paths.object), "-lm", "-pthread"],
-        capture_output=True,
-        text=True,
-    )
-    assert built.returncode == 0, built.stderr
-    lines = subprocess.run([str(binary)], check=True, capture_output=True, text=True).stdout
+    lines = build_and_run(tmp_path, source, [paths.object], ("-lm", "-pthread"))
     for k, line in zip((0, 1), lines.splitlines()):
         values = np.array([float(v) for v in line.split()])
         loss, prediction = step(xs[4 * k : 4 * k + 4], ys[4 * k : 4 * k + 4])
