@@ -407,9 +407,7 @@ def emit_contraction(k) -> None:
         c = b.gep(target, [b.mul(start, ir.IntType(64)(mm.shape[-1]))], source_etype=element)
         lengths = sorted({e - s for s, e in k.split.chunks}, reverse=True)
         inner = mm.inputs[0].shape[-1]
-        if len(lengths) == 1:
-            b.call(_matmul(k, mm, views, lengths[0], f".rows{lengths[0]}"), [c, a, sources[1]])
-        elif takes_row_count(
+        if len(lengths) > 1 and takes_row_count(
             lengths[0], mm.shape[-1], inner, mm.dtype, *_operands(views), cpu=k.cpu
         ):
             # one function for every chunk, not one per length: it compiles faster (measurements:
@@ -418,12 +416,7 @@ def emit_contraction(k) -> None:
             b.call(function, [c, a, sources[1], b.sub(end, start)])
         else:
             functions = {n: _matmul(k, mm, views, n, f".rows{n}") for n in lengths}
-            full = b.icmp_unsigned("==", b.sub(end, start), ir.IntType(64)(lengths[0]))
-            with b.if_else(full) as (then, otherwise):
-                with then:
-                    b.call(functions[lengths[0]], [c, a, sources[1]])
-                with otherwise:
-                    b.call(functions[lengths[1]], [c, a, sources[1]])
+            _call_by_length(k, functions, lengths, [c, a, sources[1]])
     k.stored([mm])
     if epilogue:
         store = lambda values: k.store_outputs(k.index(mm.shape, values=values), epilogue)  # noqa: E731
@@ -436,7 +429,7 @@ def emit_contraction(k) -> None:
 def _batch_chunk(k, mm: Node, views, target, sources) -> None:
     """A chunk of a batched product (a convolution's samples): the operands and C from the
     chunk's first entry of the first batch axis on, one function per chunk length."""
-    b, (start, end) = k.b, k.rows
+    b, (start, _) = k.b, k.rows
     element = MEMORY_TYPES[mm.dtype]
     strides = [v.strides[0] for v in views] + [strides_of(mm.shape)[0]]
     a, bb, c = (
@@ -446,15 +439,21 @@ def _batch_chunk(k, mm: Node, views, target, sources) -> None:
     lengths = sorted({e - s for s, e in k.split.chunks}, reverse=True)
     functions = {n: _matmul(k, mm, views, mm.inputs[0].shape[-2], f".batch{n}", batch0=n)
                  for n in lengths}  # fmt: skip
+    _call_by_length(k, functions, lengths, [c, a, bb])
+
+
+def _call_by_length(k, functions, lengths, arguments) -> None:
+    """Call the function of this chunk's length (the longest, or the one shorter rest)."""
+    b, (start, end) = k.b, k.rows
     if len(lengths) == 1:
-        b.call(functions[lengths[0]], [c, a, bb])
+        b.call(functions[lengths[0]], arguments)
         return
     full = b.icmp_unsigned("==", b.sub(end, start), ir.IntType(64)(lengths[0]))
     with b.if_else(full) as (then, otherwise):
         with then:
-            b.call(functions[lengths[0]], [c, a, bb])
+            b.call(functions[lengths[0]], arguments)
         with otherwise:
-            b.call(functions[lengths[1]], [c, a, bb])
+            b.call(functions[lengths[1]], arguments)
 
 
 def _stages(k, stages) -> None:

@@ -256,12 +256,13 @@ class _Emitter:
         """The offsets of every index along an axis of pairs, as a constant i32 array (an
         indirection table, as XNNPACK's indirect convolution has), or None if too large."""
         count = math.prod(size for size, _ in axis)
-        offsets = [offset_at(axis, i) for i in range(count)] if count <= _TABLE_LIMIT else []
-        if not offsets or max(map(abs, offsets)) >= 2**31:
+        reach = sum((size - 1) * abs(stride) for size, stride in axis)
+        if count > _TABLE_LIMIT or reach >= 2**31:
             return None
         module = self.b.module
         name = f"offsets.{abs(hash(axis)):x}.{count}"
-        if name not in module.globals:
+        if name not in module.globals:  # built once per module, looked up at every index
+            offsets = [offset_at(axis, i) for i in range(count)]
             array = ir.ArrayType(_I32, count)
             table = ir.GlobalVariable(module, array, name)
             table.initializer = ir.Constant(array, offsets)

@@ -38,7 +38,9 @@ def _per_axis(value, rank: int, what: str, op: str) -> tuple[int, ...]:
     if isinstance(value, (tuple, list)) and len(value) == rank:
         if all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in value):
             return tuple(int(v) for v in value)
-    raise ShapeError(f"{op}: {what} must be an int or a tuple of {rank} ints, got {value!r}{_where()}")
+    raise ShapeError(
+        f"{op}: {what} must be an int or a tuple of {rank} ints, got {value!r}{_where()}"
+    )
 
 
 def _spatial_input(x, op: str, minimum_rank: int = 3) -> Tensor:
