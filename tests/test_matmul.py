@@ -305,6 +305,42 @@ def test_row_count_only_where_supported():
                       c=two_d, rows=(6, 5))  # fmt: skip
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("m, width", [(5, 3), (5, 8), (6, 13), (6, 14), (2, 28), (16, 10)])
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_window_view_columns_match_numpy(family, dtype, m, width, accumulate):
+    """B read through a stride-1 window view, as a convolution reads its input: rows
+    (c, kh, kw) and columns (oh, ow) are axes of pairs. With few rows of A, each output row
+    is a product of its own whose B rows are contiguous (a partial vector: a masked load);
+    with many (16), the product is computed transposed. Both against NumPy."""
+    from graphc.codegen.matmul import _columns_as_batch
+
+    rng = np.random.default_rng(width * 7 + m)
+    channels, kernel, height = 3, 3, 4
+    pitch = width + kernel - 1
+    x = rng.normal(size=(channels, height + kernel - 1, pitch)).astype(dtype)
+    windows = np.lib.stride_tricks.sliding_window_view(x, (kernel, kernel), axis=(1, 2))
+    k, n = channels * kernel * kernel, height * width
+    b_matrix = windows.transpose(0, 3, 4, 1, 2).reshape(k, n)
+    a = rng.normal(size=(m, k)).astype(dtype)
+    c = rng.normal(size=(m, n)).astype(dtype)
+    rows = ((channels, x.shape[1] * pitch), (kernel, pitch), (kernel, 1))
+    a_op, b_op, c_op = Operand((k, 1)), Operand((rows, ((height, pitch), (width, 1)))), Operand((n, 1))
+    cpu = _family(family)
+    split = _columns_as_batch(m, dtype, a_op, b_op, c_op, cpu)
+    if (m, width) in ((6, 14), (2, 28)):  # a few output channels, long output rows
+        assert split is not None
+    if m == 16:  # 16 lanes filled: the transposed product, as before
+        assert split is None
+    module = _new_module()
+    define_matmul(module, "f", m=m, n=n, k=k, dtype=dtype, a=a_op, b=b_op, c=c_op,
+                  accumulate=accumulate, cpu=cpu)  # fmt: skip
+    expected = a.astype(np.float64) @ b_matrix.astype(np.float64) + (c if accumulate else 0)
+    _Jit(module).function("f")(c.ctypes.data, a.ctypes.data, x.ctypes.data)
+    np.testing.assert_allclose(c, expected, rtol=RTOL[dtype] * 10, atol=RTOL[dtype] * 10)
+
+
 def test_packing_choices():
     """A is packed when far apart in either direction and reused; B when scattered."""
     from graphc.codegen.matmul import choose_tiling

@@ -28,8 +28,11 @@ Float kernels follow the BLIS/GotoBLAS structure::
 
 The accumulators are loop-carried SSA values (phis), so they live in registers and C is
 touched once per tile and KC block. Remainder rows and columns get their own, narrower tile
-(a partial last vector is stored element by element) -- emitted once per remainder, never
-checked at run time. Operands are read through strides, so a transposed A costs nothing and
+(a partial last vector is loaded masked and stored element by element) -- emitted once per
+remainder, never checked at run time. A B whose columns are runs of contiguous elements
+read through a window view (a stride-1 convolution's output rows) is computed run by run,
+each run a product of its own with contiguous B rows, where that fills the lanes better
+than the transposed product (`_columns_as_batch`). Operands are read through strides, so a transposed A costs nothing and
 a transposed B (column stride != 1) is gathered while packing.
 
 Packing buffers are `alloca`s sized by the blocking parameters (B: KC*NC = 256 KiB,
@@ -140,6 +143,11 @@ def define_matmul(
         builder.ret_void()
         return function
 
+    if tiling is None and rows is None:
+        split = _columns_as_batch(m, dtype, a, b, c, cpu)
+        if split is not None:
+            outer, n, a, b, c = split
+            batch = (*batch, *outer)
     path = choose_path(m, n, k, dtype, a, b, tiling, cpu)
     if path == "transposed":
         m, n = n, m
@@ -181,6 +189,42 @@ def _declare(module: ir.Module, name: str, vector: ir.Type, arity: int) -> ir.Fu
     if name in module.globals:
         return module.globals[name]
     return ir.Function(module, ir.FunctionType(vector, [vector] * arity), name)
+
+
+def _columns_as_batch(m: int, dtype: str, a: Operand, b: Operand, c: Operand, cpu: Target):
+    """A product whose B columns are runs of contiguous elements (a stride-1 convolution's
+    output rows, read through a window view: ((oh, ...), (ow, 1))) as a batch of products over
+    the outer digits, each with contiguous B columns -- (outer sizes, n, a, b, c) -- where
+    that fills the vector lanes better than the transposed product would (conv(x) with few
+    output channels: a row of C is one output row, loaded straight from the input); else None.
+    """
+    columns = b.strides[-1]
+    if dtype in INTS or is_simple(columns) or columns[-1][1] != 1:
+        return None
+    sizes = [size for size, _ in columns]
+    if is_simple(c.strides[-1]):
+        c_columns, step = [], c.strides[-1]
+        for size in reversed(sizes):
+            c_columns.insert(0, (size, step))
+            step *= size
+    elif [size for size, _ in c.strides[-1]] == sizes:
+        c_columns = list(c.strides[-1])
+    else:
+        return None
+    lanes = cpu.lanes(ITEMSIZE[dtype])
+
+    def filled(count: int) -> float:  # the share of used lanes in ceil(count / lanes) vectors
+        return count / (-(-count // lanes) * lanes)
+
+    width = sizes[-1]
+    if filled(width) <= filled(m):
+        return None
+    outer = columns[:-1]
+    a = Operand((*a.strides[:-2], *(0 for _ in outer), *a.strides[-2:]), a.offset)
+    b = Operand((*b.strides[:-2], *(s for _, s in outer), b.strides[-2], 1), b.offset)
+    c_outer = tuple(s for _, s in c_columns[:-1])
+    c = Operand((*c.strides[:-2], *c_outer, c.strides[-2], c_columns[-1][1]), c.offset)
+    return tuple(size for size, _ in outer), width, a, b, c
 
 
 def _swap_matrix_strides(operand: Operand) -> Operand:
@@ -610,11 +654,26 @@ class _Emitter:
         width = self.vector.count
         if padded or (lanes == width and view.cols == 1):
             return self.b.load(self.at(view, r, c), typ=self.vector, align=self.elem_bytes)
+        if view.cols == 1 and lanes > 1:  # contiguous: one masked load (vmaskmov on x86)
+            return self.masked_load(self.at(view, r, c), lanes)
         value = ir.Constant(self.vector, [self.zero] * width)
         for lane in range(lanes):
             element = self.b.load(self.at(view, r, self.linear([(c, 1), (lane, 1)])), typ=self.elem)
             value = self.b.insert_element(value, element, ir.Constant(ir.IntType(32), lane))
         return value
+
+    def masked_load(self, pointer: ir.Value, lanes: int) -> ir.Value:
+        """The first `lanes` elements from `pointer`, zeros after: no memory past them is read."""
+        width = self.vector.count
+        name = f"llvm.masked.load.v{width}{_SUFFIX[self.elem_bytes]}.p0"
+        mask_type = ir.VectorType(ir.IntType(1), width)
+        if name in self.b.module.globals:
+            intrinsic = self.b.module.globals[name]
+        else:  # LLVM >= 22: (ptr, mask, passthru), the alignment an attribute (1 if none)
+            signature = ir.FunctionType(self.vector, [_PTR, mask_type, self.vector])
+            intrinsic = ir.Function(self.b.module, signature, name)
+        mask = ir.Constant(mask_type, [int(lane < lanes) for lane in range(width)])
+        return self.b.call(intrinsic, [pointer, mask, ir.Constant(self.vector, [self.zero] * width)])
 
     def store_vector(self, value: ir.Value, view: _View, r, c, lanes: int) -> None:
         if lanes == self.vector.count and view.cols == 1:

@@ -105,16 +105,16 @@ def choose_tiling(
     # (An axis of (size, stride) pairs -- a window view's -- is a gather: always scattered.)
     b_row_bytes = _reach(b_strides[0]) * itemsize
     b_scattered = b_strides[1] != 1 or (b_row_bytes >= 2048 and k * n * itemsize > _L1_BYTES)
-    pack_b = (m > mr and b_scattered) or _gathered(b_strides)
+    pack_b = (m > mr and b_scattered) or _gathered(b_strides[-1:])
     a_far = _reach(a_strides[0]) * itemsize >= 4096 or _reach(a_strides[1]) * itemsize >= 2048
     pack_a = n > nr and a_far and m * k * itemsize > 8 * _L1_BYTES
     return Tiling(mr, nr, lanes, kc, mc, nc, pack_a, pack_b)
 
 
-def _gathered(strides) -> bool:
-    """A matrix (rows, cols) read through an axis of (size, stride) pairs: element by
-    element, each address from the digits of its index (a window view's)."""
-    return not all(isinstance(axis, int) for axis in strides[-2:])
+def _gathered(axes) -> bool:
+    """Whether any of `axes` is one of (size, stride) pairs: read element by element, each
+    address from the digits of its index (a window view's)."""
+    return not all(isinstance(axis, int) for axis in axes)
 
 
 def _reach(axis: Axis) -> int:
@@ -128,9 +128,10 @@ def choose_path(
     """Which code computes the product: "loop" (integers, k = 0, or floats wider than the
     target's float registers: a plain loop nest), "dot"
     (matrix-vector with A rows and B columns contiguous: dot products, vectors along k),
-    "transposed" (C^T = B^T A^T, blocked: n is narrower than a vector and m is not, or B
-    is gathered (a window view) and larger than A: then the window view is the operand whose
-    elements the micro-kernel broadcasts one by one, and the smaller is packed), or
+    "transposed" (C^T = B^T A^T, blocked: n is narrower than a vector and m is not, or B's
+    columns are gathered (a window view) and A's rows are not or are fewer: then the window
+    view is the operand whose elements the micro-kernel broadcasts one by one, and the
+    other is packed), or
     "blocked". An explicit `tiling` always means "blocked" for floats."""
     if dtype in INTS or k == 0 or cpu.vector_bytes < ITEMSIZE[dtype]:
         return "loop"
@@ -139,7 +140,7 @@ def choose_path(
     lanes = cpu.lanes(ITEMSIZE[dtype])
     if n <= 2 and k >= lanes and a.strides[-1] == 1 and b.strides[-2] == 1:
         return "dot"
-    if _gathered(b.strides) and (not _gathered(a.strides) or n > m):
+    if _gathered(b.strides[-1:]) and (not _gathered(a.strides[-2:-1]) or n > m):
         return "transposed"
     return "transposed" if n < lanes and m > n else "blocked"
 
