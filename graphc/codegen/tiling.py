@@ -14,7 +14,9 @@ The tile follows the target: NR is two of its widest vectors and MR the rows who
 accumulators fit its vector registers beside two B vectors and a broadcast,
 MR = (registers - 4) / 2: 6 rows on AVX2 (16 ymm), 14 rows of two zmm vectors on AVX-512
 (32 zmm: 28 accumulators; BLIS's Skylake-X dgemm kernel is the same 14 x 16). A C narrower
-than one vector takes a single vector column of registers - 4 rows; a C with fewer rows
+than one vector takes a single vector column of registers - 6 rows (10 on AVX2: a window
+view's broadcasts, each from its own row address, need the room; with 12 rows LLVM spilled
+five accumulators and a convolution's weight gradient ran 1.5x slower); a C with fewer rows
 than a tile takes more vectors per row, so that enough FMA chains run in parallel.
 
 Packing is done only where it was measured to pay: B when it is reused by several row tiles
@@ -68,7 +70,7 @@ def tile_rows(n: int, dtype: str, cpu: Target | None = None) -> int:
     """Rows of the register tile `choose_tiling` picks for a C with n columns and many rows."""
     cpu = cpu or host()
     single_vector = n <= cpu.lanes(ITEMSIZE.get(dtype, 8))
-    return cpu.registers - 4 if single_vector else (cpu.registers - 4) // 2
+    return cpu.registers - 6 if single_vector else (cpu.registers - 4) // 2
 
 
 def choose_tiling(
