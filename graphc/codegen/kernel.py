@@ -51,6 +51,9 @@ INTERLEAVE, INTERLEAVE_LONG, LONG_BODY, INTERLEAVE_FROM = 2, 4, 20, 64
 # max-pooling 64x6x28x28 forward 1.54 -> 0.25 ms, where the scalar loop's selects had become
 # branches that random data mispredicts.
 VECTORIZE_FROM, TINY_TRIP_COUNT = 4, 16
+# An axis iterated as digits (codegen/pieces.py, `splits`: 28 as 14 x 2 where a reshape
+# splits it) has its last digit unrolled up to this many values when it is the innermost.
+UNROLL_DIGIT = 8
 # A kernel of this many instructions or more stays out of line, a call from `<name>_step`:
 # LLVM inlines every kernel (each is called once), and instruction selection and register
 # allocation of one function take time growing faster than its size, and a call costs
@@ -119,14 +122,11 @@ def call_loop(b: ir.IRBuilder, count: int, body, name: str, stop=None) -> None:
 
 
 class Index:
-    """A position in a shape, as per-axis i64 values and the row-major linear offset."""
+    """A position in a shape, as per-axis i64 values and the row-major linear offset (the
+    values of a flat index are computed by `KernelEmitter.index`)."""
 
-    def __init__(self, b: ir.IRBuilder, shape, values=None, flat=None):
+    def __init__(self, b: ir.IRBuilder, shape, values, flat=None):
         self.shape = tuple(shape)
-        if values is None:
-            values, rest = [], flat
-            for d, stride in zip(self.shape, strides_of(self.shape)):
-                values.append(b.urem(b.udiv(rest, i64(stride)), i64(d)) if d > 1 else i64(0))
         if flat is None:
             flat = i64(0)
             for v, stride, d in zip(values, strides_of(self.shape), self.shape):
@@ -196,6 +196,7 @@ class KernelEmitter:
         self.forms: dict = {}  # index value -> its affine form (pieces.affine)
         self.axes: dict[ir.Value, int] = {}  # counter of a box's loop -> its axis (nest_boxes)
         self.questions: list | None = None  # in a probe: the `cases` with several answers
+        self.divisions: list | None = None  # in a probe: (affine form, divisor) not exact
         self.pieces = pieces.enabled()
 
     # ---- loops ----
@@ -282,10 +283,11 @@ class KernelEmitter:
 
     def nest_boxes(self, boxes, body, outer=False, depth=0, values=()):
         """Nested loops over each box of `boxes` (per axis a range [lo, hi), together a
-        partition of the domain: pieces.plan), calling body(list of index values). Boxes with
-        the same range on an axis share its loop; where their ranges overlap without being
-        equal, each box gets loops of its own from there. With `outer`, the loops over the
-        first axis are the `outer_loop` (each box's rows within a thread's chunk)."""
+        partition of the domain: pieces.plan; or (lo, hi, factors), the range iterated as
+        digits: pieces.digits), calling body(list of index values). Boxes with the same range
+        on an axis share its loop; where their ranges overlap without being equal, each box
+        gets loops of its own from there. With `outer`, the loops over the first axis are the
+        `outer_loop` (each box's rows within a thread's chunk)."""
         if depth == len(boxes[0]):
             body(list(values))
             return
@@ -297,14 +299,41 @@ class KernelEmitter:
             for box in boxes:
                 self.nest_boxes([box], body, outer, depth, values)
             return
-        for (lo, hi), members in groups.items():
+        for span, members in groups.items():
 
             def inner(v, members=members):
                 if not isinstance(v, ir.Constant):
                     self.axes[v] = depth
                 self.nest_boxes(members, body, outer, depth + 1, (*values, v))
 
-            self._span(lo, hi, inner, f"i{depth}", outer and depth == 0)
+            last = depth == len(boxes[0]) - 1
+            if len(span) == 3:
+                self._digits(*span, body=inner, name=f"i{depth}", unroll=last)
+            else:
+                self._span(*span, inner, f"i{depth}", outer and depth == 0)
+
+    def _digits(self, lo: int, hi: int, factors, body, name, unroll: bool) -> None:
+        """for i in range(lo, hi): body(i), as loops over the digits of i - lo (pieces.digits);
+        with `unroll`, a last digit of at most UNROLL_DIGIT values is unrolled, so that the
+        loop around it is innermost (and vectorizes)."""
+        sizes, weights = pieces.digits(hi - lo, factors)
+        b = self.b
+
+        def level(j, value):
+            if j == len(sizes):
+                body(value)
+                return
+
+            def at(digit):
+                level(j + 1, b.add(value, b.mul(digit, i64(weights[j]))))
+
+            if unroll and j == len(sizes) - 1 and sizes[j] <= UNROLL_DIGIT:
+                for digit in range(sizes[j]):
+                    at(i64(digit))
+            else:
+                self.loop(sizes[j], at, f"{name}.{j}")
+
+        level(0, i64(lo))
 
     def _span(self, lo: int, hi: int, body, name, outer: bool) -> None:
         """for i in range(lo, hi): body(i) (a constant i when there is one); the outer loop
@@ -340,30 +369,62 @@ class KernelEmitter:
 
     def boxes(self, shape, body) -> list:
         """The boxes a loop nest over `shape` calling body(index values) is split into, so
-        that its concats and pads know their pieces (pieces.plan, probing the body)."""
+        that its concats and pads know their pieces (pieces.plan, probing the body), each with
+        the axes iterated as digits that make its divisions exact (pieces.splits)."""
         whole = [tuple((0, d) for d in shape)]
-        if not self.pieces or not any(map(pieces.chooses, self.kernel.nodes)) or 0 in shape:
+        nodes = self.kernel.nodes
+        cut, split = any(map(pieces.chooses, nodes)), any(map(pieces.reads_digits, nodes))
+        if not self.pieces or not (cut or split) or 0 in shape:
             return whole
-        return pieces.plan(shape, lambda box: self._probe(box, body))
+        probes: dict = {}
+
+        def probe(box):
+            if box not in probes:
+                probes[box] = self._probe(box, body)
+            return probes[box]
+
+        planned = pieces.plan(shape, lambda box: probe(box)[:2]) if cut else whole
+        return [self._refined(box, probe(box), body) if split else box for box in planned]
+
+    def _refined(self, box, probed, body):
+        """`box` with the axes pieces.splits names iterated as digits, if its body then
+        divides less often (per element) than `probed` found, in code of the size pieces.plan
+        allows; else `box`."""
+        size, _, chains, divisions = probed
+        if not chains or not divisions:
+            return box
+        refined = tuple((*span, chains[a]) if a in chains else span for a, span in enumerate(box))
+        refined_size, _, _, left = self._probe(refined, body)
+        small = refined_size <= pieces.CODE_GROWTH * size + pieces.CODE_SLACK
+        return refined if left < divisions and small else box
 
     def _probe(self, box, body):
         """Emit the loops over `box` into a throwaway function: (its instruction count, the
-        points where the answers of its questions change: pieces.cut_points)."""
+        points where the answers of its questions change: pieces.cut_points, the axes to
+        iterate as digits: pieces.splits, and the divisions left per element stored)."""
         saved = self.module, self.function, self.b, self.e, self.scopes, self.contains_loop
         saved_maps = self.ranges, self.forms, self.axes
         self.module = ir.Module()
         self.function = ir.Function(self.module, ir.FunctionType(ir.VoidType(), []), "probe")
         self.b = ir.IRBuilder(self.function.append_basic_block("entry"))
-        self.e, self.scopes, self.questions = Emitter(self.b), [{}], []
+        self.e, self.scopes, self.questions, self.divisions = Emitter(self.b), [{}], [], []
         self.ranges, self.forms, self.axes = dict(self.ranges), {}, {}
+        calls = []
+
+        def counted(values):
+            calls.append(None)
+            body(values)
+
         try:
-            self.nest_boxes([box], body, outer=True)
+            self.nest_boxes([box], counted, outer=True)
             points = pieces.cut_points(self.questions, self.axes, box)
-            return pieces.code_size(self.function.blocks), points
+            chains = pieces.splits(self.divisions, self.axes, box)
+            per_call = len(self.divisions) / max(len(calls), 1)
+            return pieces.code_size(self.function.blocks), points, chains, per_call
         finally:
             self.module, self.function, self.b, self.e, self.scopes, self.contains_loop = saved
             self.ranges, self.forms, self.axes = saved_maps
-            self.questions = None
+            self.questions = self.divisions = None
 
     # ---- memory ----
     def address(self, node: Node, flat) -> ir.Value:
@@ -466,7 +527,41 @@ class KernelEmitter:
                 hoisted.add(node)
 
     def index(self, shape, values=None, flat=None) -> Index:
+        """The position in `shape` at per-axis `values`, or at the row-major `flat` index."""
+        if values is None:
+            values = [
+                self._divided(self._divided(flat, stride, False), d, True) if d > 1 else i64(0)
+                for d, stride in zip(shape, strides_of(shape))
+            ]
         return Index(self.b, shape, values, flat)
+
+    def _divided(self, x, d: int, remainder: bool):
+        """x // d, or x % d, for an index x >= 0: where that is an affine form of the loop
+        counters over their ranges (pieces.divide), that form's arithmetic, which vectorizes;
+        else a division, which a probe records (pieces.splits)."""
+        if d == 1:
+            return i64(0) if remainder else x
+        form = pieces.affine(x, self.ranges, self.forms) if self.pieces else None
+        if form is not None and form.bounds(self.ranges)[0] >= 0:
+            exact = pieces.divide(form, d, self.ranges, remainder)
+            if exact is not None:
+                return self._affine_value(exact)
+            if self.divisions is not None:
+                self.divisions.append((form, d))
+        return (self.b.urem if remainder else self.b.udiv)(x, i64(d))
+
+    def _affine_value(self, form):
+        """An i64 computing the affine `form` of the loop counters."""
+        value = None
+        for counter, a in form.terms:
+            term = counter if a == 1 else self.b.mul(counter, i64(a))
+            value = term if value is None else self.b.add(value, term)
+        if value is None:
+            return i64(form.const)
+        if form.const:
+            value = self.b.add(value, i64(form.const))
+        self.forms[value] = form
+        return value
 
     # ---- for the ops' index maps (ir/ops.py) ----
     def i64(self, value: int) -> ir.Constant:

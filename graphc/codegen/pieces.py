@@ -28,16 +28,31 @@ blindly, every element loads all N pieces and selects one: O(N·size). Two parts
    over fewer pieces. Questions the analysis cannot read (a value through a select, a flat
    index not aligned with the axes) keep their run-time selects, as before.
 
+3. Axes iterated as digits (`splits`). A reshape reads its input at the digits of a flat
+   index, divisions by constants. Where the division is exact over the loops' ranges the
+   emitter writes the affine form it is (`divide`: (2*p + q) // 2 is p for q < 2); the
+   others, which keep LLVM from vectorizing (the gradient of a 2x2 max-pool puts each
+   window's taps back in place through a reshape of 28 into 14 x 2: 8 cycles an element),
+   are recorded by the probe, and an axis whose counter they do not divide evenly is
+   iterated as digits, 28 as 14 x 2 with index 2*p + q, when that leaves fewer of them.
+   The last axis's innermost digit, when short, is unrolled, so that the loop around it
+   (over 14) is the innermost one and vectorizes:
+
+       for w in 28:                              for p in 14:       (vectorized)
+           out[w] = m[w // 2, w % 2]       ->        out[2p] = m[p, 0]
+                                                     out[2p + 1] = m[p, 1]
+
 Every element is still computed by the same scalar operations in the same order as the
 interpreter's (a piece's value, or the fill value), so results stay bit-identical.
-`GRAPHC_NOPIECES=1` turns both parts off (every piece at every element, for comparison; it
-is part of the cache key, as every GRAPHC_ variable).
+`GRAPHC_NOPIECES=1` turns all three off (every piece at every element, divisions as
+divisions, for comparison; it is part of the cache key, as every GRAPHC_ variable).
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
+import math
 import os
 from collections import Counter
 from dataclasses import dataclass
@@ -65,6 +80,12 @@ def chooses(node) -> bool:
     a piece or the fill value by the index): a loop over it may be cut."""
     op = opdef(node)
     return op.index_map is not None and op.view is None and not op.flat
+
+
+def reads_digits(node) -> bool:
+    """A layout op reading its input at the digits of a flat index (reshape): a loop over it
+    may be iterated as digits."""
+    return opdef(node).flat
 
 
 @dataclass(frozen=True)
@@ -130,10 +151,10 @@ def _affine(value, ranges, memo) -> Affine | None:
         return y.times(x.const) if not x.terms else None
     if y.terms or y.const <= 0 or x.bounds(ranges)[0] < 0:
         return None  # a non-constant or non-positive divisor, or a negative dividend
-    return _divide(x, y.const, ranges, remainder=opname.endswith("rem"))
+    return divide(x, y.const, ranges, remainder=opname.endswith("rem"))
 
 
-def _divide(x: Affine, d: int, ranges, remainder: bool) -> Affine | None:
+def divide(x: Affine, d: int, ranges, remainder: bool) -> Affine | None:
     """x // d or x % d for x >= 0, where the terms whose coefficients d does not divide stay
     within one multiple of d (then x // d is affine, and so is x % d)."""
     whole = [(c, a // d) for c, a in x.terms if a % d == 0]
@@ -179,13 +200,47 @@ def cut_points(questions, axes: dict, box: Box) -> dict[int, Counter]:
             continue
         ((counter, a),) = form.terms
         axis = axes[counter]
-        lo, hi = box[axis]
+        lo, hi = box[axis][:2]
         for t in thresholds:
             # a * i + const >= t from i = point on (a > 0), until i = point - 1 (a < 0)
             point = -((form.const - t) // a) if a > 0 else (t - form.const) // a + 1
             if lo < point < hi:
                 found.setdefault(axis, Counter())[point] += 1
     return found
+
+
+def splits(divisions, axes: dict, box: Box) -> dict[int, tuple[int, ...]]:
+    """Per axis of `box`, the factors to iterate it by (as digits: `digits`) so that the
+    divisions by constants a probe found inexact (each an affine form and its divisor) become
+    exact: for x // d with a term a * i, i's axis split by d / gcd(a, d) makes the term a
+    multiple of d plus a rest below it. An axis keeps the factors that divide its length, its
+    start and each other; the first axis (the one split between threads) has none."""
+    wanted: dict[int, set[int]] = {}
+    for form, d in divisions:
+        for counter, a in form.terms:
+            axis = axes.get(counter)
+            if not axis:
+                continue
+            lo, hi = box[axis][:2]
+            factor = d // math.gcd(a, d)
+            if 1 < factor < hi - lo and (hi - lo) % factor == 0 and lo % factor == 0:
+                wanted.setdefault(axis, set()).add(factor)
+    chains = {}
+    for axis, factors in sorted(wanted.items()):
+        chain: list[int] = []
+        for factor in sorted(factors):
+            if all(factor % f == 0 for f in chain):
+                chain.append(factor)
+        chains[axis] = tuple(chain)
+    return chains
+
+
+def digits(length: int, chain) -> tuple[list[int], list[int]]:
+    """(sizes, weights) of the digits an axis of `length` split by `chain` (factors dividing
+    each other, ascending) is iterated as, outermost first: 28 by (2,) is 14 x 2, index
+    2*p + q; by (2, 4), 7 x 2 x 2, index 4*p + 2*q + r."""
+    bounds = [length, *reversed(chain), 1]
+    return [a // b for a, b in zip(bounds, bounds[1:])], bounds[1:]
 
 
 def _parts(box: Box, points: dict[int, Counter], room: int) -> list[Box] | None:

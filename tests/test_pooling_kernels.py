@@ -1,0 +1,149 @@
+"""Pooling's kernels: loops iterated as the digits a reshape splits an axis into.
+
+The gradient of a pooling whose windows tile the input puts each window's taps back in place
+through reshapes (28 -> 14 x 2) and a transpose (ir/ops.py `_window_vjp`). Its loop kernel
+iterates such an axis as its digits (codegen/pieces.py `splits`), so every index is affine
+in the loop counters and the innermost loop vectorizes with no division. Values: compiled ==
+interpreter in float32 and float64, for 1-, 2- and 3-d pooling, sizes the windows do not
+divide (a padded rest), padding, and windows that overlap (no split); on one thread and two.
+Code: the backward kernel's loop is vectorized at the target's width and divides nothing,
+where with GRAPHC_NOPIECES=1 (divisions as divisions) it divides.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+from targets import assert_vectorized_at_target_width
+
+import graphc as gc
+from graphc.codegen import pieces
+
+FLOATS = ("float32", "float64")
+
+CASES = [  # (input shape, kernel, stride, padding)
+    ((2, 3, 28, 28), 2, None, 0),  # LeNet's first pooling: 28 as 14 x 2
+    ((2, 3, 10, 10), 2, None, 0),  # its second: 10 as 5 x 2
+    ((2, 2, 29, 27), 2, None, 0),  # a rest the windows leave out, on each axis
+    ((2, 2, 12, 9), 3, None, 0),  # 12 as 4 x 3 and 9 as 3 x 3
+    ((2, 2, 12, 10), (3, 2), None, 0),  # different splits per axis
+    ((2, 3, 9, 9), 2, None, 1),  # padding: 11 padded, 5 windows, a rest of 1
+    ((2, 2, 9, 9), 3, 2, 0),  # overlapping windows: no reshape, nothing split
+    ((2, 3, 22), 4, None, 0),  # 1-d, 22 as 5 x 4 and a rest of 2
+    ((2, 3, 20), 2, None, 0),  # 1-d
+    ((2, 2, 6, 8, 4), 2, None, 0),  # 3-d
+]
+
+
+def _case_id(case) -> str:
+    shape, kernel, stride, padding = case
+    return f"{'x'.join(map(str, shape))}-k{kernel}-s{stride}-p{padding}"
+
+
+def _pooling_step(shape, kernel, stride, padding, dtype, pool=gc.max_pool):
+    """The pooling of relu(x) (LeNet's order: the ReLU mask is read in the gradient too)
+    weighted by g, and its gradient: (program outputs, inputs)."""
+    x = gc.input("x", shape, dtype)
+    pooled = pool(gc.relu(x), kernel, stride, padding)
+    g = gc.input("g", pooled.shape, dtype)
+    loss = (pooled * g).sum()
+    (grad_x,) = gc.grad(loss, [x])
+    return [pooled, grad_x], [x, g]
+
+
+def _feed(inputs, rng):
+    return {t.name: rng.standard_normal(t.shape).astype(t.dtype) for t in inputs}
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("case", CASES, ids=_case_id)
+@pytest.mark.parametrize("pool", [gc.max_pool, gc.avg_pool], ids=["max", "avg"])
+def test_pooling_and_its_gradient_compiled_equal_interpreted(case, dtype, pool):
+    outputs, inputs = _pooling_step(*case, dtype, pool)
+    feed = _feed(inputs, np.random.default_rng(len(case[0])))
+    step = gc.compile(gc.Program(inputs, outputs))
+    got, want = step(**feed), gc.evaluate(outputs, feed)
+    # an average sums its taps in any order, and overlapping windows' gradients may be
+    # added with fused multiply-adds (reassociation and contraction are allowed); max-pool's
+    # gradient is exact: the value put in place, or zero
+    rtol = {"float32": 1e-6, "float64": 1e-14}[dtype]
+    np.testing.assert_allclose(got[0], want[0], rtol=rtol, atol=rtol)
+    if pool is gc.max_pool:
+        np.testing.assert_array_equal(got[1], want[1])
+    else:
+        np.testing.assert_allclose(got[1], want[1], rtol=rtol, atol=rtol)
+
+
+@pytest.mark.parametrize("case", CASES[:3], ids=_case_id)
+def test_two_threads_compute_the_same_gradient(case, monkeypatch):
+    """The outer loop split between threads is never one iterated as digits."""
+    shape = (16, *case[0][1:])  # rows enough for the split
+    outputs, inputs = _pooling_step(shape, *case[1:], "float32")
+    feed = _feed(inputs, np.random.default_rng(0))
+    want = gc.evaluate(outputs, feed)
+    monkeypatch.setenv("GRAPHC_THREADS", "2")
+    got = gc.compile(gc.Program(inputs, outputs))(**feed)
+    np.testing.assert_array_equal(got[1], want[1])
+
+
+def _function(text: str, start: str, end: str) -> str:
+    """The part of a dump from `start` to the next `end`."""
+    i = text.index(start)
+    return text[i : text.index(end, i)]
+
+
+def _gradient_kernel(monkeypatch, shape, **env):
+    """(emitted LLVM IR, assembly) of the loop kernel writing max_pool's input gradient
+    (each kernel a function of its own, on one thread: the loop is in that function)."""
+    monkeypatch.setenv("GRAPHC_NOINLINE", "1")
+    monkeypatch.setenv("GRAPHC_THREADS", "1")
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    x = gc.input("x", shape)
+    g = gc.input("g", (shape[0], shape[1], shape[2] // 2, shape[3] // 2))
+    (grad_x,) = gc.grad((gc.max_pool(x, 2) * g).sum(), [x])
+    step = gc.compile(gc.Program([x, g], [grad_x]))
+    (name,) = [k for k in step.kernels if "grad(x)" in k]
+    llvm = _function(step.dump("llvm"), f'define internal void @"{name}"(', "\n}\n")
+    assembly = _function(step.dump("asm"), f'"{name}":', ".Lfunc_end")
+    return llvm, assembly
+
+
+@pytest.mark.parametrize("shape", [(4, 6, 28, 28), (4, 16, 10, 10)])
+def test_max_pool_gradient_loop_is_vectorized_without_division(monkeypatch, shape):
+    llvm, assembly = _gradient_kernel(monkeypatch, shape)
+    assert not re.search(r"\b[us](div|rem)\b", llvm)
+    assert_vectorized_at_target_width(assembly)
+    # without the digits the same kernel divides its indices at each element
+    llvm, _ = _gradient_kernel(monkeypatch, shape, GRAPHC_NOPIECES="1")
+    assert re.search(r"\budiv\b", llvm)
+
+
+# ---- the planning functions ------------------------------------------------------------------
+
+
+def test_splits_name_the_factors_that_make_divisions_exact():
+    h, w = object(), object()  # two loop counters, of axes 2 and 3
+    axes = {h: 2, w: 3}
+    box = ((0, 4), (0, 6), (0, 28), (0, 28))
+    local = pieces.Affine(0, ((h, 28), (w, 1)))  # the flat index of (h, w)
+    # digits of a [14, 2, 14, 2] reshape: // 56, // 28, // 2
+    divisions = [(local, 56), (local, 28), (local, 2)]
+    assert pieces.splits(divisions, axes, box) == {2: (2,), 3: (2,)}
+    # a factor that does not divide the axis, or its start, is left out
+    assert pieces.splits([(local, 3)], axes, ((0, 4), (0, 6), (0, 28), (1, 28))) == {}
+    # factors that divide each other nest; others are dropped
+    assert pieces.splits([(local, 2), (local, 4), (local, 6)], axes, box)[3] == (2, 4)
+
+
+def test_digits_and_exact_division_of_their_sum():
+    assert pieces.digits(28, (2,)) == ([14, 2], [2, 1])
+    assert pieces.digits(28, (2, 4)) == ([7, 2, 2], [4, 2, 1])
+    p, q = object(), object()
+    ranges = {p: (0, 13), q: (0, 1)}
+    index = pieces.Affine(0, ((p, 2), (q, 1)))  # 2p + q
+    assert pieces.divide(index, 2, ranges, remainder=False) == pieces.Affine(0, ((p, 1),))
+    assert pieces.divide(index, 2, ranges, remainder=True) == pieces.Affine(0, ((q, 1),))
+    assert pieces.divide(index, 4, ranges, remainder=False) is None  # p's parity
