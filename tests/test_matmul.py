@@ -308,27 +308,37 @@ def test_row_count_only_where_supported():
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("m, width", [(5, 3), (5, 8), (6, 13), (6, 14), (2, 28), (16, 10)])
-@pytest.mark.parametrize("accumulate", [False, True])
-def test_window_view_columns_match_numpy(family, dtype, m, width, accumulate):
+@pytest.mark.parametrize("accumulate, padded", [(False, False), (True, False), (False, True)])
+def test_window_view_columns_match_numpy(family, dtype, m, width, accumulate, padded):
     """B read through a stride-1 window view, as a convolution reads its input: rows
     (c, kh, kw) and columns (oh, ow) are axes of pairs. With few rows of A, each output row
     is a product of its own whose B rows are contiguous (a partial vector: a masked load);
-    with many (16), the product is computed transposed. Both against NumPy."""
-    from graphc.codegen.matmul import _columns_as_batch
+    with many (16), the product is computed transposed. Both against NumPy. Where the input
+    is zero-padded above and below (a convolution's input gradient) and the buffer says so,
+    an output row near the border multiplies only the taps that reach into the data."""
+    from graphc.codegen.matmul import _columns_as_batch, _row_bands
 
     rng = np.random.default_rng(width * 7 + m)
     channels, kernel, height = 3, 3, 4
     pitch = width + kernel - 1
     x = rng.normal(size=(channels, height + kernel - 1, pitch)).astype(dtype)
+    zeros = ()
+    if padded:  # kernel - 1 zero rows above and below: rows [2, 4) hold data
+        x[:, : kernel - 1] = x[:, height:] = 0
+        zeros = ((pitch, height + kernel - 1, kernel - 1, height),)
     windows = np.lib.stride_tricks.sliding_window_view(x, (kernel, kernel), axis=(1, 2))
     k, n = channels * kernel * kernel, height * width
     b_matrix = windows.transpose(0, 3, 4, 1, 2).reshape(k, n)
     a = rng.normal(size=(m, k)).astype(dtype)
     c = rng.normal(size=(m, n)).astype(dtype)
     rows = ((channels, x.shape[1] * pitch), (kernel, pitch), (kernel, 1))
-    a_op, b_op, c_op = Operand((k, 1)), Operand((rows, ((height, pitch), (width, 1)))), Operand((n, 1))
+    columns = ((height, pitch), (width, 1))
+    a_op, b_op, c_op = Operand((k, 1)), Operand((rows, columns), 0, zeros), Operand((n, 1))
     cpu = _family(family)
     split = _columns_as_batch(m, dtype, a_op, b_op, c_op, cpu)
+    if split is not None and padded:
+        outer, n_split, a_split, b_split, _ = split
+        assert _row_bands(outer, n_split, a_split, b_split) is not None
     if (m, width) in ((6, 14), (2, 28)):  # a few output channels, long output rows
         assert split is not None
     if m == 16:  # 16 lanes filled: the transposed product, as before

@@ -39,7 +39,7 @@ from graphc.codegen.split import MATMUL_THRESHOLD_NS, Split, matmul_work, split_
 from graphc.codegen.tiling import Operand, takes_row_count, tile_rows
 from graphc.errors import CompileError
 from graphc.ir.graph import Node
-from graphc.ir.ops import affine_view, checked_index, opdef
+from graphc.ir.ops import affine_view, checked_index, nonzero_box, opdef
 from graphc.ir.views import is_simple, strides_of
 from graphc.passes.kernels import (
     COLLECTIVE,
@@ -357,8 +357,19 @@ def _product_target(k, mm: Node):
 
 
 def _operands(views) -> list[Operand]:
-    """How the generated matmul addresses the product's two operand views."""
-    return [Operand(v.strides, v.offset) for v in views]
+    """How the generated matmul addresses the product's two operand views, and where their
+    buffers are known to be zero (a convolution's input gradient reads a padded gradient)."""
+    operands = []
+    for v in views:
+        box = nonzero_box(v.source)
+        shape, strides = v.source.shape, strides_of(v.source.shape)
+        zeros = () if box is None else tuple(
+            (stride, size, lo, hi)
+            for stride, size, (lo, hi) in zip(strides, shape, box)
+            if (lo, hi) != (0, size)
+        )  # fmt: skip
+        operands.append(Operand(v.strides, v.offset, zeros))
+    return operands
 
 
 def _matmul(

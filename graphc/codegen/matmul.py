@@ -63,7 +63,7 @@ from graphc.codegen.tiling import (
     takes_row_count,
 )
 from graphc.errors import DTypeError, ShapeError
-from graphc.ir.views import Axis, is_simple, offset_at
+from graphc.ir.views import Axis, is_simple, offset_at, pairs
 
 __all__ = ["Operand", "Tiling", "choose_tiling", "define_matmul", "takes_row_count"]
 
@@ -143,6 +143,7 @@ def define_matmul(
         builder.ret_void()
         return function
 
+    split = None
     if tiling is None and rows is None:
         split = _columns_as_batch(m, dtype, a, b, c, cpu)
         if split is not None:
@@ -158,7 +159,7 @@ def define_matmul(
         a_arg, b_arg = function.args[1], function.args[2]
     c_arg = function.args[0]
 
-    def body(a_view: _View, b_view: _View, c_view: _View) -> None:
+    def body(a_view: _View, b_view: _View, c_view: _View, k: int = k) -> None:
         if path == "loop":
             emitter.loop_nest(m, n, k, a_view, b_view, c_view, accumulate)
         elif path == "dot":
@@ -168,11 +169,16 @@ def define_matmul(
             count = m if rows is None else _Rows(function.args[3], tuple(sorted(set(rows))))
             emitter.blocked(count, n, k, t, a_view, b_view, c_view, accumulate)
 
-    emitter.over_batch(
-        batch,
-        [(a_arg, a), (b_arg, b), (c_arg, c)],
-        body,
-    )
+    operands = [(a_arg, a), (b_arg, b), (c_arg, c)]
+    bands = _row_bands(batch, n, a, b) if split is not None and path == "blocked" else None
+    if bands is None:
+        emitter.over_batch(batch, operands, body)
+    else:
+        emitter.over_batch(
+            batch[:-1],
+            [(arg, _without_last_batch(op)) for arg, op in operands],
+            lambda *views: emitter.banded(bands, (a, b, c), views, body),
+        )
     builder.ret_void()
     return function
 
@@ -220,11 +226,89 @@ def _columns_as_batch(m: int, dtype: str, a: Operand, b: Operand, c: Operand, cp
     if filled(width) <= filled(m):
         return None
     outer = columns[:-1]
-    a = Operand((*a.strides[:-2], *(0 for _ in outer), *a.strides[-2:]), a.offset)
-    b = Operand((*b.strides[:-2], *(s for _, s in outer), b.strides[-2], 1), b.offset)
+    a = Operand((*a.strides[:-2], *(0 for _ in outer), *a.strides[-2:]), a.offset, a.zeros)
+    b = Operand((*b.strides[:-2], *(s for _, s in outer), b.strides[-2], 1), b.offset, b.zeros)
     c_outer = tuple(s for _, s in c_columns[:-1])
-    c = Operand((*c.strides[:-2], *c_outer, c.strides[-2], c_columns[-1][1]), c.offset)
+    c = Operand((*c.strides[:-2], *c_outer, c.strides[-2], c_columns[-1][1]), c.offset, c.zeros)
     return tuple(size for size, _ in outer), width, a, b, c
+
+
+@dataclass(frozen=True)
+class _Bands:
+    """Per run of the last batch axis, the range of one digit of B's rows (and A's columns)
+    outside which B's rows are zero: `groups` of (first, stop, lo, hi)."""
+
+    digit: int
+    a_columns: tuple[tuple[int, int], ...]
+    groups: tuple[tuple[int, int, int, int], ...]
+
+
+def _row_bands(batch: tuple[int, ...], n: int, a: Operand, b: Operand) -> _Bands | None:
+    """Where B is a window of a zero-padded buffer whose padded axis both the last batch axis
+    and one digit of B's rows step along (a convolution's input gradient: output row oh reads
+    padded rows oh + kh), the rows of B that are zero at each index of that batch axis are
+    skipped: at the border only the taps that reach into the buffer are multiplied."""
+    if not batch or is_simple(b.strides[-2]) or not is_simple(b.strides[-3]):
+        return None
+    rows, outer = b.strides[-2], b.strides[-3]
+    sizes = [size for size, _ in rows]
+    a_columns = _refined(pairs(math.prod(sizes), a.strides[-1]), sizes)
+    if a_columns is None:
+        return None
+    for stride, period, lo, hi in b.zeros:
+        digits = [i for i, (_, step) in enumerate(rows) if step == stride]
+        if outer != stride or len(digits) != 1:
+            continue
+        digit, size = digits[0], rows[digits[0]][0]
+        others = [pair for i, pair in enumerate(rows) if i != digit]
+        others += [*zip(batch[:-1], b.strides[:-3]), *pairs(n, b.strides[-1])]
+        # every other step leaves (f // stride) % period alone: whole periods, or steps
+        # that together stay below one stride
+        whole = [step % (stride * period) == 0 for _, step in others]
+        small = b.offset % stride + sum(
+            (count - 1) * step for (count, step), w in zip(others, whole) if not w
+        )  # fmt: skip
+        shift = b.offset // stride % period
+        if any(step < 0 for _, step in others) or small >= stride:
+            continue
+        if any(not w and step >= stride for (_, step), w in zip(others, whole)):
+            continue
+        if shift + batch[-1] + size - 2 >= period:
+            continue
+        groups: list[list[int]] = []
+        for index in range(batch[-1]):
+            first, last = max(0, lo - shift - index), min(size, hi - shift - index)
+            if last <= first:
+                return None
+            if groups and groups[-1][2:] == [first, last]:
+                groups[-1][1] = index + 1
+            else:
+                groups.append([index, index + 1, first, last])
+        if all(group[2:] == [0, size] for group in groups):
+            return None
+        return _Bands(digit, tuple(a_columns), tuple(tuple(group) for group in groups))
+    return None
+
+
+def _refined(axis: list[tuple[int, int]], sizes: list[int]):
+    """The pairs of `axis` split into pairs of `sizes` ((25, -1) into (5, -5), (5, -1)), or
+    None where a pair does not split at those sizes."""
+    out: list[tuple[int, int]] = []
+    wanted = list(sizes)
+    for size, stride in axis:
+        run = []
+        while size > 1:
+            if not wanted or wanted[0] < 2 or size % wanted[0]:
+                return None
+            size //= wanted[0]
+            run.append(wanted.pop(0))
+        out += [(part, stride * math.prod(run[i + 1 :])) for i, part in enumerate(run)]
+    return tuple(out) if not wanted else None
+
+
+def _without_last_batch(operand: Operand) -> Operand:
+    strides = operand.strides
+    return Operand((*strides[:-3], *strides[-2:]), operand.offset, operand.zeros)
 
 
 def _swap_matrix_strides(operand: Operand) -> Operand:
@@ -423,6 +507,33 @@ class _Emitter:
             self.loop(batch[depth], step)
 
         level(0, [0] * len(operands))
+
+    def banded(self, bands: _Bands, operands, views, body) -> None:
+        """body(a, b, c, k) at every index of the last batch axis, its run's zero rows of B
+        (and the columns of A they meet) left out (`_row_bands`)."""
+        a, b, c = operands
+        a_view, b_view, c_view = views
+        digit = bands.digit
+        for first, stop, lo, hi in bands.groups:
+            a_columns, b_rows = list(bands.a_columns), list(b.strides[-2])
+            a_step, b_step = a_columns[digit][1], b_rows[digit][1]
+            a_columns[digit], b_rows[digit] = (hi - lo, a_step), (hi - lo, b_step)
+            k = math.prod(size for size, _ in b_rows)
+
+            def one(i, _, first=first, lo=lo, a_step=a_step, b_step=b_step,
+                    a_columns=tuple(a_columns), b_rows=tuple(b_rows), k=k):  # fmt: skip
+                index = self.plus(i, first)
+                a_at = self.linear([(index, a.strides[-3]), (lo, a_step)])
+                b_at = self.linear([(index, b.strides[-3]), (lo, b_step)])
+                body(
+                    _View(self.gep(a_view.ptr, a_at), a.strides[-2], a_columns),
+                    _View(self.gep(b_view.ptr, b_at), b_rows, b.strides[-1]),
+                    _View(self.gep(c_view.ptr, self.linear([(index, c.strides[-3])])),
+                          c.strides[-2], c.strides[-1]),  # fmt: skip
+                    k,
+                )
+
+            self.loop(stop - first, one)
 
     def scratch(self, elements: int) -> ir.Value:
         """A 64-byte-aligned stack buffer, allocated once in the entry block."""

@@ -40,10 +40,13 @@ _L1_BYTES = 32 * 1024
 @dataclass(frozen=True)
 class Operand:
     """How a matrix operand is addressed, in elements: one axis per (batch..., rows, cols),
-    each a stride or (size, stride) pairs (ir/views.py)."""
+    each a stride or (size, stride) pairs (ir/views.py). `zeros` says where its buffer is
+    known to be zero (a zero padding's border): the element at offset f is zero unless
+    lo <= (f // stride) % period < hi for each (stride, period, lo, hi)."""
 
     strides: tuple[Axis, ...]
     offset: int = 0
+    zeros: tuple[tuple[int, int, int, int], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,8 @@ emitter ever tests an op's name (tests/test_layering.py checks):
 - `together(node)`: a key; nodes with equal keys are computed by one kernel (the outputs of
   one loop: ir/scan.py), and differentiated by one call `vjp(node, {node: adjoint, ...})`
   with the adjoints of all of them that have one.
+- `zeros(node)`: per axis the range outside which the node's values are zero (pad); a
+  matmul reading the stored node through a window skips the products with those zeros.
 - `fuses_inputs=False`: an anchor whose inputs are never computed inside its kernel;
   `alone=True`: computed by one call in a kernel of its own (allreduce: MPI_Allreduce), or
   by a loop of its own: `kernel_form` names the form (scatter_add: "scatter").
@@ -117,6 +119,7 @@ class OpDef:
     lower: Callable | None = None  # computed as other ops: lower(node) builds them (conv)
     index_text: Callable | None = None  # a layout op's index map for dumps: (node, input) -> str
     together: Callable | None = None  # nodes of equal together(node) share a kernel (scan)
+    zeros: Callable | None = None  # (node) -> per axis [lo, hi): outside, its values are 0 (pad)
 
     def __post_init__(self):
         if self.math is not None and self.scalar is None:
@@ -166,6 +169,13 @@ def affine_view(node: Node, is_source) -> views.View | None:
             return None
         view = views.View(view.source, mapped[0], tuple(mapped[1]))
     return view
+
+
+def nonzero_box(node: Node) -> tuple[tuple[int, int], ...] | None:
+    """Per axis the range [lo, hi) outside which `node`'s values are known to be zero (a
+    zero padding's border), or None where nothing is known."""
+    rule = OPS[node.op].zeros
+    return rule(node) if rule is not None else None
 
 
 def is_input(node: Node) -> bool:
@@ -942,6 +952,14 @@ def _map_pad(k, node, index):
     return b.select(inside, value, fill) if inside is not None else value
 
 
+def _pad_zeros(node: Node):
+    """A zero padding without interior steps is zero outside the box its input fills."""
+    widths = node.attrs["widths"]
+    if node.attrs["value"] != 0 or any(lo < 0 or hi < 0 or step for lo, hi, step in widths):
+        return None
+    return tuple((lo, size - hi) for (lo, hi, _), size in zip(widths, node.shape))
+
+
 register(
     OpDef(
         "pad",
@@ -953,6 +971,7 @@ register(
         jvp=_pad_jvp,
         linear=True,
         index_map=_map_pad,
+        zeros=_pad_zeros,
     )
 )
 
