@@ -20,6 +20,9 @@ from targets import assert_vectorized_at_target_width
 
 import graphc as gc
 from graphc.codegen import pieces
+from graphc.ir.types import TensorType
+from graphc.passes import optimize
+from graphc.passes.fusion import fuse
 
 FLOATS = ("float32", "float64")
 
@@ -147,3 +150,25 @@ def test_digits_and_exact_division_of_their_sum():
     assert pieces.divide(index, 2, ranges, remainder=False) == pieces.Affine(0, ((p, 1),))
     assert pieces.divide(index, 2, ranges, remainder=True) == pieces.Affine(0, ((q, 1),))
     assert pieces.divide(index, 4, ranges, remainder=False) is None  # p's parity
+
+
+# ---- what max-pool stores ----------------------------------------------------------------------
+
+
+def test_max_pool_stores_the_arg_max_and_recomputes_the_tap_mask():
+    """LeNet's layer: the arg-max of each window is stored (int32, one per window) and read
+    by the forward value and by the gradient, which compare it with the tap index
+    themselves; no kernel writes the mask of taps (`taps == argmax`, one bool per tap)."""
+    x = gc.input("x", (4, 1, 12, 12))
+    w = gc.param("w", np.full((3, 1, 3, 3), 0.1, np.float32))
+    pooled = gc.max_pool(gc.relu(gc.conv(x, w, padding=1)), 2)
+    loss = (pooled * pooled).sum()
+    (grad_w,) = gc.grad(loss, [w])
+    kernels = fuse(optimize(gc.Program([x], [loss, grad_w]).graph))
+    written = [out for k in kernels for out in k.outputs]
+    assert [n.type for n in written if n.dtype in ("int32", "int64")] == [
+        TensorType((4, 3, 6, 6, 1), "int32")
+    ]
+    assert not [n for n in written if n.dtype == "bool" and n.shape[-1] == 4]
+    readers = [k for k in kernels if any(n.op == "eq" for n in k.nodes)]
+    assert len(readers) == 2  # the forward value and the gradient

@@ -134,11 +134,12 @@ def max_pool(x, kernel, stride=None, padding=0) -> Tensor:
     padding is -inf). The gradient goes to the first maximum of each window, as PyTorch's."""
     x = _spatial_input(x, "max_pool")
     windows = _windows(x, kernel, stride, padding, float("-inf"), "max_pool")
-    # The first arg-max of each window (a reduction over its taps: stored, so the backward
-    # pass reads it instead of comparing the taps again), and the value there: the gradient
-    # goes to that one element.
+    # The first arg-max of each window (a reduction over its taps: stored, as int32, so the
+    # backward pass reads it instead of comparing the taps again; the forward value and the
+    # gradient each compare it with the tap index), and the value there: the gradient goes
+    # to that one element.
     last = windows.ndim - 1
-    first = Tensor(apply("argmax", windows.node, axis=last, keepdims=True))
+    first = Tensor(apply("argmax", windows.node, axis=last, keepdims=True)).astype("int32")
     taps = Tensor(apply("iota", shape=windows.shape, axis=last, dtype=first.dtype))
     return where(taps == first, windows, 0.0).sum(axis=-1)
 

@@ -10,10 +10,11 @@ Step 1 — what is stored. Every value is recomputed inside the kernel that read
 unless it must live in memory: program outputs and update values, every anchor, matmul
 operands that are not affine views of stored memory, and a light value that is read by two
 kernels' trees when it is expensive (a transcendental) or sits right on top of an anchor
-(recomputing it would keep the anchor's result alive), or an expensive one broadcast over
-a larger domain. Each stored value `m` has a *tree*: `m` and the light producers it inlines,
-down to stored values and sources (its leaves). Trees may overlap: cheap values are
-recomputed instead of stored.
+(recomputing it would keep the anchor's result alive; not when it reads the result through
+a broadcast that expands it: a max-pool's tap mask is recomputed from the arg-max), or an
+expensive one broadcast over a larger domain. Each stored value `m` has a *tree*: `m` and
+the light producers it inlines, down to stored values and sources (its leaves). Trees may
+overlap: cheap values are recomputed instead of stored.
 
 Step 2 — groups. Stored values are visited in topological order; each starts a group
 and joins the group of a producer when the pair forms one of the kernel forms and the
@@ -160,6 +161,30 @@ def _capped(graph: Graph, stored: set[Node]) -> set[Node]:
     return stored
 
 
+def _expands(node: Node) -> bool:
+    """A broadcast to 4x its input's elements or more."""
+    return is_broadcast(node) and node.type.size >= 4 * node.inputs[0].type.size
+
+
+def _on_anchor(root: Node, stored: set[Node]) -> bool:
+    """Whether `root`'s tree reads an anchor's result other than through a broadcast that
+    expands it: `root` then keeps the anchor's result alive unless stored. A value spread
+    from a small result (a max-pool's tap mask, `taps == argmax`) is not: the cut then goes
+    below the broadcast, at the small value, and consumers recompute the rest."""
+    stack, seen = [root], {root}
+    while stack:
+        for x in stack.pop().inputs:
+            if x in seen or is_source(x):
+                continue
+            seen.add(x)
+            if x in stored:
+                if is_anchor(x):
+                    return True
+            elif not _expands(x):
+                stack.append(x)
+    return False
+
+
 def stored_values(graph: Graph) -> set[Node]:
     """The values kept in memory (or at least computed once per kernel).
 
@@ -183,7 +208,7 @@ def stored_values(graph: Graph) -> set[Node]:
                 owners.setdefault(n, set()).add(root)
             else:
                 owners[n].discard(root)
-            if is_broadcast(n) and n.type.size >= 4 * n.inputs[0].type.size:
+            if _expands(n):
                 expanded[n.inputs[0]] = expanded.get(n.inputs[0], 0) + sign
 
     for node in graph.nodes:
@@ -199,7 +224,7 @@ def stored_values(graph: Graph) -> set[Node]:
         body, leaves = tree(node, stored)
         anchored = any(is_anchor(x) for x in leaves)
         costly = anchored or any(is_expensive(n) for n in body)
-        if (shared and (is_expensive(node) or anchored)) or (
+        if (shared and (is_expensive(node) or _on_anchor(node, stored))) or (
             broadcast and node.type.size > 1 and costly
         ):
             inlining = list(owners.get(node, ()))
