@@ -452,3 +452,41 @@ def test_einsum_against_numpy(equation, shapes):
     program = gc.onnx.load(model)
     (got,) = gc.evaluate(program.outputs, dict(zip(names, arrays)))
     np.testing.assert_allclose(got, np.einsum(equation, *arrays), rtol=1e-12, atol=1e-12)
+
+
+def test_exporters_layouts_import_as_views_and_whole_products():
+    """What torch writes for attention and Linear layers: MatMul of (batch, seq, k) by a 2-D
+    weight is one product of all rows (not a batch of broadcast weights), a Transpose that
+    only moves axes of length 1 is a reshape, a Gather at a constant index is a slice view,
+    and Gemm(transB) of one row is W @ x^T (W's rows read contiguously)."""
+    rng = np.random.default_rng(10)
+    arrays = {"w": rng.normal(size=(4, 6)), "fc": rng.normal(size=(3, 12))}
+    initializers = [numpy_helper.from_array(a, n) for n, a in arrays.items()]
+    initializers += [numpy_helper.from_array(np.array(-1, np.int64), "last"),
+                     numpy_helper.from_array(np.array([1, 12], np.int64), "row")]  # fmt: skip
+    nodes = [
+        helper.make_node("Transpose", ["x"], ["t"], perm=[1, 0, 2]),  # (1, 2, 4) -> (2, 1, 4)
+        helper.make_node("MatMul", ["t", "w"], ["m"]),  # (2, 1, 6)
+        helper.make_node("Gather", ["m", "last"], ["g"], axis=0),  # (1, 6)
+        helper.make_node("Concat", ["g", "g"], ["c"], axis=1),  # (1, 12)
+        helper.make_node("Gemm", ["c", "fc"], ["y"], transB=1),  # (1, 3)
+    ]
+    model = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.DOUBLE, [1, 2, 4])],
+                   [helper.make_tensor_value_info("y", TensorProto.DOUBLE, [1, 3])],
+                   initializers)  # fmt: skip
+    program = gc.onnx.load(model)
+    ops = [n.op for n in program.graph.nodes]
+    assert "transpose" not in ops[: ops.index("matmul")] and "take" not in ops
+    products = [n for n in program.graph.nodes if n.op == "matmul"]
+    assert [[i.shape for i in n.inputs] for n in products] == [[(2, 4), (4, 6)], [(3, 12), (12, 1)]]
+    x = rng.normal(size=(1, 2, 4))
+    h = (x.transpose(1, 0, 2) @ arrays["w"])[-1]
+    expected = np.concatenate([h, h], axis=1) @ arrays["fc"].T
+    (interpreted,) = gc.evaluate(program.outputs, {"x": x})
+    (compiled,) = gc.compile(program)(x)
+    np.testing.assert_allclose(interpreted, expected, rtol=1e-12)
+    np.testing.assert_allclose(compiled, expected, rtol=1e-12)
+    initializers[2] = numpy_helper.from_array(np.array(2, np.int64), "last")
+    model = _model(nodes, model.graph.input, model.graph.output, initializers)
+    with pytest.raises(gc.ShapeError, match=r"index 2 is out of range for axis 0"):
+        gc.onnx.load(model)

@@ -31,6 +31,11 @@ from graphc.onnx.table import (
 def matmul_(node, inputs, attributes, opset):
     a, b = tensor(inputs[0]), tensor(inputs[1])
     same_dtype(node, a, b)
+    if a.ndim > 2 and b.ndim >= 2 and math.prod(b.shape[:-2]) == 1:
+        # (..., m, k) @ (k, n): one product of all rows, not a batch of B broadcast
+        batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+        rows = matmul(a.reshape(-1, a.shape[-1]), b.reshape(b.shape[-2:]))
+        return rows.reshape(*batch, a.shape[-2], b.shape[-1])
     return matmul(a, b)
 
 
@@ -39,9 +44,11 @@ def gemm(node, inputs, attributes, opset):
     a, b = tensor(inputs[0]), tensor(inputs[1])
     if attributes.get("transA", 0):
         a = a.T
-    if attributes.get("transB", 0):
-        b = b.T
-    result = matmul(a, b)
+    if attributes.get("transB", 0) and a.shape[0] == 1:
+        # one row times B^T is B times the row, B's rows read contiguously
+        result = matmul(b, a.reshape(-1, 1)).reshape(1, -1)
+    else:
+        result = matmul(a, b.T if attributes.get("transB", 0) else b)
     alpha, beta = attributes.get("alpha", 1.0), attributes.get("beta", 1.0)
     if alpha != 1.0:
         result = result * alpha

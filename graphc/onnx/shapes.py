@@ -127,7 +127,12 @@ def unsqueeze(node, inputs, attributes, opset):
 @entry("Transpose")
 def transpose(node, inputs, attributes, opset):
     x = tensor(inputs[0])
-    return x.transpose(tuple(attributes.get("perm", reversed(range(x.ndim)))))
+    perm = tuple(attributes.get("perm", reversed(range(x.ndim))))
+    if sorted(perm) == list(range(x.ndim)):
+        moved = [axis for axis in perm if x.shape[axis] != 1]
+        if moved == sorted(moved):  # only axes of length 1 move: a reshape
+            return x.reshape(tuple(x.shape[axis] for axis in perm))
+    return x.transpose(perm)
 
 
 @entry("Concat")
@@ -250,7 +255,16 @@ def _padded_position(mode: str, i: int, n: int) -> int:
 def gather(node, inputs, attributes, opset):
     x = tensor(inputs[0])
     axis = axis_of(node, attributes.get("axis", 0), x.ndim)
-    return functions.take(x, tensor(inputs[1]), axis=axis)
+    indices = inputs[1]
+    if isinstance(indices, np.ndarray) and indices.ndim == 0:  # a constant index: a view
+        n = x.shape[axis]
+        if not -n <= int(indices) < n:
+            raise node.error(f"index {int(indices)} is out of range for axis {axis} of {x.type}")
+        index = int(indices) % n
+        return x[(slice(None),) * axis + (slice(index, index + 1),)].reshape(
+            x.shape[:axis] + x.shape[axis + 1 :]
+        )
+    return functions.take(x, tensor(indices), axis=axis)
 
 
 def _flat_positions(node, x_shape, indices: Tensor, axis: int) -> Tensor:
