@@ -444,7 +444,7 @@ class Executable:
         graph = self.graph
         signature = Signature(
             inputs=tuple((n.shape, n.type.nbytes) for n in self._in_nodes),
-            outputs=len(self._out_nodes),
+            outputs=tuple(n.shape for n in self._out_nodes),
             params=tuple(n.type.nbytes for n in graph.params),
             updated=tuple(self._updated),
             single_output=self.single_output,
@@ -457,7 +457,7 @@ class Executable:
             # through a weak reference: the entry lives in this executable's class
             fallback=functools.partial(_call_python, weakref.ref(self)),
             input_dtypes=self._dtypes,
-            outputs=[(n.shape, n.type.np_dtype) for n in self._out_nodes],
+            outputs=[n.type.np_dtype for n in self._out_nodes],
             storages=self._params,
             bound=self._bound_params,
             keep=(self.engine,),
