@@ -245,10 +245,15 @@ def test_a_batched_convolution_splits_its_samples_over_threads_with_equal_result
         monkeypatch.setenv("GRAPHC_THREADS", str(threads))
         step = gc.compile(inputs=[x], outputs=[y, gx, gw])
         results.append(step(xv))
-        split = ".batch8" in step.dump("llvm")  # two chunks of 8 samples
-        assert split == (threads == 2)
+        llvm = step.dump("llvm")
+        assert (".batch8" in llvm) == (threads == 2)  # two chunks of 8 samples
+        # the weight gradient sums its 16 samples in 4 parts, two parts a chunk
+        assert (".batch2" in llvm) == (threads == 2)
     for one, two in zip(*results):
         np.testing.assert_array_equal(one, two)
+    expected = gc.evaluate([y, gx, gw], {x: xv.astype(np.float64)})
+    for got, want in zip(results[0], expected):
+        np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-3 * np.abs(want).max())
 
 
 def test_dumps_print_window_views_as_index_maps_and_parse_back():

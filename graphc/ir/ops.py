@@ -1457,18 +1457,36 @@ def _conv_input_grad(n, g):
     )
 
 
+# A weight gradient of at most this many elements sums its samples in WEIGHT_GRAD_PARTS
+# parts: one product per part (the parts run on threads like a batch), then their sum. The
+# parts do not depend on the thread count, so every thread count gives the same bits.
+# LeNet's conv1 and conv2 (150 and 2,400 weights, 64 samples: products of 50,176 and 6,400
+# terms) were the two largest kernels left on one thread.
+WEIGHT_GRAD_PARTS = 4
+WEIGHT_GRAD_SPLIT_SIZE = 16384
+
+
 def _conv_weight_grad(n, g):
     """dw[g] = sum over samples and output positions of g times the window view of x: a
-    matmul (G, COg, N*out) @ (G, N*out, Cg*kernel) over views, no buffer in between."""
+    matmul (G, COg, N*out) @ (G, N*out, Cg*kernel) over views, no buffer in between; a small
+    dw is summed in parts of the samples (WEIGHT_GRAD_PARTS)."""
     x, w = n.inputs
     groups = n.attrs["groups"]
     _, b = _conv_matrices(x, w, n.attrs)  # (N, G, K, out)
     size_n, size_k, size_out = b.shape[0], b.shape[2], b.shape[3]
-    b_t = reshape(apply("transpose", b, perm=(1, 0, 3, 2)), (groups, size_n * size_out, size_k))
     cog = w.shape[0] // groups
-    gg = reshape(g, (size_n, groups, cog, size_out))
-    a = reshape(apply("transpose", gg, perm=(1, 2, 0, 3)), (groups, cog, size_n * size_out))
-    return reshape(apply("matmul", a, b_t), w.shape)
+    parts = WEIGHT_GRAD_PARTS
+    if size_n % parts or size_n < 2 * parts or w.type.size > WEIGHT_GRAD_SPLIT_SIZE:
+        parts = 1
+    rows = size_n // parts * size_out  # the terms of one part
+    gg = reshape(g, (parts, size_n // parts, groups, cog, size_out))
+    a = reshape(apply("transpose", gg, perm=(0, 2, 3, 1, 4)), (parts, groups, cog, rows))
+    bb = reshape(b, (parts, size_n // parts, groups, size_k, size_out))
+    b_t = reshape(apply("transpose", bb, perm=(0, 2, 1, 4, 3)), (parts, groups, rows, size_k))
+    product = apply("matmul", a, b_t)  # (parts, G, COg, K)
+    if parts > 1:
+        product = apply("sum", product, axes=(0,), keepdims=False)
+    return reshape(product, w.shape)
 
 
 register(
