@@ -490,3 +490,27 @@ def test_exporters_layouts_import_as_views_and_whole_products():
     model = _model(nodes, model.graph.input, model.graph.output, initializers)
     with pytest.raises(gc.ShapeError, match=r"index 2 is out of range for axis 0"):
         gc.onnx.load(model)
+
+
+@pytest.mark.parametrize(
+    "shapes, product",
+    [([(1, 2, 3, 4), (1, 2, 4, 5)], [(2, 3, 4), (2, 4, 5)]),
+     ([(1, 1, 3, 4), (2, 4, 5)], [(2, 3, 4), (2, 4, 5)]),
+     ([(2, 3, 4), (1, 4, 5)], [(6, 4), (4, 5)]),
+     ([(3, 4), (2, 4, 5)], [(2, 3, 4), (2, 4, 5)])],
+)  # fmt: skip
+def test_matmul_batches_drop_leading_ones(shapes, product):
+    """Attention's (1, heads, seq, size) products lose the leading 1 (threads split a product's
+    first batch axis), and a batch times a 2-D operand is one product of all rows."""
+    rng = np.random.default_rng(11)
+    arrays = [rng.normal(size=s) for s in shapes]
+    nodes = [helper.make_node("MatMul", ["a", "b"], ["y"])]
+    inputs = [helper.make_tensor_value_info(n, TensorProto.DOUBLE, s)
+              for n, s in zip("ab", shapes)]  # fmt: skip
+    model = _model(nodes, inputs, [helper.make_tensor_value_info("y", TensorProto.DOUBLE, None)])
+    model.graph.output[0].type.tensor_type.ClearField("shape")
+    program = gc.onnx.load(model)
+    (mm,) = [n for n in program.graph.nodes if n.op == "matmul"]
+    assert [i.shape for i in mm.inputs] == product
+    (got,) = gc.compile(program)(*arrays)
+    np.testing.assert_allclose(got, np.matmul(*arrays), rtol=1e-12)

@@ -31,11 +31,18 @@ from graphc.onnx.table import (
 def matmul_(node, inputs, attributes, opset):
     a, b = tensor(inputs[0]), tensor(inputs[1])
     same_dtype(node, a, b)
-    if a.ndim > 2 and b.ndim >= 2 and math.prod(b.shape[:-2]) == 1:
+    if a.ndim < 2 or b.ndim < 2:
+        return matmul(a, b)
+    batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    shape = (*batch, a.shape[-2], b.shape[-1])
+    if a.ndim > 2 and math.prod(b.shape[:-2]) == 1:
         # (..., m, k) @ (k, n): one product of all rows, not a batch of B broadcast
-        batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
-        rows = matmul(a.reshape(-1, a.shape[-1]), b.reshape(b.shape[-2:]))
-        return rows.reshape(*batch, a.shape[-2], b.shape[-1])
+        return matmul(a.reshape(-1, a.shape[-1]), b.reshape(b.shape[-2:])).reshape(shape)
+    kept = len(batch) - next((i for i, d in enumerate(batch) if d != 1), len(batch))
+    if kept < len(batch):
+        # leading batch axes of length 1 dropped: threads split a product's first batch axis
+        a, b = (x.reshape(x.shape[max(x.ndim - 2 - kept, 0) :]) for x in (a, b))
+        return matmul(a, b).reshape(shape)
     return matmul(a, b)
 
 
