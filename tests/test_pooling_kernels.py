@@ -20,7 +20,7 @@ from targets import assert_vectorized_at_target_width
 
 import graphc as gc
 from graphc.codegen import pieces
-from graphc.ir.types import TensorType
+from graphc.frontend.convolution import ELEMENTWISE_TAPS
 from graphc.passes import optimize
 from graphc.passes.fusion import fuse
 
@@ -34,6 +34,7 @@ CASES = [  # (input shape, kernel, stride, padding)
     ((2, 2, 12, 10), (3, 2), None, 0),  # different splits per axis
     ((2, 3, 9, 9), 2, None, 1),  # padding: 11 padded, 5 windows, a rest of 1
     ((2, 2, 9, 9), 3, 2, 0),  # overlapping windows: no reshape, nothing split
+    ((2, 2, 11, 10), 5, None, 0),  # 25 taps: max-pool's arg-max by a reduction
     ((2, 3, 22), 4, None, 0),  # 1-d, 22 as 5 x 4 and a rest of 2
     ((2, 3, 20), 2, None, 0),  # 1-d
     ((2, 2, 6, 8, 4), 2, None, 0),  # 3-d
@@ -89,6 +90,32 @@ def test_two_threads_compute_the_same_gradient(case, monkeypatch):
     monkeypatch.setenv("GRAPHC_THREADS", "2")
     got = gc.compile(gc.Program(inputs, outputs))(**feed)
     np.testing.assert_array_equal(got[1], want[1])
+
+
+@pytest.mark.parametrize("kernel", [2, 5], ids=["elementwise", "reduction"])
+def test_max_pool_first_maximum_as_numpy_argmax_with_nan_and_infinities(kernel):
+    """The value and the gradient's tap are those of NumPy's argmax over each window: the
+    first maximum, the first NaN over everything; -inf windows pick their first tap."""
+    rng = np.random.default_rng(7)
+    shape = (2, 2, 2 * kernel, 2 * kernel)
+    xv = rng.integers(-2, 3, shape).astype(np.float64)  # many ties
+    xv.flat[rng.choice(xv.size, 12, replace=False)] = np.nan
+    xv[0, 0, :kernel, :kernel] = -np.inf
+    xv[1, 1, :kernel, kernel:] = np.inf
+    x = gc.input("x", shape, "float64")
+    pooled = gc.max_pool(x, kernel)
+    (grad_x,) = gc.grad(pooled.sum(), [x])
+    windows = xv.reshape(2, 2, 2, kernel, 2, kernel).transpose(0, 1, 2, 4, 3, 5)
+    windows = windows.reshape(2, 2, 2, 2, kernel * kernel)
+    first = np.argmax(windows, axis=-1)
+    want_value = np.take_along_axis(windows, first[..., None], -1)[..., 0]
+    want_grad = (np.arange(kernel * kernel) == first[..., None]).astype(np.float64)
+    want_grad = want_grad.reshape(2, 2, 2, 2, kernel, kernel).transpose(0, 1, 2, 4, 3, 5)
+    want_grad = want_grad.reshape(shape)
+    step = gc.compile(gc.Program([x], [pooled, grad_x]))
+    for got in (step(xv), gc.evaluate([pooled, grad_x], {x: xv})):
+        np.testing.assert_array_equal(got[0], want_value)
+        np.testing.assert_array_equal(got[1], want_grad)
 
 
 def _function(text: str, start: str, end: str) -> str:
@@ -166,9 +193,27 @@ def test_max_pool_stores_the_arg_max_and_recomputes_the_tap_mask():
     (grad_w,) = gc.grad(loss, [w])
     kernels = fuse(optimize(gc.Program([x], [loss, grad_w]).graph))
     written = [out for k in kernels for out in k.outputs]
-    assert [n.type for n in written if n.dtype in ("int32", "int64")] == [
-        TensorType((4, 3, 6, 6, 1), "int32")
-    ]
+    indices = [n for n in written if n.dtype in ("int32", "int64")]
+    assert [(n.dtype, n.type.size) for n in indices] == [("int32", 4 * 3 * 6 * 6)]
     assert not [n for n in written if n.dtype == "bool" and n.shape[-1] == 4]
-    readers = [k for k in kernels if any(n.op == "eq" for n in k.nodes)]
+    readers = [k for k in kernels if any(n.op == "eq" and n.shape[-1] == 4 for n in k.nodes)]
     assert len(readers) == 2  # the forward value and the gradient
+
+
+@pytest.mark.parametrize("kernel", [2, 5])
+def test_max_pool_in_inference_reads_its_input_once(kernel):
+    """Without a gradient nothing is stored between the convolution and the pooled values:
+    the first maximum of a window (elementwise over its taps for a small window, an arg-max
+    reduction for a large one) is found in the kernel that sums the taps it picks."""
+    x = gc.input("x", (4, 1, 12, 12))
+    w = gc.param("w", np.full((3, 1, 3, 3), 0.1, np.float32))
+    pooled = gc.max_pool(gc.relu(gc.conv(x, w, padding=1)), kernel)
+    kernels = fuse(optimize(gc.Program([x], [pooled]).graph))
+    pooling = [
+        k for k in kernels if any(n.op == "window" and n.shape[-1] == kernel for n in k.nodes)
+    ]
+    written = [out for k in kernels for out in k.outputs]
+    if kernel**2 <= ELEMENTWISE_TAPS:
+        assert len(pooling) == 1 and not [n for n in written if n.dtype == "int32"]
+    else:  # the reduction is a kernel of its own
+        assert len(pooling) == 2
