@@ -351,6 +351,44 @@ def test_window_view_columns_match_numpy(family, dtype, m, width, accumulate, pa
     np.testing.assert_allclose(c, expected, rtol=RTOL[dtype] * 10, atol=RTOL[dtype] * 10)
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("m, width", [(2, 9), (6, 13), (6, 28), (4, 16), (16, 10)])
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_weight_gradient_runs_match_numpy(family, dtype, m, width, accumulate):
+    """A convolution's weight gradient: A = the output gradient (m channels x (samples, oh,
+    ow)), B = the input's windows (k = (samples, oh, ow) rows, taps (kh, kw) gathered as
+    columns). Where the output rows fill the vector lanes better than m would, the product
+    runs as dot products along k, a vector per run of an output row (the last one masked)."""
+    from graphc.codegen.matmul import _k_runs
+
+    rng = np.random.default_rng(width * 5 + m)
+    samples, height, kernel = 3, 4, 3
+    pitch = width + kernel - 1
+    x = rng.normal(size=(samples, height + kernel - 1, pitch)).astype(dtype)
+    g = rng.normal(size=(m, samples, height, width)).astype(dtype)
+    windows = np.lib.stride_tricks.sliding_window_view(x, (kernel, kernel), axis=(1, 2))
+    b_matrix = windows.reshape(samples * height * width, kernel * kernel)
+    k, n = samples * height * width, kernel * kernel
+    c = rng.normal(size=(m, n)).astype(dtype)
+    rows = ((samples, x.shape[1] * pitch), (height, pitch), (width, 1))
+    a_op, b_op = Operand((k, 1)), Operand((rows, ((kernel, pitch), (kernel, 1))))
+    c_op = Operand((n, 1))
+    cpu = _family(family)
+    runs = _k_runs(m, dtype, a_op, b_op, cpu)
+    lanes = cpu.lanes(np.dtype(dtype).itemsize)
+    if m == 16:  # as many channels as lanes: the transposed product, as before
+        assert runs is None
+    if (m, width) == (6, 28) and lanes == 8:  # LeNet's first weight gradient on AVX2
+        assert runs is not None
+    module = _new_module()
+    define_matmul(module, "f", m=m, n=n, k=k, dtype=dtype, a=a_op, b=b_op, c=c_op,
+                  accumulate=accumulate, cpu=cpu)  # fmt: skip
+    expected = g.reshape(m, k).astype(np.float64) @ b_matrix + (c if accumulate else 0)
+    _Jit(module).function("f")(c.ctypes.data, g.ctypes.data, x.ctypes.data)
+    np.testing.assert_allclose(c, expected, rtol=RTOL[dtype] * 10, atol=RTOL[dtype] * 100)
+
+
 def test_packing_choices():
     """A is packed when far apart in either direction and reused; B when scattered."""
     from graphc.codegen.matmul import choose_tiling

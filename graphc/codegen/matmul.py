@@ -40,7 +40,9 @@ A: MC*KC = 144 KiB), so every function is reentrant and allocates nothing, but n
 400 KiB of stack: fine on Linux's 8 MiB default thread stacks, not on tiny custom ones.
 
 Matrix-vector products use a dot-product kernel instead: 4 rows x 2 vectors along k, then a
-horizontal sum. Integer dtypes use a plain loop nest. `tiling=` overrides the choice (tests
+horizontal sum. A product with gathered B columns whose k axis is runs of contiguous
+elements in both operands (a convolution's weight gradient: k = output rows) is dot products
+too, a tile of 3 x 3 elements of C with vectors along each run (`_k_runs`). Integer dtypes use a plain loop nest. `tiling=` overrides the choice (tests
 use it to run every blocking path on small shapes). Measured speed against NumPy:
 docs/performance.md, "Numbers moved out of the code: graphc/codegen/matmul.py".
 """
@@ -74,6 +76,7 @@ _PTR = ir.PointerType()
 _K_UNROLL = 2  # micro-kernel k loop unroll: 1, 2, 4 within noise; 2 never lost
 _I32 = ir.IntType(32)
 _TABLE_LIMIT = 1 << 16  # offset tables of axes of pairs up to 256 KiB
+RUN_TILE = (3, 3)  # rows x columns of C per tile of the runs path: 9 accumulators, 6 loads
 
 
 @dataclass(frozen=True)
@@ -150,6 +153,9 @@ def define_matmul(
             outer, n, a, b, c = split
             batch = (*batch, *outer)
     path = choose_path(m, n, k, dtype, a, b, tiling, cpu)
+    runs = _k_runs(m, dtype, a, b, cpu) if split is None and path == "transposed" else None
+    if runs is not None:
+        path = "runs"
     if path == "transposed":
         m, n = n, m
         a, b = _swap_matrix_strides(b), _swap_matrix_strides(a)
@@ -164,6 +170,8 @@ def define_matmul(
             emitter.loop_nest(m, n, k, a_view, b_view, c_view, accumulate)
         elif path == "dot":
             emitter.dot_rows(m, n, k, a_view, b_view, c_view, accumulate)
+        elif path == "runs":
+            emitter.runs(m, n, runs, a_view, b_view, c_view, accumulate)
         else:
             t = tiling or choose_tiling(m, n, k, dtype, a.strides[-2:], b.strides[-2:], cpu)
             count = m if rows is None else _Rows(function.args[3], tuple(sorted(set(rows))))
@@ -218,12 +226,8 @@ def _columns_as_batch(m: int, dtype: str, a: Operand, b: Operand, c: Operand, cp
     else:
         return None
     lanes = cpu.lanes(ITEMSIZE[dtype])
-
-    def filled(count: int) -> float:  # the share of used lanes in ceil(count / lanes) vectors
-        return count / (-(-count // lanes) * lanes)
-
     width = sizes[-1]
-    if filled(width) <= filled(m):
+    if _filled(width, lanes) <= _filled(m, lanes):
         return None
     outer = columns[:-1]
     a = Operand((*a.strides[:-2], *(0 for _ in outer), *a.strides[-2:]), a.offset, a.zeros)
@@ -231,6 +235,40 @@ def _columns_as_batch(m: int, dtype: str, a: Operand, b: Operand, c: Operand, cp
     c_outer = tuple(s for _, s in c_columns[:-1])
     c = Operand((*c.strides[:-2], *c_outer, c.strides[-2], c_columns[-1][1]), c.offset, c.zeros)
     return tuple(size for size, _ in outer), width, a, b, c
+
+
+@dataclass(frozen=True)
+class _Runs:
+    """The k axis of A (columns) and of B (rows) as the same digits, the last a run of
+    `width` contiguous elements in both: `a_outer` and `b_outer` step the other digits."""
+
+    a_outer: tuple[tuple[int, int], ...]
+    b_outer: tuple[tuple[int, int], ...]
+    width: int
+
+
+def _k_runs(m: int, dtype: str, a: Operand, b: Operand, cpu: Target) -> _Runs | None:
+    """A product whose B columns are gathered (a convolution's weight gradient: taps) and
+    whose k axis is runs of contiguous elements in both operands (output rows of the
+    gradient and of the input's windows) is computed as dot products with the vector lanes
+    along k, where they fill the lanes better than the transposed product's m would."""
+    rows = b.strides[-2]
+    if dtype in INTS or is_simple(rows) or not is_simple(a.strides[-2]) or rows[-1][1] != 1:
+        return None
+    sizes = [size for size, _ in rows]
+    a_k = _refined(pairs(math.prod(sizes), a.strides[-1]), sizes)
+    if a_k is None or a_k[-1][1] != 1:
+        return None
+    lanes = cpu.lanes(ITEMSIZE[dtype])
+    width = sizes[-1]
+    if width < lanes or _filled(width, lanes) <= _filled(m, lanes):
+        return None
+    return _Runs(tuple(a_k[:-1]), tuple(rows[:-1]), width)
+
+
+def _filled(count: int, lanes: int) -> float:
+    """The share of used lanes in the ceil(count / lanes) vectors that hold count values."""
+    return count / (-(-count // lanes) * lanes)
 
 
 @dataclass(frozen=True)
@@ -623,6 +661,53 @@ class _Emitter:
             if accumulate:
                 total = self.b.fadd(self.b.load(target, typ=self.elem), total)
             self.b.store(total, target)
+
+    def runs(self, m, n, runs: _Runs, a: _View, b: _View, c: _View, accumulate) -> None:
+        """C[i, j] (=|+=) the dot product of A's row i and B's column j along k, where k
+        is runs of `runs.width` contiguous elements in both: tiles of RUN_TILE rows and
+        columns of vector accumulators, each run loaded as vectors (the last one masked),
+        then one horizontal sum per element of C."""
+        self.use_vectors(self.cpu.lanes(self.elem_bytes))
+        width, lanes = runs.width, self.vector.count
+        outer = math.prod(size for size, _ in runs.a_outer)
+        zero = ir.Constant(self.vector, [self.zero] * lanes)
+        tile_rows, tile_columns = RUN_TILE
+        for i0 in range(0, m, tile_rows):
+            rows = range(i0, min(i0 + tile_rows, m))
+            for j0 in range(0, n, tile_columns):
+                columns = range(j0, min(j0 + tile_columns, n))
+                a_rows = [self.gep(a.ptr, offset_at(a.rows, i)) for i in rows]
+                b_columns = [self.gep(b.ptr, offset_at(b.cols, j)) for j in columns]
+
+                def step(o, acc, a_rows=a_rows, b_columns=b_columns):
+                    a_at = self.linear([(o, runs.a_outer)])
+                    b_at = self.linear([(o, runs.b_outer)])
+                    acc = list(acc)
+                    for v in range(0, width, lanes):
+                        count = min(lanes, width - v)
+                        xs = [self.run_vector(self.gep(p, a_at), v, count) for p in a_rows]
+                        ys = [self.run_vector(self.gep(p, b_at), v, count) for p in b_columns]
+                        for r, x in enumerate(xs):
+                            for t, y in enumerate(ys):
+                                slot = r * len(ys) + t
+                                acc[slot] = self.b.call(self.fma, [x, y, acc[slot]])
+                    return acc
+
+                acc = self.loop(outer, step, [zero] * (len(rows) * len(columns)))
+                for r, i in enumerate(rows):
+                    for t, j in enumerate(columns):
+                        total = self.horizontal_sum(acc[r * len(columns) + t])
+                        target = self.at(c, i, j)
+                        if accumulate:
+                            total = self.b.fadd(self.b.load(target, typ=self.elem), total)
+                        self.b.store(total, target)
+
+    def run_vector(self, pointer: ir.Value, start: int, count: int) -> ir.Value:
+        """`count` contiguous elements from pointer + start as a vector (zeros after)."""
+        pointer = self.gep(pointer, start)
+        if count == self.vector.count:
+            return self.b.load(pointer, typ=self.vector, align=self.elem_bytes)
+        return self.masked_load(pointer, count)
 
     def horizontal_sum(self, value: ir.Value) -> ir.Value:
         """Sum of a vector's lanes by halving (lane order of a tree reduction)."""
