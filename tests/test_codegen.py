@@ -299,6 +299,26 @@ def test_reductions_over_leading_axes_add_whole_rows_in_order(dtype, shape, axes
     np.testing.assert_array_equal(top, (value * 2).max(axis=axes, keepdims=True) + 1)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize(("shape", "axes"), [((8, 6, 28, 28), (0, 2, 3)), ((5, 3, 7, 9), (2, 3))])
+def test_reductions_over_trailing_axes_run_one_contiguous_loop(dtype, shape, axes):
+    """A sum over the last axes with a kept axis before them (a convolution's bias
+    gradient: over samples and both spatial axes) reads each output's trailing axes as one
+    contiguous loop, which vectorizes at the target's width; its values match the
+    interpreter (sums in another order: within rounding)."""
+    from targets import assert_vectorized_at_target_width
+
+    x = gc.input("x", shape, dtype)
+    step = gc.compile(gc.Program([x], [(x * 2).sum(axis=axes)]))
+    value = np.random.default_rng(3).standard_normal(shape).astype(dtype)
+    (got,) = step(value)
+    expected = (value.astype(np.float64) * 2).sum(axis=axes)
+    scale = (np.abs(value.astype(np.float64)) * 2).sum(axis=axes)
+    eps = np.finfo(dtype).eps
+    assert np.all(np.abs(got - expected) <= 4 * eps * scale)
+    assert_vectorized_at_target_width(step.dump("asm"))
+
+
 def test_which_reductions_run_by_rows():
     x = gc.input("x", (4, 5, 6, 8))
 

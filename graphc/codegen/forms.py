@@ -106,11 +106,13 @@ def reduce_stage(k, reduce: Node, outputs) -> None:
         if position is not None:
             b.store(i64(0), position)
 
-        def per_element(red_values):
-            full, kept_iter, red_iter = [], iter(out_values), iter(red_values)
+        def full(red_values):
+            values, kept_iter, red_iter = [], iter(out_values), iter(red_values)
             for i in range(x.ndim):
-                full.append(next(red_iter) if i in axes else next(kept_iter))
-            v = k.value(x, k.index(x.shape, values=full))
+                values.append(next(red_iter) if i in axes else next(kept_iter))
+            return values
+
+        def combine(v, red_values):
             acc = b.load(accumulator)
             if not rule.positional:
                 b.store(rule.combine(k.e, acc, v), accumulator)
@@ -120,9 +122,20 @@ def reduce_stage(k, reduce: Node, outputs) -> None:
                 flat = k.index(reduced, values=red_values).flat
                 b.store(b.select(better, flat, b.load(position)), position)
 
+        def per_element(red_values):
+            combine(k.value(x, k.index(x.shape, values=full(red_values))), red_values)
+
+        def per_run(lead_values):  # the run of trailing reduced axes: one contiguous loop
+            base = k.index(x.shape, values=full([*lead_values, *[i64(0)] * run])).flat
+            at = lambda t: k.index(x.shape, flat=b.add(base, t))  # noqa: E731
+            k.loop(prod(x.shape[x.ndim - run :]), lambda t: combine(k.value(x, at(t)), None), "r")
+
+        run = 0 if rule.positional else _trailing_run(x, axes)
         if prod(reduced) <= UNROLL_REDUCED:  # the loop over the outputs becomes innermost
             for red in np.ndindex(*reduced):
                 per_element([i64(v) for v in red])
+        elif run > 1:  # (a conv's bias gradient: over samples and both spatial axes)
+            k.nest(reduced[: len(reduced) - run], per_run)
         else:
             k.nest(reduced, per_element)
         result = b.load(position if position is not None else accumulator)
@@ -237,6 +250,14 @@ def _axis_values(k, shape, flat) -> list:
 def identity(reduce: Node, dtype: str):
     """The starting value of a reduction's accumulator (its op's `Reduction.identity`)."""
     return immediate_value(opdef(reduce).reduction.identity(dtype), dtype)
+
+
+def _trailing_run(x: Node, axes) -> int:
+    """How many of x's last axes are reduced (in a row-major buffer: one contiguous run)."""
+    run = 0
+    while run < x.ndim and x.ndim - 1 - run in axes:
+        run += 1
+    return run
 
 
 def _reduced_axes(reduce: Node) -> tuple[tuple[int, ...], list[int]]:
