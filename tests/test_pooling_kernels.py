@@ -198,6 +198,25 @@ def test_max_pool_stores_the_arg_max_and_recomputes_the_tap_mask():
     assert not [n for n in written if n.dtype == "bool" and n.shape[-1] == 4]
     readers = [k for k in kernels if any(n.op == "eq" and n.shape[-1] == 4 for n in k.nodes)]
     assert len(readers) == 2  # the forward value and the gradient
+    # one pass over the taps: the kernel writing the arg-max writes the pooled values too
+    (forward,) = [k for k in kernels if indices[0] in k.outputs]
+    assert forward.form == "reduction"
+    assert [n.shape for n in forward.outputs if n.dtype == "float32"] == [(4, 3, 6, 6)]
+
+
+def test_a_loop_read_at_the_reduced_index_does_not_join_the_sum():
+    """A stored value of the sum's size that the sum reads along its reduced axis (each
+    element at every output) stays in its own kernel: beside the sum it would be computed
+    once per output element read."""
+    a = gc.input("a", (8,))
+    b = gc.input("b", (8, 8))
+    q = gc.exp(a)  # stored: a program output
+    by_column = (q.reshape(1, 8) * b).sum(axis=1)  # q[j] for each output i: reduced index
+    by_row = (q.reshape(8, 1) * b).sum(axis=1)  # q[i]: the output index
+    kernels = fuse(optimize(gc.Program([a, b], [q, by_column, by_row]).graph))
+    with_q = [k for k in kernels if q.node in k.outputs]
+    assert len(with_q) == 1 and with_q[0].form == "reduction"
+    assert by_row.node in with_q[0].outputs and by_column.node not in with_q[0].outputs
 
 
 @pytest.mark.parametrize("kernel", [2, 5])

@@ -26,7 +26,9 @@ reachability on the kernel graph):
                                              except its rows (those start a row-wise group)
     max(x) ─► x-m ─► sum(exp) ─► log ─►…   rowwise: reductions over the same last axis,
                                              one loop over rows, stages in order
-    sum(x) ─► /n ─► reshape                  reduction: input fusion + same-size epilogue
+    sum(x) ─► /n ─► reshape                  reduction: input fusion + same-size epilogue;
+                                             a loop group it reads per output joins it
+                                             (a max-pool's arg-max beside the sum of its tap)
     a*b+c ─► tanh ─► …                       loop: same-shape stored values
 
 Then a row-wise group joins a row-wise producer over the same rows when every member
@@ -79,6 +81,11 @@ from graphc.passes.kernels import (
     op_cost,
     stage_reductions,
 )
+
+# A loop group joins a sum or max reading its values per output (`reduces_beside`) when the
+# sum runs over at most this many elements per output (a pooling window: its reduction loop
+# is unrolled, and the members read through the broadcast are computed once per output).
+BESIDE_TAPS = 16
 
 # ---- step 1: stored values and their trees ------------------------------------------------------
 
@@ -381,6 +388,45 @@ class _Grouping:
             m, targets, is_elementwise, self.body(m)
         )
 
+    def reduces_beside(self, m: Node, p: Group) -> bool:
+        """m is a sum or max that reads p's values only at its own output's index (through
+        a broadcast over exactly its reduced axes): p's members, each of m's size, are then
+        computed per output beside it (a max-pool's first maximum and the sum of the tap it
+        picks: one pass over the taps)."""
+        x, axes = m.inputs[0], m.attrs["axes"]
+        if not accumulates(m) or prod(x.shape[a] for a in axes) > BESIDE_TAPS:
+            return False
+        if any(n.type.size != m.type.size for n in p.members):
+            return False
+        spread = tuple(1 if a in axes else d for a, d in enumerate(x.shape))
+        targets, bodies = set(p.members), self.body(m)
+
+        def index_of(node: Node, where: str, child: Node) -> str:
+            """Where `child` is read: at m's input index, at its output index, or elsewhere."""
+            if where == "input" and is_elementwise(node):
+                return "input"
+            if where == "input" and is_broadcast(node) and node.shape == x.shape:
+                return "output" if child.shape == spread[x.ndim - child.ndim :] else "other"
+            if where == "output" and identity_step(node) and child.type.size == m.type.size:
+                return "output"
+            return "other"
+
+        stack, seen = [(x, "input")], {(x, "input")}
+        while stack:
+            node, where = stack.pop()
+            if node in targets:
+                if where != "output":
+                    return False
+                continue
+            if node not in bodies:
+                continue
+            for child in node.inputs:
+                state = (child, index_of(node, where, child))
+                if state not in seen:
+                    seen.add(state)
+                    stack.append(state)
+        return True
+
     def joins_contraction(self, m: Node, p: Group) -> bool:
         """m is an epilogue at the product's (or a fused reduction's) index, or a reduction
         of the product's domain other than over its rows."""
@@ -475,7 +521,7 @@ class _Grouping:
                 self.preds(group), key=lambda g: -max(self.position[x] for x in g.members)
             )
             for producer in candidates:
-                if producer.form is LOOP and group.form is not LOOP:
+                if producer.form is LOOP and group.form not in (LOOP, REDUCTION):
                     continue
                 new_form = self.join_rule(m, producer)
                 if (
@@ -584,6 +630,8 @@ class _Reach:
 
 
 def _join_loop(grouping: _Grouping, m: Node, p: Group) -> KernelForm | None:
+    if is_anchor(m):
+        return REDUCTION if grouping.reduces_beside(m, p) else None
     return LOOP if grouping.joins_loop(m, p) else None
 
 
