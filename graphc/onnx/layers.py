@@ -31,9 +31,12 @@ from graphc.onnx.table import (
 def matmul_(node, inputs, attributes, opset):
     a, b = tensor(inputs[0]), tensor(inputs[1])
     same_dtype(node, a, b)
-    if a.ndim < 2 or b.ndim < 2:
-        return matmul(a, b)
-    batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    try:
+        batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    except ValueError:
+        batch = None
+    if a.ndim < 2 or b.ndim < 2 or a.shape[-1] != b.shape[-2] or batch is None:
+        return matmul(a, b)  # vectors, or the frontend's error
     shape = (*batch, a.shape[-2], b.shape[-1])
     if a.ndim > 2 and math.prod(b.shape[:-2]) == 1:
         # (..., m, k) @ (k, n): one product of all rows, not a batch of B broadcast
