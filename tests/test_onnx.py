@@ -514,3 +514,13 @@ def test_matmul_batches_drop_leading_ones(shapes, product):
     assert [i.shape for i in mm.inputs] == product
     (got,) = gc.compile(program)(*arrays)
     np.testing.assert_allclose(got, np.matmul(*arrays), rtol=1e-12)
+
+
+@pytest.mark.parametrize("shapes", [[(2, 3, 4), (3, 4, 5)], [(2, 3, 4), (5, 6)]])
+def test_matmul_of_mismatched_shapes_is_a_shape_error(shapes):
+    nodes = [helper.make_node("MatMul", ["a", "b"], ["y"])]
+    inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, s)
+              for n, s in zip("ab", shapes)]  # fmt: skip
+    model = _model(nodes, inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    with pytest.raises(gc.ShapeError, match="matmul: (batch|inner) dim"):
+        gc.onnx.load(model)
