@@ -298,8 +298,10 @@ def _row_bands(batch: tuple[int, ...], n: int, a: Operand, b: Operand) -> _Bands
         if outer != stride or len(digits) != 1:
             continue
         digit, size = digits[0], rows[digits[0]][0]
+        if any(step % (stride * period) for step in b.strides[:-3]):
+            continue  # a batch axis inside the padded one (a thread's chunk shifts B by it)
         others = [pair for i, pair in enumerate(rows) if i != digit]
-        others += [*zip(batch[:-1], b.strides[:-3]), *pairs(n, b.strides[-1])]
+        others += pairs(n, b.strides[-1])
         # every other step leaves (f // stride) % period alone: whole periods, or steps
         # that together stay below one stride
         whole = [step % (stride * period) == 0 for _, step in others]
