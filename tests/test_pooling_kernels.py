@@ -236,3 +236,18 @@ def test_max_pool_in_inference_reads_its_input_once(kernel):
         assert len(pooling) == 1 and not [n for n in written if n.dtype == "int32"]
     else:  # the reduction is a kernel of its own
         assert len(pooling) == 2
+
+
+def test_short_rows_are_unrolled_whole_except_in_a_contraction_epilogue(monkeypatch):
+    """A pooling row of 14 windows is unrolled (LLVM's straight-line vectorizer packs it into
+    vectors of 8, 4 and 2; the loop vectorizer ran 3 vectors of 4 and 2 scalar iterations);
+    a product's epilogue row of 10 keeps the loop vectorizer's hint."""
+    monkeypatch.setenv("GRAPHC_THREADS", "1")
+    x = gc.input("x", (4, 3, 28, 28))
+    w = gc.param("w", np.full((588, 10), 0.01, np.float32))
+    pooled = gc.max_pool(x, 2)
+    out = gc.relu(pooled.reshape(4, 588) @ w)
+    llvm = gc.compile(gc.Program([x], [pooled, out])).dump("llvm")
+    hints = re.findall(r'!"llvm\.loop\.([a-z.]+)", i32 (\d+)', llvm)
+    assert ("unroll.count", "14") in hints
+    assert ("vectorize.enable", "1") in hints

@@ -36,7 +36,7 @@ from graphc.errors import CompileError
 from graphc.ir.graph import Kernel, Node
 from graphc.ir.ops import is_const, opdef
 from graphc.ir.views import strides_of
-from graphc.passes.kernels import checks
+from graphc.passes.kernels import CONTRACTION, checks
 
 I32 = ir.IntType(32)
 I64 = ir.IntType(64)
@@ -46,11 +46,18 @@ PTR = ir.PointerType()
 # least LONG_BODY instructions, from INTERLEAVE_FROM iterations.
 INTERLEAVE, INTERLEAVE_LONG, LONG_BODY, INTERLEAVE_FROM = 2, 4, 20, 64
 # LLVM's vectorizer leaves a loop of fewer than 16 iterations scalar (its
-# TinyTripCountVectorThreshold); an innermost loop of VECTORIZE_FROM to 15 iterations (a
-# pooling window's row of outputs: 14 at LeNet's first layer) is marked to be vectorized:
-# max-pooling 64x6x28x28 forward 1.54 -> 0.25 ms, where the scalar loop's selects had become
-# branches that random data mispredicts.
-VECTORIZE_FROM, TINY_TRIP_COUNT = 4, 16
+# TinyTripCountVectorThreshold), where selects become branches that random data mispredicts.
+# An innermost loop of VECTORIZE_FROM to 15 iterations (a pooling window's row of outputs:
+# 14 at LeNet's first layer) over constant bounds is unrolled whole, and LLVM's straight-line
+# (SLP) vectorizer packs its iterations into vectors of 8, 4 and 2; marked to be vectorized
+# instead, it ran 3 vectors of 4 and 2 scalar iterations. LeNet-5, one thread: max-pooling
+# forward 0.21 -> 0.16 ms (layer 1), its gradients 0.106 -> 0.056 and 0.095 -> 0.085 ms; the
+# training step 2.50 -> 2.33 ms. A body of more than UNROLL_BUDGET instructions once
+# unrolled, one calling the math library (exp: ~40 instructions a call once inlined), a
+# contraction's epilogue (LLVM took 0.45 s longer over LeNet's 84x10 Adam epilogue unrolled)
+# or a loop of run-time bounds is marked to be vectorized (which had taken max-pooling's
+# forward from 1.54 to 0.25 ms).
+VECTORIZE_FROM, TINY_TRIP_COUNT, UNROLL_BUDGET = 4, 16, 4000
 # An axis iterated as digits (codegen/pieces.py, `splits`: 28 as 14 x 2 where a reshape
 # splits it) has its last digit unrolled up to this many values when it is the innermost.
 UNROLL_DIGIT = 8
@@ -123,10 +130,13 @@ def call_loop(b: ir.IRBuilder, count: int, body, name: str, stop=None) -> None:
 
 class Index:
     """A position in a shape, as per-axis i64 values and the row-major linear offset (the
-    values of a flat index are computed by `KernelEmitter.index`)."""
+    values of a flat index are computed by `KernelEmitter.index`). Values computed at an
+    index are cached by its `key`: two indexes of equal per-axis values are one position
+    (a value read through a broadcast by each tap of a window is computed once)."""
 
     def __init__(self, b: ir.IRBuilder, shape, values, flat=None):
         self.shape = tuple(shape)
+        self.key = (self.shape, tuple(_position_key(v) for v in values))
         if flat is None:
             flat = i64(0)
             for v, stride, d in zip(values, strides_of(self.shape), self.shape):
@@ -134,6 +144,11 @@ class Index:
                     flat = b.add(flat, b.mul(v, i64(stride)))
         self.values = list(values)
         self.flat = flat
+
+
+def _position_key(value):
+    """An index value as a dictionary key: a constant by its number, else the value itself."""
+    return ("constant", value.constant) if isinstance(value, ir.Constant) else value
 
 
 class KernelEmitter:
@@ -269,7 +284,12 @@ class KernelEmitter:
                 latch.set_metadata("llvm.loop", loop_id(self.module, interleave_count=interleave))
 
         if innermost and VECTORIZE_FROM <= count < TINY_TRIP_COUNT:
-            latch.set_metadata("llvm.loop", loop_id(self.module, vectorize_enable=1))
+            size = count * pieces.code_size(self.function.blocks[first_block:])
+            constant = isinstance(start, ir.Constant) and isinstance(end, ir.Constant)
+            whole = constant and size <= UNROLL_BUDGET and self.e.math_calls == math_calls
+            whole = whole and self.kernel.form != CONTRACTION.name
+            hints = {"unroll_count": count} if whole else {"vectorize_enable": 1}
+            latch.set_metadata("llvm.loop", loop_id(self.module, **hints))
         b.position_at_end(after)
 
     def nest(self, shape, body, depth=0, values=(), outer=False):
@@ -471,13 +491,13 @@ class KernelEmitter:
                 pending.extend(waiting)
                 continue
             pending.pop()
-            self.scopes[-1][top, index] = self.compute(top, index)
+            self.scopes[-1][top, index.key] = self.compute(top, index)
         return self._cached(node, index)
 
     def _cached(self, node: Node, index: Index):
         for scope in reversed(self.scopes):
-            if (node, index) in scope:
-                return scope[node, index]
+            if (node, index.key) in scope:
+                return scope[node, index.key]
         return None
 
     def _elementwise_here(self, node: Node) -> bool:
