@@ -389,6 +389,29 @@ def test_weight_gradient_runs_match_numpy(family, dtype, m, width, accumulate):
     np.testing.assert_allclose(c, expected, rtol=RTOL[dtype] * 10, atol=RTOL[dtype] * 100)
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("m, n, k", [(1, 120, 400), (2, 84, 120), (1, 10, 84), (1, 3, 37)])
+def test_a_row_times_a_transposed_weight_is_dot_products(family, dtype, m, n, k):
+    """x @ W^T with one or two rows of x (an exported Linear at batch 1): W's rows and x's
+    are both contiguous along k, so C^T = W x^T runs as dot products with vectors along k
+    (not as a blocked product reading W one element at a time); against NumPy."""
+    from graphc.codegen.tiling import choose_path
+
+    rng = np.random.default_rng(m * n + k)
+    x = rng.normal(size=(m, k)).astype(dtype)
+    w = rng.normal(size=(n, k)).astype(dtype)
+    c = np.zeros((m, n), dtype)
+    a_op, b_op, c_op = Operand((k, 1)), Operand((1, k)), Operand((n, 1))
+    cpu = _family(family)
+    assert choose_path(m, n, k, dtype, a_op, b_op, None, cpu) == "dot transposed"
+    module = _new_module()
+    define_matmul(module, "f", m=m, n=n, k=k, dtype=dtype, a=a_op, b=b_op, c=c_op, cpu=cpu)
+    _Jit(module).function("f")(c.ctypes.data, x.ctypes.data, w.ctypes.data)
+    np.testing.assert_allclose(c, x.astype(np.float64) @ w.T, rtol=RTOL[dtype] * 10,
+                               atol=RTOL[dtype] * 10 * np.sqrt(k))  # fmt: skip
+
+
 def test_packing_choices():
     """A is packed when far apart in either direction and reused; B when scattered."""
     from graphc.codegen.matmul import choose_tiling

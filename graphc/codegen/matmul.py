@@ -156,7 +156,7 @@ def define_matmul(
     runs = _k_runs(m, dtype, a, b, cpu) if split is None and path == "transposed" else None
     if runs is not None:
         path = "runs"
-    if path == "transposed":
+    if path in ("transposed", "dot transposed"):
         m, n = n, m
         a, b = _swap_matrix_strides(b), _swap_matrix_strides(a)
         c = _swap_matrix_strides(c)
@@ -168,7 +168,7 @@ def define_matmul(
     def body(a_view: _View, b_view: _View, c_view: _View, k: int = k) -> None:
         if path == "loop":
             emitter.loop_nest(m, n, k, a_view, b_view, c_view, accumulate)
-        elif path == "dot":
+        elif path in ("dot", "dot transposed"):
             emitter.dot_rows(m, n, k, a_view, b_view, c_view, accumulate)
         elif path == "runs":
             emitter.runs(m, n, runs, a_view, b_view, c_view, accumulate)

@@ -133,6 +133,7 @@ def choose_path(
     """Which code computes the product: "loop" (integers, k = 0, or floats wider than the
     target's float registers: a plain loop nest), "dot"
     (matrix-vector with A rows and B columns contiguous: dot products, vectors along k),
+    "dot transposed" (the same with one or two rows of A: C^T = B^T A^T as dot products),
     "transposed" (C^T = B^T A^T, blocked: n is narrower than a vector and m is not, or B's
     columns are gathered (a window view) and A's rows are not or are fewer: then the window
     view is the operand whose elements the micro-kernel broadcasts one by one, and the
@@ -143,8 +144,11 @@ def choose_path(
     if tiling is not None:
         return "blocked"
     lanes = cpu.lanes(ITEMSIZE[dtype])
-    if n <= 2 and k >= lanes and a.strides[-1] == 1 and b.strides[-2] == 1:
-        return "dot"
+    if k >= lanes and a.strides[-1] == 1 and b.strides[-2] == 1:
+        if n <= 2:
+            return "dot"
+        if m <= 2:  # one row times a transposed weight (x @ W^T): dot products of W's rows
+            return "dot transposed"
     if _gathered(b.strides[-1:]) and (not _gathered(a.strides[-2:-1]) or n > m):
         return "transposed"
     return "transposed" if n < lanes and m > n else "blocked"
