@@ -309,6 +309,8 @@ def emit_rowwise(k) -> None:
 
             def per_element(j, reduce=reduce, accumulator=accumulator):
                 v = k.value(reduce.inputs[0], k.index(x0.shape, values=[*row_values, j]))
+                if reduce.inputs[0] in kept:
+                    b.store(v, b.gep(kept[reduce.inputs[0]], [j], source_etype=v.type))
                 acc = b.load(accumulator)
                 b.store(opdef(reduce).reduction.combine(k.e, acc, v), accumulator)
 
@@ -319,13 +321,50 @@ def emit_rowwise(k) -> None:
         for o in row_outputs:
             k.store(o, r, k.value(o, k.index(o.shape, flat=r)))
         if full_outputs:
-            k.loop(
-                length,
-                lambda j: k.store_outputs(k.index(x0.shape, values=[*row_values, j]), full_outputs),
-                "j",
-            )
 
+            def per_element(j):
+                values = {
+                    node: b.load(
+                        b.gep(scratch, [j], source_etype=REGISTER_TYPES[node.dtype]),
+                        typ=REGISTER_TYPES[node.dtype],
+                    )
+                    for node, scratch in kept.items()
+                }
+                with k.knowing(values):
+                    k.store_outputs(k.index(x0.shape, values=[*row_values, j]), full_outputs)
+
+            k.loop(length, per_element, "j")
+
+    # A transcendental summed in a reduction's pass and read again by the outputs (softmax's
+    # exp: e / sum(e)) is kept in a row of scratch instead of computed twice.
+    kept = {}
+    if length <= ROW_SCRATCH:
+        again = _read_by(full_outputs, body)
+        for r in reductions:
+            e = r.inputs[0]
+            if e in again and e not in kept and opdef(e).expensive and e.shape == x0.shape:
+                with b.goto_entry_block():
+                    scratch = b.alloca(ir.ArrayType(REGISTER_TYPES[e.dtype], length))
+                scratch.type = ir.PointerType()  # llvmlite types allocas; the IR's are opaque
+                kept[e] = scratch
     k.outer_loop(size, per_row, "row")
+
+
+ROW_SCRATCH = 4096  # elements of a row kept on the stack (16 KiB of float32)
+
+
+def _read_by(outputs, body) -> set[Node]:
+    """The body nodes the outputs are computed from at their index, up to (not through)
+    reductions, whose values are known per row."""
+    seen, stack = set(), list(outputs)
+    while stack:
+        n = stack.pop()
+        if n in seen or n not in body:
+            continue
+        seen.add(n)
+        if not is_reduction(n):
+            stack.extend(n.inputs)
+    return seen
 
 
 def _contraction(k):

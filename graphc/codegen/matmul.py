@@ -568,8 +568,11 @@ class _Emitter:
                 body(
                     _View(self.gep(a_view.ptr, a_at), a.strides[-2], a_columns),
                     _View(self.gep(b_view.ptr, b_at), b_rows, b.strides[-1]),
-                    _View(self.gep(c_view.ptr, self.linear([(index, c.strides[-3])])),
-                          c.strides[-2], c.strides[-1]),  # fmt: skip
+                    _View(
+                        self.gep(c_view.ptr, self.linear([(index, c.strides[-3])])),
+                        c.strides[-2],
+                        c.strides[-1],
+                    ),
                     k,
                 )
 
@@ -871,7 +874,9 @@ class _Emitter:
             signature = ir.FunctionType(self.vector, [_PTR, mask_type, self.vector])
             intrinsic = ir.Function(self.b.module, signature, name)
         mask = ir.Constant(mask_type, [int(lane < lanes) for lane in range(width)])
-        return self.b.call(intrinsic, [pointer, mask, ir.Constant(self.vector, [self.zero] * width)])
+        return self.b.call(
+            intrinsic, [pointer, mask, ir.Constant(self.vector, [self.zero] * width)]
+        )
 
     def store_vector(self, value: ir.Value, view: _View, r, c, lanes: int) -> None:
         if lanes == self.vector.count and view.cols == 1:

@@ -1452,9 +1452,7 @@ def _conv_input_grad(n, g):
         perm=(0, 2, 1, *range(3, 3 + rank)),
     )
     w_t = reshape(swapped, (groups * cg, co // groups, *kernel))
-    return apply(
-        "conv", spread, w_t, stride=(1,) * rank, dilation=dilation, groups=groups
-    )
+    return apply("conv", spread, w_t, stride=(1,) * rank, dilation=dilation, groups=groups)
 
 
 # A weight gradient of at most this many elements sums its samples in WEIGHT_GRAD_PARTS
