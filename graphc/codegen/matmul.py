@@ -808,23 +808,73 @@ class _Emitter:
         self.loop_until(blocks, block)
 
     def pack_b(self, b: _View, pc, jc, kc, nc, nr, out) -> None:
-        """Bp[p][kk][0:nr] = B[pc+kk, jc+p*nr : +nr], zero padded past nc."""
+        """Bp[p][kk][0:nr] = B[pc+kk, jc+p*nr : +nr], zero padded past nc.
+
+        A B whose columns are contiguous along k (a transposed weight, x @ W^T) is read a
+        square block at a time, a vector down each column, and transposed in registers:
+        one vector load per row of the block instead of one scalar load per element."""
         source = self.sub(b, pc, jc)
+        lanes = self.vector.count
+        align = min(64, lanes * self.elem_bytes)
+        by_blocks = b.rows == 1 and is_simple(b.cols) and kc >= lanes
 
         def panel(jr, width):
             base = self.gep(out, self.linear([(jr, kc)]))
 
             def row(kk, _):
                 src = self.sub(source, kk, jr)
-                for v in range(0, nr, self.vector.count):
-                    lanes = min(self.vector.count, max(width - v, 0))
-                    value = self.load_vector(src, 0, v, lanes)
+                for v in range(0, nr, lanes):
+                    value = self.load_vector(src, 0, v, min(lanes, max(width - v, 0)))
                     dst = self.gep(base, self.linear([(kk, nr), (v, 1)]))
-                    self.b.store(value, dst, align=min(64, self.vector.count * self.elem_bytes))
+                    self.b.store(value, dst, align=align)
 
-            self.loop(kc, row)
+            def block(q, _):
+                kk = self.linear([(q, lanes)])
+                for v in range(0, nr, lanes):
+                    columns = [
+                        self.b.load(self.at(source, kk, self.plus(jr, v + i)), typ=self.vector,
+                                    align=self.elem_bytes)
+                        if v + i < width else ir.Constant(self.vector, [self.zero] * lanes)
+                        for i in range(lanes)
+                    ]  # fmt: skip
+                    for r, value in enumerate(self.transposed(columns)):
+                        dst = self.gep(base, self.linear([(kk, nr), (r, nr), (v, 1)]))
+                        self.b.store(value, dst, align=align)
+
+            if not by_blocks:
+                self.loop(kc, row)
+                return
+            self.loop(kc // lanes, block)
+            for kk in range(kc - kc % lanes, kc):
+                row(kk, [])
 
         self.segments(nc, nr, panel)
+
+    def transposed(self, rows: list[ir.Value]) -> list[ir.Value]:
+        """The columns of a square block given as its rows (vectors of len(rows) lanes):
+        log2(lanes) rounds of pairwise shuffles, each swapping off-diagonal sub-blocks."""
+        lanes = len(rows)
+        i32 = ir.IntType(32)
+        step = lanes // 2
+        while step:
+            out = list(rows)
+            for i in range(lanes):
+                if i & step:
+                    continue
+                low, high = rows[i], rows[i + step]
+                # lane j of the pair's first result: low's own where j's `step` bit is 0,
+                # else high's lane j - step; of the second: low's lane j + step, else high's
+                first = [j if not j & step else lanes + j - step for j in range(lanes)]
+                second = [j + step if not j & step else lanes + j for j in range(lanes)]
+                out[i] = self.b.shuffle_vector(
+                    low, high, ir.Constant(ir.VectorType(i32, lanes), first)
+                )
+                out[i + step] = self.b.shuffle_vector(
+                    low, high, ir.Constant(ir.VectorType(i32, lanes), second)
+                )
+            rows = out
+            step //= 2
+        return rows
 
     def pack_a(self, a: _View, ic, pc, mc, kc, mr, out) -> None:
         """Ap[q][kk][0:rows] = A[ic+q*mr : +rows, pc+kk] for panels q of mr rows."""
