@@ -579,8 +579,6 @@ SPECS = [
 ]
 
 
-
-
 def np_scatter_add(a, indices, updates, axis=0):
     out = a.copy()
     np.add.at(out, (slice(None),) * axis + (indices,), updates)

@@ -32,19 +32,22 @@ touched once per tile and KC block. Remainder rows and columns get their own, na
 remainder, never checked at run time. A B whose columns are runs of contiguous elements
 read through a window view (a stride-1 convolution's output rows) is computed run by run,
 each run a product of its own with contiguous B rows, where that fills the lanes better
-than the transposed product (`_columns_as_batch`). Operands are read through strides, so a transposed A costs nothing and
-a transposed B (column stride != 1) is gathered while packing.
+than the transposed product (`_columns_as_batch`). Operands are read through strides, so a
+transposed A costs nothing and a transposed B (column stride != 1) is gathered while
+packing (a B contiguous along k: square blocks transposed in registers).
 
 Packing buffers are `alloca`s sized by the blocking parameters (B: KC*NC = 256 KiB,
 A: MC*KC = 144 KiB), so every function is reentrant and allocates nothing, but needs up to
 400 KiB of stack: fine on Linux's 8 MiB default thread stacks, not on tiny custom ones.
 
 Matrix-vector products use a dot-product kernel instead: 4 rows x 2 vectors along k, then a
-horizontal sum. A product with gathered B columns whose k axis is runs of contiguous
-elements in both operands (a convolution's weight gradient: k = output rows) is dot products
-too, a tile of 3 x 3 elements of C with vectors along each run (`_k_runs`). Integer dtypes use a plain loop nest. `tiling=` overrides the choice (tests
-use it to run every blocking path on small shapes). Measured speed against NumPy:
-docs/performance.md, "Numbers moved out of the code: graphc/codegen/matmul.py".
+horizontal sum; so do one or two rows times a B contiguous along k (x @ W^T), transposed.
+A product with gathered B columns whose k axis is runs of contiguous elements in both
+operands (a convolution's weight gradient: k = output rows) is dot products too, a tile of
+3 x 3 elements of C with vectors along each run (`_k_runs`). Integer dtypes use a plain
+loop nest. `tiling=` overrides the choice (tests use it to run every blocking path on
+small shapes). Measured speed against NumPy: docs/performance.md, "Numbers moved out of
+the code: graphc/codegen/matmul.py".
 """
 
 from __future__ import annotations
