@@ -349,18 +349,17 @@ class Adam(Optimizer):
         b1, b2 = self.betas
         t = self.t + 1
         new_params, new_state = {}, {}
-        # The bias corrections are scalars: one division each per step, then products per
-        # element (a vector division or square root costs several cycles a lane; Adam's
-        # update was bound by its three divisions and one root per element). m̂ and v̂ are
-        # the same up to one rounding of the scalar's reciprocal.
-        step_size = lr / (1 - b1**t)
-        unbias_v = 1 / (1 - b2**t)
+        # The bias corrections divide scalars, once per step (in the param's dtype), and each
+        # element pays products (a vector division or square root costs several cycles a
+        # lane; Adam's update was bound by its three divisions and one root per element).
+        # m̂ and v̂ are the same up to one rounding of the scalars.
         for p, g, m, v in zip(self.params, grads, self.m, self.v, strict=True):
+            step_size = lr / (1 - b1**t).astype(p.dtype)
+            unbias_v = 1 / (1 - b2**t).astype(p.dtype)
             m_new = b1 * m + (1 - b1) * g
             v_new = b2 * v + (1 - b2) * (g * g)
-            v_hat = v_new * unbias_v.astype(p.dtype)
             decayed = p * (1 - lr * self.weight_decay) if self.weight_decay else p
-            update = step_size.astype(p.dtype) * m_new / (sqrt(v_hat) + self.eps)
+            update = step_size * m_new / (sqrt(v_new * unbias_v) + self.eps)
             new_params[p] = (decayed - update).astype(p.dtype)
             new_state[m], new_state[v] = m_new, v_new
         return new_params, new_state
