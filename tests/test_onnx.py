@@ -71,6 +71,20 @@ def test_load_names_params_and_values(dtype, tmp_path):
     assert compiled.dtype == dtype
 
 
+def test_imported_nodes_carry_their_onnx_node_as_location(tmp_path):
+    """Dumps (and errors raised while the graph is built) point at the ONNX node a graphc
+    node comes from, not at the line that called gc.onnx.load."""
+    model, _ = _mlp()
+    path = tmp_path / "mlp.onnx"
+    onnx.save(model, str(path))
+    from graphc.ir.printer import print_graph
+
+    text = print_graph(gc.onnx.load(path).graph)
+    assert "mlp.onnx:fc1 (Gemm)" in text and "mlp.onnx:softmax (Softmax)" in text
+    assert "test_onnx.py" not in text
+    assert "test_graph:relu (Relu)" in print_graph(gc.onnx.load(model).graph)  # a ModelProto
+
+
 def test_matches_onnxruntime():
     ort = pytest.importorskip("onnxruntime")
     model, _ = _mlp("float32")

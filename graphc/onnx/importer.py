@@ -24,6 +24,7 @@ import numpy as np
 from graphc.errors import GraphcError, ShapeError
 from graphc.frontend.functions import Program, evaluate
 from graphc.frontend.tensor import Tensor, const, input, param
+from graphc.ir.graph import location
 from graphc.onnx.table import DTYPES, OnnxNode, UnsupportedError
 
 OLDEST_OPSET = 13
@@ -149,6 +150,10 @@ def load(model_or_path, shapes=None) -> Program:
     from graphc.onnx.table import TABLE
 
     model = _read_model(model_or_path)
+    if isinstance(model_or_path, (str, os.PathLike)):
+        origin = os.path.basename(os.fspath(model_or_path))
+    else:
+        origin = model.graph.name or "onnx"
     opset = opset_of(model)
     graph = model.graph
     shapes = dict(shapes or {})
@@ -182,7 +187,9 @@ def load(model_or_path, shapes=None) -> Program:
         if node.op_type not in TABLE:
             raise node.unsupported("this op")
         args = [_lookup(values, name, node) for name in proto.input]
-        results = TABLE[node.op_type](node, args, attributes(node), node.opset)
+        # the graph's nodes say which ONNX node they come from (dumps, errors), not this line
+        with location(f"{origin}:{node.name} ({node.op_type})"):
+            results = TABLE[node.op_type](node, args, attributes(node), node.opset)
         results = list(results) if isinstance(results, (list, tuple)) else [results]
         if all(a is None or isinstance(a, np.ndarray) for a in args):
             results = _fold(results)
