@@ -69,6 +69,7 @@ from graphc.codegen.tiling import (
 )
 from graphc.errors import DTypeError, ShapeError
 from graphc.ir.views import Axis, is_simple, offset_at, pairs
+from graphc.ir.views import reshape as reshape_view
 
 __all__ = ["Operand", "Tiling", "choose_tiling", "define_matmul", "takes_row_count"]
 
@@ -219,14 +220,8 @@ def _columns_as_batch(m: int, dtype: str, a: Operand, b: Operand, c: Operand, cp
     if dtype in INTS or is_simple(columns) or columns[-1][1] != 1:
         return None
     sizes = [size for size, _ in columns]
-    if is_simple(c.strides[-1]):
-        c_columns, step = [], c.strides[-1]
-        for size in reversed(sizes):
-            c_columns.insert(0, (size, step))
-            step *= size
-    elif [size for size, _ in c.strides[-1]] == sizes:
-        c_columns = list(c.strides[-1])
-    else:
+    c_columns = _refined(c.strides[-1], sizes)
+    if c_columns is None:
         return None
     lanes = cpu.lanes(ITEMSIZE[dtype])
     width = sizes[-1]
@@ -259,7 +254,7 @@ def _k_runs(m: int, dtype: str, a: Operand, b: Operand, cpu: Target) -> _Runs | 
     if dtype in INTS or is_simple(rows) or not is_simple(a.strides[-2]) or rows[-1][1] != 1:
         return None
     sizes = [size for size, _ in rows]
-    a_k = _refined(pairs(math.prod(sizes), a.strides[-1]), sizes)
+    a_k = _refined(a.strides[-1], sizes)
     if a_k is None or a_k[-1][1] != 1:
         return None
     lanes = cpu.lanes(ITEMSIZE[dtype])
@@ -293,7 +288,7 @@ def _row_bands(batch: tuple[int, ...], n: int, a: Operand, b: Operand) -> _Bands
         return None
     rows, outer = b.strides[-2], b.strides[-3]
     sizes = [size for size, _ in rows]
-    a_columns = _refined(pairs(math.prod(sizes), a.strides[-1]), sizes)
+    a_columns = _refined(a.strides[-1], sizes)
     if a_columns is None:
         return None
     for stride, period, lo, hi in b.zeros:
@@ -333,20 +328,13 @@ def _row_bands(batch: tuple[int, ...], n: int, a: Operand, b: Operand) -> _Bands
     return None
 
 
-def _refined(axis: list[tuple[int, int]], sizes: list[int]):
-    """The pairs of `axis` split into pairs of `sizes` ((25, -1) into (5, -5), (5, -1)), or
-    None where a pair does not split at those sizes."""
-    out: list[tuple[int, int]] = []
-    wanted = list(sizes)
-    for size, stride in axis:
-        run = []
-        while size > 1:
-            if not wanted or wanted[0] < 2 or size % wanted[0]:
-                return None
-            size //= wanted[0]
-            run.append(wanted.pop(0))
-        out += [(part, stride * math.prod(run[i + 1 :])) for i, part in enumerate(run)]
-    return tuple(out) if not wanted else None
+def _refined(axis: Axis, sizes: list[int]) -> tuple[tuple[int, int], ...] | None:
+    """`axis` (of prod(sizes) elements) as one (size, stride) pair per size ((25, -1) as
+    (5, -5), (5, -1)), or None where a size would need several strides."""
+    axes = reshape_view((math.prod(sizes),), (axis,), sizes)
+    if axes is None or not all(is_simple(a) for a in axes):
+        return None
+    return tuple(zip(sizes, axes))
 
 
 def _without_last_batch(operand: Operand) -> Operand:
