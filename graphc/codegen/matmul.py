@@ -681,8 +681,10 @@ class _Emitter:
                     acc = list(acc)
                     for v in range(0, width, lanes):
                         count = min(lanes, width - v)
-                        xs = [self.run_vector(self.gep(p, a_at), v, count) for p in a_rows]
-                        ys = [self.run_vector(self.gep(p, b_at), v, count) for p in b_columns]
+                        xs = [self.load_vector(_View(self.gep(p, a_at), 0, 1), 0, v, count)
+                              for p in a_rows]  # fmt: skip
+                        ys = [self.load_vector(_View(self.gep(p, b_at), 0, 1), 0, v, count)
+                              for p in b_columns]  # fmt: skip
                         for r, x in enumerate(xs):
                             for t, y in enumerate(ys):
                                 slot = r * len(ys) + t
@@ -697,13 +699,6 @@ class _Emitter:
                         if accumulate:
                             total = self.b.fadd(self.b.load(target, typ=self.elem), total)
                         self.b.store(total, target)
-
-    def run_vector(self, pointer: ir.Value, start: int, count: int) -> ir.Value:
-        """`count` contiguous elements from pointer + start as a vector (zeros after)."""
-        pointer = self.gep(pointer, start)
-        if count == self.vector.count:
-            return self.b.load(pointer, typ=self.vector, align=self.elem_bytes)
-        return self.masked_load(pointer, count)
 
     def horizontal_sum(self, value: ir.Value) -> ir.Value:
         """Sum of a vector's lanes by halving (lane order of a tree reduction)."""
