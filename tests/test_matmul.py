@@ -14,7 +14,7 @@ import re
 import llvmlite.binding as llvm
 import numpy as np
 import pytest
-from hypothesis import assume, given, settings
+from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 from llvmlite import ir
 
@@ -279,6 +279,8 @@ def test_row_count_at_run_time(dtype, rows, n, k, ta, accumulate, tiling, family
     flags=st.tuples(st.booleans(), st.booleans(), st.booleans(), st.booleans()),
     seed=st.integers(0, 2**16),
 )
+# one row times a transposed B with an explicit tiling: blocked, so it takes a row count
+@example(dtype="float32", m=1, n=8, k=8, fewer=[1], flags=(False, True, False, True), seed=0)
 def test_random_row_counts_match_numpy(dtype, m, n, k, fewer, flags, seed):
     ta, tb, accumulate, tiny = flags
     rng = np.random.default_rng(seed)

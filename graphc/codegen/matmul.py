@@ -133,7 +133,8 @@ def define_matmul(
             )
     cpu = cpu or host()
     if rows is not None:
-        if not takes_row_count(m, n, k, dtype, a, b, batch, cpu) or max(rows) != m or min(rows) < 1:
+        supported = takes_row_count(m, n, k, dtype, a, b, batch, cpu, tiling)
+        if not supported or max(rows) != m or min(rows) < 1:
             raise ShapeError(f"matmul {name}: rows={rows} not supported for m={m} n={n} k={k}")
     elem = _FLOAT_TYPES.get(dtype) or _INT_TYPES[dtype]
     arguments = [_PTR] * 3 + ([_I64] if rows is not None else [])

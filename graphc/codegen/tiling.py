@@ -163,9 +163,11 @@ def takes_row_count(
     b: Operand,
     batch: tuple[int, ...] = (),
     cpu: Target | None = None,
+    tiling: Tiling | None = None,
 ) -> bool:
     """Whether `define_matmul(..., rows=...)` can take its row count at run time: an
-    unbatched, non-empty product on the blocked path."""
+    unbatched, non-empty product on the blocked path (always, for floats, with a `tiling`)."""
     if batch or m == 0 or n == 0 or dtype not in ITEMSIZE:
         return False
-    return choose_path(m, n, k, dtype, a, b, None, cpu or host()) == "blocked"
+    return choose_path(m, n, k, dtype, a, b, tiling, cpu or host()) == "blocked"
+
