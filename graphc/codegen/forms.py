@@ -36,7 +36,7 @@ from graphc.codegen.kernel import (
 from graphc.codegen.loops import emit_scan
 from graphc.codegen.matmul import define_matmul
 from graphc.codegen.split import MATMUL_THRESHOLD_NS, Split, matmul_work, split_rows, work_of
-from graphc.codegen.tiling import Operand, takes_row_count, tile_rows
+from graphc.codegen.tiling import Operand, column_tile, takes_row_count, tile_rows
 from graphc.errors import CompileError
 from graphc.ir.graph import Node
 from graphc.ir.ops import affine_view, checked_index, nonzero_box, opdef
@@ -433,11 +433,19 @@ def _operands(views) -> list[Operand]:
 
 
 def _matmul(
-    k, mm: Node, views, m: int, suffix: str = "", rows=None, batch0: int | None = None
+    k,
+    mm: Node,
+    views,
+    m: int,
+    suffix: str = "",
+    rows=None,
+    batch0: int | None = None,
+    columns: int | None = None,
 ) -> ir.Function:
     """The generated matmul of `m` rows of the kernel's product (all of them by default);
     with `rows`, of any of those row counts, given at run time (define_matmul); with
-    `batch0`, of that many entries of the first batch axis."""
+    `batch0`, of that many entries of the first batch axis; with `columns`, of that many
+    of its columns."""
 
     *batch, _, inner = mm.inputs[0].shape
     if batch0 is not None:
@@ -447,7 +455,7 @@ def _matmul(
         k.module,
         f"{k.kernel.name}.matmul{suffix}",
         m=m,
-        n=mm.shape[-1],
+        n=mm.shape[-1] if columns is None else columns,
         k=inner,
         dtype=mm.dtype,
         a=a,
@@ -470,6 +478,8 @@ def emit_contraction(k) -> None:
         k.b.call(_matmul(k, mm, views, mm.inputs[0].shape[-2]), [target, *sources])
     elif mm.ndim > 2:  # entries [start, end) of the first batch axis
         _batch_chunk(k, mm, views, target, sources)
+    elif k.split.axis == 1:
+        _column_chunk(k, mm, views, target, sources)
     else:  # rows [start, end) of C from the same rows of A
         b, (start, end) = k.b, k.rows
         element = MEMORY_TYPES[mm.dtype]
@@ -511,6 +521,20 @@ def _batch_chunk(k, mm: Node, views, target, sources) -> None:
     functions = {n: _matmul(k, mm, views, mm.inputs[0].shape[-2], f".batch{n}", batch0=n)
                  for n in lengths}  # fmt: skip
     _call_by_length(k, functions, lengths, [c, a, bb])
+
+
+def _column_chunk(k, mm: Node, views, target, sources) -> None:
+    """A chunk of a product split by its columns: columns [start, end) of C from the same
+    columns of B and all of A, one function per chunk length."""
+    b, (start, _) = k.b, k.rows
+    element = MEMORY_TYPES[mm.dtype]
+    column = b.mul(start, ir.IntType(64)(views[1].strides[1]))
+    bb = b.gep(sources[1], [column], inbounds=True, source_etype=element)
+    c = b.gep(target, [start], inbounds=True, source_etype=element)
+    m = mm.inputs[0].shape[-2]
+    lengths = sorted({e - s for s, e in k.split.chunks}, reverse=True)
+    functions = {n: _matmul(k, mm, views, m, f".columns{n}", columns=n) for n in lengths}
+    _call_by_length(k, functions, lengths, [c, sources[0], bb])
 
 
 def _call_by_length(k, functions, lengths, arguments) -> None:
@@ -579,10 +603,20 @@ def _split_contraction(k) -> Split | None:
         work += work_of(kernel, mm.shape)
         return split_rows(batch[0], work, k.threads, per_thread=1, threshold=MATMUL_THRESHOLD_NS)
     m, inner = mm.inputs[0].shape
-    work = matmul_work(m, mm.shape[1], inner, mm.dtype) + work_of(kernel, mm.shape)
-    # one chunk per thread of whole register tiles: each chunk packs its own copy of B, and
-    # two per thread were slower, idle and next to a busy process alike (docs/performance.md)
-    unit = tile_rows(mm.shape[1], mm.dtype, k.cpu)
+    n = mm.shape[1]
+    work = matmul_work(m, n, inner, mm.dtype) + work_of(kernel, mm.shape)
+    # A product with few rows that packs B is cut by its columns, two chunks per thread
+    # (each packs only its own columns of B, so the chunks can be many). Any other is cut by
+    # its rows, one chunk per thread of whole register tiles: each chunk packs its own copy
+    # of B, and two per thread were slower, idle and next to a busy process alike
+    # (docs/performance.md).
+    a, b = _operands(views)
+    unit = column_tile(m, n, inner, mm.dtype, a, b, k.threads, k.cpu)
+    if unit is not None:
+        return split_rows(
+            n, work, k.threads, unit, per_thread=2, threshold=MATMUL_THRESHOLD_NS, axis=1
+        )
+    unit = tile_rows(n, mm.dtype, k.cpu)
     return split_rows(m, work, k.threads, unit, per_thread=1, threshold=MATMUL_THRESHOLD_NS)
 
 

@@ -194,6 +194,7 @@ class KernelEmitter:
             arg.add_attribute("noalias")
         # the outer loop's range in a chunk's function, else None (the whole loop)
         self.rows = tuple(self.function.args[-2:]) if rows is not None else None
+        self.chunk_axis = 0 if rows is None else rows.axis  # the axis `outer` loops cut
         self.status = self.function.args[len(self.places)] if self.checked else None
         self.failures: dict = {}  # function -> an i8 alloca: whether a check failed in it
         self.pointers: dict[Node, ir.Value] = {}
@@ -294,20 +295,24 @@ class KernelEmitter:
 
     def nest(self, shape, body, depth=0, values=(), outer=False):
         """Nested loops over `shape` (row-major), calling body(list of index values); with
-        `outer`, the first is the `outer_loop`."""
+        `outer`, the loop over the axis a chunk cuts (`chunk_axis`) is the `outer_loop`."""
         if depth == len(shape):
             body(list(values))
             return
-        loop = self.outer_loop if outer and depth == 0 else self.loop
-        loop(shape[depth], lambda v: self.nest(shape, body, depth + 1, (*values, v)), f"i{depth}")
+        loop = self.outer_loop if outer and depth == self.chunk_axis else self.loop
+        loop(
+            shape[depth],
+            lambda v: self.nest(shape, body, depth + 1, (*values, v), outer),
+            f"i{depth}",
+        )
 
     def nest_boxes(self, boxes, body, outer=False, depth=0, values=()):
         """Nested loops over each box of `boxes` (per axis a range [lo, hi), together a
         partition of the domain: pieces.plan; or (lo, hi, factors), the range iterated as
         digits: pieces.digits), calling body(list of index values). Boxes with the same range
         on an axis share its loop; where their ranges overlap without being equal, each box
-        gets loops of its own from there. With `outer`, the loops over the first axis are the
-        `outer_loop` (each box's rows within a thread's chunk)."""
+        gets loops of its own from there. With `outer`, the loops over the axis a chunk cuts
+        are the `outer_loop` (each box's part of a thread's chunk)."""
         if depth == len(boxes[0]):
             body(list(values))
             return
@@ -330,7 +335,7 @@ class KernelEmitter:
             if len(span) == 3:
                 self._digits(*span, body=inner, name=f"i{depth}", unroll=last)
             else:
-                self._span(*span, inner, f"i{depth}", outer and depth == 0)
+                self._span(*span, inner, f"i{depth}", outer and depth == self.chunk_axis)
 
     def _digits(self, lo: int, hi: int, factors, body, name, unroll: bool) -> None:
         """for i in range(lo, hi): body(i), as loops over the digits of i - lo (pieces.digits);

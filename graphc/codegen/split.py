@@ -6,8 +6,10 @@ costs ~1-2 us (a futex wake if the worker sleeps; a worker still spinning from t
 starts at once), and below ~10 us of matmul the chunks' synchronisation eats the gain. Its
 outer loop is cut into chunks whose boundaries are multiples of `unit` rows (64 elements for
 flat loops: whole vectors; a matmul's register tile rows): about four chunks per thread, one
-for a matmul, whose chunks each pack their own copy of B. Measurements: docs/performance.md,
-"Numbers moved out of the code: graphc/codegen/parallel.py".
+for a matmul cut by rows, whose chunks each pack their own copy of B. A product with few rows
+(tiling.column_tile) is cut by its columns instead (`Split.axis` = 1), two chunks per thread,
+each packing only its columns of B. Measurements: docs/performance.md, "Numbers moved out of
+the code: graphc/codegen/parallel.py".
 """
 
 from __future__ import annotations
@@ -29,10 +31,12 @@ MATMUL_THRESHOLD_NS = 12_000
 @dataclass(frozen=True)
 class Split:
     """A kernel's outer loop of `rows` iterations, cut into chunks [start, end) of `size`
-    rows (the last may be shorter)."""
+    rows (the last may be shorter). `axis` is the axis of the kernel's loop nest the chunks
+    cut: 0, or 1 for a product split by its columns."""
 
     rows: int
     chunks: tuple[tuple[int, int], ...]
+    axis: int = 0
 
     @property
     def size(self) -> int:
@@ -59,6 +63,7 @@ def split_rows(
     unit: int = 1,
     per_thread: int = 4,
     threshold: float = WORK_THRESHOLD_NS,
+    axis: int = 0,
 ) -> Split | None:
     """The Split of a kernel with `outer` rows and `work` (ns on one core) into about
     `per_thread` chunks per thread, or None if one thread is better: threading off, less
@@ -66,7 +71,7 @@ def split_rows(
     if threads <= 1 or work < threshold or outer < 2 * unit:
         return None
     cut = chunks(outer, threads * per_thread, unit)
-    return Split(outer, cut) if len(cut) > 1 else None
+    return Split(outer, cut, axis) if len(cut) > 1 else None
 
 
 def work_of(kernel: Kernel, domain) -> float:
