@@ -181,7 +181,7 @@ def column_tile(
     its rows.
 
     A chunk of rows packs all of B, a chunk of columns only its own columns; every chunk
-    reads A in place either way. Packing B costs about as much as 16 rows of the product
+    reads A in place either way. Packing B costs about as much as 4 rows of the product
     (0.26 cycles per element against 4 for 64 rows of FMAs, on AVX2), so a chunk of at most
     COLUMN_ROWS rows would spend over 6 % of its time packing: a product with at most
     COLUMN_ROWS rows per thread that packs B, whose columns make whole register tiles, is
