@@ -137,21 +137,26 @@ def test_matmul_split_equals_unsplit(dtype, rtol, shape, monkeypatch):
     np.testing.assert_allclose(two(*values)[0], values[0] @ values[1], rtol=rtol * 10, atol=rtol)
 
 
+@pytest.mark.parametrize("transposed", [True, False])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_matmul_with_few_rows_split_by_columns(dtype, monkeypatch):
-    """x @ W^T + b with 64 rows: each chunk packs only its own columns of W^T, and its
-    epilogue runs over those columns; the same bits as one thread."""
+def test_matmul_with_few_rows_split_by_columns(dtype, transposed, monkeypatch):
+    """x @ W^T + b (B packed) or x @ W + b (B read in place) with 64 rows: each chunk reads
+    only its own columns of B, and its epilogue runs over those columns; the same bits as
+    one thread."""
     m, k, n = 64, 128, 512
-    x, w = gc.input("x", (m, k), dtype=dtype), gc.input("w", (n, k), dtype=dtype)
+    shape = (n, k) if transposed else (k, n)
+    x, w = gc.input("x", (m, k), dtype=dtype), gc.input("w", shape, dtype=dtype)
     bias = gc.input("bias", (n,), dtype=dtype)
-    program = gc.Program([x, w, bias], gc.relu(x @ w.T + bias), name="columns")
+    weight = w.T if transposed else w
+    program = gc.Program([x, w, bias], gc.relu(x @ weight + bias), name="columns")
     one, two = both(program, monkeypatch)
     ir_text = two.dump("llvm")
     assert ".matmul.columns" in ir_text and ".matmul.rows" not in ir_text
     rng = np.random.default_rng(4)
-    values = [rng.uniform(-1, 1, s).astype(dtype) for s in ((m, k), (n, k), (n,))]
+    values = [rng.uniform(-1, 1, s).astype(dtype) for s in ((m, k), shape, (n,))]
     np.testing.assert_array_equal(two(*values), one(*values))
-    expected = np.maximum(values[0] @ values[1].T + values[2], 0)
+    matrix = values[1].T if transposed else values[1]
+    expected = np.maximum(values[0] @ matrix + values[2], 0)
     tolerance = 1e-5 if dtype == "float32" else 1e-12
     np.testing.assert_allclose(two(*values), expected, rtol=tolerance, atol=tolerance)
 

@@ -605,10 +605,10 @@ def _split_contraction(k) -> Split | None:
     m, inner = mm.inputs[0].shape
     n = mm.shape[1]
     work = matmul_work(m, n, inner, mm.dtype) + work_of(kernel, mm.shape)
-    # A product with few rows that packs B is cut by its columns, two chunks per thread
-    # (each packs only its own columns of B, so the chunks can be many). Any other is cut by
-    # its rows, one chunk per thread of whole register tiles: each chunk packs its own copy
-    # of B, and two per thread were slower, idle and next to a busy process alike
+    # A product with few rows is cut by its columns, two chunks per thread (each reads or
+    # packs only its own columns of B, so the chunks can be many). Any other is cut by its
+    # rows, one chunk per thread of whole register tiles: each chunk packs its own copy of
+    # B, and two per thread were slower, idle and next to a busy process alike
     # (docs/performance.md).
     a, b = _operands(views)
     unit = column_tile(m, n, inner, mm.dtype, a, b, k.threads, k.cpu)

@@ -8,8 +8,8 @@ outer loop is cut into chunks whose boundaries are multiples of `unit` rows (64 
 flat loops: whole vectors; a matmul's register tile rows): about four chunks per thread, one
 for a matmul cut by rows, whose chunks each pack their own copy of B. A product with few rows
 (tiling.column_tile) is cut by its columns instead (`Split.axis` = 1), two chunks per thread,
-each packing only its columns of B. Measurements: docs/performance.md, "Numbers moved out of
-the code: graphc/codegen/parallel.py".
+each reading or packing only its columns of B. Measurements: docs/performance.md, "Numbers
+moved out of the code: graphc/codegen/parallel.py".
 """
 
 from __future__ import annotations

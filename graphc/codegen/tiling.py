@@ -180,13 +180,14 @@ def column_tile(
     threads should be cut by its columns (C[:, j0:j1] = A @ B[:, j0:j1]); None to cut it by
     its rows.
 
-    A chunk of rows packs all of B, a chunk of columns only its own columns; every chunk
-    reads A in place either way. Packing B costs about as much as 4 rows of the product
-    (0.26 cycles per element against 4 for 64 rows of FMAs, on AVX2), so a chunk of at most
-    COLUMN_ROWS rows would spend over 6 % of its time packing: a product with at most
-    COLUMN_ROWS rows per thread that packs B, whose columns make whole register tiles, is
-    cut by its columns. Two threads, against rows: 1.03-1.18x on the encoder's products
-    (64 rows), 0.97-1.02x at 256 rows."""
+    A chunk of rows reads (or packs) all of B, a chunk of columns only its own columns; every
+    chunk reads A in place either way. With few rows B is most of what a product reads:
+    packing it costs about as much as 4 rows of the product (0.26 cycles per element against
+    4 for 64 rows of FMAs, on AVX2), over 6 % of a chunk of at most COLUMN_ROWS rows, and a B
+    read in place is streamed from L2 by every row chunk. So a product with at most
+    COLUMN_ROWS rows per thread, whose columns make whole register tiles, is cut by its
+    columns. Two threads, against rows: 1.03-1.18x on the encoder's products (64 rows), the
+    whole encoder layer 1.075x; 0.97-1.02x at 256 rows."""
     if dtype not in ITEMSIZE or 0 in (m, n, k) or m > COLUMN_ROWS * threads:
         return None
     if not all(map(is_simple, b.strides)):
@@ -195,4 +196,4 @@ def column_tile(
         return None
     t = choose_tiling(m, n, k, dtype, a.strides[-2:], b.strides[-2:], cpu)
     whole = n % t.nr == 0 and n >= threads * t.nr
-    return t.nr if t.pack_b and not t.pack_a and whole else None
+    return t.nr if not t.pack_a and whole else None
