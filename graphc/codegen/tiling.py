@@ -35,7 +35,7 @@ from graphc.ir.views import Axis, is_simple
 ITEMSIZE = {"float32": 4, "float64": 8, "int32": 4, "int64": 8}
 INTS = ("int32", "int64")
 _L1_BYTES = 32 * 1024
-COLUMN_ROWS = 64  # rows per thread up to which a split product is cut by its columns
+COLUMN_ROWS = 32  # rows per thread up to which a split product is cut by its columns
 
 
 @dataclass(frozen=True)
@@ -183,11 +183,12 @@ def column_tile(
     A chunk of rows reads (or packs) all of B, a chunk of columns only its own columns; every
     chunk reads A in place either way. With few rows B is most of what a product reads:
     packing it costs about as much as 4 rows of the product (0.26 cycles per element against
-    4 for 64 rows of FMAs, on AVX2), over 6 % of a chunk of at most COLUMN_ROWS rows, and a B
-    read in place is streamed from L2 by every row chunk. So a product with at most
+    4 for 64 rows of FMAs, on AVX2), over 12 % of a chunk of at most COLUMN_ROWS rows, and a
+    B read in place is streamed from L2 by every row chunk. So a product with at most
     COLUMN_ROWS rows per thread, whose columns make whole register tiles, is cut by its
-    columns. Two threads, against rows: 1.03-1.18x on the encoder's products (64 rows), the
-    whole encoder layer 1.075x; 0.97-1.02x at 256 rows."""
+    columns. Two threads, against rows: 1.04-1.18x on the encoder's products (64 rows), the
+    whole encoder layer 1.075-1.09x; at 128 rows 0.85x (W4 128 f32) and 0.97x (W1-B f32), at
+    256 rows 0.97-1.02x."""
     if dtype not in ITEMSIZE or 0 in (m, n, k) or m > COLUMN_ROWS * threads:
         return None
     if not all(map(is_simple, b.strides)):
