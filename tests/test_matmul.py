@@ -417,16 +417,21 @@ def test_a_row_times_a_transposed_weight_is_dot_products(family, dtype, m, n, k)
 
 
 def test_packing_choices():
-    """A is packed when far apart in either direction and reused; B when scattered."""
+    """A is packed when far apart in either direction and reused; B when scattered, or
+    larger than L1 and reused by at least PACK_B_ROWS rows."""
     from graphc.codegen.matmul import choose_tiling
+    from graphc.codegen.tiling import PACK_B_ROWS
 
-    def packs(n, dtype, a_strides, b_strides):
-        t = choose_tiling(n, n, n, dtype, a_strides, b_strides)
+    def packs(n, dtype, a_strides, b_strides, m=None):
+        t = choose_tiling(m or n, n, n, dtype, a_strides, b_strides)
         return t.pack_a, t.pack_b
 
     assert packs(256, "float64", (256, 1), (256, 1)) == (False, True)  # 2 KiB rows of B
     assert packs(256, "float64", (1, 256), (256, 1)) == (True, True)  # x^T: k steps of 2 KiB
-    assert packs(256, "float32", (1, 256), (256, 1)) == (False, False)  # 1 KiB: in place
+    assert packs(256, "float32", (1, 256), (256, 1)) == (False, True)  # 1 KiB, many rows
+    few = PACK_B_ROWS - 1
+    assert packs(256, "float32", (256, 1), (256, 1), m=few) == (False, False)  # in place
+    assert packs(64, "float32", (64, 1), (64, 1)) == (False, False)  # B fits in L1
     assert packs(512, "float32", (1, 512), (1, 512)) == (True, True)  # B^T: a gather
     assert packs(1024, "float32", (1024, 1), (1024, 1)) == (True, True)  # 4 KiB rows of A
 

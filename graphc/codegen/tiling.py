@@ -20,8 +20,9 @@ five accumulators and a convolution's weight gradient ran 1.5x slower); a C with
 than a tile takes more vectors per row, so that enough FMA chains run in parallel.
 
 Packing is done only where it was measured to pay: B when it is reused by several row tiles
-and its in-place reads would be a gather (column stride != 1) or rows >= 2 KiB apart; A only
-when its rows are >= 4 KiB apart and it is large. Measurements: docs/performance.md,
+and its in-place reads would be a gather (column stride != 1) or rows >= 2 KiB apart, or it is
+larger than L1 and reused by at least PACK_B_ROWS rows; A only when its rows are >= 4 KiB
+apart and it is large. Measurements: docs/performance.md,
 "Numbers moved out of the code: graphc/codegen/matmul.py".
 """
 
@@ -36,6 +37,7 @@ ITEMSIZE = {"float32": 4, "float64": 8, "int32": 4, "int64": 8}
 INTS = ("int32", "int64")
 _L1_BYTES = 32 * 1024
 COLUMN_ROWS = 32  # rows per thread up to which a split product is cut by its columns
+PACK_B_ROWS = 48  # rows from which a B larger than L1 is packed wherever its rows lie
 
 
 @dataclass(frozen=True)
@@ -108,9 +110,13 @@ def choose_tiling(
     # stride != 1) or rows 2 KiB (B) / 4 KiB (A) apart, where L1 sets and the TLB run out.
     # An A read transposed (a weight gradient x^T @ g) with its k steps 2 KiB apart puts
     # every k of a tile in the same two L1 sets: packing it pays too.
+    # A B larger than L1 read in place by many rows is slower than packing it even with rows
+    # closer (on Zen 3, f32 64x384x128 1.10x, 256x256x256 1.21x, f64 1.09-1.35x): packing
+    # costs about 4 rows of the product, so it pays from PACK_B_ROWS rows (32: 0.95x, 12: 0.76x).
     # (An axis of (size, stride) pairs -- a window view's -- is a gather: always scattered.)
     b_row_bytes = _reach(b_strides[0]) * itemsize
-    b_scattered = b_strides[1] != 1 or (b_row_bytes >= 2048 and k * n * itemsize > _L1_BYTES)
+    b_far = b_row_bytes >= 2048 or m >= PACK_B_ROWS
+    b_scattered = b_strides[1] != 1 or (b_far and k * n * itemsize > _L1_BYTES)
     pack_b = (m > mr and b_scattered) or _gathered(b_strides[-1:])
     a_far = _reach(a_strides[0]) * itemsize >= 4096 or _reach(a_strides[1]) * itemsize >= 2048
     pack_a = n > nr and a_far and m * k * itemsize > 8 * _L1_BYTES
