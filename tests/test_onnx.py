@@ -538,3 +538,147 @@ def test_matmul_of_mismatched_shapes_is_a_shape_error(shapes):
     model = _model(nodes, inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
     with pytest.raises(gc.ShapeError, match="matmul: (batch|inner) dim"):
         gc.onnx.load(model)
+
+
+# ---- recurrent layers (RNN, GRU, LSTM) ------------------------------------------------------
+
+GATES = {"RNN": 1, "GRU": 3, "LSTM": 4}
+
+
+def _recurrent(op, dtype="float32", direction="forward", layout=0, lengths=None, **attributes):
+    """One ONNX RNN/GRU/LSTM node (5 steps, batch 3, 4 features, 6 hidden) with every
+    optional input (bias, initial states, LSTM peepholes; sequence_lens when `lengths` is
+    given) as initializers drawn from a fixed seed, and an input x. The draws do not depend on
+    `layout`: layout 1 holds the same values batch first."""
+    steps, batch, features, hidden = 5, 3, 4, 6
+    rng = np.random.default_rng(len(op))
+    directions = 2 if direction == "bidirectional" else 1
+    g = GATES[op]
+    arrays = {
+        "W": rng.normal(size=(directions, g * hidden, features)) * 0.5,
+        "R": rng.normal(size=(directions, g * hidden, hidden)) * 0.5,
+        "B": rng.normal(size=(directions, 2 * g * hidden)) * 0.5,
+        "sequence_lens": None if lengths is None else np.array(lengths, np.int32),
+        "initial_h": rng.normal(size=(directions, batch, hidden)),
+    }
+    if op == "LSTM":
+        arrays["initial_c"] = rng.normal(size=(directions, batch, hidden))
+        arrays["P"] = rng.normal(size=(directions, 3 * hidden)) * 0.5
+    x = rng.normal(size=(steps, batch, features)).astype(dtype)
+    if layout:
+        x = x.swapaxes(0, 1).copy()
+        for name in ("initial_h", "initial_c"):
+            if name in arrays:
+                arrays[name] = arrays[name].swapaxes(0, 1)
+    names = [n if arrays[n] is not None else "" for n in arrays]
+    initializers = [numpy_helper.from_array(a if a.dtype.kind == "i" else a.astype(dtype), n)
+                    for n, a in arrays.items() if a is not None]  # fmt: skip
+    outputs = ["Y", "Y_h", "Y_c"][: 3 if op == "LSTM" else 2]
+    node = helper.make_node(op, ["x", *names], outputs, name="recurrent", direction=direction,
+                            layout=layout, hidden_size=hidden, **attributes)  # fmt: skip
+    t = FLOAT_TYPES[dtype]
+    model = _model([node], [helper.make_tensor_value_info("x", t, x.shape)],
+                   [helper.make_tensor_value_info(n, t, None) for n in outputs],
+                   initializers, opset=22)  # fmt: skip
+    return model, x
+
+
+def _onnxruntime_recurrent(op, direction, layout, attributes, lengths=None):
+    """onnxruntime's outputs, in `layout` (it runs only layout 0: batch first is transposed)."""
+    ort = pytest.importorskip("onnxruntime")
+    model, x = _recurrent(op, "float32", direction, 0, lengths, **attributes)
+    outputs = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})
+    if layout:
+        outputs = [outputs[0].transpose(2, 0, 1, 3)] + [o.transpose(1, 0, 2) for o in outputs[1:]]
+    return outputs
+
+
+RECURRENT_CASES = [
+    ("RNN", "forward", 0, {}),
+    ("RNN", "bidirectional", 1, {"activations": ["Relu", "Tanh"]}),
+    ("GRU", "forward", 0, {}),
+    ("GRU", "reverse", 1, {"linear_before_reset": 1}),
+    ("GRU", "bidirectional", 0, {"activations": ["HardSigmoid", "Softsign"] * 2}),
+    ("LSTM", "forward", 1, {}),
+    ("LSTM", "reverse", 0, {}),
+    ("LSTM", "bidirectional", 1, {"activations": ["Sigmoid", "Tanh", "Relu"] * 2}),
+]
+
+
+@pytest.mark.parametrize("op, direction, layout, attributes", RECURRENT_CASES)
+def test_recurrent_layers_match_onnxruntime_and_the_reference(op, direction, layout, attributes):
+    """Every output in float32 against onnxruntime and in float64 against ONNX's reference
+    implementation (onnx.reference), compiled and interpreted, and its gradients by finite
+    differences in float64."""
+    from onnx.reference import ReferenceEvaluator
+
+    expected = _onnxruntime_recurrent(op, direction, layout, attributes)
+    model, x = _recurrent(op, "float32", direction, layout, **attributes)
+    got = gc.compile(gc.onnx.load(model))(x)
+    assert len(got) == len(expected) == (3 if op == "LSTM" else 2)
+    for a, b in zip(got, expected):
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+    model, x = _recurrent(op, "float64", direction, layout, **attributes)
+    program = gc.onnx.load(model)
+    compiled = gc.compile(program)(x)
+    interpreted = gc.evaluate(program.outputs, {"x": x})
+    if not attributes.get("activations"):  # the reference knows only the default activations
+        reference = ReferenceEvaluator(model).run(None, {"x": x})
+        for a, b in zip(compiled, reference):
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+    for a, b in zip(compiled, interpreted):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-13)
+    weights = [gc.const(np.random.default_rng(1).normal(size=y.shape)) for y in program.outputs]
+    loss = sum((y * w).sum() for y, w in zip(program.outputs, weights))
+    gc.check_grad(loss, program.params() + [program.inputs[0]], {"x": x})
+
+
+@pytest.mark.parametrize("op", ["RNN", "GRU", "LSTM"])
+def test_recurrent_sequence_lengths(op):
+    """Sequences shorter than the input: outputs past each one's length are 0 and Y_h (Y_c)
+    is its state at its last step, as onnxruntime computes them; lengths are needed while
+    importing (the backend imports again when a graph input gives them)."""
+    expected = _onnxruntime_recurrent(op, "forward", 0, {}, lengths=[5, 2, 4])
+    model, x = _recurrent(op, lengths=[5, 2, 4])
+    got = gc.compile(gc.onnx.load(model))(x)
+    for a, b in zip(got, expected):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    assert not got[0][2:, :, 1].any()  # the second sequence ends after 2 steps
+    full, _ = _recurrent(op, lengths=[5, 5, 5])
+    plain, _ = _recurrent(op)
+    for a, b in zip(gc.compile(gc.onnx.load(full))(x), gc.compile(gc.onnx.load(plain))(x)):
+        np.testing.assert_array_equal(a, b)
+    reverse, _ = _recurrent(op, direction="reverse", lengths=[5, 2, 4])
+    with pytest.raises(UnsupportedError, match=rf"'recurrent' \({op}, opset 22\): sequence_lens"):
+        gc.onnx.load(reverse)
+
+
+@pytest.mark.parametrize(
+    "attributes, message",
+    [({"clip": 3.0}, "attribute clip is not supported"),
+     ({"activation_alpha": [0.5]}, "attribute activation_alpha is not supported"),
+     ({"activations": ["ScaledTanh"]}, "activation 'ScaledTanh' is not supported"),
+     ({"activations": ["Tanh", "Tanh"]}, "activations needs 1 names")],
+)  # fmt: skip
+def test_recurrent_refuses_what_it_cannot_compute_exactly(attributes, message):
+    model, _ = _recurrent("RNN", **attributes)
+    with pytest.raises(gc.GraphcError, match=r"'recurrent' \(RNN, opset 22\): " + message):
+        gc.onnx.load(model)
+    model, _ = _recurrent("LSTM", input_forget=1)
+    with pytest.raises(UnsupportedError, match="input_forget=1 is not supported"):
+        gc.onnx.load(model)
+
+
+def test_recurrent_weights_of_the_wrong_shape_name_the_input():
+    model, _ = _recurrent("GRU")
+    model.graph.node[0].attribute[[a.name for a in model.graph.node[0].attribute]
+                                  .index("hidden_size")].i = 5  # fmt: skip
+    with pytest.raises(gc.ShapeError, match=r"'recurrent' \(GRU, opset 22\): hidden_size=5"):
+        gc.onnx.load(model)
+    model, _ = _recurrent("LSTM")
+    model.graph.initializer[2].CopyFrom(
+        numpy_helper.from_array(np.zeros((1, 7), np.float32), "B"))  # fmt: skip
+    with pytest.raises(gc.ShapeError, match=r"B must be \(1, 48\) here, got f32\[1,7\]"):
+        gc.onnx.load(model)

@@ -94,6 +94,36 @@ def test_transformer_encoder_layer(tmp_path):
     _compare(path, x, rtol=1e-4, atol=1e-4)
 
 
+class _Recurrent(torch.nn.Module):
+    """A recurrent layer (batch first) and a Linear head on every step's output."""
+
+    def __init__(self, kind, **options):
+        super().__init__()
+        layer = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}[kind]
+        self.layer = layer(6, 8, batch_first=True, **options)
+        self.head = torch.nn.Linear(8 * (2 if options.get("bidirectional") else 1), 3)
+
+    def forward(self, x):
+        return self.head(self.layer(x)[0])
+
+
+@pytest.mark.parametrize(
+    "kind, options",
+    [("lstm", {"num_layers": 2, "bidirectional": True}), ("gru", {}),
+     ("rnn", {"nonlinearity": "relu", "bidirectional": True})],
+)  # fmt: skip
+def test_recurrent_layers(kind, options, tmp_path):
+    """nn.LSTM (two layers, both directions), nn.GRU (ONNX GRU with linear_before_reset) and
+    nn.RNN export to ONNX's recurrent ops: each one gc.scan per direction."""
+    torch.manual_seed(5)
+    x = np.random.default_rng(5).normal(size=(2, 7, 6)).astype(np.float32)
+    path = _export(_Recurrent(kind, **options), torch.from_numpy(x), tmp_path / f"{kind}.onnx")
+    program = _compare(path, x)
+    scans = [n for n in program.graph.nodes if n.op == "scan"]
+    layers, directions = options.get("num_layers", 1), 2 if options.get("bidirectional") else 1
+    assert len(scans) == layers * directions
+
+
 def test_imported_cnn_fine_tunes(tmp_path):
     """An imported model trains with gc.optim: a few Adam steps on a fixed batch lower the
     cross-entropy (onnxruntime offers no training on the CPU)."""
@@ -109,6 +139,20 @@ def test_imported_cnn_fine_tunes(tmp_path):
     targets = np.array([1, 3, 5, 7])
     losses = [float(step(x, targets)) for _ in range(10)]
     assert losses[-1] < losses[0]
+
+
+def test_imported_lstm_fine_tunes(tmp_path):
+    """The gradient runs back through the imported LSTM's loops: Adam steps on its weights
+    lower a squared error."""
+    x = np.random.default_rng(6).normal(size=(4, 7, 6)).astype(np.float32)
+    path = _export(_Recurrent("lstm"), torch.from_numpy(x), tmp_path / "lstm.onnx")
+    program = gc.onnx.load(path)
+    (y,) = program.outputs
+    loss = ((y - 0.5) ** 2).mean()
+    optimizer = gc.optim.Adam(program.params(), lr=1e-2)
+    step = gc.compile(inputs=program.inputs, outputs=loss, updates=optimizer.updates(loss))
+    losses = [float(step(x)) for _ in range(10)]
+    assert losses[-1] < 0.9 * losses[0]
 
 
 def test_mlp_exported_with_dynamo(tmp_path):

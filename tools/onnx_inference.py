@@ -9,16 +9,23 @@ of `run` and io_binding with 1 and 2 intra-op threads; graphc's is one call of t
 executable (its large kernels use GRAPHC_THREADS). Each time is the best of 5 repeats of
 about 0.1 s (--quick: 3 of 0.03 s). Prints per model: both times, the ratio, the largest
 difference, and graphc's import and cold compile times (no object cache).
+
+Then, for each model whose ratio is below issue 18's target, the GFLOP/s of its products and
+convolutions the target would need, next to what a loop of nothing but FMAs sustains on
+graphc's threads in the same run (bench/host.py's FMA loop, one run of 2 s: the machine's
+mean over that time, not its best moment).
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import pathlib
 import sys
 import time
 import timeit
 import warnings
+from math import prod
 
 import numpy as np
 
@@ -55,6 +62,26 @@ def models():
         ("MLP 64-256-256-1, batch 256", wide, (256, 64)),
         ("encoder layer 64x128, batch 1", Encoder(), (1, 64, 128)),
     ]
+
+
+TARGETS = {  # issue 18: graphc's speed-up over onnxruntime, per model
+    "MLP 5-32-16-1, batch 1": 10,
+    "LeNet-5, batch 1": 1.5,
+    "MLP 64-256-256-1, batch 256": 1.2,
+    "encoder layer 64x128, batch 1": 1.5,
+}
+
+
+def flops(program: gc.Program) -> int:
+    """Floating-point operations of the program's products and convolutions (2 per
+    multiply-add); the rest of its work is not counted."""
+    total = 0
+    for node in program.graph.nodes:
+        if node.op == "matmul":
+            total += 2 * prod(node.shape) * node.inputs[0].shape[-1]
+        elif node.op == "conv":
+            total += 2 * prod(node.shape) * prod(node.inputs[1].shape[1:])
+    return total
 
 
 def export(module, shape) -> bytes:
@@ -103,6 +130,7 @@ def main(argv=None) -> int:
 
     print(f"{'model':32s} {'graphc':>10s} {'onnxruntime':>12s} {'ratio':>6s} {'difference':>10s} "
           f"{'import':>7s} {'compile':>8s}")  # fmt: skip
+    short = []  # (name, FLOPs, graphc's seconds, the seconds the target needs)
     for name, module, shape in models():
         model = export(module, shape)
         x = np.random.default_rng(0).normal(size=shape).astype(np.float32)
@@ -115,9 +143,23 @@ def main(argv=None) -> int:
         (expected,) = onnxruntime.InferenceSession(model).run(None, {"x": x})
         ours = best(lambda s=step, a=x: s(a), seconds, repeats)
         theirs = onnxruntime_time(model, x, seconds, repeats)
-        print(f"{name:32s} {ours * 1e6:8.1f}us {theirs * 1e6:10.1f}us {theirs / ours:5.1f}x "
+        print(f"{name:32s} {ours * 1e6:8.1f}us {theirs * 1e6:10.1f}us {theirs / ours:5.2f}x "
               f"{float(np.max(np.abs(y - expected))):10.1e} {imported - start:6.2f}s "
               f"{compiled - imported:7.2f}s")  # fmt: skip
+        if theirs / ours < TARGETS[name]:
+            short.append((name, flops(program), ours, theirs / TARGETS[name]))
+    if short:
+        sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+        from bench.host import fma_peak
+        from graphc.codegen.parallel import thread_count
+
+        threads = thread_count()
+        sustained = fma_peak(256, threads, seconds=2.0, runs=1)
+        print(f"\nFMA loop on {threads} thread(s), 2 s: {sustained:.1f} GFLOP/s (float32, 256-bit)")
+        for name, work, ours, needed in short:
+            print(f"{name}: {work / 1e6:.1f} MFLOP in products; graphc {work / ours / 1e9:.1f} "
+                  f"GFLOP/s ({work / ours / 1e9 / sustained:.0%} of the FMA loop), the target "
+                  f"{work / needed / 1e9:.1f} ({work / needed / 1e9 / sustained:.0%})")  # fmt: skip
     return 0
 
 

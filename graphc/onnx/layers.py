@@ -1,23 +1,28 @@
-"""ONNX's contractions, convolution, pooling, normalization and attention as
-graphc composites (the table's conventions: table.py)."""
+"""ONNX's contractions, convolution, pooling, normalization, attention and recurrent layers
+(RNN, GRU, LSTM: gc.scan) as graphc composites (the table's conventions: table.py)."""
 
 from __future__ import annotations
 
+import copy
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
 import graphc.frontend.composites as composites
 import graphc.frontend.convolution as convolution
 import graphc.frontend.functions as functions
+from graphc.frontend.scan import scan
 from graphc.frontend.tensor import Tensor, broadcast_to, const, matmul
 from graphc.ir.ops import apply
 from graphc.ir.types import FLOATS
 from graphc.onnx.table import (
     DTYPES,
+    TABLE,
     axis_of,
     entry,
     floats_only,
+    ints,
     pad_tensor,
     same_dtype,
     scalar_like,
@@ -490,3 +495,190 @@ def rotary_embedding(node, inputs, attributes, opset):
         rotate = functions.concat([real, imaginary], axis=-1)
     result = functions.concat([rotate, keep], axis=-1) if keep.shape[-1] else rotate
     return result.reshape(shape) if len(shape) == 3 else result.transpose(0, 2, 1, 3)
+
+
+# ---- recurrent layers -----------------------------------------------------------------------
+
+RECURRENT_GATES = {"RNN": 1, "GRU": 3, "LSTM": 4}
+RECURRENT_ACTIVATIONS = {"RNN": ("Tanh",), "GRU": ("Sigmoid", "Tanh"),
+                         "LSTM": ("Sigmoid", "Tanh", "Tanh")}  # fmt: skip
+# the activations an RNN attribute may name that are ONNX ops of the table (with their
+# defaults: activation_alpha / activation_beta are not imported)
+_TABLE_ACTIVATIONS = ("Relu", "Tanh", "Sigmoid", "LeakyRelu", "ThresholdedRelu", "HardSigmoid",
+                      "Elu", "Softsign", "Softplus")  # fmt: skip
+
+
+def _activation(node, name: str):
+    """The function an RNN's `activations` entry names (ONNX spells them as its ops)."""
+    known = {n.lower(): n for n in _TABLE_ACTIVATIONS}
+    if name.lower() not in known:
+        raise node.unsupported(f"activation {name!r}")
+    as_op = copy.copy(node)  # the entry reads its op type from the node (Elu, LeakyRelu ...)
+    as_op.op_type = known[name.lower()]
+    return lambda x: TABLE[as_op.op_type](as_op, [x], {}, node.opset)
+
+
+@entry("RNN", "GRU", "LSTM")
+def recurrent(node, inputs, attributes, opset):
+    """ONNX's RNN, GRU and LSTM (opsets 14 and 22: `layout`): each direction one gc.scan over
+    the sequence (reverse: scanned from the end, its outputs kept in the sequence's order),
+    the input products x W^T of all steps computed as one product before the loop. Outputs
+    Y (steps, directions, batch, hidden), Y_h and, for LSTM, Y_c (directions, batch, hidden);
+    batch first with layout 1. sequence_lens must be known while importing; outputs past a
+    sequence's length are 0 and Y_h is its state at its last step (forward only)."""
+    op = node.op_type
+    gates = RECURRENT_GATES[op]
+    inputs = list(inputs) + [None] * (8 - len(inputs))
+    x, w, r = (tensor(v) for v in inputs[:3])
+    floats_only(node, x, w, r)
+    same_dtype(node, x, w)
+    same_dtype(node, x, r)
+    b, lengths, h0 = inputs[3:6]
+    c0, peepholes = inputs[6:8] if op == "LSTM" else (None, None)
+    for attribute in ("activation_alpha", "activation_beta", "clip"):
+        if attribute in attributes:
+            raise node.unsupported(f"attribute {attribute}")
+    if attributes.get("input_forget", 0):
+        raise node.unsupported("input_forget=1")
+    direction = attributes.get("direction", "forward")
+    if direction not in ("forward", "reverse", "bidirectional"):
+        raise node.error(f"direction {direction!r} is not forward, reverse or bidirectional")
+    directions = 2 if direction == "bidirectional" else 1
+    layout = attributes.get("layout", 0)
+    if x.ndim != 3:
+        raise node.error(f"X must be 3-D, got {x.type}")
+    if layout:
+        x = x.transpose(1, 0, 2)
+    steps, batch, features = x.shape
+    hidden = r.shape[-1] if r.ndim == 3 else -1
+    expected = {"W": (w, (directions, gates * hidden, features)),
+                "R": (r, (directions, gates * hidden, hidden))}  # fmt: skip
+    if attributes.get("hidden_size", hidden) != hidden:
+        raise node.error(f"hidden_size={attributes['hidden_size']} but R is {r.type}")
+    states = {
+        "B": (b, (directions, 2 * gates * hidden)),
+        "P": (peepholes, (directions, 3 * hidden)),
+    }
+    for name, value in (("initial_h", h0), ("initial_c", c0)):
+        states[name] = (value, (directions, batch, hidden) if not layout else
+                        (batch, directions, hidden))  # fmt: skip
+    for name, (value, shape) in {**expected, **states}.items():
+        if value is not None and tuple(tensor(value).shape) != shape:
+            raise node.error(f"{name} must be {shape} here, got {tensor(value).type}")
+    names = attributes.get("activations") or RECURRENT_ACTIVATIONS[op] * directions
+    per = len(RECURRENT_ACTIVATIONS[op])
+    if len(names) != per * directions:
+        raise node.error(f"activations needs {per * directions} names, got {list(names)}")
+    activations = [_activation(node, name) for name in names]
+
+    mask = None
+    if lengths is not None:
+        lengths = np.asarray(ints(node, lengths, "sequence_lens"))
+        if lengths.shape != (batch,) or lengths.min(initial=steps) < 1 or lengths.max() > steps:
+            raise node.error(f"sequence_lens {lengths.tolist()} for {batch} sequences of {steps}")
+        if (lengths != steps).any():
+            if direction != "forward":
+                raise node.unsupported(f"sequence_lens shorter than the sequence, {direction}")
+            mask = (np.arange(steps)[:, None] < lengths[None, :])[..., None]  # (steps, batch, 1)
+
+    def state(value, d):
+        if value is None:
+            return const(np.zeros((batch, hidden), x.dtype))
+        value = tensor(value, x.dtype)
+        return value[:, d] if layout else value[d]
+
+    ys, last_h, last_c = [], [], []
+    for d in range(directions):
+        w_d, r_d = w[d], r[d]
+        bias = tensor(b)[d] if b is not None else const(np.zeros(2 * gates * hidden, x.dtype))
+        w_bias, r_bias = bias[: gates * hidden], bias[gates * hidden :]
+        # one product for all steps: (steps * batch, features) @ W^T
+        xw = (matmul(x.reshape(steps * batch, features), w_d.T) + w_bias).reshape(
+            steps, batch, gates * hidden
+        )
+        weights = _Weights(
+            r_d.T, r_bias, hidden, tuple(activations[d * per : (d + 1) * per]),
+            bool(attributes.get("linear_before_reset", 0)),
+            tensor(peepholes, x.dtype)[d] if peepholes is not None else None,
+        )  # fmt: skip
+        init = (state(h0, d), state(c0, d)) if op == "LSTM" else state(h0, d)
+        xs = xw if mask is None else (xw, const(mask.astype(x.dtype)))
+
+        def step(carry, inputs, weights=weights):
+            xw_t, keep = inputs if mask is not None else (inputs, None)
+            new = _RECURRENT_CELLS[op](carry, xw_t, weights)
+            h = new[0] if op == "LSTM" else new
+            if keep is None:
+                return new, h
+            kept = tuple(
+                functions.where(keep > 0, n, o) for n, o in zip(_leaves(new), _leaves(carry))
+            )
+            return (kept if op == "LSTM" else kept[0]), h * keep
+
+        carry, y = scan(step, init, xs, reverse=direction == "reverse" or d == 1)
+        ys.append(y)
+        last_h.append(carry[0] if op == "LSTM" else carry)
+        if op == "LSTM":
+            last_c.append(carry[1])
+    y = composites.stack(ys, axis=1)  # (steps, directions, batch, hidden)
+    outputs = [y, composites.stack(last_h, axis=0)]
+    if op == "LSTM":
+        outputs.append(composites.stack(last_c, axis=0))
+    if layout:
+        outputs = [outputs[0].transpose(2, 0, 1, 3)] + [o.transpose(1, 0, 2) for o in outputs[1:]]
+    return outputs
+
+
+def _leaves(value) -> tuple:
+    return tuple(value) if isinstance(value, tuple) else (value,)
+
+
+@dataclass(frozen=True)
+class _Weights:
+    """What one direction's cell reads besides its carry and the step's x W^T + W_b."""
+
+    r_t: Tensor  # R^T: (hidden, gates * hidden)
+    r_bias: Tensor
+    hidden: int
+    activations: tuple  # f (, g (, h)) in ONNX's order
+    linear_before_reset: bool = False  # GRU
+    peepholes: Tensor | None = None  # LSTM: (p_i, p_o, p_f)
+
+
+def _rnn_cell(h, xw, w: _Weights):
+    (f,) = w.activations
+    return f(xw + matmul(h, w.r_t) + w.r_bias)
+
+
+def _gru_cell(h, xw, w: _Weights):
+    """z and r from both products; the candidate n with reset before R_h (ONNX's default) or
+    after it (linear_before_reset, PyTorch's form); h' = (1 - z) n + z h."""
+    f, g = w.activations
+    u = w.hidden
+    zr = xw[:, : 2 * u] + matmul(h, w.r_t[:, : 2 * u]) + w.r_bias[: 2 * u]
+    z, reset = f(zr[:, :u]), f(zr[:, u:])
+    r_h, b_h = w.r_t[:, 2 * u :], w.r_bias[2 * u :]
+    if w.linear_before_reset:
+        n = g(xw[:, 2 * u :] + reset * (matmul(h, r_h) + b_h))
+    else:
+        n = g(xw[:, 2 * u :] + matmul(reset * h, r_h) + b_h)
+    return (1 - z) * n + z * h
+
+
+def _lstm_cell(carry, xw, w: _Weights):
+    """Gates (i, o, f, c) in ONNX's order; peepholes: i and f see the old cell, o the new."""
+    h, c = carry
+    f, g, act_h = w.activations
+    u = w.hidden
+    gates = xw + matmul(h, w.r_t) + w.r_bias
+    i, o, forget, candidate = (gates[:, k * u : (k + 1) * u] for k in range(4))
+    p = w.peepholes
+    if p is not None:
+        i, forget = i + p[:u] * c, forget + p[2 * u :] * c
+    c = f(forget) * c + f(i) * g(candidate)
+    if p is not None:
+        o = o + p[u : 2 * u] * c
+    return f(o) * act_h(c), c
+
+
+_RECURRENT_CELLS = {"RNN": _rnn_cell, "GRU": _gru_cell, "LSTM": _lstm_cell}

@@ -2,7 +2,7 @@
 node's outputs (a Tensor, an array, or a list of them). One entry per ONNX op, registered with
 `@entry` by elementwise.py (math, comparisons, casts, reductions, losses), shapes.py (shapes,
 indexing, gathers and scatters, Resize) and layers.py (contractions, convolution, pooling,
-normalization, attention); this module holds the table, the node being imported, the errors
+normalization, attention, recurrent layers); this module holds the table, the node being imported, the errors
 and the helpers the entries share.
 
 Inputs are Tensors, NumPy arrays (values known while importing, see importer.py) or None (an
