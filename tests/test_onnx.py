@@ -682,3 +682,83 @@ def test_recurrent_weights_of_the_wrong_shape_name_the_input():
         numpy_helper.from_array(np.zeros((1, 7), np.float32), "B"))  # fmt: skip
     with pytest.raises(gc.ShapeError, match=r"B must be \(1, 48\) here, got f32\[1,7\]"):
         gc.onnx.load(model)
+
+
+@pytest.mark.parametrize("keepdims", [0, 1])
+@pytest.mark.parametrize(
+    "op, dtype",
+    [("ReduceSum", "float32"), ("ReduceMax", "float64"), ("ReduceMin", "int32"),
+     ("ReduceMax", "bool"), ("ReduceProd", "int64"), ("ReduceLogSumExp", "float32"),
+     ("ReduceL2", "float64")],
+)  # fmt: skip
+def test_reductions_over_no_elements_give_their_identity(op, dtype, keepdims):
+    """A reduced axis of length 0: the identity, as ONNX's reference implementation gives it."""
+    from onnx.reference import ReferenceEvaluator
+
+    types = {**FLOAT_TYPES, "int32": TensorProto.INT32, "int64": TensorProto.INT64,
+             "bool": TensorProto.BOOL}  # fmt: skip
+    axes = numpy_helper.from_array(np.array([1], np.int64), "axes")
+    node = helper.make_node(op, ["x", "axes"], ["y"], keepdims=keepdims)
+    model = _model([node], [helper.make_tensor_value_info("x", types[dtype], [2, 0, 3])],
+                   [helper.make_tensor_value_info("y", types[dtype], None)], [axes])  # fmt: skip
+    x = np.zeros((2, 0, 3), dtype)
+    (expected,) = ReferenceEvaluator(model).run(None, {"x": x})
+    (got,) = gc.compile(gc.onnx.load(model))(x)  # the input is not read, but taken
+    assert got.dtype == expected.dtype
+    np.testing.assert_array_equal(got, expected)
+    mean = helper.make_node("ReduceMean", ["x", "axes"], ["y"], name="mean")
+    x_info = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 0, 3])
+    y_info = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    mean = _model([mean], [x_info], [y_info], [axes])
+    with pytest.raises(UnsupportedError, match="'mean' .*the mean of no elements"):
+        gc.onnx.load(mean)
+
+
+@pytest.mark.parametrize(
+    "rule, heads, decay_width, beta_width",
+    [("linear", (2, 2), None, None), ("gated", (4, 2), 2, None), ("delta", (2, 1), None, 1),
+     ("gated_delta", (4, 2), 6, 2)],
+)  # fmt: skip
+def test_linear_attention_matches_the_reference_and_differentiates(
+    rule, heads, decay_width, beta_width
+):
+    """LinearAttention (one gc.scan over the tokens) against ONNX's reference in float32, with
+    a past state and grouped queries; its gradients by finite differences in float64."""
+    from onnx.reference import ReferenceEvaluator
+
+    q_heads, kv_heads = heads
+    rng = np.random.default_rng(9)
+    shapes = {"query": (2, 5, q_heads * 3), "key": (2, 5, kv_heads * 3),
+              "value": (2, 5, kv_heads * 4), "past_state": (2, kv_heads, 3, 4)}  # fmt: skip
+    if decay_width:
+        shapes["decay"] = (2, 5, decay_width)
+    if beta_width:
+        shapes["beta"] = (2, 5, beta_width)
+    names = [n if n in shapes else "" for n in ("query", "key", "value", "past_state", "decay",
+                                                "beta")]  # fmt: skip
+    node = helper.make_node("LinearAttention", names, ["y", "state"], update_rule=rule,
+                            q_num_heads=q_heads, kv_num_heads=kv_heads, name="la")  # fmt: skip
+    for dtype in ("float32", "float64"):
+        t = FLOAT_TYPES[dtype]
+        model = _model([node], [helper.make_tensor_value_info(n, t, s) for n, s in shapes.items()],
+                       [helper.make_tensor_value_info(n, t, None) for n in ("y", "state")],
+                       opset=27)  # fmt: skip
+        feed = {n: (rng.normal(size=s) * 0.5).astype(dtype) for n, s in shapes.items()}
+        if "decay" in feed:
+            feed["decay"] = -abs(feed["decay"])  # log-space decay rates
+        program = gc.onnx.load(model)
+        got = gc.compile(program)(*[feed[n] for n in shapes])
+        if dtype == "float32":
+            expected = ReferenceEvaluator(model).run(None, feed)
+            for a, b in zip(got, expected):
+                np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+        else:
+            y, state = program.outputs
+            loss = (y * gc.const(rng.normal(size=y.shape))).sum() + (state * state).sum()
+            gc.check_grad(loss, list(program.inputs), feed)
+    wrong = helper.make_node("LinearAttention", names, ["y"], update_rule="linear",
+                             q_num_heads=q_heads, kv_num_heads=kv_heads, name="la")  # fmt: skip
+    model.graph.node[0].CopyFrom(wrong)
+    if rule != "linear":
+        with pytest.raises(gc.ShapeError, match=r"'la' \(LinearAttention, opset 27\): update_rule"):
+            gc.onnx.load(model)

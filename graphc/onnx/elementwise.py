@@ -275,6 +275,32 @@ def _product(x: Tensor, axes) -> Tensor:
     return x
 
 
+def _empty_reduction(node, x: Tensor, axes, keepdims: bool) -> Tensor:
+    """A reduction over no elements: its identity as ONNX's reference gives it (0 for sums
+    and norms, 1 for a product, -inf for the logs, the dtype's lowest for Max and highest
+    for Min (False and True for bool)); ReduceMean has none."""
+    kind, dtype = node.op_type, x.dtype
+    if kind == "ReduceMean":
+        raise node.unsupported("the mean of no elements")
+    if kind in ("ReduceMax", "ReduceMin"):
+        high = kind == "ReduceMin"
+        if dtype == "bool":
+            value = high
+        elif dtype in FLOATS:
+            value = np.inf if high else -np.inf
+        else:
+            value = np.iinfo(dtype).max if high else np.iinfo(dtype).min
+    elif kind in ("ReduceLogSum", "ReduceLogSumExp"):
+        floats_only(node, x)
+        value = -np.inf
+    else:
+        if dtype == "bool":
+            raise node.unsupported("element type bool")
+        value = 1 if kind == "ReduceProd" else 0
+    shape = tuple(1 if i in axes else d for i, d in enumerate(x.shape) if keepdims or i not in axes)
+    return const(np.full(shape, value, dtype))
+
+
 @entry("ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1",
        "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare")  # fmt: skip
 def reduce(node, inputs, attributes, opset):
@@ -285,7 +311,7 @@ def reduce(node, inputs, attributes, opset):
     if axes is None:
         return x
     if any(x.shape[a] == 0 for a in axes):
-        raise node.unsupported("a reduction over an empty axis")
+        return _empty_reduction(node, x, axes, keepdims)
     if kind in ("ReduceMax", "ReduceMin") and x.dtype == "bool":
         result = (x.astype("int32").max(axes, True) if kind == "ReduceMax"
                   else composites.min(x.astype("int32"), axes, True)).astype("bool")  # fmt: skip

@@ -415,6 +415,84 @@ def attention(node, inputs, attributes, opset):
     return [y, present_key, present_value, qk_output]
 
 
+LINEAR_ATTENTION_RULES = ("linear", "gated", "delta", "gated_delta")
+
+
+@entry("LinearAttention")
+def linear_attention(node, inputs, attributes, opset):
+    """Linear attention as ONNX's reference computes it (opset 27): one gc.scan over the
+    tokens carrying the state S (batch, kv heads, d_k, d_v). Per token: gated rules decay S by
+    exp(g); delta rules replace v by beta (v - S^T k); then S += k v^T and the output is
+    scale q^T S, each query head reading its key/value head's S (grouped queries). In the
+    inputs' dtype (the reference computes float64 inputs in float32)."""
+    inputs = list(inputs) + [None] * (6 - len(inputs))
+    q, k, v = (tensor(x) for x in inputs[:3])
+    floats_only(node, q, k, v)
+    past, decay, beta = inputs[3:6]
+    rule = attributes.get("update_rule", "gated_delta")
+    if rule not in LINEAR_ATTENTION_RULES:
+        raise node.error(f"update_rule {rule!r} is not one of {', '.join(LINEAR_ATTENTION_RULES)}")
+    gated, delta = rule in ("gated", "gated_delta"), rule in ("delta", "gated_delta")
+    if gated != (decay is not None) or delta != (beta is not None):
+        raise node.error(f"update_rule {rule!r} takes {'decay' if gated else 'no decay'} and "
+                         f"{'beta' if delta else 'no beta'}")  # fmt: skip
+    q_heads, kv_heads = attributes.get("q_num_heads", 0), attributes.get("kv_num_heads", 0)
+    if kv_heads <= 0 or q_heads <= 0 or q_heads % kv_heads:
+        raise node.error(f"q_num_heads={q_heads} must be a positive multiple of "
+                         f"kv_num_heads={kv_heads}")  # fmt: skip
+    if q.ndim != 3 or k.ndim != 3 or v.ndim != 3:
+        raise node.error(f"query, key and value must be 3-D, got {q.type}, {k.type}, {v.type}")
+    batch, steps, _ = q.shape
+    d_k, d_v = q.shape[2] // q_heads, v.shape[2] // kv_heads
+    expected = {
+        "query": (q, (batch, steps, q_heads * d_k)),
+        "key": (k, (batch, steps, kv_heads * d_k)),
+        "value": (v, (batch, steps, kv_heads * d_v)),
+    }
+    if past is not None:
+        expected["past_state"] = (tensor(past, q.dtype), (batch, kv_heads, d_k, d_v))
+    for name, (value, shape) in expected.items():
+        if value.shape != shape:
+            raise node.error(f"{name} must be {shape} here, got {value.type}")
+
+    def by_token(x: Tensor, heads: int) -> Tensor:
+        """(batch, steps, heads * size) -> (steps, batch, heads, size)."""
+        return x.reshape(batch, steps, heads, -1).transpose(1, 0, 2, 3)
+
+    xs = [by_token(q, q_heads), by_token(k, kv_heads), by_token(v, kv_heads)]
+    if gated:
+        decay = tensor(decay, q.dtype)
+        if decay.ndim != 3 or decay.shape[:2] != (batch, steps) or decay.shape[2] not in (
+            kv_heads, kv_heads * d_k):  # fmt: skip
+            raise node.error(f"decay must be ({batch}, {steps}, {kv_heads} or "
+                             f"{kv_heads * d_k}), got {decay.type}")  # fmt: skip
+        xs.append(by_token(decay, kv_heads))  # (.., kv heads, 1 or d_k)
+    if delta:
+        beta = tensor(beta, q.dtype)
+        if beta.ndim != 3 or beta.shape[:2] != (batch, steps) or beta.shape[2] not in (
+            kv_heads, 1):  # fmt: skip
+            raise node.error(f"beta must be ({batch}, {steps}, {kv_heads} or 1), got {beta.type}")
+        xs.append(beta.reshape(batch, steps, -1, 1).transpose(1, 0, 2, 3))
+    scale = attributes.get("scale", 0.0) or 1 / math.sqrt(d_k)
+    group = q_heads // kv_heads
+
+    def step(state, token):
+        q_t, k_t, v_t, *rest = token
+        if gated:
+            state = state * functions.expand_dims(functions.exp(rest.pop(0)), -1)
+        if delta:
+            retrieved = (state * functions.expand_dims(k_t, -1)).sum(axis=2)
+            v_t = rest.pop(0) * (v_t - retrieved)
+        state = state + functions.expand_dims(k_t, -1) * functions.expand_dims(v_t, 2)
+        read = state if group == 1 else _repeat_heads(state, group)
+        out = (functions.expand_dims(q_t, -1) * read).sum(axis=2) * scale
+        return state, out
+
+    zeros = const(np.zeros((batch, kv_heads, d_k, d_v), q.dtype))
+    state, out = scan(step, tensor(past, q.dtype) if past is not None else zeros, xs)
+    return out.transpose(1, 0, 2, 3).reshape(batch, steps, q_heads * d_v), state
+
+
 def dtype_scalar(dtype: str, value) -> Tensor:
     return const(np.asarray(value, dtype=dtype))
 

@@ -2,8 +2,8 @@
 node's outputs (a Tensor, an array, or a list of them). One entry per ONNX op, registered with
 `@entry` by elementwise.py (math, comparisons, casts, reductions, losses), shapes.py (shapes,
 indexing, gathers and scatters, Resize) and layers.py (contractions, convolution, pooling,
-normalization, attention, recurrent layers); this module holds the table, the node being imported, the errors
-and the helpers the entries share.
+normalization, attention, recurrent layers); this module holds the table, the node being
+imported, the errors and the helpers the entries share.
 
 Inputs are Tensors, NumPy arrays (values known while importing, see importer.py) or None (an
 optional input left out). Each entry handles the opset differences of its op (attributes
