@@ -762,3 +762,81 @@ def test_linear_attention_matches_the_reference_and_differentiates(
     if rule != "linear":
         with pytest.raises(gc.ShapeError, match=r"'la' \(LinearAttention, opset 27\): update_rule"):
             gc.onnx.load(model)
+
+
+def test_scan_runs_its_body_in_one_loop():
+    """Scan (opset 16): a running sum as its state, a scan output, a scan input read along axis
+    1 backwards and an output stacked along axis 1 backwards, and a body that reads a value
+    of the graph around it; against NumPy, and differentiated in float64."""
+    t = TensorProto.DOUBLE
+    body = helper.make_graph(
+        [helper.make_node("Add", ["sum_in", "x_t"], ["sum_out"]),
+         helper.make_node("Mul", ["sum_out", "outer"], ["y_t"])],
+        "body",
+        [helper.make_tensor_value_info("sum_in", t, [3]),
+         helper.make_tensor_value_info("x_t", t, [3])],
+        [helper.make_tensor_value_info("sum_out", t, [3]),
+         helper.make_tensor_value_info("y_t", t, [3])],
+    )  # fmt: skip
+    nodes = [
+        helper.make_node("Exp", ["w"], ["outer"]),
+        helper.make_node("Scan", ["init", "x"], ["total", "ys"], body=body, num_scan_inputs=1,
+                         scan_input_axes=[1], scan_input_directions=[1], scan_output_axes=[1],
+                         scan_output_directions=[1], name="loop"),
+    ]  # fmt: skip
+    model = _model(nodes,
+                   [helper.make_tensor_value_info(n, t, s)
+                    for n, s in (("init", [3]), ("x", [3, 5]), ("w", [3]))],
+                   [helper.make_tensor_value_info(n, t, None) for n in ("total", "ys")],
+                   opset=16)  # fmt: skip
+    rng = np.random.default_rng(10)
+    feed = {"init": rng.normal(size=3), "x": rng.normal(size=(3, 5)), "w": rng.normal(size=3)}
+    program = gc.onnx.load(model)
+    assert any(n.op == "scan" for n in program.graph.nodes)
+    # (onnx.reference runs only the default axes and directions)
+    total, outs = feed["init"], []
+    for t in reversed(range(5)):
+        total = total + feed["x"][:, t]
+        outs.append(total * np.exp(feed["w"]))
+    expected = [total, np.stack(outs[::-1], axis=1)]
+    got = gc.compile(program)(*feed.values())
+    for a, b in zip(got, expected):
+        np.testing.assert_allclose(a, b, rtol=1e-12)
+    total, ys = program.outputs
+    loss = total.sum() + (ys * gc.const(rng.normal(size=(3, 5)))).sum()
+    gc.check_grad(loss, list(program.inputs), feed)
+
+
+@pytest.mark.parametrize("known", [True, False])
+def test_if_takes_its_branch(known):
+    """If: a condition known while importing imports only its branch; one computed at run
+    time selects between both branches' outputs; branches of different shapes then refuse."""
+    t = TensorProto.FLOAT
+
+    def branch(op, name, shape=(2,)):
+        return helper.make_graph([helper.make_node(op, ["x"], [name])], name, [],
+                                 [helper.make_tensor_value_info(name, t, list(shape))])  # fmt: skip
+
+    cond = [helper.make_node("Constant", [], ["c"], value=helper.make_tensor(
+        "c", TensorProto.BOOL, [], [True]))] if known else []  # fmt: skip
+    nodes = cond + [helper.make_node("If", ["c"], ["y"], then_branch=branch("Exp", "a"),
+                                     else_branch=branch("Neg", "b"), name="choice")]  # fmt: skip
+    inputs = [helper.make_tensor_value_info("x", t, [2])]
+    if not known:
+        inputs.append(helper.make_tensor_value_info("c", TensorProto.BOOL, []))
+    model = _model(nodes, inputs, [helper.make_tensor_value_info("y", t, None)])
+    program = gc.onnx.load(model)
+    x = np.array([0.5, -1.0], np.float32)
+    step = gc.compile(program)
+    if known:
+        assert not any(n.op == "neg" for n in program.graph.nodes)
+        np.testing.assert_allclose(step(x)[0], np.exp(x), rtol=1e-6)
+        return
+    np.testing.assert_allclose(step(x, np.array(True))[0], np.exp(x), rtol=1e-6)
+    np.testing.assert_array_equal(step(x, np.array(False))[0], -x)
+    values = helper.make_tensor("v", t, [3], [1, 2, 3])
+    three = helper.make_node("Constant", [], ["b"], value=values)
+    model.graph.node[0].attribute[1].g.CopyFrom(helper.make_graph(
+        [three], "b", [], [helper.make_tensor_value_info("b", t, [3])]))  # fmt: skip
+    with pytest.raises(UnsupportedError, match=r"'choice' \(If, opset 18\): branches"):
+        gc.onnx.load(model)

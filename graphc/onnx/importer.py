@@ -69,8 +69,9 @@ def attributes(node: OnnxNode) -> dict:
             value = [v.decode() for v in value]
         elif attribute.type == attribute.TENSOR:
             value = to_array(value, f"{node.where()}: attribute {attribute.name}")
-        elif attribute.type in (attribute.GRAPH, attribute.GRAPHS, attribute.SPARSE_TENSOR):
-            raise node.unsupported(f"attribute {attribute.name} (a subgraph or sparse tensor)")
+        elif attribute.type in (attribute.GRAPHS, attribute.SPARSE_TENSOR):
+            raise node.unsupported(f"attribute {attribute.name} (subgraphs or a sparse tensor)")
+        # a GRAPH (a Scan's body) stays a GraphProto: the entry imports it (run_subgraph)
         result[attribute.name] = value
     return result
 
@@ -147,7 +148,6 @@ def load(model_or_path, shapes=None) -> Program:
     from graphc.onnx import elementwise as _elementwise  # noqa: F401
     from graphc.onnx import layers as _layers  # noqa: F401
     from graphc.onnx import shapes as _shapes  # noqa: F401
-    from graphc.onnx.table import TABLE
 
     model = _read_model(model_or_path)
     if isinstance(model_or_path, (str, os.PathLike)):
@@ -179,23 +179,7 @@ def load(model_or_path, shapes=None) -> Program:
         inputs.append(tensor)
     if shapes:
         raise GraphcError(f"shapes= names {sorted(shapes)}, which are not graph inputs")
-    for index, proto in enumerate(graph.node):
-        node = OnnxNode(proto, opset, index)
-        if proto.domain not in ("", "ai.onnx"):
-            raise node.unsupported(f"domain {proto.domain!r}")
-        node.opset = node_opset(proto, opset, node.name)
-        if node.op_type not in TABLE:
-            raise node.unsupported("this op")
-        args = [_lookup(values, name, node) for name in proto.input]
-        # the graph's nodes say which ONNX node they come from (dumps, errors), not this line
-        with location(f"{origin}:{node.name} ({node.op_type})"):
-            results = TABLE[node.op_type](node, args, attributes(node), node.opset)
-        results = list(results) if isinstance(results, (list, tuple)) else [results]
-        if all(a is None or isinstance(a, np.ndarray) for a in args):
-            results = _fold(results)
-        for name, result in zip(node.outputs, results):
-            if name:
-                values[name] = result
+    run_nodes(graph.node, values, opset, origin)
     outputs = []
     for value_info in graph.output:
         value = _lookup(values, value_info.name, None)
@@ -203,6 +187,46 @@ def load(model_or_path, shapes=None) -> Program:
         _check_declared(tensor, value_info)
         outputs.append(tensor)
     return Program(inputs, outputs, name=_program_name(graph.name))
+
+
+def run_nodes(nodes, values: dict, opset: int, origin: str) -> None:
+    """Import `nodes` in order, each through its table entry, into `values` (ONNX value
+    name -> Tensor, array or None). Each node keeps `values` as its scope: a Scan's body
+    reads the values of the graphs around it (`run_subgraph`)."""
+    from graphc.onnx.table import TABLE
+
+    for index, proto in enumerate(nodes):
+        node = OnnxNode(proto, opset, index)
+        if proto.domain not in ("", "ai.onnx"):
+            raise node.unsupported(f"domain {proto.domain!r}")
+        node.opset = node_opset(proto, opset, node.name)
+        node.scope, node.model_opset, node.origin = values, opset, origin
+        if node.op_type not in TABLE:
+            raise node.unsupported("this op")
+        args = [_lookup(values, name, node) for name in proto.input]
+        # the graph's nodes say which ONNX node they come from (dumps, errors), not this line
+        with location(f"{origin}:{node.name} ({node.op_type})"):
+            results = TABLE[node.op_type](node, args, attributes(node), node.opset)
+        results = list(results) if isinstance(results, (list, tuple)) else [results]
+        # folded when computed from constants alone (a subgraph may read any value in scope)
+        subgraphs = any(a.type == a.GRAPH for a in proto.attribute)
+        if not subgraphs and all(a is None or isinstance(a, np.ndarray) for a in args):
+            results = _fold(results)
+        for name, result in zip(node.outputs, results):
+            if name:
+                values[name] = result
+
+
+def run_subgraph(node: OnnxNode, graph, bound: dict) -> list:
+    """The outputs of `graph` (a node's subgraph attribute: a Scan's body) with its inputs
+    `bound` (name -> value), reading the values of the graphs around it; its initializers
+    are constants."""
+    values = dict(node.scope)
+    for initializer in graph.initializer:
+        values[initializer.name] = to_array(initializer, f"{node.where()}: initializer")
+    values.update(bound)
+    run_nodes(graph.node, values, node.model_opset, f"{node.origin}:{node.name}")
+    return [_lookup(values, value_info.name, node) for value_info in graph.output]
 
 
 def _lookup(values: dict, name: str, node: OnnxNode | None):

@@ -575,6 +575,87 @@ def rotary_embedding(node, inputs, attributes, opset):
     return result.reshape(shape) if len(shape) == 3 else result.transpose(0, 2, 1, 3)
 
 
+# ---- Scan -----------------------------------------------------------------------------------
+
+
+def _move_axis(x: Tensor, source: int, target: int) -> Tensor:
+    order = [i for i in range(x.ndim) if i != source]
+    order.insert(target, source)
+    return x.transpose(*order) if order != list(range(x.ndim)) else x
+
+
+def _flip(x: Tensor) -> Tensor:
+    """x in the reverse order along its first axis."""
+    return Tensor(apply("reverse", x.node, axes=(0,)))
+
+
+@entry("Scan")
+def scan_op(node, inputs, attributes, opset):
+    """ONNX's Scan (opsets 13-16 and on): its body imported once, inside one gc.scan over the
+    scanned axis; each scan input and output may have its own axis and direction."""
+    from graphc.onnx.importer import run_subgraph
+
+    body = attributes["body"]
+    count = attributes["num_scan_inputs"]
+    if not 1 <= count <= len(inputs):
+        raise node.error(f"num_scan_inputs={count} for {len(inputs)} inputs")
+    states, scanned = [tensor(x) for x in inputs[: len(inputs) - count]], inputs[-count:]
+    outputs = len(body.output) - len(states)
+    if len(body.input) != len(states) + count or outputs < 0:
+        raise node.error(f"the body takes {len(body.input)} inputs and gives "
+                         f"{len(body.output)} outputs for {len(states)} states and {count} "
+                         f"scan inputs")  # fmt: skip
+    axes_in = attributes.get("scan_input_axes", [0] * count)
+    directions_in = attributes.get("scan_input_directions", [0] * count)
+    axes_out = attributes.get("scan_output_axes", [0] * outputs)
+    directions_out = attributes.get("scan_output_directions", [0] * outputs)
+    xs = []
+    for x, axis, backwards in zip(scanned, axes_in, directions_in):
+        x = tensor(x)
+        x = _move_axis(x, axis_of(node, axis, x.ndim), 0)
+        xs.append(_flip(x) if backwards else x)
+    names = [value_info.name for value_info in body.input]
+
+    def step(carry, x_t):
+        results = run_subgraph(node, body, dict(zip(names, [*carry, *x_t])))
+        results = [tensor(r) for r in results]
+        return results[: len(states)], results[len(states) :]
+
+    final, ys = scan(step, states, xs)
+    stacked = []
+    for y, axis, backwards in zip(ys, axes_out, directions_out):
+        y = _flip(y) if backwards else y
+        stacked.append(_move_axis(y, 0, axis_of(node, axis, y.ndim)))
+    return [*final, *stacked]
+
+
+@entry("If")
+def if_op(node, inputs, attributes, opset):
+    """ONNX's If: with its condition known while importing, the branch it takes; otherwise
+    both branches, each output selected by the condition (their outputs must agree in shape
+    and dtype; a branch that is not taken cannot change the result)."""
+    from graphc.onnx.importer import run_subgraph
+
+    cond = inputs[0]
+    if isinstance(cond, np.ndarray):
+        if cond.size != 1:
+            raise node.error(f"the condition must have one element, got shape {cond.shape}")
+        branch = attributes["then_branch" if bool(cond.reshape(-1)[0]) else "else_branch"]
+        return run_subgraph(node, branch, {})
+    cond = tensor(cond)
+    if cond.dtype != "bool" or cond.size != 1:
+        raise node.error(f"the condition must be one bool, got {cond.type}")
+    taken = run_subgraph(node, attributes["then_branch"], {})
+    other = run_subgraph(node, attributes["else_branch"], {})
+    results = []
+    for a, b in zip(map(tensor, taken), map(tensor, other)):
+        if a.type != b.type:
+            raise node.unsupported(f"branches computed at run time with outputs {a.type} and "
+                                   f"{b.type}")  # fmt: skip
+        results.append(functions.where(cond.reshape(()), a, b))
+    return results
+
+
 # ---- recurrent layers -----------------------------------------------------------------------
 
 RECURRENT_GATES = {"RNN": 1, "GRU": 3, "LSTM": 4}

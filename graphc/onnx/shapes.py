@@ -65,6 +65,10 @@ def constant_of_shape(node, inputs, attributes, opset):
 def range_(node, inputs, attributes, opset):
     start, limit, delta = (static(node, v, name) for v, name in
                            zip(inputs, ("start", "limit", "delta")))  # fmt: skip
+    for value, name in ((start, "start"), (limit, "limit"), (delta, "delta")):
+        if value.size != 1:  # scalars; ONNX's own function bodies pass 1-element vectors
+            raise node.error(f"{name} must be a scalar, got shape {value.shape}")
+    start, limit, delta = (np.asarray(v).reshape(()) for v in (start, limit, delta))
     count = max(int(np.ceil((limit - start) / delta)), 0)
     return (start + np.arange(count, dtype=start.dtype) * delta).astype(start.dtype)
 

@@ -44,6 +44,10 @@ class OnnxNode:
         self.name = proto.name or f"{proto.op_type}_{index}"
         self.opset = opset
         self.outputs = list(proto.output)
+        # set by the importer: the values in scope, the model's opset, the file or graph name
+        self.scope: dict = {}
+        self.model_opset = opset
+        self.origin = ""
 
     def where(self) -> str:
         return f"ONNX node {self.name!r} ({self.op_type}, opset {self.opset})"
