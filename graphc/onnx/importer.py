@@ -201,6 +201,7 @@ def run_nodes(nodes, values: dict, opset: int, origin: str) -> None:
             raise node.unsupported(f"domain {proto.domain!r}")
         node.opset = node_opset(proto, opset, node.name)
         node.scope, node.model_opset, node.origin = values, opset, origin
+        node.import_subgraph = run_subgraph
         if node.op_type not in TABLE:
             raise node.unsupported("this op")
         args = [_lookup(values, name, node) for name in proto.input]

@@ -593,8 +593,6 @@ def _flip(x: Tensor) -> Tensor:
 def scan_op(node, inputs, attributes, opset):
     """ONNX's Scan (opsets 13-16 and on): its body imported once, inside one gc.scan over the
     scanned axis; each scan input and output may have its own axis and direction."""
-    from graphc.onnx.importer import run_subgraph
-
     body = attributes["body"]
     count = attributes["num_scan_inputs"]
     if not 1 <= count <= len(inputs):
@@ -617,7 +615,7 @@ def scan_op(node, inputs, attributes, opset):
     names = [value_info.name for value_info in body.input]
 
     def step(carry, x_t):
-        results = run_subgraph(node, body, dict(zip(names, [*carry, *x_t])))
+        results = node.subgraph(body, dict(zip(names, [*carry, *x_t])))
         results = [tensor(r) for r in results]
         return results[: len(states)], results[len(states) :]
 
@@ -634,19 +632,17 @@ def if_op(node, inputs, attributes, opset):
     """ONNX's If: with its condition known while importing, the branch it takes; otherwise
     both branches, each output selected by the condition (their outputs must agree in shape
     and dtype; a branch that is not taken cannot change the result)."""
-    from graphc.onnx.importer import run_subgraph
-
     cond = inputs[0]
     if isinstance(cond, np.ndarray):
         if cond.size != 1:
             raise node.error(f"the condition must have one element, got shape {cond.shape}")
         branch = attributes["then_branch" if bool(cond.reshape(-1)[0]) else "else_branch"]
-        return run_subgraph(node, branch, {})
+        return node.subgraph(branch, {})
     cond = tensor(cond)
     if cond.dtype != "bool" or cond.size != 1:
         raise node.error(f"the condition must be one bool, got {cond.type}")
-    taken = run_subgraph(node, attributes["then_branch"], {})
-    other = run_subgraph(node, attributes["else_branch"], {})
+    taken = node.subgraph(attributes["then_branch"], {})
+    other = node.subgraph(attributes["else_branch"], {})
     results = []
     for a, b in zip(map(tensor, taken), map(tensor, other)):
         if a.type != b.type:

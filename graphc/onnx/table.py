@@ -44,10 +44,17 @@ class OnnxNode:
         self.name = proto.name or f"{proto.op_type}_{index}"
         self.opset = opset
         self.outputs = list(proto.output)
-        # set by the importer: the values in scope, the model's opset, the file or graph name
+        # set by the importer: the values in scope, the model's opset, the file or graph name,
+        # and how it imports a subgraph (importer.run_subgraph)
         self.scope: dict = {}
         self.model_opset = opset
         self.origin = ""
+        self.import_subgraph = None
+
+    def subgraph(self, graph, bound: dict) -> list:
+        """The outputs of `graph`, a subgraph attribute of this node (a Scan's body, an If's
+        branch), with its inputs `bound` (name -> value)."""
+        return self.import_subgraph(self, graph, bound)
 
     def where(self) -> str:
         return f"ONNX node {self.name!r} ({self.op_type}, opset {self.opset})"
