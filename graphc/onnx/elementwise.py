@@ -16,6 +16,7 @@ from graphc.onnx.table import (
     DTYPES,
     axis_of,
     entry,
+    flip,
     floats_only,
     ints,
     same_dtype,
@@ -360,7 +361,7 @@ def arg_extreme(node, inputs, attributes, opset):
         x = -x if x.dtype in FLOATS else -x - 1  # ~x keeps the most negative integer exact
     if attributes.get("select_last_index", 0):
         n = x.shape[axis]
-        flipped = Tensor(apply("reverse", x.node, axes=(axis,)))
+        flipped = flip(x, (axis,))
         return scalar_like(x.argmax(axis=axis, keepdims=keepdims), n - 1) - flipped.argmax(
             axis=axis, keepdims=keepdims
         )
@@ -373,12 +374,12 @@ def cumsum(node, inputs, attributes, opset):
     axis = axis_of(node, ints(node, inputs[1], "axis")[0], x.ndim)
     reverse = attributes.get("reverse", 0)
     if reverse:
-        x = Tensor(apply("reverse", x.node, axes=(axis,)))
+        x = flip(x, (axis,))
     result = composites.cumsum(x, axis=axis)
     if attributes.get("exclusive", 0):
         result = result - x
     if reverse:
-        result = Tensor(apply("reverse", result.node, axes=(axis,)))
+        result = flip(result, (axis,))
     return result
 
 

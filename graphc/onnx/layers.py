@@ -21,6 +21,7 @@ from graphc.onnx.table import (
     TABLE,
     axis_of,
     entry,
+    flip,
     floats_only,
     ints,
     pad_tensor,
@@ -450,7 +451,8 @@ def linear_attention(node, inputs, attributes, opset):
         "value": (v, (batch, steps, kv_heads * d_v)),
     }
     if past is not None:
-        expected["past_state"] = (tensor(past, q.dtype), (batch, kv_heads, d_k, d_v))
+        past = tensor(past, q.dtype)
+        expected["past_state"] = (past, (batch, kv_heads, d_k, d_v))
     for name, (value, shape) in expected.items():
         if value.shape != shape:
             raise node.error(f"{name} must be {shape} here, got {value.type}")
@@ -488,8 +490,9 @@ def linear_attention(node, inputs, attributes, opset):
         out = (functions.expand_dims(q_t, -1) * read).sum(axis=2) * scale
         return state, out
 
-    zeros = const(np.zeros((batch, kv_heads, d_k, d_v), q.dtype))
-    state, out = scan(step, tensor(past, q.dtype) if past is not None else zeros, xs)
+    if past is None:
+        past = const(np.zeros((batch, kv_heads, d_k, d_v), q.dtype))
+    state, out = scan(step, past, xs)
     return out.transpose(1, 0, 2, 3).reshape(batch, steps, q_heads * d_v), state
 
 
@@ -533,7 +536,7 @@ def conv_transpose(node, inputs, attributes, opset):
     c_in, c_out = w.shape[0], w.shape[1] * group
     w = w.reshape(group, c_in // group, c_out // group, *kernel)
     w = w.transpose(0, 2, 1, *range(3, 3 + rank)).reshape(c_out, c_in // group, *kernel)
-    w = Tensor(apply("reverse", w.node, axes=tuple(range(2, 2 + rank))))
+    w = flip(w, range(2, 2 + rank))
     result = convolution.conv(x, w, dilation=dilations, groups=group)
     if len(inputs) > 2 and inputs[2] is not None:
         result = result + tensor(inputs[2], result.dtype).reshape((1, -1) + (1,) * rank)
@@ -584,11 +587,6 @@ def _move_axis(x: Tensor, source: int, target: int) -> Tensor:
     return x.transpose(*order) if order != list(range(x.ndim)) else x
 
 
-def _flip(x: Tensor) -> Tensor:
-    """x in the reverse order along its first axis."""
-    return Tensor(apply("reverse", x.node, axes=(0,)))
-
-
 @entry("Scan")
 def scan_op(node, inputs, attributes, opset):
     """ONNX's Scan (opsets 13-16 and on): its body imported once, inside one gc.scan over the
@@ -611,7 +609,7 @@ def scan_op(node, inputs, attributes, opset):
     for x, axis, backwards in zip(scanned, axes_in, directions_in):
         x = tensor(x)
         x = _move_axis(x, axis_of(node, axis, x.ndim), 0)
-        xs.append(_flip(x) if backwards else x)
+        xs.append(flip(x, (0,)) if backwards else x)
     names = [value_info.name for value_info in body.input]
 
     def step(carry, x_t):
@@ -622,7 +620,7 @@ def scan_op(node, inputs, attributes, opset):
     final, ys = scan(step, states, xs)
     stacked = []
     for y, axis, backwards in zip(ys, axes_out, directions_out):
-        y = _flip(y) if backwards else y
+        y = flip(y, (0,)) if backwards else y
         stacked.append(_move_axis(y, 0, axis_of(node, axis, y.ndim)))
     return [*final, *stacked]
 

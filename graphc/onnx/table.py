@@ -142,6 +142,11 @@ def pad_tensor(x: Tensor, widths, value) -> Tensor:
     return Tensor(apply("pad", x.node, widths=full, value=value))
 
 
+def flip(x: Tensor, axes) -> Tensor:
+    """x in the reverse order along each of `axes`."""
+    return Tensor(apply("reverse", x.node, axes=tuple(axes)))
+
+
 def same_dtype(node, a: Tensor, b: Tensor) -> None:
     if a.dtype != b.dtype:
         raise node.error(f"operands {a.type} and {b.type} have different element types")
